@@ -1,0 +1,1 @@
+"""Command-line interface: one click group, one module per subcommand."""

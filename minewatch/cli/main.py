@@ -1,0 +1,36 @@
+"""The ``minewatch`` command group.
+
+Subcommands are registered as entry points in the ``minewatch.commands`` group
+(``pyproject.toml``), one module each under :mod:`minewatch.cli`, and import
+their heavy dependencies (Beam, TensorFlow) only when they run, so that
+``minewatch --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+import click
+
+from minewatch import __version__
+
+
+@click.group(help="Satellite scenes and camera frames into labelled tables.")
+@click.version_option(__version__, prog_name="minewatch")
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Minewatch: tile, graph, train, infer, query."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+def _register() -> None:
+    for ep in sorted(entry_points(group="minewatch.commands"), key=lambda e: e.name):
+        cli.add_command(ep.load(), ep.name)
+
+
+_register()

@@ -1,0 +1,903 @@
+"""The Tile job: scenes and camera frames into georeferenced, labelled tiles.
+
+Graph (every step labelled)::
+
+    inputs ─ Discover ─┬─ (frames CSV join) ─ Plan ─ Reshuffle ─ Cut ─ Write ─ manifest
+                       └─ dead letter         │                   │      └─ shards ─┐
+                                              └─ per-scene counts ┴─ band stats ─ Finalize
+                                                                                  (stats.json,
+                                                                                   shard rename)
+
+Scale: a scene is split into blocks of tiles (``--block-tiles``) that are
+reshuffled across workers; each worker reads only its block's windows, cuts the
+tiles, and writes them to its own TFRecord shard inside the same fused stage,
+so tile pixels never pass through a shuffle and no process holds a scene.
+Only small records (counts, statistics, shard names) are grouped.
+
+Accounting (written to ``stats.json`` and checked by the tests)::
+
+    inputs.total  = inputs.tiled + inputs.dead_lettered
+    tiles.planned = tiles.written + sum(tiles.dropped.values())
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from minewatch.errors import InputError, SceneError
+from minewatch.labels import FrameLabel, FrameLabels, VectorLabels, tile_label, weak_label_mask
+from minewatch.rasters import Block, CloudMask, Grid, SceneReader, plan_blocks
+from minewatch.scenes import FRAME_EXTENSIONS, RASTER_EXTENSIONS, Rejection, SceneRef, group_files
+from minewatch.spec import UNKNOWN_CLASS, Tile, encode_tiles
+from minewatch.tables import dead_letter_schema, manifest_schema
+from minewatch.tfrecord import write_record
+from pipelines.options import TileConfig
+
+__all__ = ["TileScenes", "run_tile"]
+
+log = logging.getLogger(__name__)
+
+_NS = "minewatch.tile"
+DEAD = "dead"
+COUNTS = "counts"
+BAND_STATS = "band_stats"
+SHARDS = "shards"
+
+
+def _dead(
+    input: str, reason: str, kind: str, scene_id: str = "", tile_id: str = "", stage: str = ""
+) -> dict[str, str]:
+    return {
+        "input": input,
+        "reason": reason,
+        "kind": kind,
+        "scene_id": scene_id,
+        "tile_id": tile_id,
+        "stage": stage,
+    }
+
+
+# -- discovery ---------------------------------------------------------------------
+
+
+def _list_local(pattern: str) -> list[str]:
+    import glob
+
+    if os.path.isdir(pattern):
+        found = []
+        for root, dirs, files in os.walk(pattern):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+        return found
+    if any(ch in pattern for ch in "*?["):
+        return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    return [pattern] if os.path.exists(pattern) else []
+
+
+def list_inputs(pattern: str) -> list[str]:
+    """Return the files an input names: a file, a glob, or a folder (recursively).
+
+    Local paths are made absolute; remote ones (``gs://``) are matched with Beam's
+    FileSystems, a trailing ``/`` meaning a folder.
+    """
+    if "://" not in pattern:
+        return sorted(os.path.abspath(p) for p in _list_local(pattern))
+    if pattern.endswith("/"):
+        pattern += "**"
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
+    """List all inputs at once and group their files into scenes and frames."""
+
+    def __init__(self, frame_pattern: str) -> None:
+        self._frame_pattern = frame_pattern
+        self._inputs = Metrics.counter(_NS, "inputs")
+        self._rejected = Metrics.counter(_NS, "inputs_dead_lettered")
+
+    def process(self, patterns: Sequence[str]) -> Iterator[Any]:
+        """Yield SceneRefs; dead-letter rows to ``dead``; input counts to ``counts``."""
+        files: list[str] = []
+        for pattern in patterns:
+            matched = list_inputs(pattern)
+            if not matched:
+                yield from self._reject(Rejection(pattern, "matched no file"))
+            files.extend(matched)
+        refs, rejected = group_files(files, self._frame_pattern)
+        for rejection in rejected:
+            yield from self._reject(rejection)
+        for ref in refs:
+            self._inputs.inc()
+            yield TaggedOutput(COUNTS, ("", collections.Counter(inputs_discovered=1)))
+            yield ref
+
+    def _reject(self, rejection: Rejection) -> Iterator[Any]:
+        self._inputs.inc()
+        self._rejected.inc()
+        yield TaggedOutput(COUNTS, ("", collections.Counter(inputs_rejected=1)))
+        yield TaggedOutput(DEAD, _dead(rejection.input, rejection.reason, "input", stage="discover"))
+
+
+# -- frame labels ------------------------------------------------------------------
+
+
+class ParseFrameLabels(beam.DoFn):  # type: ignore[misc]
+    """Parse frames-CSV lines into ``(path, FrameLabel)``; bad lines are dead-lettered."""
+
+    def __init__(self, csv_path: str, columns: Sequence[str]) -> None:
+        self._csv = csv_path
+        self._columns = tuple(columns)
+        self._base = posixpath.dirname(csv_path)
+
+    def process(self, line: str) -> Iterator[Any]:
+        """Yield ``(path, FrameLabel)`` or a dead-letter row."""
+        if not line.strip():
+            return
+        try:
+            row = FrameLabels.parse_line(line, self._columns, self._base)
+        except InputError as exc:
+            yield TaggedOutput(DEAD, _dead(self._csv, str(exc), "label", stage="labels"))
+            return
+        yield row.path, row
+
+
+def _attach_frame_label(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    """Join frames with their CSV rows; rows without a frame are dead-lettered."""
+    path, groups = item
+    refs, rows = groups["ref"], groups["label"]
+    for extra in rows[1:]:
+        yield TaggedOutput(DEAD, _dead(path, "duplicate row in frame labels; first one used",
+                                       "label", stage="labels"))
+    if not refs:
+        for row in rows[:1]:
+            yield TaggedOutput(DEAD, _dead(row.path, "frame label for a file that is not an input",
+                                           "label", stage="labels"))
+        return
+    label = rows[0] if rows else None
+    for ref in refs:
+        if label is not None:
+            ref = replace(
+                ref,
+                camera_id=label.camera_id or ref.camera_id,
+                acquired=_iso_or(label.timestamp, ref.acquired),
+            )
+        yield ref, label
+
+
+def _iso_or(text: str, default: str) -> str:
+    if not text:
+        return default
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return default
+
+
+# -- planning ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """A block of one scene to read and cut; small, so it can be shuffled."""
+
+    ref: SceneRef
+    label: FrameLabel | None
+    block: Block
+
+
+def _reader(ref: SceneRef, config: TileConfig) -> SceneReader:
+    return SceneReader(
+        ref,
+        bands=None if ref.kind == "frame" else config.bands,
+        resolution=config.resolution if ref.kind == "scene" else None,
+        resampling=config.resampling,
+        nodata=config.nodata,
+        cloud=config.cloud if ref.kind == "scene" else None,
+        max_pixels=config.max_scene_pixels,
+    )
+
+
+class PlanScene(beam.DoFn):  # type: ignore[misc]
+    """Check a scene's headers and split its grid into blocks of tiles."""
+
+    def __init__(self, config: TileConfig) -> None:
+        self._config = config
+        self._rejected = Metrics.counter(_NS, "inputs_dead_lettered")
+        self._planned = Metrics.counter(_NS, "tiles_planned")
+
+    def process(self, item: tuple[SceneRef, FrameLabel | None]) -> Iterator[Any]:
+        """Yield BlockTasks; a scene that cannot be read goes to ``dead``."""
+        ref, label = item
+        c = self._config
+        try:
+            with _reader(ref, c) as reader:
+                assert reader.grid is not None
+                height, width = reader.grid.height, reader.grid.width
+        except SceneError as exc:
+            self._rejected.inc()
+            yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(failed=1)))
+            yield TaggedOutput(DEAD, _dead(ref.source, str(exc), "input", ref.scene_id,
+                                           stage="open"))
+            return
+        blocks = list(plan_blocks(height, width, c.tile_size, c.step, c.edge, c.block_tiles))
+        planned = sum(b.num_tiles for b in blocks)
+        self._planned.inc(planned)
+        yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(planned=planned)))
+        for block in blocks:
+            yield BlockTask(ref, label, block)
+
+
+# -- reading and cutting ---------------------------------------------------------
+
+
+@dataclass
+class TileBatch:
+    """The kept tiles of one block, passed within a fused stage (never shuffled)."""
+
+    tiles: list[Tile]
+    source: str
+    dtype: str
+
+
+class CutTiles(beam.DoFn):  # type: ignore[misc]
+    """Read a block's windows, cut its tiles, label them, drop the invalid ones.
+
+    Open scenes are cached per worker (a few at a time), so consecutive blocks of
+    one scene reuse the open files.
+    """
+
+    _MAX_OPEN = 4
+
+    def __init__(self, config: TileConfig) -> None:
+        self._config = config
+        self._written = Metrics.counter(_NS, "tiles_written")
+        self._dropped = Metrics.counter(_NS, "tiles_dropped")
+        self._labels: VectorLabels | None = None
+        self._readers: collections.OrderedDict[str, SceneReader] = collections.OrderedDict()
+
+    def setup(self) -> None:
+        """Load the polygon labels once per worker."""
+        c = self._config
+        if c.label_source == "vector" and c.labels:
+            self._labels = VectorLabels.load(
+                c.labels, c.label_field, c.classes, sparse=c.sparse_labels
+            )
+
+    def teardown(self) -> None:
+        """Close every cached scene."""
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+    def _open(self, ref: SceneRef) -> SceneReader:
+        reader = self._readers.pop(ref.scene_id, None)
+        if reader is None:
+            reader = _reader(ref, self._config).open()
+            while len(self._readers) >= self._MAX_OPEN:
+                self._readers.popitem(last=False)[1].close()
+        self._readers[ref.scene_id] = reader
+        return reader
+
+    def process(self, task: BlockTask) -> Iterator[Any]:
+        """Yield a TileBatch; dropped tiles to ``dead``; counts and band stats."""
+        ref, block = task.ref, task.block
+        c = self._config
+        try:
+            reader = self._open(ref)
+            data, valid = reader.read(block.row, block.col, block.height, block.width)
+        except Exception as exc:  # a bad block never kills the job
+            reason = f"read error: {type(exc).__name__}: {exc}"
+            yield from self._drop_all(task, reason, "read_error")
+            return
+        assert reader.grid is not None
+        mask = self._pixel_labels(reader, task, data)
+        kept: list[Tile] = []
+        counts: collections.Counter[str] = collections.Counter()
+        stats = _BandStats.empty(reader.band_names)
+        for r in block.row_starts:
+            for col in block.col_starts:
+                tile = self._cut(reader, task, data, valid, mask, r, col)
+                fraction = tile.valid_fraction
+                if fraction < c.min_valid or fraction == 0.0:
+                    counts["dropped.below_min_valid"] += 1
+                    self._dropped.inc()
+                    yield TaggedOutput(DEAD, _dead(
+                        ref.source,
+                        f"valid fraction {fraction:.3f} < --min-valid {c.min_valid} "
+                        "(nodata, cloud or outside the scene)",
+                        "tile", ref.scene_id, tile.tile_id, stage="cut"))
+                    continue
+                kept.append(tile)
+                stats.add(tile.image, tile.valid)
+        counts["written"] += len(kept)
+        self._written.inc(len(kept))
+        yield TaggedOutput(COUNTS, (ref.scene_id, counts))
+        if kept:
+            yield TaggedOutput(BAND_STATS, stats)
+            yield TileBatch(kept, ref.source, reader.dtype.name)
+
+    def _drop_all(self, task: BlockTask, reason: str, key: str) -> Iterator[Any]:
+        ref = task.ref
+        self._dropped.inc(task.block.num_tiles)
+        yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(
+            {f"dropped.{key}": task.block.num_tiles})))
+        for r in task.block.row_starts:
+            for col in task.block.col_starts:
+                yield TaggedOutput(DEAD, _dead(ref.source, reason, "tile", ref.scene_id,
+                                               f"{ref.scene_id}:{r}:{col}", stage="read"))
+
+    def _pixel_labels(
+        self, reader: SceneReader, task: BlockTask, data: np.ndarray
+    ) -> np.ndarray | None:
+        """Class per pixel of the block, or None when labels have no pixel extent."""
+        c = self._config
+        grid = reader.grid
+        assert grid is not None
+        if c.label_source == "vector" and self._labels is not None and task.ref.kind == "scene":
+            transform = grid.window_transform(task.block.row, task.block.col)
+            return self._labels.rasterize(grid.crs, transform, data.shape[1:])
+        if c.label_source == "weak" and task.ref.kind == "scene":
+            return weak_label_mask(data, reader.band_names)
+        return None
+
+    def _cut(
+        self,
+        reader: SceneReader,
+        task: BlockTask,
+        data: np.ndarray,
+        valid: np.ndarray,
+        mask: np.ndarray | None,
+        row: int,
+        col: int,
+    ) -> Tile:
+        c = self._config
+        grid = reader.grid
+        assert grid is not None
+        ref = task.ref
+        size = c.tile_size
+        r0, c0 = row - task.block.row, col - task.block.col
+        window = (slice(r0, r0 + size), slice(c0, c0 + size))
+        tile_valid = valid[window]
+        tile = Tile(
+            scene_id=ref.scene_id,
+            kind=ref.kind,
+            row_off=row,
+            col_off=col,
+            image=np.moveaxis(data[(slice(None), *window)], 0, -1),
+            valid=tile_valid,
+            bands=reader.band_names,
+            acquired=reader.acquired,
+            camera_id=ref.camera_id,
+        )
+        if ref.kind == "scene":
+            t = grid.window_transform(row, col)
+            tile.crs = grid.crs
+            tile.transform = tuple(t)[:6]
+            tile.bounds = grid.window_bounds(row, col, size, size)
+            tile.bounds_wgs84 = _to_wgs84(grid.crs, tile.bounds)
+        else:
+            tile.transform = tuple(grid.window_transform(row, col))[:6]
+            tile.bounds = grid.window_bounds(row, col, size, size)
+        self._label(tile, task, mask, window)
+        return tile
+
+    def _label(
+        self, tile: Tile, task: BlockTask, mask: np.ndarray | None, window: tuple[slice, slice]
+    ) -> None:
+        c = self._config
+        k = len(c.classes)
+        if mask is not None:
+            tile_mask = mask[window]
+            label, fractions = tile_label(tile_mask, tile.valid, k, c.min_class_fraction)
+            tile.label_mask = np.where(tile.valid, tile_mask, UNKNOWN_CLASS).astype(np.uint8)
+            tile.class_fractions = fractions
+            tile.label_source = c.label_source
+        elif c.label_source == "csv" and task.label is not None and task.label.label:
+            label = c.classes.index(task.label.label)
+            tile.class_fractions = np.eye(k, dtype=np.float32)[label]
+            tile.label_source = "csv"
+        else:
+            tile.class_fractions = np.zeros(k, np.float32)
+            return
+        tile.label = label
+        tile.label_name = c.classes[label] if label >= 0 else ""
+        if label < 0:
+            tile.label_source = "none"
+
+
+_WGS84: dict[str, Any] = {}
+
+
+def _to_wgs84(crs: str, bounds: Sequence[float]) -> tuple[float, ...]:
+    from pyproj import Transformer
+
+    if crs not in _WGS84:
+        _WGS84[crs] = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    west, south, east, north = _WGS84[crs].transform_bounds(*bounds, densify_pts=21)
+    return (west, south, east, north)
+
+
+@dataclass
+class _BandStats:
+    """Count, sum, sum of squares, min and max of valid pixels, per band."""
+
+    bands: dict[str, list[float]]
+
+    @classmethod
+    def empty(cls, names: Sequence[str]) -> _BandStats:
+        return cls({n: [0, 0.0, 0.0, math.inf, -math.inf] for n in names})
+
+    def add(self, image: np.ndarray, valid: np.ndarray) -> None:
+        if not valid.any():
+            return
+        pixels = image[valid].astype(np.float64)  # [N, C]
+        for k, acc in enumerate(self.bands.values()):
+            v = pixels[:, k]
+            acc[0] += v.size
+            acc[1] += float(v.sum())
+            acc[2] += float(np.dot(v, v))
+            acc[3] = min(acc[3], float(v.min()))
+            acc[4] = max(acc[4], float(v.max()))
+
+    def merge(self, other: _BandStats) -> None:
+        for name, acc in other.bands.items():
+            mine = self.bands.setdefault(name, [0, 0.0, 0.0, math.inf, -math.inf])
+            mine[0] += acc[0]
+            mine[1] += acc[1]
+            mine[2] += acc[2]
+            mine[3] = min(mine[3], acc[3])
+            mine[4] = max(mine[4], acc[4])
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, (n, s, ss, lo, hi) in sorted(self.bands.items()):
+            if n == 0:
+                continue
+            mean = s / n
+            out[name] = {
+                "count": int(n),
+                "mean": mean,
+                "std": math.sqrt(max(ss / n - mean * mean, 0.0)),
+                "min": lo,
+                "max": hi,
+            }
+        return out
+
+
+class _MergeBandStats(beam.CombineFn):  # type: ignore[misc]
+    def create_accumulator(self) -> _BandStats:
+        return _BandStats({})
+
+    def add_input(self, acc: _BandStats, stats: _BandStats) -> _BandStats:
+        acc.merge(stats)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[_BandStats]) -> _BandStats:
+        out = _BandStats({})
+        for acc in accs:
+            out.merge(acc)
+        return out
+
+    def extract_output(self, acc: _BandStats) -> dict[str, dict[str, float]]:
+        return acc.summary()
+
+
+class _SumCounters(beam.CombineFn):  # type: ignore[misc]
+    def create_accumulator(self) -> collections.Counter[str]:
+        return collections.Counter()
+
+    def add_input(
+        self, acc: collections.Counter[str], counts: collections.Counter[str]
+    ) -> collections.Counter[str]:
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(
+        self, accs: Iterable[collections.Counter[str]]
+    ) -> collections.Counter[str]:
+        out: collections.Counter[str] = collections.Counter()
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc: collections.Counter[str]) -> dict[str, int]:
+        return dict(acc)
+
+
+def _scene_outcome(item: tuple[str, dict[str, int]]) -> Iterator[Any]:
+    """Decide per scene whether it was tiled; a scene with no tile is dead-lettered."""
+    scene_id, counts = item
+    if not scene_id:  # job-level counts (discovery rejections, scenes seen)
+        yield counts
+        return
+    out = collections.Counter({k: v for k, v in counts.items() if k != "failed"})
+    if counts.get("failed"):
+        out["inputs_dead_lettered"] += 1
+    elif counts.get("written", 0) > 0:
+        out["inputs_tiled"] += 1
+    else:
+        out["inputs_dead_lettered"] += 1
+        dropped = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("dropped.")}
+        detail = ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())) or "no tile planned"
+        yield TaggedOutput(DEAD, _dead(scene_id, f"no tile kept ({detail})", "input", scene_id,
+                                       stage="account"))
+    yield out
+
+
+# -- writing -----------------------------------------------------------------------
+
+
+class WriteShards(beam.DoFn):  # type: ignore[misc]
+    """Write tiles to TFRecord shards inside the fused stage; yield manifest rows.
+
+    Each bundle writes its own temporary shard(s) under ``tiles/.tmp-<job>/``;
+    :func:`_finalize` renames the shards of committed bundles into ``tiles/`` and
+    deletes what failed or retried bundles left, so a retry never duplicates a
+    tile and a reader never sees a half-written shard.
+    """
+
+    def __init__(self, tiles_dir: str, temp_dir: str, records_per_shard: int) -> None:
+        self._tiles_dir = tiles_dir
+        self._temp_dir = temp_dir
+        self._max = records_per_shard
+        self._bytes = Metrics.counter(_NS, "bytes_written")
+
+    def start_bundle(self) -> None:
+        self._file: Any = None
+        self._name = ""
+        self._count = 0
+
+    def _roll(self) -> str | None:
+        done = self._close()
+        self._name = f"tiles-{uuid.uuid4().hex[:16]}.tfrecord"
+        if "://" not in self._temp_dir:
+            os.makedirs(self._temp_dir, exist_ok=True)
+        self._file = FileSystems.create(posixpath.join(self._temp_dir, self._name))
+        self._count = 0
+        return done
+
+    def _close(self) -> str | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        self._file = None
+        return self._name
+
+    def process(self, batch: TileBatch) -> Iterator[Any]:
+        """Append a batch's tiles; yield one manifest row per tile."""
+        for tile, record in zip(batch.tiles, encode_tiles(batch.tiles), strict=True):
+            if self._file is None or self._count >= self._max:
+                done = self._roll()
+                if done:
+                    yield TaggedOutput(SHARDS, done)
+            self._bytes.inc(write_record(self._file, record))
+            self._count += 1
+            yield _manifest_row(tile, batch, self._name)
+
+    def finish_bundle(self) -> Iterator[TaggedOutput]:
+        done = self._close()
+        if done:
+            window = GlobalWindow()
+            yield TaggedOutput(SHARDS, WindowedValue(done, window.max_timestamp(), [window]))
+
+
+def _manifest_row(tile: Tile, batch: TileBatch, shard: str) -> dict[str, Any]:
+    west, south, east, north = tile.bounds_wgs84
+    nan = math.isnan
+    return {
+        "tile_id": tile.tile_id,
+        "scene_id": tile.scene_id,
+        "kind": tile.kind,
+        "source": batch.source,
+        "camera_id": tile.camera_id,
+        "acquired": tile.acquired,
+        "crs": tile.crs,
+        "transform": list(tile.transform),
+        "row_off": tile.row_off,
+        "col_off": tile.col_off,
+        "height": tile.image.shape[0],
+        "width": tile.image.shape[1],
+        "minx": tile.bounds[0],
+        "miny": tile.bounds[1],
+        "maxx": tile.bounds[2],
+        "maxy": tile.bounds[3],
+        "west": None if nan(west) else west,
+        "south": None if nan(south) else south,
+        "east": None if nan(east) else east,
+        "north": None if nan(north) else north,
+        "bands": list(tile.bands),
+        "dtype": batch.dtype,
+        "label": tile.label,
+        "label_name": tile.label_name,
+        "label_source": tile.label_source,
+        "weak": tile.weak,
+        "labelled": tile.label >= 0,
+        "class_fractions": [float(x) for x in tile.class_fractions],
+        "valid_fraction": tile.valid_fraction,
+        "shard": shard,
+    }
+
+
+def _finalize(
+    _: Any,
+    shards: list[str],
+    counts: dict[str, int],
+    band_stats: dict[str, dict[str, float]],
+    tiles_dir: str,
+    temp_dir: str,
+    stats_path: str,
+    header: dict[str, Any],
+) -> dict[str, Any]:
+    """Move committed shards into place, delete leftovers, write ``stats.json``."""
+    committed = sorted(set(shards))
+    for name in committed:
+        src = posixpath.join(temp_dir, name)
+        dst = posixpath.join(tiles_dir, name)
+        if FileSystems.exists(src):
+            FileSystems.rename([src], [dst])
+        elif not FileSystems.exists(dst):  # a retried finalize already moved it
+            raise OSError(f"shard {src} of a committed bundle is missing")
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
+    dropped = {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dropped.")}
+    stats = {
+        **header,
+        "inputs": {
+            "total": counts.get("inputs_discovered", 0) + counts.get("inputs_rejected", 0),
+            "tiled": counts.get("inputs_tiled", 0),
+            "dead_lettered": counts.get("inputs_dead_lettered", 0)
+            + counts.get("inputs_rejected", 0),
+        },
+        "tiles": {
+            "planned": counts.get("planned", 0),
+            "written": counts.get("written", 0),
+            "dropped": dropped,
+        },
+        "shards": committed,
+        "bands": band_stats,
+    }
+    with FileSystems.create(stats_path) as f:
+        f.write(json.dumps(stats, indent=2, default=str).encode())
+    return stats
+
+
+# -- the job -----------------------------------------------------------------------
+
+
+def output_paths(out: str) -> dict[str, str]:
+    """Where ``minewatch tile`` writes, under ``out``."""
+    return {
+        "tiles": posixpath.join(out, "tiles"),
+        "manifest": posixpath.join(out, "manifest"),
+        "dead_letter": posixpath.join(out, "dead_letter"),
+        "stats": posixpath.join(out, "stats.json"),
+    }
+
+
+class TileScenes(beam.PTransform):  # type: ignore[misc]
+    """Tile scenes and frames into TFRecords, a manifest, dead letters and stats.
+
+    Example:
+        >>> with beam.Pipeline() as p:  # doctest: +SKIP
+        ...     p | "Tile" >> TileScenes(TileConfig(inputs=("scenes/",), out="out"))
+
+    Args:
+        config: The job's options.
+        label_rejections: ``(feature, reason)`` of label features refused at launch.
+        header: Extra fields for ``stats.json`` (classes, options, version).
+    """
+
+    def __init__(
+        self,
+        config: TileConfig,
+        label_rejections: Sequence[tuple[str, str]] = (),
+        header: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._label_rejections = list(label_rejections)
+        self._header = header or {}
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        c = self._config
+        paths = output_paths(c.out)
+        temp_dir = posixpath.join(paths["tiles"], f".tmp-{uuid.uuid4().hex[:12]}")
+        dead: list[beam.PCollection] = []
+        counts: list[beam.PCollection] = []
+
+        found = (
+            pbegin
+            | "Inputs" >> beam.Create([tuple(c.inputs)])
+            | "Discover" >> beam.ParDo(DiscoverScenes(c.frame_pattern)).with_outputs(
+                DEAD, COUNTS, main="refs"
+            )
+        )
+        dead.append(found[DEAD])
+        counts.append(found[COUNTS])
+        if c.label_source == "csv" and c.labels:
+            items = self._join_frame_labels(pbegin, found.refs, dead)
+        else:
+            items = found.refs | "NoFrameLabels" >> beam.Map(lambda ref: (ref, None))
+        if self._label_rejections:
+            dead.append(
+                pbegin
+                | "LabelRejections" >> beam.Create(self._label_rejections)
+                | "LabelDeadLetter" >> beam.MapTuple(
+                    lambda feature, reason: _dead(feature, reason, "label", stage="labels")
+                )
+            )
+
+        planned = items | "Plan" >> beam.ParDo(PlanScene(c)).with_outputs(DEAD, COUNTS, main="tasks")
+        dead.append(planned[DEAD])
+        counts.append(planned[COUNTS])
+        cut = (
+            planned.tasks
+            # Blocks of one scene spread over all workers; only block tasks are shuffled.
+            | "Spread" >> beam.Reshuffle()
+            | "Cut" >> beam.ParDo(CutTiles(c)).with_outputs(DEAD, COUNTS, BAND_STATS, main="batches")
+        )
+        dead.append(cut[DEAD])
+        counts.append(cut[COUNTS])
+        written = cut.batches | "WriteTiles" >> beam.ParDo(
+            WriteShards(paths["tiles"], temp_dir, c.records_per_shard)
+        ).with_outputs(SHARDS, main="rows")
+        written.rows | "WriteManifest" >> beam.io.WriteToParquet(
+            posixpath.join(paths["manifest"], "manifest"),
+            manifest_schema(),
+            file_name_suffix=".parquet",
+        )
+
+        outcome = (
+            counts
+            | "AllCounts" >> beam.Flatten()
+            | "CountPerScene" >> beam.CombinePerKey(_SumCounters())
+            | "SceneOutcome" >> beam.FlatMap(_scene_outcome).with_outputs(DEAD, main="counts")
+        )
+        dead.append(outcome[DEAD])
+        totals = outcome.counts | "CountJob" >> beam.CombineGlobally(_SumCounters())
+        band_stats = cut[BAND_STATS] | "BandStats" >> beam.CombineGlobally(_MergeBandStats())
+
+        dead_rows = dead | "AllDeadLetters" >> beam.Flatten()
+        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
+            posixpath.join(paths["dead_letter"], "dead_letter"),
+            dead_letter_schema(),
+            file_name_suffix=".parquet",
+        )
+        stats = (
+            pbegin
+            | "FinalizeTrigger" >> beam.Create([None])
+            | "Finalize" >> beam.Map(
+                _finalize,
+                shards=beam.pvalue.AsList(written[SHARDS]),
+                counts=beam.pvalue.AsSingleton(totals),
+                band_stats=beam.pvalue.AsSingleton(band_stats),
+                tiles_dir=paths["tiles"],
+                temp_dir=temp_dir,
+                stats_path=paths["stats"],
+                header=self._header,
+            )
+        )
+        return {"manifest": written.rows, "dead_letter": dead_rows, "stats": stats}
+
+    def _join_frame_labels(
+        self, pbegin: beam.pvalue.PBegin, refs: beam.PCollection, dead: list[beam.PCollection]
+    ) -> beam.PCollection:
+        c = self._config
+        assert c.labels is not None
+        rows = (
+            pbegin
+            | "ReadFrameLabels" >> beam.io.ReadFromText(c.labels, skip_header_lines=1)
+            | "ParseFrameLabels" >> beam.ParDo(ParseFrameLabels(c.labels, c.csv_columns)).with_outputs(
+                DEAD, main="rows"
+            )
+        )
+        dead.append(rows[DEAD])
+        frames = (
+            refs
+            | "FramesOnly" >> beam.Filter(lambda ref: ref.kind == "frame")
+            | "KeyFrames" >> beam.Map(lambda ref: (ref.source, ref))
+        )
+        scenes = (
+            refs
+            | "ScenesOnly" >> beam.Filter(lambda ref: ref.kind != "frame")
+            | "ScenesUnlabelled" >> beam.Map(lambda ref: (ref, None))
+        )
+        joined = (
+            {"ref": frames, "label": rows.rows}
+            | "JoinFrameLabels" >> beam.CoGroupByKey()
+            | "AttachFrameLabels" >> beam.FlatMap(_attach_frame_label).with_outputs(
+                DEAD, main="items"
+            )
+        )
+        dead.append(joined[DEAD])
+        return (scenes, joined.items) | "ScenesAndFrames" >> beam.Flatten()
+
+
+def run_tile(
+    config: TileConfig,
+    beam_args: Sequence[str] = (),
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+    label_rejections: Sequence[tuple[str, str]] = (),
+    header: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Build and run the Tile job.
+
+    Args:
+        config: The job's options (already checked).
+        beam_args: Beam pipeline options, passed through unchanged.
+        save_main_session: Pickle ``__main__`` for the workers.
+        test_pipeline: Build on this pipeline instead and do not run it.
+        label_rejections: Label features refused at launch, for the dead letters.
+        header: Extra fields for ``stats.json``.
+
+    Returns:
+        The contents of ``stats.json`` plus the job's Beam counters, or None when
+        building on ``test_pipeline``.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    _ = pipeline | "Tile" >> TileScenes(config, label_rejections, header)
+    if test_pipeline is not None:
+        return None
+    result = pipeline.run()
+    result.wait_until_finish()
+    with FileSystems.open(output_paths(config.out)["stats"]) as f:
+        stats: dict[str, Any] = json.loads(f.read())
+    stats["beam_counters"] = _counters(result)
+    return stats
+
+
+def _counters(result: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for counter in result.metrics().query()["counters"]:
+            if counter.key.metric.namespace == _NS:
+                value = counter.committed if counter.committed is not None else counter.attempted
+                out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value)
+    except Exception as exc:  # some runners report no metrics; the stats file stands
+        log.warning("could not read Beam counters: %s", exc)
+    return out
+
+
+# Kept for the run(argv) convention: the CLI module parses the options.
+def run(
+    argv: Sequence[str] | None = None,
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any] | None:
+    """Run ``minewatch tile`` with command-line arguments (ours and Beam's).
+
+    Args:
+        argv: Arguments as on the command line after ``minewatch tile``.
+        save_main_session: Pickle ``__main__`` for the workers.
+        test_pipeline: Build on this pipeline instead and do not run it.
+
+    Returns:
+        See :func:`run_tile`.
+    """
+    from minewatch.cli.tile import launch
+
+    return launch(list(argv or []), save_main_session, test_pipeline)
