@@ -224,8 +224,8 @@ class VectorLabels:
         fill = UNKNOWN_CLASS if self.sparse else 0
         proj = self._projected(crs)
         rows, cols = shape
-        x0, y0 = transform * (0, 0)
-        x1, y1 = transform * (cols, rows)
+        x0, y0 = transform @ (0, 0)
+        x1, y1 = transform @ (cols, rows)
         box = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
         hits = np.sort(proj.tree.query(box, predicate="intersects"))
         if hits.size == 0:

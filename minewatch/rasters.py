@@ -89,7 +89,7 @@ class Grid:
 
     def window_transform(self, row: int, col: int) -> Affine:
         """Return the transform of the window whose top-left pixel is (row, col)."""
-        return self.transform * Affine.translation(col, row)
+        return self.transform @ Affine.translation(col, row)
 
     def window_bounds(self, row: int, col: int, height: int, width: int) -> tuple[float, ...]:
         """Return ``left, bottom, right, top`` of a window."""
@@ -385,8 +385,8 @@ class SceneReader:
         else:
             inv = ~g.transform
             left, bottom, right, top = ds.bounds
-            c0, r0 = inv * (left, top)
-            c1, r1 = inv * (right, bottom)
+            c0, r0 = inv @ (left, top)
+            c1, r1 = inv @ (right, bottom)
             # Pixels whose centres fall inside the band's extent.
             rows = sorted((r0, r1))
             cols = sorted((c0, c1))

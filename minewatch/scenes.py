@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_FRAME_PATTERN",
     "FRAME_EXTENSIONS",
     "RASTER_EXTENSIONS",
+    "SIDECAR_SUFFIXES",
     "Rejection",
     "SceneRef",
     "group_files",
@@ -30,6 +31,9 @@ __all__ = [
 
 RASTER_EXTENSIONS = frozenset({".tif", ".tiff", ".jp2", ".vrt", ".img"})
 FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+#: Files that belong to a raster beside them (GDAL metadata, overviews, masks,
+#: world files); never inputs of their own.
+SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".jgw", ".pgw", ".wld", ".prj")
 
 #: Camera id = the frame's folder; time = ``YYYYmmddTHHMMSS`` at the start of its name.
 DEFAULT_FRAME_PATTERN = r"(?P<camera_id>[^/]+)/(?P<timestamp>\d{8}T\d{6})[^/]*$"
@@ -165,6 +169,8 @@ def group_files(
     by_folder: dict[str, list[str]] = defaultdict(list)
     for path in sorted(set(files)):
         ext = _ext(path)
+        if path.lower().endswith(SIDECAR_SUFFIXES):
+            continue
         if ext in FRAME_EXTENSIONS:
             refs.append(_frame_ref(path, pattern))
         elif ext in RASTER_EXTENSIONS:

@@ -227,7 +227,7 @@ def _check_frames_csv(path: str, classes: tuple[str, ...]) -> tuple[tuple[str, .
             if "label" in columns:
                 at = columns.index("label")
                 for row in csv.reader(lines):
-                    if len(row) > at and row[at].strip():
+                    if len(row) == len(columns) and row[at].strip():
                         seen.add(row[at].strip())
     except (OSError, UnicodeDecodeError) as exc:
         raise _bad(f"cannot read {path}: {exc}", "--labels") from exc
