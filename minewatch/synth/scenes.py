@@ -1,0 +1,1022 @@
+"""Synthetic mining scenes on a real Sentinel-2 background, with their truth.
+
+Objects are planned once (:func:`plan_layout`) in pixel coordinates of the
+crop, then rendered per acquisition: stockpiles grow or shrink, pits appear
+and widen, sun, season, illumination gain and clouds change. Every object is
+drawn with a soft edge (alpha ramp of :data:`EDGE_PX` pixels); its truth
+polygon is the outline of the pixels where it is the top-most object with
+alpha >= 0.5, so rasterising the polygon (pixel-centre rule) gives back exactly
+``area_m2 / pixel_area`` pixels.
+
+Radiometric model, in digital numbers (reflectance x 10000), per band ``b``::
+
+    ground  = path_b + season_b * (background - path_b)          # vegetation phenology
+    object  = path_b + 10000 * rho_b(material) * texture * shade  # alpha-blended over ground
+    shadow  = path_b + (1 - 0.55 * shadow_alpha) * (ground - path_b)
+    scene   = gain * ground  then  (1 - c) * scene + c * 10000 * rho_b(cloud)
+
+``path_b`` is the scene's dark-object value (0.5th percentile of the band),
+standing in for atmospheric path radiance, so that surface reflectances from
+:mod:`minewatch.synth.materials` sit plausibly in a top-of-atmosphere scene.
+``manifest.json`` records ``path_b``, ``gain`` and ``season_b`` so tests can
+invert the model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.features
+import rasterio.shutil
+from affine import Affine
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from scipy import ndimage
+from shapely import affinity
+from shapely.geometry import Point, Polygon, box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from minewatch.synth.background import Background
+from minewatch.synth.materials import QUANTIFICATION, signature
+from minewatch.synth.sizes import SizeSpec
+
+__all__ = [
+    "CLASSES",
+    "EDGE_PX",
+    "Acquisition",
+    "Layout",
+    "assess_legality",
+    "plan_layout",
+    "render_acquisition",
+    "write_scenes",
+]
+
+log = logging.getLogger(__name__)
+
+#: Truth classes for scene objects (clouds go to a separate file).
+CLASSES: tuple[str, ...] = ("stockpile", "mining_scar", "haul_road", "pit_water")
+#: Width of the soft edge (alpha 0 -> 1) in pixels.
+EDGE_PX = 1.5
+#: Height of a stockpile as a fraction of its radius (angle of repose ~ 27 deg).
+STOCKPILE_HEIGHT_RATIO = 0.5
+#: Assumed cloud-top height for cloud shadows, metres.
+CLOUD_HEIGHT_M = 1500.0
+#: Sentinel-2 overpass, local solar time (10:30).
+OVERPASS_HOURS = 10.5
+_FIRST_DATE = dt.date(2024, 1, 15)
+# Phenology amplitude per band: reflectance of vegetation rises in the red edge
+# and NIR in summer and falls a little in the red (chlorophyll absorption).
+_SEASON_AMPLITUDE = {"B04": -0.10, "B05": 0.05, "B06": 0.15, "B07": 0.20, "B08": 0.20}
+_SEASON_AMPLITUDE |= {"B8A": 0.20, "B09": 0.10}
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class Blob:
+    """A star-shaped object: radius modulated by a few harmonics."""
+
+    oid: str
+    cls: str
+    material: str
+    commodity: str | None
+    row: float
+    col: float
+    radius: float
+    amps: np.ndarray
+    phases: np.ndarray
+    radius_by_date: list[float | None]
+    parent: str | None = None
+
+    def max_extent(self) -> float:
+        """Largest distance from the centre over all dates, in pixels."""
+        radii = [r for r in self.radius_by_date if r is not None]
+        return max(radii) * (1.0 + float(np.abs(self.amps).sum())) + EDGE_PX
+
+
+@dataclass
+class Road:
+    """A haul road: a polyline of pixel coordinates with a width."""
+
+    oid: str
+    points: list[tuple[float, float]]
+    width: float
+    first_date: int
+
+
+@dataclass
+class Layout:
+    """Everything placed in one crop, in crop pixel coordinates.
+
+    Attributes:
+        width: Crop width in pixels.
+        height: Crop height in pixels.
+        transform: Crop transform (scene CRS).
+        concessions: ``(licence_id, polygon)`` in pixel coordinates.
+        protected: ``(name, polygon)`` in pixel coordinates.
+        blobs: Stockpiles, scars and pit water in paint order.
+        roads: Haul roads.
+        dates: Acquisition dates.
+    """
+
+    width: int
+    height: int
+    transform: Affine
+    concessions: list[tuple[str, Polygon]]
+    protected: list[tuple[str, Polygon]]
+    blobs: list[Blob]
+    roads: list[Road]
+    dates: list[dt.date]
+
+
+class _LandMask:
+    """Water/land from NDWI on a decimated read, for placing objects on land."""
+
+    def __init__(self, land: np.ndarray, factor: int) -> None:
+        self.land = land
+        self.factor = factor
+
+    def disc_on_land(self, row: float, col: float, radius: float) -> bool:
+        pts = [(row, col)] + [
+            (row + radius * math.sin(a), col + radius * math.cos(a))
+            for a in np.linspace(0, 2 * math.pi, 8, endpoint=False)
+        ]
+        for r, c in pts:
+            i, j = int(r // self.factor), int(c // self.factor)
+            if not (0 <= i < self.land.shape[0] and 0 <= j < self.land.shape[1]):
+                return False
+            if not self.land[i, j]:
+                return False
+        return True
+
+    def fraction(self, geom: BaseGeometry, rng: np.random.Generator, n: int = 64) -> float:
+        minx, miny, maxx, maxy = geom.bounds
+        hits = total = 0
+        for _ in range(n * 4):
+            x, y = rng.uniform(minx, maxx), rng.uniform(miny, maxy)
+            if not geom.contains(Point(x, y)):
+                continue
+            total += 1
+            hits += self.disc_on_land(y, x, 0.0)
+            if total >= n:
+                break
+        return hits / total if total else 0.0
+
+
+def _rotated_rect(cx: float, cy: float, w: float, h: float, angle: float) -> Polygon:
+    rect = box(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+    return affinity.rotate(rect, angle, origin=(cx, cy))
+
+
+def _place_regions(
+    layout_rng: np.random.Generator, spec: SizeSpec, width: int, height: int, land: _LandMask
+) -> tuple[list[tuple[str, Polygon]], list[tuple[str, Polygon]]]:
+    concessions: list[tuple[str, Polygon]] = []
+    side = 0.45 * min(width, height) / math.sqrt(spec.n_concessions)
+    for k in range(spec.n_concessions):
+        for attempt in range(600):
+            min_land = 0.9 if attempt < 400 else 0.0
+            w, h = side * layout_rng.uniform(0.9, 1.1), side * layout_rng.uniform(1.0, 1.2)
+            half = 0.5 * math.hypot(w, h)
+            cx = layout_rng.uniform(half + 4, max(half + 5, width - half - 4))
+            cy = layout_rng.uniform(half + 4, max(half + 5, height - half - 4))
+            poly = _rotated_rect(cx, cy, w, h, float(layout_rng.uniform(-20, 20)))
+            if any(poly.distance(p) < 20 for _, p in concessions):
+                continue
+            if land.fraction(poly, layout_rng) < min_land:
+                continue
+            concessions.append((f"ML-2019-{k + 1:03d}", poly))
+            break
+    protected: list[tuple[str, Polygon]] = []
+    radius = 0.12 * min(width, height) / math.sqrt(spec.n_protected)
+    for k in range(spec.n_protected):
+        for attempt in range(600):
+            min_land = 0.8 if attempt < 400 else 0.0
+            r = radius * layout_rng.uniform(0.9, 1.1)
+            cx = layout_rng.uniform(1.4 * r + 4, width - 1.4 * r - 4)
+            cy = layout_rng.uniform(r + 4, height - r - 4)
+            poly = affinity.scale(Point(cx, cy).buffer(r, 16), 1.3, 1.0)
+            if any(poly.distance(p) < 12 for _, p in concessions + protected):
+                continue
+            if land.fraction(poly, layout_rng) < min_land:
+                continue
+            protected.append((f"PA-{k + 1:02d}", poly))
+            break
+    return concessions, protected
+
+
+def _growth(rng: np.random.Generator, n_dates: int, index: int) -> list[float]:
+    """Area factors per date: alternate growth and shrinkage by 20-45 %."""
+    factors = [1.0]
+    for t in range(1, n_dates):
+        m = float(rng.uniform(0.2, 0.45))
+        grow = (index + t) % 2 == 1
+        factors.append(factors[-1] * ((1.0 + m) if grow else 1.0 / (1.0 + m)))
+    return factors
+
+
+def plan_layout(
+    spec: SizeSpec,
+    width: int,
+    height: int,
+    transform: Affine,
+    land_mask: np.ndarray,
+    land_factor: int,
+    rng: np.random.Generator,
+) -> Layout:
+    """Place concessions, protected areas, pits, stockpiles and roads.
+
+    Placement is by rejection sampling; an object that finds no room after a
+    few hundred tries is left out (logged), so the counts in ``spec`` are
+    upper bounds.
+
+    Args:
+        spec: Size specification (counts, radius ranges, dates).
+        width: Crop width in pixels.
+        height: Crop height in pixels.
+        transform: Crop transform.
+        land_mask: Boolean land mask of the crop, decimated by ``land_factor``.
+        land_factor: Decimation of ``land_mask``.
+        rng: Random generator (the layout stream).
+
+    Returns:
+        The :class:`Layout`.
+    """
+    land = _LandMask(land_mask, land_factor)
+    dates = [_FIRST_DATE + dt.timedelta(days=spec.date_step_days * t) for t in range(spec.n_dates)]
+    concessions, protected = _place_regions(rng, spec, width, height, land)
+    conc_union = unary_union([p for _, p in concessions]) if concessions else Polygon()
+    prot_union = unary_union([p for _, p in protected]) if protected else Polygon()
+    taken: list[tuple[float, float, float]] = []
+    blobs: list[Blob] = []
+
+    def free(row: float, col: float, r: float) -> bool:
+        return all(math.hypot(row - a, col - b) > r + c + 3 for a, b, c in taken)
+
+    def harmonics() -> tuple[np.ndarray, np.ndarray]:
+        return rng.uniform(0.0, 0.08, 3), rng.uniform(0, 2 * math.pi, 3)
+
+    # Pits: legal ones inside concessions, illegal ones outside or in protected areas.
+    statuses = ["legal", "outside", "legal", "protected"]
+    n_early = (spec.n_scars + 1) // 2
+    scars: list[Blob] = []
+    for k in range(spec.n_scars):
+        status = statuses[k % len(statuses)]
+        if status == "protected" and not protected:
+            status = "outside"
+        first = 0 if k < n_early or spec.n_dates == 1 else int(rng.integers(1, spec.n_dates))
+        radius = float(rng.uniform(*spec.scar_radius))
+        amps, phases = harmonics()
+        radii: list[float | None] = [
+            None if t < first else radius * (1.0 + 0.08 * (t - first)) for t in range(spec.n_dates)
+        ]
+        blob = Blob(
+            f"pit-{k + 1:03d}",
+            "mining_scar",
+            "tailings" if rng.random() < 0.3 else "bare_soil",
+            None,
+            0.0,
+            0.0,
+            radius,
+            amps,
+            phases,
+            radii,
+        )
+        extent = blob.max_extent()
+        for _ in range(800):
+            col = float(rng.uniform(extent + 2, width - extent - 2))
+            row = float(rng.uniform(extent + 2, height - extent - 2))
+            disc = Point(col, row).buffer(extent + 3)
+            if status == "legal" and not any(disc.within(p) for _, p in concessions):
+                continue
+            if status == "outside" and (disc.intersects(conc_union) or disc.intersects(prot_union)):
+                continue
+            if status == "protected" and not any(disc.within(p) for _, p in protected):
+                continue
+            if not free(row, col, extent) or not land.disc_on_land(row, col, extent):
+                continue
+            blob.row, blob.col = row, col
+            taken.append((row, col, extent))
+            scars.append(blob)
+            blobs.append(blob)
+            break
+        else:
+            log.info("no room for %s (%s); left out", blob.oid, status)
+    # Turbid water in about half of the pits, inside the pit.
+    for blob in list(scars):
+        if rng.random() < 0.5:
+            continue
+        frac = float(rng.uniform(0.3, 0.45))
+        off = blob.radius * 0.25
+        ang = float(rng.uniform(0, 2 * math.pi))
+        amps, phases = harmonics()
+        water = Blob(
+            blob.oid.replace("pit", "water"),
+            "pit_water",
+            "turbid_water",
+            None,
+            blob.row + off * math.sin(ang),
+            blob.col + off * math.cos(ang),
+            blob.radius * frac,
+            amps,
+            phases,
+            [None if r is None else r * frac for r in blob.radius_by_date],
+            parent=blob.oid,
+        )
+        blobs.append(water)
+    # Stockpiles: most in concession stockyards, a few anywhere on land.
+    commodities = ["coal", "iron_ore", "bauxite", "sand"]
+    stockpiles: list[Blob] = []
+    for k in range(spec.n_stockpiles):
+        commodity = commodities[k % len(commodities)]
+        radius = float(rng.uniform(*spec.stockpile_radius))
+        amps, phases = harmonics()
+        factors = _growth(rng, spec.n_dates, k)
+        blob = Blob(
+            f"sp-{k + 1:03d}",
+            "stockpile",
+            commodity,
+            commodity,
+            0.0,
+            0.0,
+            radius,
+            amps,
+            phases,
+            [radius * math.sqrt(f) for f in factors],
+        )
+        extent = blob.max_extent()
+        in_yard = concessions and k % 5 != 4
+        for _ in range(800):
+            col = float(rng.uniform(extent + 2, width - extent - 2))
+            row = float(rng.uniform(extent + 2, height - extent - 2))
+            if in_yard and not conc_union.contains(Point(col, row).buffer(extent)):
+                continue
+            if not free(row, col, extent) or not land.disc_on_land(row, col, extent):
+                continue
+            blob.row, blob.col = row, col
+            taken.append((row, col, extent))
+            stockpiles.append(blob)
+            blobs.append(blob)
+            break
+        else:
+            log.info("no room for %s; left out", blob.oid)
+    # Haul roads: from a pit to the nearest stockpile (legal) or to the crop edge.
+    roads: list[Road] = []
+    for k in range(min(spec.n_roads, len(scars))):
+        pit = scars[k % len(scars)]
+        start = (pit.row, pit.col)
+        yard = [s for s in stockpiles if conc_union.contains(Point(s.col, s.row))]
+        if yard and conc_union.contains(Point(pit.col, pit.row)):
+            dest = min(yard, key=lambda s: math.hypot(s.row - pit.row, s.col - pit.col))
+            end = (dest.row, dest.col)
+        else:
+            edges = [
+                (0.0, pit.col),
+                (float(height), pit.col),
+                (pit.row, 0.0),
+                (pit.row, float(width)),
+            ]
+            end = min(edges, key=lambda e: math.hypot(e[0] - pit.row, e[1] - pit.col))
+        mid = (
+            (start[0] + end[0]) / 2 + float(rng.normal(0, 6)),
+            (start[1] + end[1]) / 2 + float(rng.normal(0, 6)),
+        )
+        first = next(t for t, r in enumerate(pit.radius_by_date) if r is not None)
+        roads.append(
+            Road(f"road-{k + 1:03d}", [start, mid, end], float(rng.uniform(2.0, 3.0)), first)
+        )
+    return Layout(width, height, transform, concessions, protected, blobs, roads, dates)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@dataclass
+class _Sprite:
+    """One object drawn on a bounding box of the crop."""
+
+    oid: str
+    cls: str
+    material: str
+    commodity: str | None
+    row0: int
+    col0: int
+    alpha: np.ndarray
+    texture: np.ndarray
+    parent: str | None = None
+
+
+@dataclass
+class Acquisition:
+    """One rendered acquisition (before the background is read).
+
+    Attributes:
+        index: Position in the time series.
+        date: Acquisition date.
+        sun_azimuth: Degrees clockwise from north.
+        sun_elevation: Degrees above the horizon.
+        gain: Global illumination gain applied to the whole scene.
+        season: Phenology factor per band (applied to the background only).
+        sprites: Objects in paint order.
+        shadows: ``(row0, col0, alpha)`` stockpile shadows.
+        cloud: Cloud opacity (H, W) or ``None``.
+        cloud_shadow: Cloud-shadow opacity (H, W) or ``None``.
+        labels: Top-most object per pixel (0 = none), indexes ``sprites`` + 1.
+    """
+
+    index: int
+    date: dt.date
+    sun_azimuth: float
+    sun_elevation: float
+    gain: float
+    season: dict[str, float]
+    sprites: list[_Sprite] = field(default_factory=list)
+    shadows: list[tuple[int, int, np.ndarray]] = field(default_factory=list)
+    cloud: np.ndarray | None = None
+    cloud_shadow: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+
+def sun_position(lat: float, lon: float, date: dt.date) -> tuple[float, float]:
+    """Approximate sun azimuth and elevation at the Sentinel-2 overpass.
+
+    Args:
+        lat: Latitude in degrees.
+        lon: Longitude in degrees (unused: the overpass is at local solar time).
+        date: Acquisition date.
+
+    Returns:
+        ``(azimuth, elevation)`` in degrees; azimuth clockwise from north.
+    """
+    del lon
+    doy = date.timetuple().tm_yday
+    decl = math.radians(23.44) * math.sin(2 * math.pi * (284 + doy) / 365.0)
+    hour = math.radians(15.0 * (OVERPASS_HOURS - 12.0))
+    phi = math.radians(lat)
+    sin_el = math.sin(phi) * math.sin(decl) + math.cos(phi) * math.cos(decl) * math.cos(hour)
+    elevation = math.degrees(math.asin(sin_el))
+    azimuth = math.degrees(
+        math.atan2(-math.sin(hour), math.tan(decl) * math.cos(phi) - math.sin(phi) * math.cos(hour))
+    )
+    return azimuth % 360.0, elevation
+
+
+def _blob_sprite(
+    blob: Blob, t: int, width: int, height: int, rng: np.random.Generator, sun: tuple[float, float]
+) -> _Sprite | None:
+    radius = blob.radius_by_date[t]
+    if radius is None:
+        return None
+    reach = radius * (1.0 + float(np.abs(blob.amps).sum())) + EDGE_PX + 1
+    r0, r1 = max(0, int(blob.row - reach)), min(height, math.ceil(blob.row + reach) + 1)
+    c0, c1 = max(0, int(blob.col - reach)), min(width, math.ceil(blob.col + reach) + 1)
+    rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64) + 0.5
+    dy, dx = rr - blob.row, cc - blob.col
+    dist = np.hypot(dy, dx)
+    theta = np.arctan2(dy, dx)
+    k = np.arange(2, 2 + len(blob.amps))[:, None, None]
+    modulation = 1.0 + (
+        blob.amps[:, None, None] * np.cos(k * theta + blob.phases[:, None, None])
+    ).sum(0)
+    rad = radius * modulation
+    alpha = np.clip((rad - dist) / EDGE_PX + 0.5, 0.0, 1.0)
+    strength = 0.05 if blob.cls == "stockpile" else 0.10
+    noise = ndimage.gaussian_filter(rng.normal(size=alpha.shape), 1.0)
+    texture = 1.0 + strength * noise / max(float(noise.std()), 1e-6)
+    if blob.cls == "stockpile":
+        # Slopes facing the sun are brighter: shade follows the radial direction.
+        az = math.radians(sun[0])
+        to_sun = (-math.cos(az), math.sin(az))  # (row, col) towards the sun
+        with np.errstate(invalid="ignore", divide="ignore"):
+            facing = np.where(dist > 0, (dy * to_sun[0] + dx * to_sun[1]) / dist, 0.0)
+        texture = texture * np.clip(1.0 + 0.25 * (dist / rad) * facing, 0.7, 1.3)
+    texture = np.clip(texture, 0.6, 1.4)
+    return _Sprite(
+        blob.oid,
+        blob.cls,
+        blob.material,
+        blob.commodity,
+        r0,
+        c0,
+        alpha.astype(np.float32),
+        texture.astype(np.float32),
+        blob.parent,
+    )
+
+
+def _road_sprite(road: Road, width: int, height: int, rng: np.random.Generator) -> _Sprite:
+    pts = np.array(road.points)
+    reach = road.width / 2 + EDGE_PX + 1
+    r0 = max(0, int(pts[:, 0].min() - reach))
+    r1 = min(height, math.ceil(pts[:, 0].max() + reach) + 1)
+    c0 = max(0, int(pts[:, 1].min() - reach))
+    c1 = min(width, math.ceil(pts[:, 1].max() + reach) + 1)
+    rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64) + 0.5
+    dist = np.full(rr.shape, np.inf)
+    for (ar, ac), (br, bc) in itertools.pairwise(pts):
+        vr, vc = br - ar, bc - ac
+        length2 = vr * vr + vc * vc or 1.0
+        u = np.clip(((rr - ar) * vr + (cc - ac) * vc) / length2, 0.0, 1.0)
+        dist = np.minimum(dist, np.hypot(rr - ar - u * vr, cc - ac - u * vc))
+    alpha = np.clip((road.width / 2 - dist) / EDGE_PX + 0.5, 0.0, 1.0)
+    noise = ndimage.gaussian_filter(rng.normal(size=alpha.shape), 1.0)
+    texture = np.clip(1.0 + 0.05 * noise / max(float(noise.std()), 1e-6), 0.6, 1.4)
+    return _Sprite(
+        road.oid, "haul_road", "haul_road", None, r0, c0, alpha.astype(np.float32),
+        texture.astype(np.float32),
+    )  # fmt: skip
+
+
+def _shadow(sprite: _Sprite, length_px: float, azimuth: float) -> tuple[int, int, np.ndarray]:
+    az = math.radians(azimuth)
+    away = (math.cos(az), -math.sin(az))  # (row, col) away from the sun
+    pad = math.ceil(length_px) + 1
+    a = np.pad(sprite.alpha, pad)
+    acc = np.zeros_like(a)
+    for s in np.linspace(0.0, length_px, max(2, math.ceil(length_px * 2) + 1)):
+        acc = np.maximum(
+            acc, ndimage.shift(a, (s * away[0], s * away[1]), order=1, mode="constant")
+        )
+    acc = acc * (1.0 - a)
+    return sprite.row0 - pad, sprite.col0 - pad, acc.astype(np.float32)
+
+
+def _clouds(rng: np.random.Generator, width: int, height: int, cover: float) -> np.ndarray:
+    coarse = (max(4, height // 8), max(4, width // 8))
+    field_ = ndimage.gaussian_filter(rng.normal(size=coarse), 2.5, mode="wrap")
+    field_ = ndimage.zoom(field_, (height / coarse[0], width / coarse[1]), order=1)[:height, :width]
+    threshold = float(np.quantile(field_, 1.0 - cover))
+    soft = 0.25 * float(field_.std())
+    return np.clip((field_ - threshold) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def render_acquisition(
+    layout: Layout,
+    t: int,
+    latlon: tuple[float, float],
+    pixel_size: float,
+    band_names: tuple[str, ...],
+    rng: np.random.Generator,
+) -> Acquisition:
+    """Draw every object of one date on the crop grid (no background yet).
+
+    Args:
+        layout: The planned layout.
+        t: Acquisition index.
+        latlon: Crop centre, degrees, for the sun position.
+        pixel_size: Metres per pixel.
+        band_names: Bands of the output scene.
+        rng: Random generator for this date.
+
+    Returns:
+        The :class:`Acquisition` with sprites, shadows, clouds and labels.
+    """
+    date = layout.dates[t]
+    azimuth, elevation = sun_position(latlon[0], latlon[1], date)
+    season_phase = math.cos(2 * math.pi * (date.timetuple().tm_yday - 196) / 365.0)
+    season = {b: 1.0 + _SEASON_AMPLITUDE.get(b, 0.0) * season_phase for b in band_names}
+    gain = 1.0 if t == 0 else float(rng.uniform(0.9, 1.1))
+    acq = Acquisition(t, date, azimuth, elevation, gain, season)
+    width, height = layout.width, layout.height
+    for road in layout.roads:
+        if t >= road.first_date:
+            acq.sprites.append(_road_sprite(road, width, height, rng))
+    tan_el = math.tan(math.radians(max(elevation, 5.0)))
+    for blob in layout.blobs:
+        sprite = _blob_sprite(blob, t, width, height, rng, (azimuth, elevation))
+        if sprite is None:
+            continue
+        acq.sprites.append(sprite)
+        if blob.cls == "stockpile":
+            height_m = STOCKPILE_HEIGHT_RATIO * (blob.radius_by_date[t] or 0.0) * pixel_size
+            acq.shadows.append(_shadow(sprite, height_m / tan_el / pixel_size, azimuth))
+    labels = np.zeros((height, width), dtype=np.int32)
+    for i, sp in enumerate(acq.sprites, start=1):
+        h, w = sp.alpha.shape
+        view = labels[sp.row0 : sp.row0 + h, sp.col0 : sp.col0 + w]
+        view[sp.alpha >= 0.5] = i
+    acq.labels = labels
+    if t > 0:
+        cover = float(rng.uniform(0.05, 0.2))
+        acq.cloud = _clouds(rng, width, height, cover)
+        length = CLOUD_HEIGHT_M / tan_el / pixel_size
+        az = math.radians(azimuth)
+        shifted = ndimage.shift(
+            acq.cloud, (length * math.cos(az), -length * math.sin(az)), order=0, mode="constant"
+        )
+        acq.cloud_shadow = (shifted * (1.0 - acq.cloud)).astype(np.float32)
+    return acq
+
+
+def _clip_paste(
+    target: np.ndarray, row_lo: int, row0: int, col0: int, patch: np.ndarray
+) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """Slices of ``target`` (a strip starting at crop row ``row_lo``) and ``patch``."""
+    rows, cols = target.shape[-2:]
+    pr0, pc0 = row0 - row_lo, col0
+    ph, pw = patch.shape
+    tr0, tr1 = max(0, pr0), min(rows, pr0 + ph)
+    tc0, tc1 = max(0, pc0), min(cols, pc0 + pw)
+    if tr0 >= tr1 or tc0 >= tc1:
+        return None
+    return (slice(tr0, tr1), slice(tc0, tc1)), (
+        slice(tr0 - pr0, tr1 - pr0),
+        slice(tc0 - pc0, tc1 - pc0),
+    )
+
+
+def compose_block(
+    ground: np.ndarray,
+    row_lo: int,
+    acq: Acquisition,
+    band_names: tuple[str, ...],
+    path: np.ndarray,
+) -> np.ndarray:
+    """Composite objects, shadows and clouds over a block of background rows.
+
+    Args:
+        ground: Float32 ``(bands, rows, width)`` background digital numbers.
+        row_lo: Crop row of the block's first row.
+        acq: The rendered acquisition.
+        band_names: Band names of ``ground``'s first axis.
+        path: Dark-object (path radiance) value per band.
+
+    Returns:
+        Uint16 ``(bands, rows, width)`` scene block.
+    """
+    p = path[:, None, None].astype(np.float32)
+    season = np.array([acq.season[b] for b in band_names], dtype=np.float32)[:, None, None]
+    x = p + season * (ground - p)
+    for sp in acq.sprites:
+        sl = _clip_paste(x, row_lo, sp.row0, sp.col0, sp.alpha)
+        if sl is None:
+            continue
+        (tr, tc), (pr, pc) = sl
+        a = sp.alpha[pr, pc]
+        tex = sp.texture[pr, pc]
+        sig = signature(sp.material, band_names)
+        for b, rho in enumerate(sig):
+            if np.isnan(rho):
+                continue
+            target = path[b] + QUANTIFICATION * float(rho) * tex
+            x[b, tr, tc] = x[b, tr, tc] * (1.0 - a) + a * target
+    for row0, col0, sa in acq.shadows:
+        sl = _clip_paste(x, row_lo, row0, col0, sa)
+        if sl is None:
+            continue
+        (tr, tc), (pr, pc) = sl
+        x[:, tr, tc] = p + (x[:, tr, tc] - p) * (1.0 - 0.55 * sa[pr, pc])
+    rows = x.shape[1]
+    if acq.cloud_shadow is not None:
+        cs = acq.cloud_shadow[row_lo : row_lo + rows]
+        x = p + (x - p) * (1.0 - 0.5 * cs)
+    x *= np.float32(acq.gain)
+    if acq.cloud is not None:
+        c = acq.cloud[row_lo : row_lo + rows]
+        cloud_dn = QUANTIFICATION * signature("cloud", band_names).astype(np.float32)
+        x = x * (1.0 - c) + c * cloud_dn[:, None, None]
+    return np.clip(np.rint(x), 0, 65535).astype(np.uint16)
+
+
+# --------------------------------------------------------------------------- truth
+
+
+def assess_legality(
+    geom: BaseGeometry,
+    concessions: list[tuple[str, BaseGeometry]],
+    protected: list[tuple[str, BaseGeometry]],
+) -> tuple[bool, str | None, str | None]:
+    """Decide whether a mining scar is illegal.
+
+    The rule: a scar that overlaps a protected area (positive intersection
+    area) is illegal with reason ``"protected_area"``; otherwise one with more
+    than half of its area outside every concession is illegal with reason
+    ``"outside_concession"``; otherwise it is legal.
+
+    Args:
+        geom: The scar polygon (scene CRS).
+        concessions: ``(licence_id, polygon)`` pairs.
+        protected: ``(name, polygon)`` pairs.
+
+    Returns:
+        ``(illegal, reason, licence_id)``; ``licence_id`` is the concession
+        holding most of the scar, or ``None``.
+    """
+    licence, best = None, 0.0
+    for lid, poly in concessions:
+        overlap = geom.intersection(poly).area
+        if overlap > best:
+            licence, best = lid, overlap
+    if any(geom.intersection(p).area > 0 for _, p in protected):
+        return True, "protected_area", licence
+    inside = unary_union([p for _, p in concessions]).intersection(geom).area if concessions else 0
+    if geom.area - inside > 0.5 * geom.area:
+        return True, "outside_concession", licence
+    return False, None, licence
+
+
+def _crs_member(crs: rasterio.crs.CRS) -> dict[str, Any] | None:
+    auth = ProjCRS.from_user_input(crs.to_wkt()).to_authority()
+    if auth is None:
+        return None
+    return {"type": "name", "properties": {"name": f"urn:ogc:def:crs:{auth[0]}::{auth[1]}"}}
+
+
+def _rounded(geom: BaseGeometry) -> dict[str, Any]:
+    def fix(obj: Any) -> Any:
+        if isinstance(obj, float):
+            return round(obj, 3)
+        if isinstance(obj, list | tuple):
+            return [fix(o) for o in obj]
+        return obj
+
+    gj = mapping(geom)
+    return {"type": gj["type"], "coordinates": fix(gj["coordinates"])}
+
+
+def write_geojson(
+    path: Path, features: list[tuple[BaseGeometry, dict[str, Any]]], crs: rasterio.crs.CRS
+) -> None:
+    """Write a FeatureCollection in the scene CRS (GDAL's named-CRS member).
+
+    Args:
+        path: Output file.
+        features: ``(geometry, properties)`` pairs.
+        crs: Scene CRS, recorded as ``urn:ogc:def:crs:EPSG::<code>``.
+    """
+    doc: dict[str, Any] = {"type": "FeatureCollection"}
+    member = _crs_member(crs)
+    if member is not None:
+        doc["crs"] = member
+    doc["features"] = [
+        {"type": "Feature", "properties": props, "geometry": _rounded(geom)}
+        for geom, props in features
+    ]
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def _polygons(labels: np.ndarray, transform: Affine) -> dict[int, BaseGeometry]:
+    parts: dict[int, list[BaseGeometry]] = {}
+    for geom, value in rasterio.features.shapes(
+        labels, mask=labels > 0, transform=transform, connectivity=4
+    ):
+        parts.setdefault(int(value), []).append(shape(geom))
+    return {k: unary_union(v) if len(v) > 1 else v[0] for k, v in parts.items()}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class SceneOutput:
+    """Paths written for one acquisition."""
+
+    date: dt.date
+    scene: Path
+    truth: Path
+    clouds: Path
+    illegal: Path
+    meta: dict[str, Any]
+
+
+def _pixel_to_map(geom: BaseGeometry, transform: Affine) -> BaseGeometry:
+    return affinity.affine_transform(
+        geom, [transform.a, transform.b, transform.d, transform.e, transform.c, transform.f]
+    )
+
+
+def write_scenes(
+    out_dir: Path,
+    background: Background,
+    spec: SizeSpec,
+    seed: int,
+) -> tuple[list[SceneOutput], dict[str, Any]]:
+    """Plan, render and write every acquisition of one size.
+
+    Writes ``scenes/scene_<date>.tif``, ``truth/scene_<date>.geojson``,
+    ``truth/clouds_<date>.geojson``, ``truth/illegal_<date>.geojson``,
+    ``concessions.geojson`` and ``protected_areas.geojson`` under ``out_dir``.
+
+    Args:
+        out_dir: Output root.
+        background: The background scene.
+        spec: Size specification.
+        seed: Random seed.
+
+    Returns:
+        Per-acquisition outputs and the scene part of the manifest.
+    """
+    # The crop keeps its size where the background allows and moves inwards
+    # (a user scene smaller than the default offsets is used from its corner).
+    width = min(spec.width or background.width, background.width)
+    height = min(spec.height or background.height, background.height)
+    col_off = min(spec.col_off, background.width - width)
+    row_off = min(spec.row_off, background.height - height)
+    transform = background.transform @ Affine.translation(col_off, row_off)
+    bands = background.band_names
+    pixel_area = abs(transform.a * transform.e)
+
+    # Decimated read: dark-object values and a land mask for placement.
+    factor = max(1, math.ceil(max(width, height) / 512))
+    dshape = (math.ceil(height / factor), math.ceil(width / factor))
+    overview = background.read(transform @ Affine.scale(factor), dshape)
+    path = np.percentile(overview.reshape(len(bands), -1), 0.5, axis=1).astype(np.float32)
+    green, nir = overview[bands.index("B03")], overview[bands.index("B08")]
+    ndwi = (green - nir) / np.maximum(green + nir, 1.0)
+    land = ndimage.binary_erosion(ndwi < 0.0, iterations=1)
+
+    seq = np.random.SeedSequence([seed, 1])
+    layout_rng, *date_seeds = (np.random.default_rng(s) for s in seq.spawn(1 + spec.n_dates))
+    layout = plan_layout(spec, width, height, transform, land, factor, layout_rng)
+
+    cx, cy = transform @ (width / 2, height / 2)
+    to_geo = Transformer.from_crs(
+        ProjCRS.from_wkt(background.crs.to_wkt()), "EPSG:4326", always_xy=True
+    )
+    lon, lat = to_geo.transform(cx, cy)
+
+    (out_dir / "scenes").mkdir(parents=True, exist_ok=True)
+    (out_dir / "truth").mkdir(parents=True, exist_ok=True)
+    conc_map = [(lid, _pixel_to_map(p, transform)) for lid, p in layout.concessions]
+    prot_map = [(name, _pixel_to_map(p, transform)) for name, p in layout.protected]
+    write_geojson(
+        out_dir / "concessions.geojson",
+        [
+            (poly, {"licence_id": lid, "holder": f"Synthetic Mining Co. {i + 1}",
+                    "area_m2": round(poly.area, 1)})
+            for i, (lid, poly) in enumerate(conc_map)
+        ],
+        background.crs,
+    )  # fmt: skip
+    write_geojson(
+        out_dir / "protected_areas.geojson",
+        [(poly, {"name": name, "designation": "nature_reserve", "area_m2": round(poly.area, 1)})
+         for name, poly in prot_map],
+        background.crs,
+    )  # fmt: skip
+
+    outputs: list[SceneOutput] = []
+    previous_area: dict[str, float] = {}
+    first_seen: dict[str, str] = {}
+    for t, date_rng in enumerate(date_seeds):
+        acq = render_acquisition(layout, t, (lat, lon), background.pixel_size, bands, date_rng)
+        stem = f"scene_{acq.date.isoformat()}"
+        scene_path = out_dir / "scenes" / f"{stem}.tif"
+        _write_scene(scene_path, background, transform, width, height, spec, acq, path)
+
+        # Truth polygons.
+        assert acq.labels is not None
+        polys = _polygons(acq.labels, transform)
+        cloud_mask = acq.cloud >= 0.5 if acq.cloud is not None else None
+        features: list[tuple[BaseGeometry, dict[str, Any]]] = []
+        illegal: list[tuple[BaseGeometry, dict[str, Any]]] = []
+        for i, sp in enumerate(acq.sprites, start=1):
+            geom = polys.get(i)
+            if geom is None:
+                continue
+            npix = int((acq.labels == i).sum())
+            area = npix * pixel_area
+            occluded = (
+                float((cloud_mask & (acq.labels == i)).sum()) / npix
+                if cloud_mask is not None
+                else 0.0
+            )
+            first_seen.setdefault(sp.oid, acq.date.isoformat())
+            props: dict[str, Any] = {
+                "id": sp.oid,
+                "class": sp.cls,
+                "commodity": sp.commodity,
+                "material": sp.material,
+                "area_m2": round(area, 1),
+                "acquisition": acq.date.isoformat(),
+                "first_seen": first_seen[sp.oid],
+                "area_change_m2": (
+                    round(area - previous_area[sp.oid], 1)
+                    if sp.cls == "stockpile" and sp.oid in previous_area
+                    else None
+                ),
+                "occluded": round(occluded, 4),
+                "parent": sp.parent,
+                "illegal": False,
+                "reason": None,
+                "licence_id": None,
+            }
+            previous_area[sp.oid] = area
+            if sp.cls == "mining_scar":
+                bad, reason, licence = assess_legality(geom, conc_map, prot_map)
+                props.update(illegal=bad, reason=reason, licence_id=licence)
+                if bad:
+                    illegal.append((geom, props))
+            else:
+                props["licence_id"] = next(
+                    (lid for lid, p in conc_map if p.contains(geom.representative_point())), None
+                )
+            features.append((geom, props))
+        truth_path = out_dir / "truth" / f"{stem}.geojson"
+        write_geojson(truth_path, features, background.crs)
+        illegal_path = out_dir / "truth" / f"illegal_{acq.date.isoformat()}.geojson"
+        write_geojson(illegal_path, illegal, background.crs)
+        clouds: list[tuple[BaseGeometry, dict[str, Any]]] = []
+        if cloud_mask is not None:
+            cloud_labels = ndimage.label(cloud_mask)[0].astype(np.int32)
+            for k, geom in sorted(_polygons(cloud_labels, transform).items()):
+                clouds.append(
+                    (geom, {"id": f"cloud-{k:03d}", "class": "cloud",
+                            "area_m2": round(geom.area, 1), "acquisition": acq.date.isoformat()})
+                )  # fmt: skip
+        clouds_path = out_dir / "truth" / f"clouds_{acq.date.isoformat()}.geojson"
+        write_geojson(clouds_path, clouds, background.crs)
+        meta = {
+            "date": acq.date.isoformat(),
+            "scene": str(scene_path.relative_to(out_dir)),
+            "truth": str(truth_path.relative_to(out_dir)),
+            "clouds": str(clouds_path.relative_to(out_dir)),
+            "illegal": str(illegal_path.relative_to(out_dir)),
+            "sun_azimuth_deg": round(acq.sun_azimuth, 3),
+            "sun_elevation_deg": round(acq.sun_elevation, 3),
+            "gain": acq.gain,
+            "season": {b: round(v, 6) for b, v in acq.season.items()},
+            "cloud_fraction": round(float(cloud_mask.mean()), 4) if cloud_mask is not None else 0.0,
+            "objects": len(features),
+            "illegal_sites": len(illegal),
+        }
+        outputs.append(
+            SceneOutput(acq.date, scene_path, truth_path, clouds_path, illegal_path, meta)
+        )
+    manifest = {
+        "crs": background.crs.to_string(),
+        "transform": list(transform)[:6],
+        "width": width,
+        "height": height,
+        "bands": list(bands),
+        "quantification": QUANTIFICATION,
+        "path_radiance": [round(float(v), 3) for v in path],
+        "background": os.path.basename(os.path.normpath(background.source)),
+        "acquisitions": [o.meta for o in outputs],
+    }
+    return outputs, manifest
+
+
+def _write_scene(
+    path: Path,
+    background: Background,
+    transform: Affine,
+    width: int,
+    height: int,
+    spec: SizeSpec,
+    acq: Acquisition,
+    path_radiance: np.ndarray,
+) -> None:
+    bands = background.band_names
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": len(bands),
+        "dtype": "uint16",
+        "crs": background.crs,
+        "transform": transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 2,
+        "interleave": "pixel",
+    }
+    tmp = path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for i, name in enumerate(bands, start=1):
+            dst.set_band_description(i, name)
+        dst.update_tags(
+            TIFFTAG_DATETIME=acq.date.strftime("%Y:%m:%d") + " 10:30:00",
+            ACQUISITION=acq.date.isoformat(),
+            SYNTHETIC="minewatch synth",
+        )
+        for row_lo in range(0, height, spec.block_rows):
+            rows = min(spec.block_rows, height - row_lo)
+            block_tf = transform @ Affine.translation(0, row_lo)
+            ground = background.read(block_tf, (rows, width))
+            block = compose_block(ground, row_lo, acq, bands, path_radiance)
+            dst.write(block, window=rasterio.windows.Window(0, row_lo, width, rows))
+    # Cloud-optimised layout (overviews, ordered IFDs) from the tiled file.
+    try:
+        rasterio.shutil.copy(
+            tmp, path, driver="COG", compress="DEFLATE", predictor="2", blocksize=256,
+            overview_resampling="average",
+        )  # fmt: skip
+        tmp.unlink()
+    except rasterio.errors.RasterioError:
+        log.warning("COG driver unavailable; writing a tiled GeoTIFF instead")
+        os.replace(tmp, path)
