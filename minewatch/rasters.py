@@ -466,7 +466,9 @@ class SceneReader:
         dst = (slice(r0 - row, r1 - row), slice(c0 - col, c1 - col))
         out[dst] = sub
         good = np.ones((h, w), bool)
-        if band.nodata is not None and not (isinstance(band.nodata, float) and math.isnan(band.nodata)):
+        if band.nodata is not None and not (
+            isinstance(band.nodata, float) and math.isnan(band.nodata)
+        ):
             good &= sub != band.nodata
         if sub.dtype.kind == "f":
             good &= np.isfinite(sub)

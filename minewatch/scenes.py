@@ -208,7 +208,9 @@ def group_files(
                 continue
             if band_groups:
                 owner = ", ".join(sorted(band_groups))
-                rejected.append(Rejection(path, f"ignored: not a band file of the scene(s) {owner}"))
+                rejected.append(
+                    Rejection(path, f"ignored: not a band file of the scene(s) {owner}")
+                )
             else:
                 refs.append(
                     SceneRef(_safe(_stem(path)), "scene", path, (path,), acquired=_iso(_stem(path)))

@@ -162,7 +162,11 @@ def _f64(values: Sequence[float]) -> bytes:
 
 def _row(tile: Tile) -> dict[str, list[Any]]:
     image = np.ascontiguousarray(tile.image)
-    mask = b"" if tile.label_mask is None else np.ascontiguousarray(tile.label_mask, np.uint8).tobytes()
+    mask = (
+        b""
+        if tile.label_mask is None
+        else np.ascontiguousarray(tile.label_mask, np.uint8).tobytes()
+    )
     return {
         "tile/id": [tile.tile_id.encode()],
         "scene/id": [tile.scene_id.encode()],

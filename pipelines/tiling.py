@@ -44,8 +44,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.errors import InputError, SceneError
 from minewatch.labels import FrameLabel, FrameLabels, VectorLabels, tile_label, weak_label_mask
-from minewatch.rasters import Block, CloudMask, Grid, SceneReader, plan_blocks
-from minewatch.scenes import FRAME_EXTENSIONS, RASTER_EXTENSIONS, Rejection, SceneRef, group_files
+from minewatch.rasters import Block, SceneReader, plan_blocks
+from minewatch.scenes import Rejection, SceneRef, group_files
 from minewatch.spec import UNKNOWN_CLASS, Tile, encode_tiles
 from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
@@ -82,7 +82,7 @@ def _list_local(pattern: str) -> list[str]:
     import glob
 
     if os.path.isdir(pattern):
-        found = []
+        found: list[str] = []
         for root, dirs, files in os.walk(pattern):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
@@ -134,7 +134,9 @@ class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
         self._inputs.inc()
         self._rejected.inc()
         yield TaggedOutput(COUNTS, ("", collections.Counter(inputs_rejected=1)))
-        yield TaggedOutput(DEAD, _dead(rejection.input, rejection.reason, "input", stage="discover"))
+        yield TaggedOutput(
+            DEAD, _dead(rejection.input, rejection.reason, "input", stage="discover")
+        )
 
 
 # -- frame labels ------------------------------------------------------------------
@@ -164,13 +166,19 @@ def _attach_frame_label(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]
     """Join frames with their CSV rows; rows without a frame are dead-lettered."""
     path, groups = item
     refs, rows = groups["ref"], groups["label"]
-    for extra in rows[1:]:
-        yield TaggedOutput(DEAD, _dead(path, "duplicate row in frame labels; first one used",
-                                       "label", stage="labels"))
+    for _ in rows[1:]:
+        yield TaggedOutput(
+            DEAD,
+            _dead(path, "duplicate row in frame labels; first one used", "label", stage="labels"),
+        )
     if not refs:
         for row in rows[:1]:
-            yield TaggedOutput(DEAD, _dead(row.path, "frame label for a file that is not an input",
-                                           "label", stage="labels"))
+            yield TaggedOutput(
+                DEAD,
+                _dead(
+                    row.path, "frame label for a file that is not an input", "label", stage="labels"
+                ),
+            )
         return
     label = rows[0] if rows else None
     for ref in refs:
@@ -235,8 +243,9 @@ class PlanScene(beam.DoFn):  # type: ignore[misc]
         except SceneError as exc:
             self._rejected.inc()
             yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(failed=1)))
-            yield TaggedOutput(DEAD, _dead(ref.source, str(exc), "input", ref.scene_id,
-                                           stage="open"))
+            yield TaggedOutput(
+                DEAD, _dead(ref.source, str(exc), "input", ref.scene_id, stage="open")
+            )
             return
         blocks = list(plan_blocks(height, width, c.tile_size, c.step, c.edge, c.block_tiles))
         planned = sum(b.num_tiles for b in blocks)
@@ -320,11 +329,18 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
                 if fraction < c.min_valid or fraction == 0.0:
                     counts["dropped.below_min_valid"] += 1
                     self._dropped.inc()
-                    yield TaggedOutput(DEAD, _dead(
-                        ref.source,
-                        f"valid fraction {fraction:.3f} < --min-valid {c.min_valid} "
-                        "(nodata, cloud or outside the scene)",
-                        "tile", ref.scene_id, tile.tile_id, stage="cut"))
+                    yield TaggedOutput(
+                        DEAD,
+                        _dead(
+                            ref.source,
+                            f"valid fraction {fraction:.3f} < --min-valid {c.min_valid} "
+                            "(nodata, cloud or outside the scene)",
+                            "tile",
+                            ref.scene_id,
+                            tile.tile_id,
+                            stage="cut",
+                        ),
+                    )
                     continue
                 kept.append(tile)
                 stats.add(tile.image, tile.valid)
@@ -338,12 +354,22 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
     def _drop_all(self, task: BlockTask, reason: str, key: str) -> Iterator[Any]:
         ref = task.ref
         self._dropped.inc(task.block.num_tiles)
-        yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(
-            {f"dropped.{key}": task.block.num_tiles})))
+        yield TaggedOutput(
+            COUNTS, (ref.scene_id, collections.Counter({f"dropped.{key}": task.block.num_tiles}))
+        )
         for r in task.block.row_starts:
             for col in task.block.col_starts:
-                yield TaggedOutput(DEAD, _dead(ref.source, reason, "tile", ref.scene_id,
-                                               f"{ref.scene_id}:{r}:{col}", stage="read"))
+                yield TaggedOutput(
+                    DEAD,
+                    _dead(
+                        ref.source,
+                        reason,
+                        "tile",
+                        ref.scene_id,
+                        f"{ref.scene_id}:{r}:{col}",
+                        stage="read",
+                    ),
+                )
 
     def _pixel_labels(
         self, reader: SceneReader, task: BlockTask, data: np.ndarray
@@ -538,8 +564,9 @@ def _scene_outcome(item: tuple[str, dict[str, int]]) -> Iterator[Any]:
         out["inputs_dead_lettered"] += 1
         dropped = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("dropped.")}
         detail = ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())) or "no tile planned"
-        yield TaggedOutput(DEAD, _dead(scene_id, f"no tile kept ({detail})", "input", scene_id,
-                                       stage="account"))
+        yield TaggedOutput(
+            DEAD, _dead(scene_id, f"no tile kept ({detail})", "input", scene_id, stage="account")
+        )
     yield out
 
 
@@ -718,6 +745,7 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         self._header = header or {}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        """Build the job; return the manifest rows, dead-letter rows and stats."""
         c = self._config
         paths = output_paths(c.out)
         temp_dir = posixpath.join(paths["tiles"], f".tmp-{uuid.uuid4().hex[:12]}")
@@ -727,9 +755,8 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         found = (
             pbegin
             | "Inputs" >> beam.Create([tuple(c.inputs)])
-            | "Discover" >> beam.ParDo(DiscoverScenes(c.frame_pattern)).with_outputs(
-                DEAD, COUNTS, main="refs"
-            )
+            | "Discover"
+            >> beam.ParDo(DiscoverScenes(c.frame_pattern)).with_outputs(DEAD, COUNTS, main="refs")
         )
         dead.append(found[DEAD])
         counts.append(found[COUNTS])
@@ -741,19 +768,23 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
             dead.append(
                 pbegin
                 | "LabelRejections" >> beam.Create(self._label_rejections)
-                | "LabelDeadLetter" >> beam.MapTuple(
+                | "LabelDeadLetter"
+                >> beam.MapTuple(
                     lambda feature, reason: _dead(feature, reason, "label", stage="labels")
                 )
             )
 
-        planned = items | "Plan" >> beam.ParDo(PlanScene(c)).with_outputs(DEAD, COUNTS, main="tasks")
+        planned = items | "Plan" >> beam.ParDo(PlanScene(c)).with_outputs(
+            DEAD, COUNTS, main="tasks"
+        )
         dead.append(planned[DEAD])
         counts.append(planned[COUNTS])
         cut = (
             planned.tasks
             # Blocks of one scene spread over all workers; only block tasks are shuffled.
             | "Spread" >> beam.Reshuffle()
-            | "Cut" >> beam.ParDo(CutTiles(c)).with_outputs(DEAD, COUNTS, BAND_STATS, main="batches")
+            | "Cut"
+            >> beam.ParDo(CutTiles(c)).with_outputs(DEAD, COUNTS, BAND_STATS, main="batches")
         )
         dead.append(cut[DEAD])
         counts.append(cut[COUNTS])
@@ -785,7 +816,8 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         stats = (
             pbegin
             | "FinalizeTrigger" >> beam.Create([None])
-            | "Finalize" >> beam.Map(
+            | "Finalize"
+            >> beam.Map(
                 _finalize,
                 shards=beam.pvalue.AsList(written[SHARDS]),
                 counts=beam.pvalue.AsSingleton(totals),
@@ -806,9 +838,8 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         rows = (
             pbegin
             | "ReadFrameLabels" >> beam.io.ReadFromText(c.labels, skip_header_lines=1)
-            | "ParseFrameLabels" >> beam.ParDo(ParseFrameLabels(c.labels, c.csv_columns)).with_outputs(
-                DEAD, main="rows"
-            )
+            | "ParseFrameLabels"
+            >> beam.ParDo(ParseFrameLabels(c.labels, c.csv_columns)).with_outputs(DEAD, main="rows")
         )
         dead.append(rows[DEAD])
         frames = (
@@ -824,9 +855,8 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         joined = (
             {"ref": frames, "label": rows.rows}
             | "JoinFrameLabels" >> beam.CoGroupByKey()
-            | "AttachFrameLabels" >> beam.FlatMap(_attach_frame_label).with_outputs(
-                DEAD, main="items"
-            )
+            | "AttachFrameLabels"
+            >> beam.FlatMap(_attach_frame_label).with_outputs(DEAD, main="items")
         )
         dead.append(joined[DEAD])
         return (scenes, joined.items) | "ScenesAndFrames" >> beam.Flatten()

