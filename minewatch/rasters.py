@@ -171,7 +171,7 @@ def tile_starts(length: int, tile: int, stride: int, edge: str = "shift") -> lis
     if end < length:
         if edge == "shift":
             starts.append(length - tile)
-        elif edge == "pad":
+        elif edge == "pad" and starts[-1] + stride < length:
             starts.append(starts[-1] + stride)
     return starts
 

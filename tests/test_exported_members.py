@@ -1,0 +1,43 @@
+"""Each package lists its API in __all__, and every name there exists."""
+
+import importlib
+
+import pytest
+
+MODULES = [
+    "minewatch",
+    "minewatch.compat",
+    "minewatch.errors",
+    "minewatch.labels",
+    "minewatch.rasters",
+    "minewatch.scenes",
+    "minewatch.spec",
+    "minewatch.tables",
+    "minewatch.tfrecord",
+    "minewatch.corruptions",
+    "minewatch.synth",
+    "pipelines",
+    "pipelines.options",
+    "pipelines.tiling",
+    "nsl_models",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_names_exist(name):
+    module = importlib.import_module(name)
+    assert hasattr(module, "__all__")
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert not missing
+
+
+def test_cli_help_answers_without_heavy_imports():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom minewatch.cli.main import cli\n"
+        "assert 'tensorflow' not in sys.modules and 'apache_beam' not in sys.modules, "
+        "[m for m in ('tensorflow', 'apache_beam') if m in sys.modules]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
