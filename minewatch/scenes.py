@@ -27,6 +27,8 @@ __all__ = [
     "SceneRef",
     "group_files",
     "parse_time",
+    "safe_id",
+    "stem",
 ]
 
 RASTER_EXTENSIONS = frozenset({".tif", ".tiff", ".jp2", ".vrt", ".img"})
@@ -118,8 +120,17 @@ def _stem(path: str) -> str:
     return base[:dot] if dot > 0 else base
 
 
-def _safe(name: str) -> str:
+def safe_id(name: str) -> str:
+    """Return ``name`` with every run of characters outside ``A-Za-z0-9._-`` as ``_``."""
     return _UNSAFE.sub("_", name).strip("._") or "scene"
+
+
+def stem(path: str) -> str:
+    """File name without folder and last extension."""
+    return _stem(path)
+
+
+_safe = safe_id
 
 
 def _iso(path: str) -> str:

@@ -25,7 +25,10 @@ class TileConfig:
     Attributes:
         inputs: Files, globs or folders (local or ``gs://``).
         out: Output folder.
-        labels: GeoJSON/GeoPackage polygons, or a frames CSV; None for weak labels.
+        labels: GeoJSON/GeoPackage polygons for every scene, or a frames CSV; None
+            for weak labels (or when ``scene_labels`` is given).
+        scene_labels: ``(scene_id, polygon file)`` pairs: per-scene labels, from a
+            folder or glob of label files matched to scenes by file stem.
         label_field: Class attribute of the polygons. Default ``class``.
         classes: Class names in index order; by default taken from the labels.
         label_source: ``vector``, ``csv``, ``weak`` or ``none`` (set by the CLI).
@@ -51,6 +54,7 @@ class TileConfig:
     inputs: tuple[str, ...]
     out: str
     labels: str | None = None
+    scene_labels: tuple[tuple[str, str], ...] = ()
     label_field: str = "class"
     classes: tuple[str, ...] = ()
     label_source: str = "weak"

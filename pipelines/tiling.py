@@ -281,15 +281,29 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         self._written = Metrics.counter(_NS, "tiles_written")
         self._dropped = Metrics.counter(_NS, "tiles_dropped")
         self._labels: VectorLabels | None = None
+        self._scene_labels: dict[str, VectorLabels | None] = {}
         self._readers: collections.OrderedDict[str, SceneReader] = collections.OrderedDict()
 
     def setup(self) -> None:
-        """Load the polygon labels once per worker."""
+        """Load the polygon labels once per worker (per-scene files on first use)."""
         c = self._config
         if c.label_source == "vector" and c.labels:
-            self._labels = VectorLabels.load(
-                c.labels, c.label_field, c.classes, sparse=c.sparse_labels
-            )
+            self._labels = self._load(c.labels)
+
+    def _load(self, path: str) -> VectorLabels:
+        c = self._config
+        return VectorLabels.load(path, c.label_field, c.classes, sparse=c.sparse_labels)
+
+    def _labels_for(self, scene_id: str) -> VectorLabels | None:
+        if self._labels is not None or not self._config.scene_labels:
+            return self._labels
+        if scene_id not in self._scene_labels:
+            path = dict(self._config.scene_labels).get(scene_id)
+            # Keep only a few scenes' polygons in memory at once.
+            if len(self._scene_labels) >= self._MAX_OPEN:
+                self._scene_labels.pop(next(iter(self._scene_labels)))
+            self._scene_labels[scene_id] = self._load(path) if path else None
+        return self._scene_labels[scene_id]
 
     def teardown(self) -> None:
         """Close every cached scene."""
@@ -378,9 +392,10 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         c = self._config
         grid = reader.grid
         assert grid is not None
-        if c.label_source == "vector" and self._labels is not None and task.ref.kind == "scene":
+        labels = self._labels_for(task.ref.scene_id) if c.label_source == "vector" else None
+        if labels is not None and task.ref.kind == "scene":
             transform = grid.window_transform(task.block.row, task.block.col)
-            return self._labels.rasterize(grid.crs, transform, data.shape[1:])
+            return labels.rasterize(grid.crs, transform, data.shape[1:])
         if c.label_source == "weak" and task.ref.kind == "scene":
             return weak_label_mask(data, reader.band_names)
         return None

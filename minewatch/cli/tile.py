@@ -14,6 +14,7 @@ import click
 
 from minewatch import __version__
 from minewatch.cli.options import comma_list, out_opt, overwrite_opt
+from minewatch.scenes import safe_id, stem
 
 _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
 
@@ -198,7 +199,6 @@ def build(
     Raises:
         click.BadParameter: An option cannot work; the message names it.
     """
-    from minewatch.errors import LabelError
     from minewatch.rasters import CloudMask
     from minewatch.scenes import DEFAULT_FRAME_PATTERN
     from pipelines.options import TileConfig, split_beam_args
@@ -219,6 +219,7 @@ def build(
     rejections: list[tuple[str, str]] = []
     label_info: dict[str, Any] = {}
     csv_columns: tuple[str, ...] = ()
+    scene_labels: tuple[tuple[str, str], ...] = ()
     if labels:
         labels = labels if "://" in labels else os.path.abspath(labels)
         if labels.lower().endswith(".csv"):
@@ -226,20 +227,20 @@ def build(
             csv_columns, classes = _check_frames_csv(labels, classes)
         else:
             source = "vector"
-            from minewatch.labels import VectorLabels
-
-            try:
-                vl = VectorLabels.load(
-                    labels, params["label_field"], classes or None, sparse=params["sparse_labels"]
-                )
-            except LabelError as exc:
-                raise _bad(str(exc), "--labels") from exc
-            classes = vl.classes
-            rejections = vl.rejected
+            files = _label_files(labels)
+            loaded = _load_vector_labels(files, params, classes)
+            classes = loaded[0].classes
+            if len(files) > 1 or not _is_single_file(labels):
+                classes = _union_classes(loaded, params["classes"])
+                scene_labels = tuple((safe_id(stem(f)), f) for f in files)
+                labels = None
+            for vl in loaded:
+                rejections.extend(vl.rejected)
             label_info = {
-                "features": len(vl.wkb),
-                "features_rejected": len(vl.rejected),
-                "features_repaired": vl.repaired,
+                "files": len(files),
+                "features": sum(len(vl.wkb) for vl in loaded),
+                "features_rejected": sum(len(vl.rejected) for vl in loaded),
+                "features_repaired": sum(vl.repaired for vl in loaded),
             }
     elif params["weak_labels"]:
         from minewatch.labels import WEAK_CLASSES
@@ -265,6 +266,7 @@ def build(
         inputs=tuple(i if "://" in i else os.path.abspath(i) for i in inputs),
         out=out,
         labels=labels,
+        scene_labels=scene_labels,
         label_field=params["label_field"],
         classes=tuple(classes),
         label_source=source,
@@ -290,7 +292,7 @@ def build(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "label_source": source,
         "classes": list(classes),
-        "labels": {"path": labels, **label_info},
+        "labels": {"path": params["labels"], **label_info},
         "options": {
             "tile_size": config.tile_size,
             "stride": config.step,
@@ -302,6 +304,55 @@ def build(
         },
     }
     return config, beam_args, rejections, header
+
+
+_VECTOR_EXTENSIONS = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml")
+
+
+def _is_single_file(pattern: str) -> bool:
+    return not any(ch in pattern for ch in "*?[") and not os.path.isdir(pattern)
+
+
+def _label_files(pattern: str) -> list[str]:
+    """The polygon files ``--labels`` names: one file, or a folder / glob of them."""
+    from pipelines.tiling import list_inputs
+
+    if _is_single_file(pattern):
+        return [pattern]
+    files = [f for f in list_inputs(pattern) if f.lower().endswith(_VECTOR_EXTENSIONS)]
+    if not files:
+        raise _bad(
+            f"{pattern!r} holds no polygon file ({', '.join(_VECTOR_EXTENSIONS)})", "--labels"
+        )
+    return files
+
+
+def _load_vector_labels(
+    files: Sequence[str], params: dict[str, Any], classes: tuple[str, ...]
+) -> list[Any]:
+    from minewatch.errors import LabelError
+    from minewatch.labels import VectorLabels
+
+    loaded = []
+    for path in files:
+        try:
+            loaded.append(
+                VectorLabels.load(
+                    path, params["label_field"], classes or None, sparse=params["sparse_labels"]
+                )
+            )
+        except LabelError as exc:
+            raise _bad(str(exc), "--labels") from exc
+    return loaded
+
+
+def _union_classes(loaded: Sequence[Any], classes: tuple[str, ...]) -> tuple[str, ...]:
+    from minewatch.labels import BACKGROUND
+
+    if classes:
+        return (BACKGROUND, *[c for c in classes if c != BACKGROUND])
+    found = {c for vl in loaded for c in vl.classes if c != BACKGROUND}
+    return (BACKGROUND, *sorted(found))
 
 
 def _check_frames_csv(

@@ -386,3 +386,75 @@ def test_cli_runs_and_refuses_to_overwrite(tmp_path):
     again = runner.invoke(tile, [src, "--out", out])
     assert again.exit_code == 2 and "--overwrite" in again.output
     shutil.rmtree(out)
+
+
+def test_per_scene_label_files_matched_by_stem(tmp_path):
+    scenes, labels = tmp_path / "scenes", tmp_path / "labels"
+    scenes.mkdir()
+    labels.mkdir()
+    for name in ("a", "b"):
+        write_raster(scenes / f"{name}.tif", gradient(64, 64))
+    left, top = ORIGIN.c, ORIGIN.f
+    write_geojson(
+        labels / "a.geojson",
+        [feature(box_geometry(left, top - 320, left + 320, top), **{"class": "pile"})],
+        crs="EPSG:32633",
+    )
+    write_geojson(
+        labels / "b.geojson",
+        [feature(box_geometry(left + 320, top - 640, left + 640, top - 320), **{"class": "pit"})],
+        crs="EPSG:32633",
+    )
+    out = tmp_path / "out"
+    stats = launch([str(scenes), "--out", str(out), "--labels", str(labels), "--tile-size", "32"])
+    assert stats["classes"] == ["background", "pile", "pit"]
+    assert stats["labels"]["files"] == 2
+    tiles = read_tiles(out)
+    assert tiles["a:0:0"].label_name == "pile" and tiles["a:32:32"].label_name == "background"
+    assert tiles["b:0:0"].label_name == "background" and tiles["b:32:32"].label_name == "pit"
+
+
+def test_synthetic_ground_truth_tiles_with_its_truth(tmp_path):
+    import json
+
+    import shapely
+    from shapely.geometry import shape
+
+    from minewatch.synth import make_ground_truth
+
+    truth_dir = tmp_path / "gt"
+    make_ground_truth(truth_dir, size="tiny", seed=3)
+    out = tmp_path / "out"
+    stats = launch(
+        [
+            str(truth_dir / "scenes"),
+            "--out",
+            str(out),
+            "--labels",
+            str(truth_dir / "truth" / "scene_*.geojson"),
+            "--tile-size",
+            "8",
+            "--stride",
+            "4",
+            "--min-class-fraction",
+            "0.5",
+        ]
+    )
+    assert_accounting(stats)
+    assert "stockpile" in stats["classes"]
+    tiles = read_tiles(out)
+    scene = sorted(os.listdir(truth_dir / "scenes"))[0].removesuffix(".tif")
+    with open(truth_dir / "truth" / f"{scene}.geojson") as f:
+        objects = json.load(f)["features"]
+    checked = 0
+    for t in (t for t in tiles.values() if t.scene_id == scene):
+        box = shapely.box(*t.bounds)
+        for obj in objects:
+            geom = shape(obj["geometry"])
+            if geom.intersection(box).area / box.area > 0.7 and obj["properties"]["class"] in (
+                "stockpile",
+                "mining_scar",
+            ):
+                assert t.label_name == obj["properties"]["class"], (t.tile_id, obj["properties"])
+                checked += 1
+    assert checked >= 1
