@@ -102,7 +102,7 @@ def test_resolution_option_resamples_onto_a_coarser_grid(tmp_path):
         (lambda p: write_raster(p, gradient(8, 8), crs=None), "no CRS"),
         (
             lambda p: write_raster(
-                p, gradient(8, 8), transform=ORIGIN * rasterio.Affine.rotation(10)
+                p, gradient(8, 8), transform=ORIGIN @ rasterio.Affine.rotation(10)
             ),
             "rotated",
         ),
