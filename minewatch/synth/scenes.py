@@ -47,6 +47,7 @@ from shapely.geometry import Point, Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from minewatch.sites import assess_legality
 from minewatch.synth.background import Background
 from minewatch.synth.materials import QUANTIFICATION, signature
 from minewatch.synth.sizes import SizeSpec
@@ -691,40 +692,6 @@ def compose_block(
 
 
 # --------------------------------------------------------------------------- truth
-
-
-def assess_legality(
-    geom: BaseGeometry,
-    concessions: list[tuple[str, BaseGeometry]],
-    protected: list[tuple[str, BaseGeometry]],
-) -> tuple[bool, str | None, str | None]:
-    """Decide whether a mining scar is illegal.
-
-    The rule: a scar that overlaps a protected area (positive intersection
-    area) is illegal with reason ``"protected_area"``; otherwise one with more
-    than half of its area outside every concession is illegal with reason
-    ``"outside_concession"``; otherwise it is legal.
-
-    Args:
-        geom: The scar polygon (scene CRS).
-        concessions: ``(licence_id, polygon)`` pairs.
-        protected: ``(name, polygon)`` pairs.
-
-    Returns:
-        ``(illegal, reason, licence_id)``; ``licence_id`` is the concession
-        holding most of the scar, or ``None``.
-    """
-    licence, best = None, 0.0
-    for lid, poly in concessions:
-        overlap = geom.intersection(poly).area
-        if overlap > best:
-            licence, best = lid, overlap
-    if any(geom.intersection(p).area > 0 for _, p in protected):
-        return True, "protected_area", licence
-    inside = unary_union([p for _, p in concessions]).intersection(geom).area if concessions else 0
-    if geom.area - inside > 0.5 * geom.area:
-        return True, "outside_concession", licence
-    return False, None, licence
 
 
 def _crs_member(crs: rasterio.crs.CRS) -> dict[str, Any] | None:

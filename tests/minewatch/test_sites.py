@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+
+from minewatch.sites import assess_legality, link_series, polygonize, probability_raster
+
+T = Affine(10, 0, 500_000, 0, -10, 4_000_000)
+CLASSES = ("background", "stockpile", "mining_scar")
+
+
+def _tiles(hits, tile=8, stride=4, height=64, width=64):
+    """Tiles of a 64 x 64 px scene; tiles whose top-left is in ``hits`` are stockpile."""
+    out = []
+    for r in range(0, height - tile + 1, stride):
+        for c in range(0, width - tile + 1, stride):
+            p = [0.05, 0.9, 0.05] if (r, c) in hits else [0.9, 0.05, 0.05]
+            out.append((r, c, p))
+    return out
+
+
+def test_overlapping_positive_tiles_merge_into_one_site_across_tile_borders():
+    hits = {(r, c) for r in (8, 12, 16) for c in (8, 12, 16)}  # 3 x 3 overlapping tiles
+    probs, count, grid = probability_raster(_tiles(hits), 64, 64, T, 8, 4, 3)
+    assert grid.cell == 4 and probs.shape == (3, 16, 16)
+    assert count[4, 4] == 4 and count[0, 0] == 1 and count[15, 15] == 1
+    sites = polygonize(probs, count, grid, "EPSG:32633", CLASSES, ["stockpile", "mining_scar"])
+    (site,) = sites
+    assert site.kind == "stockpile"
+    # the cells that only stockpile tiles cover: rows and columns 3..4 (a tie is background)
+    assert site.area_m2 == pytest.approx(2 * 2 * 40 * 40)
+    assert site.geometry.bounds == (500_120, 3_999_800, 500_200, 3_999_880)
+    assert site.score > 0.5
+
+
+def test_separate_regions_and_min_area():
+    hits = {(0, 0), (40, 40)}
+    probs, count, grid = probability_raster(_tiles(hits, stride=8), 64, 64, T, 8, 8, 3)
+    sites = polygonize(probs, count, grid, "EPSG:32633", CLASSES, ["stockpile"])
+    assert len(sites) == 2 and all(s.area_m2 == pytest.approx(6400) for s in sites)
+    assert (
+        polygonize(probs, count, grid, "EPSG:32633", CLASSES, ["stockpile"], min_area_m2=7000) == []
+    )
+
+
+def test_areas_in_a_geographic_crs_use_an_equal_area_projection():
+    lonlat = Affine(0.001, 0, 10.0, 0, -0.001, 0.0005)  # about 111 m per cell at the equator
+    probs = np.zeros((3, 4, 4), np.float32)
+    probs[1] = 1.0
+    from minewatch.sites import CellGrid
+
+    sites = polygonize(
+        probs, np.ones((4, 4)), CellGrid(1, 4, 4, lonlat), "EPSG:4326", CLASSES, ["stockpile"]
+    )
+    assert sites[0].area_m2 == pytest.approx(16 * 111_195**2 * 1e-6, rel=0.01)
+
+
+def test_legality_rule():
+    site = shapely.box(0, 0, 10, 10)
+    inside = [("L1", shapely.box(-5, -5, 20, 20))]
+    half = [("L2", shapely.box(0, 0, 4, 10))]
+    park = [("park", shapely.box(9, 9, 30, 30))]
+    assert assess_legality(site, inside, []) == (False, None, "L1")
+    assert assess_legality(site, half, []) == (True, "outside_concession", "L2")
+    assert assess_legality(site, inside, park) == (True, "protected_area", "L1")
+    assert assess_legality(site, [], []) == (True, "outside_concession", None)
+
+
+def test_series_follow_overlapping_sites():
+    a1, b1 = shapely.box(0, 0, 10, 10), shapely.box(100, 100, 110, 110)
+    a2, c2 = shapely.box(1, 1, 12, 12), shapely.box(300, 300, 310, 310)
+    a3 = shapely.box(2, 2, 14, 14)
+    series = link_series([("t1", [a1, b1]), ("t2", [c2, a2]), ("t3", [a3])])
+    assert series == [[("t1", 0), ("t2", 1), ("t3", 0)], [("t1", 1)], [("t2", 0)]]
