@@ -51,7 +51,7 @@ from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
 from pipelines.options import TileConfig
 
-__all__ = ["TileScenes", "run_tile"]
+__all__ = ["AccountScenes", "CutScenes", "TileBatch", "TileScenes", "run", "run_tile"]
 
 log = logging.getLogger(__name__)
 
@@ -735,38 +735,34 @@ def output_paths(out: str) -> dict[str, str]:
     }
 
 
-class TileScenes(beam.PTransform):  # type: ignore[misc]
-    """Tile scenes and frames into TFRecords, a manifest, dead letters and stats.
+class CutScenes(beam.PTransform):  # type: ignore[misc]
+    """Discover, check and cut scenes and frames into tile batches (no writing).
 
-    Example:
-        >>> with beam.Pipeline() as p:  # doctest: +SKIP
-        ...     p | "Tile" >> TileScenes(TileConfig(inputs=("scenes/",), out="out"))
+    The part of the Tile job that the inference job reuses: it returns the tile
+    batches (fused with whatever consumes them) and small side outputs.
 
     Args:
         config: The job's options.
         label_rejections: ``(feature, reason)`` of label features refused at launch.
-        header: Extra fields for ``stats.json`` (classes, options, version).
+
+    Returns (from ``expand``):
+        A dict of PCollections: ``batches`` (:class:`TileBatch`), ``dead``
+        (dead-letter rows), ``counts`` (``(scene_id, Counter)``), ``band_stats``
+        and ``refs`` (the :class:`SceneRef` of every scene that was planned).
     """
 
     def __init__(
-        self,
-        config: TileConfig,
-        label_rejections: Sequence[tuple[str, str]] = (),
-        header: dict[str, Any] | None = None,
+        self, config: TileConfig, label_rejections: Sequence[tuple[str, str]] = ()
     ) -> None:
         super().__init__()
         self._config = config
         self._label_rejections = list(label_rejections)
-        self._header = header or {}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        """Build the job; return the manifest rows, dead-letter rows and stats."""
+        """Build discovery, planning and cutting."""
         c = self._config
-        paths = output_paths(c.out)
-        temp_dir = posixpath.join(paths["tiles"], f".tmp-{uuid.uuid4().hex[:12]}")
         dead: list[beam.PCollection] = []
         counts: list[beam.PCollection] = []
-
         found = (
             pbegin
             | "Inputs" >> beam.Create([tuple(c.inputs)])
@@ -788,7 +784,6 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
                     lambda feature, reason: _dead(feature, reason, "label", stage="labels")
                 )
             )
-
         planned = items | "Plan" >> beam.ParDo(PlanScene(c)).with_outputs(
             DEAD, COUNTS, main="tasks"
         )
@@ -803,47 +798,13 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         )
         dead.append(cut[DEAD])
         counts.append(cut[COUNTS])
-        written = cut.batches | "WriteTiles" >> beam.ParDo(
-            WriteShards(paths["tiles"], temp_dir, c.records_per_shard)
-        ).with_outputs(SHARDS, main="rows")
-        written.rows | "WriteManifest" >> beam.io.WriteToParquet(
-            posixpath.join(paths["manifest"], "manifest"),
-            manifest_schema(),
-            file_name_suffix=".parquet",
-        )
-
-        outcome = (
-            counts
-            | "AllCounts" >> beam.Flatten()
-            | "CountPerScene" >> beam.CombinePerKey(_SumCounters())
-            | "SceneOutcome" >> beam.FlatMap(_scene_outcome).with_outputs(DEAD, main="counts")
-        )
-        dead.append(outcome[DEAD])
-        totals = outcome.counts | "CountJob" >> beam.CombineGlobally(_SumCounters())
-        band_stats = cut[BAND_STATS] | "BandStats" >> beam.CombineGlobally(_MergeBandStats())
-
-        dead_rows = dead | "AllDeadLetters" >> beam.Flatten()
-        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
-            posixpath.join(paths["dead_letter"], "dead_letter"),
-            dead_letter_schema(),
-            file_name_suffix=".parquet",
-        )
-        stats = (
-            pbegin
-            | "FinalizeTrigger" >> beam.Create([None])
-            | "Finalize"
-            >> beam.Map(
-                _finalize,
-                shards=beam.pvalue.AsList(written[SHARDS]),
-                counts=beam.pvalue.AsSingleton(totals),
-                band_stats=beam.pvalue.AsSingleton(band_stats),
-                tiles_dir=paths["tiles"],
-                temp_dir=temp_dir,
-                stats_path=paths["stats"],
-                header=self._header,
-            )
-        )
-        return {"manifest": written.rows, "dead_letter": dead_rows, "stats": stats}
+        return {
+            "batches": cut.batches,
+            "dead": dead | "CutDeadLetters" >> beam.Flatten(),
+            "counts": counts | "CutCounts" >> beam.Flatten(),
+            "band_stats": cut[BAND_STATS],
+            "refs": found.refs,
+        }
 
     def _join_frame_labels(
         self, pbegin: beam.pvalue.PBegin, refs: beam.PCollection, dead: list[beam.PCollection]
@@ -875,6 +836,89 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         )
         dead.append(joined[DEAD])
         return (scenes, joined.items) | "ScenesAndFrames" >> beam.Flatten()
+
+
+class TileScenes(beam.PTransform):  # type: ignore[misc]
+    """Tile scenes and frames into TFRecords, a manifest, dead letters and stats.
+
+    Example:
+        >>> with beam.Pipeline() as p:  # doctest: +SKIP
+        ...     p | "Tile" >> TileScenes(TileConfig(inputs=("scenes/",), out="out"))
+
+    Args:
+        config: The job's options.
+        label_rejections: ``(feature, reason)`` of label features refused at launch.
+        header: Extra fields for ``stats.json`` (classes, options, version).
+    """
+
+    def __init__(
+        self,
+        config: TileConfig,
+        label_rejections: Sequence[tuple[str, str]] = (),
+        header: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._config = config
+        self._label_rejections = list(label_rejections)
+        self._header = header or {}
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        """Build the job; return the manifest rows, dead-letter rows and stats."""
+        c = self._config
+        paths = output_paths(c.out)
+        temp_dir = posixpath.join(paths["tiles"], f".tmp-{uuid.uuid4().hex[:12]}")
+        cut = pbegin | "Cut" >> CutScenes(c, self._label_rejections)
+        written = cut["batches"] | "WriteTiles" >> beam.ParDo(
+            WriteShards(paths["tiles"], temp_dir, c.records_per_shard)
+        ).with_outputs(SHARDS, main="rows")
+        written.rows | "WriteManifest" >> beam.io.WriteToParquet(
+            posixpath.join(paths["manifest"], "manifest"),
+            manifest_schema(),
+            file_name_suffix=".parquet",
+        )
+        totals, outcome_dead = cut["counts"] | "Account" >> AccountScenes()
+        band_stats = cut["band_stats"] | "BandStats" >> beam.CombineGlobally(_MergeBandStats())
+
+        dead_rows = (cut["dead"], outcome_dead) | "AllDeadLetters" >> beam.Flatten()
+        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
+            posixpath.join(paths["dead_letter"], "dead_letter"),
+            dead_letter_schema(),
+            file_name_suffix=".parquet",
+        )
+        stats = (
+            pbegin
+            | "FinalizeTrigger" >> beam.Create([None])
+            | "Finalize"
+            >> beam.Map(
+                _finalize,
+                shards=beam.pvalue.AsList(written[SHARDS]),
+                counts=beam.pvalue.AsSingleton(totals),
+                band_stats=beam.pvalue.AsSingleton(band_stats),
+                tiles_dir=paths["tiles"],
+                temp_dir=temp_dir,
+                stats_path=paths["stats"],
+                header=self._header,
+            )
+        )
+        return {"manifest": written.rows, "dead_letter": dead_rows, "stats": stats}
+
+
+class AccountScenes(beam.PTransform):  # type: ignore[misc]
+    """Per-scene counts to job totals; scenes that kept no tile become dead letters.
+
+    Returns (from ``expand``): ``(totals, dead_rows)``: a one-element PCollection of
+    the job's counts, and the dead-letter rows of scenes without a tile.
+    """
+
+    def expand(self, counts: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        """Combine per scene, decide each scene's outcome, combine for the job."""
+        outcome = (
+            counts
+            | "CountPerScene" >> beam.CombinePerKey(_SumCounters())
+            | "SceneOutcome" >> beam.FlatMap(_scene_outcome).with_outputs(DEAD, main="counts")
+        )
+        totals = outcome.counts | "CountJob" >> beam.CombineGlobally(_SumCounters())
+        return totals, outcome[DEAD]
 
 
 def run_tile(
