@@ -52,7 +52,7 @@ class CellGrid:
 
 
 def probability_raster(
-    tiles: Iterable[tuple[int, int, Sequence[float]]],
+    tiles: Iterable[tuple[int, int, Sequence[float] | np.ndarray]],
     scene_height: int,
     scene_width: int,
     scene_transform: Affine,

@@ -1,0 +1,175 @@
+"""``minewatch infer``: label scenes, frames or tiles; find sites; write tables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from minewatch.cli.options import comma_list
+
+
+@click.command(
+    short_help="Label tiles and frames, find sites, write tables (Beam job).",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("inputs", nargs=-1, type=click.UNPROCESSED, metavar="INPUT... [BEAM OPTIONS]")
+@click.option(
+    "--model",
+    required=True,
+    metavar="REGISTRY_OR_MODEL_DIR",
+    help="A registry (its current model) or a model folder.",
+)
+@click.option("--out", required=True, metavar="TABLES_DIR", help="Tables folder.")
+@click.option(
+    "--concessions", metavar="FILE", help="Licensed areas (polygons, property licence_id)."
+)
+@click.option("--protected", metavar="FILE", help="Protected areas (polygons, property name).")
+@click.option(
+    "--stride",
+    type=click.IntRange(1),
+    default=None,
+    help="Tiling step for scene inputs [default: half the model's tile size].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    default=64,
+    show_default=True,
+    help="Most tiles per model call.",
+)
+@click.option(
+    "--site-classes",
+    callback=comma_list,
+    metavar="NAMES",
+    help="Classes that make sites [default: all but background/other].",
+)
+@click.option(
+    "--mining-classes",
+    callback=comma_list,
+    metavar="NAMES",
+    help="Site classes judged against concessions [default: mining_scar].",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Least probability of a cell's winning class.",
+)
+@click.option(
+    "--min-area",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Drop sites smaller than this (m²).",
+)
+@click.pass_context
+def infer(ctx: click.Context, /, **params: Any) -> None:
+    """Label INPUT with the model and write the tables under TABLES_DIR.
+
+    Tables: tile_labels, frame_labels, sites, stockpile_series and dead_letter
+    (GeoParquet, partitioned by date), plus probability rasters, quicklooks and
+    a stockpile plot.
+
+    INPUT is scenes or frames (files, globs, folders; tiled with the model's
+    bands and tile size) or output folders of 'minewatch tile'.
+
+    \b
+    Examples:
+      minewatch infer out/gt/scenes --model registry/ --out tables/ \\
+          --concessions out/gt/concessions.geojson --protected out/gt/protected_areas.geojson
+      minewatch query "select site_id, area_m2, reason from sites where flagged" \\
+          --tables tables/
+    """
+    stats = execute(params, ctx.args)
+    assert stats is not None
+    click.echo(summary(stats))
+
+
+def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[str]]:
+    """Check the options; return ``(InferConfig, beam_args)``.
+
+    Raises:
+        click.BadParameter: An option cannot work; the message names it.
+    """
+    from minewatch.errors import ConfigError
+    from minewatch.registry import resolve_model
+    from pipelines.batch_inference import InferConfig
+    from pipelines.options import split_beam_args
+    from pipelines.tiling import list_inputs
+
+    inputs, beam_args = split_beam_args([*params["inputs"], *extra])
+    if not inputs:
+        raise click.UsageError("give at least one INPUT (scenes, frames or a tile-job folder)")
+    for pattern in inputs:
+        if "://" not in pattern and not list_inputs(pattern):
+            raise click.BadParameter(f"{pattern!r} matches no file", param_hint="INPUT")
+    try:
+        model = resolve_model(_abs(params["model"]))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    for name in ("concessions", "protected"):
+        path = params[name]
+        if path and "://" not in path and not os.path.isfile(path):
+            raise click.BadParameter(f"{path!r} is not a file", param_hint=f"--{name}")
+    unknown = [c for c in params["site_classes"] if c not in model.classes]
+    if unknown:
+        raise click.BadParameter(
+            f"{unknown} are not classes of the model {model.classes}", param_hint="--site-classes"
+        )
+    out = _abs(params["out"])
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+    config = InferConfig(
+        inputs=tuple(_abs(i) for i in inputs),
+        out=out,
+        model=model,
+        concessions=_abs(params["concessions"]) if params["concessions"] else None,
+        protected=_abs(params["protected"]) if params["protected"] else None,
+        stride=params["stride"],
+        batch_size=params["batch_size"],
+        site_classes=params["site_classes"],
+        mining_classes=params["mining_classes"] or ("mining_scar",),
+        threshold=params["threshold"],
+        min_area_m2=params["min_area"],
+    )
+    return config, beam_args
+
+
+def _abs(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def execute(
+    params: dict[str, Any],
+    extra: Sequence[str] = (),
+    save_main_session: bool = True,
+    test_pipeline: Any = None,
+) -> dict[str, Any] | None:
+    """Check the options, then build and run the job."""
+    from pipelines.batch_inference import run_infer
+
+    config, beam_args = build(params, extra)
+    return run_infer(config, beam_args, save_main_session, test_pipeline)
+
+
+def launch(
+    argv: Sequence[str], save_main_session: bool = True, test_pipeline: Any = None
+) -> dict[str, Any] | None:
+    """Parse arguments as ``minewatch infer`` does and run the job."""
+    with infer.make_context("minewatch infer", list(argv)) as ctx:
+        return execute(ctx.params, ctx.args, save_main_session, test_pipeline)
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """The run's counts as a small table."""
+    counts = stats["counts"]
+    width = max([len(k) for k in counts] + [10])
+    lines = [f"model {stats['model_version']}"]
+    lines += [f"  {k:<{width}}  {v:>8}" for k, v in counts.items()]
+    if stats.get("plot"):
+        lines.append(f"stockpile plot: {stats['plot']}")
+    return "\n".join(lines)

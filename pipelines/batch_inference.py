@@ -1,0 +1,838 @@
+"""The Infer job: label tiles and frames with a SavedModel, find sites, write tables.
+
+Graph::
+
+    scenes, frames ─ CutScenes ─┐                         ┌─ tile_labels (per scene)
+    tile TFRecords ─ Read ──────┴─ RunInference ─ PerScene ─┼─ frame_labels (camera, day)
+                                        │                    ├─ probability COG, quicklook
+                                        └─ dead letter       └─ LinkSites (per area): sites,
+                                                                stockpile_series, plot
+
+The model runs through Beam's ``RunInference`` with :class:`TileModelHandler`,
+which loads the SavedModel once per worker and calls its ``serving_default``
+signature; no training code is imported. Failed batches go to the dead letter
+with the error. Every row carries the model version.
+
+Idempotency: each output file is named by what it holds and the model version
+(``tile_labels/date=D/<scene>__<version>.parquet``), and written atomically, so
+running a scene again with the same model replaces its rows, and another model
+version adds rows that the ``model_version`` column tells apart.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import json
+import logging
+import math
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from affine import Affine
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
+from apache_beam.pvalue import TaggedOutput
+
+from minewatch.registry import ModelRef
+from minewatch.spec import Tile, decode_tiles
+from minewatch.tables import (
+    dead_letter_schema,
+    frame_labels_schema,
+    sites_schema,
+    stockpile_series_schema,
+    tile_labels_schema,
+    write_geoparquet,
+)
+from pipelines.options import TileConfig
+from pipelines.tiling import COUNTS, DEAD, CutScenes, TileBatch, _dead, _SumCounters
+
+__all__ = [
+    "InferConfig",
+    "InferScenes",
+    "TileInfo",
+    "TileModelHandler",
+    "run_infer",
+]
+
+log = logging.getLogger(__name__)
+_NS = "minewatch.infer"
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Options of ``minewatch infer`` besides Beam's.
+
+    Attributes:
+        inputs: Scenes, frames (files, globs, folders) or tile-job output folders.
+        out: Tables folder.
+        model: The model to serve.
+        concessions: Polygons of licensed areas (property ``licence_id``), or None.
+        protected: Polygons of protected areas (property ``name``), or None.
+        stride: Tiling step for scene inputs; half the model's tile size when None.
+        batch_size: Most tiles per model call. Default 64.
+        site_classes: Classes that make sites; all but background/other when empty.
+        mining_classes: Site classes judged for legality. Default ``mining_scar``.
+        threshold: Least probability of a cell's winning class. Default 0.5.
+        min_area_m2: Smaller sites are dropped. Default 0.
+        area_cell_m: Side of the square cells sites are grouped by for linking
+            across acquisitions. Default 20 km.
+    """
+
+    inputs: tuple[str, ...]
+    out: str
+    model: ModelRef
+    concessions: str | None = None
+    protected: str | None = None
+    stride: int | None = None
+    batch_size: int = 64
+    site_classes: tuple[str, ...] = ()
+    mining_classes: tuple[str, ...] = ("mining_scar",)
+    threshold: float = 0.5
+    min_area_m2: float = 0.0
+    area_cell_m: float = 20_000.0
+
+    @property
+    def positive(self) -> tuple[str, ...]:
+        """The classes that make sites."""
+        if self.site_classes:
+            return self.site_classes
+        return tuple(c for c in self.model.classes if c not in ("background", "other"))
+
+
+@dataclass(frozen=True)
+class TileInfo:
+    """What a prediction must carry besides the pixels (the RunInference key)."""
+
+    tile_id: str
+    scene_id: str
+    kind: str
+    source: str
+    camera_id: str
+    acquired: str
+    crs: str
+    transform: tuple[float, ...]
+    row_off: int
+    col_off: int
+    size: int
+    bounds_wgs84: tuple[float, ...]
+
+    @property
+    def day(self) -> str:
+        """Partition value: the acquisition date, or ``unknown``."""
+        return self.acquired[:10] if self.acquired else "unknown"
+
+
+def _info(tile: Tile, source: str) -> TileInfo:
+    return TileInfo(
+        tile_id=tile.tile_id,
+        scene_id=tile.scene_id,
+        kind=tile.kind,
+        source=source,
+        camera_id=tile.camera_id,
+        acquired=tile.acquired.isoformat() if tile.acquired else "",
+        crs=tile.crs,
+        transform=tuple(tile.transform),
+        row_off=tile.row_off,
+        col_off=tile.col_off,
+        size=tile.image.shape[0],
+        bounds_wgs84=tuple(tile.bounds_wgs84),
+    )
+
+
+# -- model ------------------------------------------------------------------------
+
+
+class TileModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):  # type: ignore[misc]
+    """Serve a minewatch SavedModel: ``image`` [N, H, W, C] -> ``probabilities`` [N, K].
+
+    Args:
+        saved_model: The SavedModel folder.
+        batch_size: Most examples per call.
+    """
+
+    def __init__(self, saved_model: str, batch_size: int = 64) -> None:
+        super().__init__()
+        self._saved_model = saved_model
+        self._batch_size = batch_size
+
+    def load_model(self) -> Any:
+        """Load the SavedModel once per worker; return its serving signature."""
+        from minewatch.compat import use_legacy_keras
+
+        use_legacy_keras()
+        import tensorflow as tf
+
+        return tf.saved_model.load(self._saved_model).signatures["serving_default"]
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: Any,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Stack the batch, call the signature, return one result per example."""
+        import tensorflow as tf
+
+        images = tf.constant(np.stack(batch).astype(np.float32))
+        probabilities = model(image=images)["probabilities"].numpy()
+        if not np.isfinite(probabilities).all():
+            raise ValueError("the model returned non-finite probabilities")
+        return [PredictionResult(x, p) for x, p in zip(batch, probabilities, strict=True)]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        """Batches of up to ``batch_size`` examples."""
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+
+class ToExamples(beam.DoFn):  # type: ignore[misc]
+    """Turn tile batches into ``(TileInfo, float32 image)``; refuse what the model cannot take."""
+
+    def __init__(self, model: ModelRef) -> None:
+        self._bands = model.bands
+        self._size = model.tile_size
+        self._task = model.metadata.get("task", "tile")
+        self._tiles = Metrics.counter(_NS, "tiles_in")
+        self._refused = Metrics.counter(_NS, "tiles_dead_lettered")
+
+    def process(self, batch: TileBatch) -> Iterator[Any]:
+        """Yield examples; tiles of the wrong kind or shape go to ``dead``."""
+        wanted_kind = "frame" if self._task == "frame" else "scene"
+        for tile in batch.tiles:
+            self._tiles.inc()
+            yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_in=1)))
+            reason = None
+            image = tile.image
+            if tile.kind != wanted_kind:
+                reason = f"a {self._task} model cannot label a {tile.kind}"
+            elif self._bands and tuple(tile.bands) != self._bands and tile.kind == "scene":
+                missing = [b for b in self._bands if b not in tile.bands]
+                if missing:
+                    reason = f"tile lacks the model's band(s) {missing}"
+                else:
+                    image = image[..., [tile.bands.index(b) for b in self._bands]]
+            if reason is None and image.shape[0] != self._size:
+                reason = f"tile is {image.shape[0]} px, the model takes {self._size} px"
+            if reason:
+                self._refused.inc()
+                yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_dead_lettered=1)))
+                yield TaggedOutput(
+                    DEAD,
+                    _dead(batch.source, reason, "tile", tile.scene_id, tile.tile_id, stage="infer"),
+                )
+                continue
+            yield _info(tile, batch.source), image.astype(np.float32)
+
+
+class DecodeRecord(beam.DoFn):  # type: ignore[misc]
+    """A tile TFRecord record -> a one-tile TileBatch; unparseable records are dead-lettered."""
+
+    def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
+        """Yield a TileBatch or a dead-letter row."""
+        path, record = item
+        try:
+            (tile,) = decode_tiles([record])
+        except Exception as exc:
+            yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_in=1, tiles_dead_lettered=1)))
+            yield TaggedOutput(
+                DEAD, _dead(path, f"unreadable tile record: {exc}", "tile", stage="read")
+            )
+            return
+        yield TileBatch([tile], tile.scene_id, tile.image.dtype.name)
+
+
+def _failed_batch(item: tuple[Sequence[tuple[TileInfo, Any]], Exception]) -> Iterator[Any]:
+    batch, exc = item
+    for info, _ in batch:
+        yield _dead(
+            info.source,
+            f"inference failed: {type(exc).__name__}: {exc}",
+            "tile",
+            info.scene_id,
+            info.tile_id,
+            stage="infer",
+        )
+
+
+# -- per scene: tables, probability raster, sites ------------------------------------
+
+
+def _polygon_wgs84(info: TileInfo) -> bytes | None:
+    import shapely
+
+    west, south, east, north = info.bounds_wgs84
+    if any(math.isnan(v) for v in (west, south, east, north)):
+        return None
+    return bytes(shapely.to_wkb(shapely.box(west, south, east, north)))
+
+
+def _ts(iso: str) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+@dataclass
+class SceneSites:
+    """The sites found in one scene, on their way to linking across acquisitions."""
+
+    scene_id: str
+    acquired: str
+    crs: str
+    sites: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Polygons:
+    """Concession or protected-area polygons, reprojected once per CRS."""
+
+    def __init__(self, path: str | None, id_fields: Sequence[str]) -> None:
+        self._path = path
+        self._id_fields = id_fields
+        self._raw: list[tuple[str, Any]] | None = None
+        self._crs = ""
+        self._by_crs: dict[str, list[tuple[str, Any]]] = {}
+
+    def _load(self) -> None:
+        import pyogrio
+        import shapely
+
+        meta, _, geometry, fields = pyogrio.raw.read(self._path)
+        names = list(meta["fields"])
+        key = next((f for f in self._id_fields if f in names), None)
+        ids = fields[names.index(key)] if key else range(len(geometry))
+        self._raw = [
+            (str(i), shapely.make_valid(shapely.from_wkb(g)))
+            for i, g in zip(ids, geometry, strict=True)
+            if g is not None
+        ]
+        self._crs = str(meta["crs"] or "EPSG:4326")
+
+    def in_crs(self, crs: str) -> list[tuple[str, Any]]:
+        if self._path is None:
+            return []
+        if self._raw is None:
+            self._load()
+        assert self._raw is not None
+        if crs not in self._by_crs:
+            self._by_crs[crs] = [(i, _reproject(g, self._crs, crs)) for i, g in self._raw]
+        return self._by_crs[crs]
+
+
+def _reproject(geom: Any, src: str, dst: str) -> Any:
+    import shapely
+    from pyproj import CRS, Transformer
+
+    if not dst or CRS.from_user_input(src).equals(CRS.from_user_input(dst)):
+        return geom
+    t = Transformer.from_crs(src, dst, always_xy=True)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        x, y = t.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return shapely.transform(geom, project)
+
+
+def _cell_size(size: int, offsets: Iterable[int]) -> int:
+    """Raster cell: gcd of the tile size and the regular tiling step."""
+    distinct = sorted(set(offsets))
+    steps = collections.Counter(b - a for a, b in itertools.pairwise(distinct))
+    step = steps.most_common(1)[0][0] if steps else size
+    return math.gcd(size, step)
+
+
+class PerScene(beam.DoFn):  # type: ignore[misc]
+    """All predictions of one scene or frame: write its tables, raster and quicklook.
+
+    Yields ``SceneSites`` keyed by area (scenes), frame rows keyed by camera and day
+    (frames), and counts.
+    """
+
+    def __init__(self, config: InferConfig) -> None:
+        self._c = config
+        self._version = config.model.version
+        self._classes = config.model.classes
+
+    def setup(self) -> None:
+        """Load the concession and protected-area polygons lazily, once per worker."""
+        self._concessions = _Polygons(self._c.concessions, ("licence_id", "id", "name"))
+        self._protected = _Polygons(self._c.protected, ("name", "id"))
+
+    def process(self, item: tuple[str, Iterable[tuple[TileInfo, np.ndarray]]]) -> Iterator[Any]:
+        """Write the scene's outputs; yield what later steps need."""
+        scene_id, predictions = item
+        preds = sorted(predictions, key=lambda p: (p[0].row_off, p[0].col_off))
+        first = preds[0][0]
+        rows = [self._tile_row(info, probs) for info, probs in preds]
+        name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
+        write_geoparquet(
+            posixpath.join(self._c.out, "tile_labels", f"date={first.day}", name),
+            rows,
+            "tile_labels",
+            tile_labels_schema(),
+        )
+        yield TaggedOutput(
+            COUNTS,
+            ("", collections.Counter(tiles_labelled=len(rows), **{f"{first.kind}s_labelled": 1})),
+        )
+        if first.kind == "frame":
+            yield TaggedOutput("frames", ((first.camera_id, first.day), self._frame_row(preds)))
+            return
+        yield from self._sites(scene_id, preds)
+
+    def _tile_row(self, info: TileInfo, probs: np.ndarray) -> dict[str, Any]:
+        k = int(np.argmax(probs))
+        return {
+            "tile_id": info.tile_id,
+            "scene_id": info.scene_id,
+            "kind": info.kind,
+            "source": info.source,
+            "camera_id": info.camera_id,
+            "acquired": _ts(info.acquired),
+            "crs": info.crs,
+            "row_off": info.row_off,
+            "col_off": info.col_off,
+            "label": k,
+            "label_name": self._classes[k] if k < len(self._classes) else str(k),
+            "score": float(probs[k]),
+            "probabilities": [float(p) for p in probs],
+            "geometry": _polygon_wgs84(info),
+            "model_version": self._version,
+        }
+
+    def _frame_row(self, preds: Sequence[tuple[TileInfo, np.ndarray]]) -> dict[str, Any]:
+        info = preds[0][0]
+        mean = np.mean([p for _, p in preds], axis=0)
+        k = int(np.argmax(mean))
+        return {
+            "frame_id": info.scene_id,
+            "source": info.source,
+            "camera_id": info.camera_id,
+            "acquired": _ts(info.acquired),
+            "grade": self._classes[k] if k < len(self._classes) else str(k),
+            "label": k,
+            "score": float(mean[k]),
+            "probabilities": [float(p) for p in mean],
+            "tiles": len(preds),
+            "model_version": self._version,
+        }
+
+    def _sites(self, scene_id: str, preds: Sequence[tuple[TileInfo, np.ndarray]]) -> Iterator[Any]:
+        import shapely
+
+        from minewatch.sites import assess_legality, polygonize, probability_raster
+
+        first = preds[0][0]
+        size = first.size
+        transform = Affine(*first.transform[:6]) @ Affine.translation(
+            -first.col_off, -first.row_off
+        )
+        height = max(p[0].row_off for p in preds) + size
+        width = max(p[0].col_off for p in preds) + size
+        cell = _cell_size(size, [p[0].row_off for p in preds] + [p[0].col_off for p in preds])
+        probs, count, grid = probability_raster(
+            ((i.row_off, i.col_off, p) for i, p in preds),
+            height,
+            width,
+            transform,
+            size,
+            cell,
+            len(self._classes),
+        )
+        self._write_raster(scene_id, probs, count, grid, first.crs)
+        shapes = polygonize(
+            probs,
+            count,
+            grid,
+            first.crs,
+            self._classes,
+            self._c.positive,
+            self._c.threshold,
+            self._c.min_area_m2,
+        )
+        concessions = self._concessions.in_crs(first.crs)
+        protected = self._protected.in_crs(first.crs)
+        judged = bool(self._c.concessions or self._c.protected)
+        found = SceneSites(scene_id, first.acquired, first.crs)
+        for s in shapes:
+            flagged, reason, licence = False, None, None
+            if judged and s.kind in self._c.mining_classes:
+                flagged, reason, licence = assess_legality(s.geometry, concessions, protected)
+            found.sites.append(
+                {
+                    "kind": s.kind,
+                    "wkb": bytes(shapely.to_wkb(s.geometry)),
+                    "area_m2": s.area_m2,
+                    "score": s.score,
+                    "flagged": flagged,
+                    "reason": reason,
+                    "licence_id": licence,
+                }
+            )
+        self._quicklook(first, found)
+        yield TaggedOutput(COUNTS, ("", collections.Counter(sites_found=len(shapes))))
+        centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
+        yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)
+
+    def _write_raster(
+        self, scene_id: str, probs: np.ndarray, count: np.ndarray, grid: Any, crs: str
+    ) -> None:
+        import rasterio.shutil
+        from rasterio.io import MemoryFile
+
+        winner = np.where(count > 0, probs.argmax(axis=0), 255).astype(np.float32)
+        data = np.concatenate([winner[None], probs]).astype(np.float32)
+        profile = {
+            "driver": "GTiff",
+            "width": grid.width,
+            "height": grid.height,
+            "count": data.shape[0],
+            "dtype": "float32",
+            "transform": grid.transform,
+            "nodata": None,
+        }
+        if crs:
+            profile["crs"] = crs
+        path = posixpath.join(
+            self._c.out, "rasters", f"{_safe(scene_id)}__{_safe(self._version)}.tif"
+        )
+        with MemoryFile() as mem:
+            with mem.open(**profile) as tmp:
+                tmp.write(data)
+                tmp.set_band_description(1, "class")
+                for k, name in enumerate(self._classes, start=2):
+                    tmp.set_band_description(k, f"p_{name}")
+            with mem.open() as src:
+                _makedirs(posixpath.dirname(path))
+                rasterio.shutil.copy(src, path + ".tmp.tif", driver="COG")
+        FileSystems.rename([path + ".tmp.tif"], [path]) if not FileSystems.exists(path) else (
+            FileSystems.delete([path]),
+            FileSystems.rename([path + ".tmp.tif"], [path]),
+        )
+
+    def _quicklook(self, first: TileInfo, found: SceneSites) -> None:
+        import shapely
+
+        from minewatch.quicklook import scene_quicklook
+        from minewatch.scenes import group_files
+        from pipelines.tiling import list_inputs
+
+        try:
+            refs, _ = group_files(list_inputs(first.source))
+        except Exception as exc:  # the pictures are a courtesy, never a failure
+            log.warning("no quicklook for %s: %s", first.scene_id, exc)
+            return
+        ref = next((r for r in refs if r.scene_id == first.scene_id), refs[0] if refs else None)
+        if ref is None or ref.kind != "scene":
+            return
+        path = posixpath.join(
+            self._c.out, "quicklooks", f"{_safe(first.scene_id)}__{_safe(self._version)}.png"
+        )
+        _makedirs(posixpath.dirname(path))
+        sites = [(shapely.from_wkb(s["wkb"]), s["flagged"]) for s in found.sites]
+        try:
+            scene_quicklook(ref, sites, path)
+        except Exception as exc:
+            log.warning("no quicklook for %s: %s", first.scene_id, exc)
+
+
+def _area_key(crs: str, centre: Any, cell: float) -> str:
+    return f"{crs}|{math.floor(centre.x / cell)}|{math.floor(centre.y / cell)}"
+
+
+def _safe(text: str) -> str:
+    from minewatch.scenes import safe_id
+
+    return safe_id(text)
+
+
+def _makedirs(folder: str) -> None:
+    import os
+
+    if "://" not in folder:
+        os.makedirs(folder, exist_ok=True)
+
+
+def _write_frames(
+    item: tuple[tuple[str, str], Iterable[dict[str, Any]]], out: str, version: str
+) -> int:
+    (camera, day), rows = item
+    rows = sorted(
+        rows, key=lambda r: (r["acquired"] or datetime.min.replace(tzinfo=UTC), r["frame_id"])
+    )
+    name = f"{_safe(camera or 'camera')}__{_safe(version)}.parquet"
+    write_geoparquet(
+        posixpath.join(out, "frame_labels", f"date={day}", name),
+        rows,
+        "frame_labels",
+        frame_labels_schema(),
+    )
+    return len(rows)
+
+
+class LinkSites(beam.DoFn):  # type: ignore[misc]
+    """Link the sites of one area across acquisitions; write sites and stockpile series."""
+
+    def __init__(self, config: InferConfig) -> None:
+        self._c = config
+        self._version = config.model.version
+
+    def process(self, item: tuple[str, Iterable[SceneSites]]) -> Iterator[Any]:
+        """Write the area's ``sites`` and ``stockpile_series`` files; yield series rows."""
+        import shapely
+
+        from minewatch.sites import link_series
+
+        key, scenes = item
+        ordered = sorted(scenes, key=lambda s: (s.acquired, s.scene_id))
+        crs = ordered[0].crs
+        site_rows: list[dict[str, Any]] = []
+        series_rows: list[dict[str, Any]] = []
+        kinds = sorted({s["kind"] for sc in ordered for s in sc.sites})
+        for kind in kinds:
+            dated = [(sc, [s for s in sc.sites if s["kind"] == kind]) for sc in ordered]
+            geoms = [
+                (sc.scene_id, [shapely.from_wkb(s["wkb"]) for s in sites]) for sc, sites in dated
+            ]
+            by_scene = {sc.scene_id: (sc, sites) for sc, sites in dated}
+            for chain in link_series(geoms):
+                scene0, i0 = chain[0]
+                digest = hashlib.sha1(f"{crs}|{kind}|{scene0}|{i0}".encode()).hexdigest()[:10]
+                site_id = f"{kind}-{digest}"
+                members = [(by_scene[sid][0], by_scene[sid][1][i]) for sid, i in chain]
+                last_scene, last = members[-1]
+                geom = shapely.from_wkb(last["wkb"])
+                site_rows.append(
+                    {
+                        "site_id": site_id,
+                        "kind": kind,
+                        "commodity": None,
+                        "geometry": bytes(shapely.to_wkb(_reproject(geom, crs, "EPSG:4326"))),
+                        "source_crs": crs,
+                        "geometry_source": last["wkb"],
+                        "area_m2": last["area_m2"],
+                        "score": float(np.mean([m["score"] for _, m in members])),
+                        "first_seen": _ts(members[0][0].acquired),
+                        "last_seen": _ts(last_scene.acquired),
+                        "acquisitions": len(members),
+                        "flagged": bool(last["flagged"]),
+                        "reason": last["reason"],
+                        "licence_id": last["licence_id"],
+                        "model_version": self._version,
+                        "scene_ids": [sc.scene_id for sc, _ in members],
+                    }
+                )
+                if kind == "stockpile":
+                    previous = None
+                    for sc, m in members:
+                        series_rows.append(
+                            {
+                                "site_id": site_id,
+                                "acquired": _ts(sc.acquired),
+                                "scene_id": sc.scene_id,
+                                "area_m2": m["area_m2"],
+                                "change_m2": None if previous is None else m["area_m2"] - previous,
+                                "model_version": self._version,
+                            }
+                        )
+                        previous = m["area_m2"]
+        name = f"{_safe(key)}__{_safe(self._version)}.parquet"
+        for table, rows, when, schema in (
+            ("sites", site_rows, "first_seen", sites_schema()),
+            ("stockpile_series", series_rows, "acquired", stockpile_series_schema()),
+        ):
+            parts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+            for row in rows:
+                parts[row[when].date().isoformat() if row[when] else "unknown"].append(row)
+            for day, part in parts.items():
+                write_geoparquet(
+                    posixpath.join(self._c.out, table, f"date={day}", name), part, table, schema
+                )
+        yield TaggedOutput(
+            COUNTS,
+            (
+                "",
+                collections.Counter(
+                    sites=len(site_rows), sites_flagged=sum(r["flagged"] for r in site_rows)
+                ),
+            ),
+        )
+        yield from series_rows
+
+
+def _finish(
+    _: Any, counts: dict[str, int], series: list[dict[str, Any]], out: str, header: dict[str, Any]
+) -> dict[str, Any]:
+    from minewatch.quicklook import plot_stockpile_series
+
+    plot = None
+    if series:
+        plot = posixpath.join(out, "plots", f"stockpile_area__{_safe(header['model_version'])}.png")
+        _makedirs(posixpath.dirname(plot))
+        plot_stockpile_series(series, plot)
+    stats = {**header, "counts": dict(sorted(counts.items())), "plot": plot}
+    with FileSystems.create(posixpath.join(out, "infer_stats.json")) as f:
+        f.write(json.dumps(stats, indent=2, default=str).encode())
+    return stats
+
+
+# -- the job -----------------------------------------------------------------------
+
+
+def is_tile_dir(path: str) -> bool:
+    """Whether ``path`` is the output folder of a tile job."""
+    return bool(FileSystems.exists(posixpath.join(path, "stats.json"))) and bool(
+        FileSystems.exists(posixpath.join(path, "tiles"))
+    )
+
+
+class InferScenes(beam.PTransform):  # type: ignore[misc]
+    """Label scenes, frames or tile records and write the inference tables.
+
+    Args:
+        config: The job's options.
+        header: Fields for ``infer_stats.json``.
+    """
+
+    def __init__(self, config: InferConfig, header: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._c = config
+        self._header = header or {}
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        """Build the job."""
+        c = self._c
+        model = c.model
+        tile_dirs = [i for i in c.inputs if is_tile_dir(i)]
+        raw = [i for i in c.inputs if i not in tile_dirs]
+        batches, dead, counts = [], [], []
+        if raw:
+            size = model.tile_size
+            task = model.metadata.get("task", "tile")
+            tiling = TileConfig(
+                inputs=tuple(raw),
+                out=c.out,
+                label_source="none",
+                bands=model.bands or None if task != "frame" else None,
+                tile_size=size,
+                stride=c.stride or max(1, size // 2),
+            )
+            cut = pbegin | "Cut" >> CutScenes(tiling)
+            batches.append(cut["batches"])
+            dead.append(cut["dead"])
+            counts.append(
+                cut["counts"]
+                | "SceneCountsOnly"
+                >> beam.Filter(lambda kv: kv[0] == "" and "inputs_rejected" in kv[1])
+            )
+        if tile_dirs:
+            read = (
+                pbegin
+                | "TileShards"
+                >> beam.Create([posixpath.join(d, "tiles", "*.tfrecord") for d in tile_dirs])
+                | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+                | "Decode" >> beam.ParDo(DecodeRecord()).with_outputs(DEAD, COUNTS, main="tiles")
+            )
+            batches.append(read.tiles)
+            dead.append(read[DEAD])
+            counts.append(read[COUNTS])
+        examples = (
+            batches
+            | "AllTiles" >> beam.Flatten()
+            | "Examples" >> beam.ParDo(ToExamples(model)).with_outputs(DEAD, COUNTS, main="ok")
+        )
+        dead.append(examples[DEAD])
+        counts.append(examples[COUNTS])
+        handler = KeyedModelHandler(TileModelHandler(model.saved_model, c.batch_size))
+        predicted, failed = (
+            examples.ok | "RunInference" >> RunInference(handler).with_exception_handling()
+        )
+        dead.append(failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
+        per_scene = (
+            predicted
+            | "ByScene" >> beam.Map(lambda kv: (kv[0].scene_id, (kv[0], kv[1].inference)))
+            | "GroupScene" >> beam.GroupByKey()
+            | "PerScene" >> beam.ParDo(PerScene(c)).with_outputs(COUNTS, "frames", main="sites")
+        )
+        counts.append(per_scene[COUNTS])
+        frames = (
+            per_scene.frames
+            | "GroupCameraDay" >> beam.GroupByKey()
+            | "WriteFrames" >> beam.Map(_write_frames, out=c.out, version=model.version)
+            | "FrameRows" >> beam.Map(lambda n: ("", collections.Counter(frame_rows=n)))
+        )
+        counts.append(frames)
+        linked = (
+            per_scene.sites
+            | "GroupArea" >> beam.GroupByKey()
+            | "LinkSites" >> beam.ParDo(LinkSites(c)).with_outputs(COUNTS, main="series")
+        )
+        counts.append(linked[COUNTS])
+        dead_rows = dead | "AllDead" >> beam.Flatten()
+        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
+            posixpath.join(c.out, "dead_letter", f"run-{self._header.get('run_id', 'x')}"),
+            dead_letter_schema(),
+            file_name_suffix=".parquet",
+        )
+        dead_counts = dead_rows | "CountDead" >> beam.Map(
+            lambda row: ("", collections.Counter({f"dead_letter.{row['kind']}": 1}))
+        )
+        totals = (
+            (*counts, dead_counts)
+            | "AllCounts" >> beam.Flatten()
+            | "Values" >> beam.Values()
+            | "Sum" >> beam.CombineGlobally(_SumCounters())
+        )
+        stats = (
+            pbegin
+            | "FinishTrigger" >> beam.Create([None])
+            | "Finish"
+            >> beam.Map(
+                _finish,
+                counts=beam.pvalue.AsSingleton(totals),
+                series=beam.pvalue.AsList(linked.series),
+                out=c.out,
+                header=self._header,
+            )
+        )
+        return {"stats": stats, "dead_letter": dead_rows}
+
+
+def run_infer(
+    config: InferConfig,
+    beam_args: Sequence[str] = (),
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any] | None:
+    """Build and run the Infer job; return ``infer_stats.json`` (None on a test pipeline)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    header = {
+        "run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
+        "model_version": config.model.version,
+        "model": config.model.path,
+        "inputs": list(config.inputs),
+        "classes": list(config.model.classes),
+        "site_classes": list(config.positive),
+    }
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    _ = pipeline | "Infer" >> InferScenes(config, header)
+    if test_pipeline is not None:
+        return None
+    pipeline.run().wait_until_finish()
+    with FileSystems.open(posixpath.join(config.out, "infer_stats.json")) as f:
+        stats: dict[str, Any] = json.loads(f.read())
+    return stats

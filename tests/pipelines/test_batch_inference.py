@@ -1,0 +1,222 @@
+"""The Infer job on the DirectRunner with a real (hand-built) SavedModel."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import shapely
+from click.testing import CliRunner
+
+from minewatch.cli.infer import infer, launch
+from minewatch.query import open_tables, run_query
+from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
+
+TILE = 16
+
+
+def save_oracle(path, version="v1", bands=("B02", "B03", "B04"), broken=False):
+    """A SavedModel that calls a tile 'stockpile' when its first band is bright.
+
+    p(stockpile) = sigmoid((mean of band 0 - 500) / 50): a real SavedModel with the
+    minewatch serving contract, whose answers the tests can work out by hand.
+    """
+    from minewatch.compat import use_legacy_keras
+
+    use_legacy_keras()
+    import tensorflow as tf
+
+    class Oracle(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, TILE, TILE, len(bands)], tf.float32, name="image")
+            ]
+        )
+        def serve(self, image):
+            mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
+            p = tf.sigmoid((mean - 500.0) / 50.0)
+            if broken:
+                p = p * np.nan
+            return {
+                "probabilities": tf.stack([1.0 - p, p], axis=1),
+                "embedding": tf.reduce_mean(image, axis=[1, 2]),
+            }
+
+    module = Oracle()
+    tf.saved_model.save(
+        module, os.path.join(path, "saved_model"), signatures={"serving_default": module.serve}
+    )
+    meta = {
+        "version": version,
+        "task": "tile",
+        "classes": ["background", "stockpile"],
+        "bands": list(bands),
+        "tile_size": TILE,
+        "input_dtype": "uint16",
+    }
+    with open(os.path.join(path, "metadata.json"), "w") as f:
+        json.dump(meta, f)
+    return str(path)
+
+
+def scene(path, squares, date, size=96):
+    """A 3-band uint16 scene: 100 everywhere, 1000 in each (row, col, side) square."""
+    data = np.full((3, size, size), 100, np.uint16)
+    for r, c, side in squares:
+        data[:, r : r + side, c : c + side] = 1000
+    return write_raster(path / f"scene_{date}.tif", data, descriptions=("B02", "B03", "B04"))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("infer")
+    scenes = root / "scenes"
+    scenes.mkdir()
+    # a stockpile that grows (32 -> 48 px side) and a pit-sized square in another place
+    scene(scenes, [(16, 16, 32), (64, 64, 16)], "2024-01-01")
+    scene(scenes, [(16, 16, 48), (64, 64, 16)], "2024-02-01")
+    model = save_oracle(root / "model")
+    left, top = ORIGIN.c, ORIGIN.f
+    # licensed area covers the first square only
+    conc = write_geojson(
+        root / "concessions.geojson",
+        [feature(box_geometry(left, top - 700, left + 700, top), licence_id="L-1")],
+        crs="EPSG:32633",
+    )
+    return root, scenes, model, conc
+
+
+@pytest.fixture(scope="module")
+def run1(setup):
+    root, scenes, model, conc = setup
+    out = root / "tables"
+    stats = launch(
+        [
+            str(scenes),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--concessions",
+            conc,
+            "--site-classes",
+            "stockpile",
+            "--mining-classes",
+            "stockpile",
+            "--stride",
+            "8",
+        ]
+    )
+    return out, stats
+
+
+def test_sites_areas_and_flags(run1):
+    out, stats = run1
+    assert stats["counts"]["tiles_in"] == stats["counts"]["tiles_labelled"] == 2 * 121
+    con, names = open_tables(str(out))
+    assert {"tile_labels", "sites", "stockpile_series"} <= set(names)
+    sites = run_query(con, "select * from sites order by area_m2 desc").to_pylist()
+    assert len(sites) == 2
+    big, small = sites
+    # cells are 8 px (80 m): the grown square is 48 px = 480 m on a side; tile-level
+    # probabilities blur its outline by up to a cell (42 cells found for 36)
+    assert big["area_m2"] == pytest.approx(480 * 480, rel=0.2)
+    assert big["acquisitions"] == 2 and not big["flagged"] and big["licence_id"] == "L-1"
+    assert small["flagged"] and small["reason"] == "outside_concession"
+    assert all(s["model_version"] == "v1" for s in sites)
+    geom = shapely.from_wkb(big["geometry"])
+    assert -180 < geom.centroid.x < 180 and geom.is_valid
+    series = run_query(
+        con, f"select * from stockpile_series where site_id = '{big['site_id']}' order by acquired"
+    ).to_pylist()
+    assert series[1]["area_m2"] > series[0]["area_m2"]
+    assert series[0]["change_m2"] is None
+    assert series[1]["change_m2"] == pytest.approx(series[1]["area_m2"] - series[0]["area_m2"])
+
+
+def test_pictures_rasters_and_geoparquet_metadata(run1):
+    out, stats = run1
+    assert os.path.exists(stats["plot"])
+    quicklooks = os.listdir(out / "quicklooks")
+    assert sorted(quicklooks) == ["scene_2024-01-01__v1.png", "scene_2024-02-01__v1.png"]
+    import rasterio
+
+    with rasterio.open(out / "rasters" / "scene_2024-01-01__v1.tif") as src:
+        assert src.count == 3 and src.crs.to_epsg() == 32633
+        assert src.descriptions == ("class", "p_background", "p_stockpile")
+    (part,) = os.listdir(out / "sites")
+    (name,) = os.listdir(out / "sites" / part)
+    meta = json.loads(pq.read_schema(out / "sites" / part / name).metadata[b"geo"])
+    assert meta["primary_column"] == "geometry"
+
+
+def test_same_model_again_replaces_rows_and_a_new_version_adds(run1, setup, tmp_path):
+    out, _ = run1
+    _, scenes, model, conc = setup
+    con, _ = open_tables(str(out))
+    before = run_query(con, "select count(*) n from tile_labels").to_pylist()[0]["n"]
+    args = [
+        str(scenes),
+        "--out",
+        str(out),
+        "--concessions",
+        conc,
+        "--site-classes",
+        "stockpile",
+        "--stride",
+        "8",
+    ]
+    launch([*args, "--model", model])
+    con, _ = open_tables(str(out))
+    assert run_query(con, "select count(*) n from tile_labels").to_pylist()[0]["n"] == before
+    v2 = save_oracle(tmp_path / "model2", version="v2")
+    launch([*args, "--model", v2])
+    con, _ = open_tables(str(out))
+    counts = run_query(
+        con, "select model_version, count(*) n from tile_labels group by 1 order by 1"
+    ).to_pylist()
+    assert counts == [{"model_version": "v1", "n": before}, {"model_version": "v2", "n": before}]
+
+
+def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
+    from minewatch.cli.tile import launch as tile
+
+    _, scenes, model, _ = setup
+    tiles = tmp_path / "tiles"
+    tile([str(scenes / "scene_2024-01-01.tif"), "--out", str(tiles), "--tile-size", "16"])
+    (shard,) = os.listdir(tiles / "tiles")
+    from minewatch.tfrecord import write_record
+
+    with open(tiles / "tiles" / shard, "ab") as f:
+        write_record(f, b"not an example")
+    out = tmp_path / "tables"
+    stats = launch([str(tiles), "--model", model, "--out", str(out)])
+    assert stats["counts"]["tiles_labelled"] == 36
+    assert stats["counts"]["dead_letter.tile"] == 1
+    con, _ = open_tables(str(out))
+    (row,) = run_query(con, "select reason from dead_letter").to_pylist()
+    assert "unreadable tile record" in row["reason"]
+
+
+def test_nan_model_dead_letters_every_tile(setup, tmp_path):
+    _, scenes, _, _ = setup
+    bad = save_oracle(tmp_path / "bad", broken=True)
+    out = tmp_path / "tables"
+    stats = launch(
+        [str(scenes / "scene_2024-01-01.tif"), "--model", bad, "--out", str(out), "--stride", "16"]
+    )
+    assert stats["counts"]["tiles_in"] == 36 == stats["counts"]["dead_letter.tile"]
+    assert "tiles_labelled" not in stats["counts"]
+
+
+def test_missing_or_broken_model_is_a_clear_error(setup, tmp_path):
+    _, scenes, _, _ = setup
+    runner = CliRunner()
+    for model in (tmp_path / "nope", tmp_path):
+        result = runner.invoke(
+            infer, [str(scenes), "--model", str(model), "--out", str(tmp_path / "t")]
+        )
+        assert result.exit_code == 2 and "--model" in result.output
