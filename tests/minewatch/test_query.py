@@ -90,3 +90,18 @@ def test_cli(tables, tmp_path):
     with pytest.raises(ConfigError):
         open_tables(str(tmp_path / "nope"))
     assert sorted(os.listdir(root)) == ["empty_dir", "sites"]  # the query wrote nothing
+
+
+def test_bigquery_schema_mapping():
+    from minewatch.tables import INFER_TABLES, bigquery_schema
+
+    sites = {f["name"]: f for f in bigquery_schema("sites", INFER_TABLES["sites"]())}
+    assert sites["geometry"] == {"name": "geometry", "type": "GEOGRAPHY", "mode": "NULLABLE"}
+    assert sites["scene_ids"] == {"name": "scene_ids", "type": "STRING", "mode": "REPEATED"}
+    assert sites["first_seen"]["type"] == "TIMESTAMP" and sites["flagged"]["type"] == "BOOL"
+    assert sites["area_m2"]["type"] == "FLOAT64" and sites["acquisitions"]["type"] == "INT64"
+    for name, schema in INFER_TABLES.items():
+        fields = bigquery_schema(name, schema())
+        assert [f["name"] for f in fields] == schema().names
+    with pytest.raises(TypeError, match="no BigQuery type"):
+        bigquery_schema("x", pa.schema([("m", pa.map_(pa.string(), pa.int32()))]))
