@@ -18,7 +18,15 @@ from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_
 TILE = 16
 
 
-def save_oracle(path, version="v1", bands=("B02", "B03", "B04"), broken=False):
+def save_oracle(
+    path,
+    version="v1",
+    bands=("B02", "B03", "B04"),
+    broken=False,
+    task="tile",
+    classes=("background", "stockpile"),
+    threshold=500.0,
+):
     """A SavedModel that calls a tile 'stockpile' when its first band is bright.
 
     p(stockpile) = sigmoid((mean of band 0 - 500) / 50): a real SavedModel with the
@@ -37,7 +45,7 @@ def save_oracle(path, version="v1", bands=("B02", "B03", "B04"), broken=False):
         )
         def serve(self, image):
             mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
-            p = tf.sigmoid((mean - 500.0) / 50.0)
+            p = tf.sigmoid((mean - threshold) / 50.0)
             if broken:
                 p = p * np.nan
             return {
@@ -51,8 +59,8 @@ def save_oracle(path, version="v1", bands=("B02", "B03", "B04"), broken=False):
     )
     meta = {
         "version": version,
-        "task": "tile",
-        "classes": ["background", "stockpile"],
+        "task": task,
+        "classes": list(classes),
         "bands": list(bands),
         "tile_size": TILE,
         "input_dtype": "uint16",
@@ -220,3 +228,27 @@ def test_missing_or_broken_model_is_a_clear_error(setup, tmp_path):
             infer, [str(scenes), "--model", str(model), "--out", str(tmp_path / "t")]
         )
         assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_frames_get_one_grade_per_frame(tmp_path):
+    frames = tmp_path / "frames" / "belt1"
+    frames.mkdir(parents=True)
+    for i, level in enumerate((40, 220, 230)):
+        rgb = np.full((3, 32, 32), level, np.uint8)
+        write_raster(frames / f"2024011{i}T08000{i}.png", rgb, crs=None, driver="PNG")
+    model = save_oracle(
+        tmp_path / "m",
+        bands=("red", "green", "blue"),
+        task="frame",
+        classes=("low", "high"),
+        threshold=128.0,
+    )
+    out = tmp_path / "tables"
+    stats = launch([str(tmp_path / "frames"), "--model", model, "--out", str(out)])
+    assert stats["counts"]["frames_labelled"] == 3 and stats["counts"]["frame_rows"] == 3
+    con, _ = open_tables(str(out))
+    rows = run_query(
+        con, "select frame_id, camera_id, grade, tiles from frame_labels order by acquired"
+    ).to_pylist()
+    assert [r["grade"] for r in rows] == ["low", "high", "high"]
+    assert {r["camera_id"] for r in rows} == {"belt1"} and rows[0]["tiles"] == 9
