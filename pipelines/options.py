@@ -48,6 +48,7 @@ class TileConfig:
         block_tiles: Tiles per side of the block a worker reads at once. Default 8.
         max_scene_pixels: Scenes declaring more pixels are refused.
         records_per_shard: Most tiles per TFRecord shard. Default 4096.
+        gdal_cache_mb: GDAL block cache per worker process, in MB. Default 128.
         csv_columns: Header of the frames CSV (set by the CLI after checking it).
     """
 
@@ -73,6 +74,7 @@ class TileConfig:
     block_tiles: int = 8
     max_scene_pixels: int = DEFAULT_MAX_PIXELS
     records_per_shard: int = 4096
+    gdal_cache_mb: int = 128
     csv_columns: tuple[str, ...] = ()
 
     @property

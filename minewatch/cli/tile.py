@@ -149,6 +149,13 @@ _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
     help="Most tiles per TFRecord shard.",
 )
 @click.option(
+    "--gdal-cache-mb",
+    type=click.IntRange(8),
+    default=128,
+    show_default=True,
+    help="GDAL block cache per worker process (MB).",
+)
+@click.option(
     "--max-scene-pixels",
     type=click.IntRange(1),
     default=10_000_000_000,
@@ -285,6 +292,7 @@ def build(
         block_tiles=params["block_tiles"],
         max_scene_pixels=params["max_scene_pixels"],
         records_per_shard=params["records_per_shard"],
+        gdal_cache_mb=params["gdal_cache_mb"],
         csv_columns=csv_columns,
     )
     header = {

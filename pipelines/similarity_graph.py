@@ -1,0 +1,1034 @@
+"""The Graph job: tiles into a similarity graph and NSL's packed training examples.
+
+Graph (every step labelled)::
+
+    tiles/*.tfrecord ─ Read ─ Parse ─ Embed (RunInference) ─ Check ─┬─ vectors ─ Similarity ─┐
+          (corrupt files, bad records, failed embeddings) ─ dead    ├─ nodes ─┬─ Spatial ────┤
+                                                                    │         └─ Temporal ───┤
+          edges/ ─────────────────────────────────────────────── edges ─ Adjacency ─ graph.tsv
+                                                                    │             │
+                                                                    └─ examples ──┴─ Pack ─ packed/
+
+Similarity (:class:`SimilarityEdges`) never compares all pairs in one process:
+vectors are batched, hashed with random hyperplanes into ``(dim, round, bucket)``
+keys over several rounds, grouped, compared exactly inside each bucket by matrix
+products (oversized buckets are split by more hyperplanes, then chunked), and
+the candidates of every round are merged into each node's top ``k`` by a
+``CombinePerKey`` whose accumulator holds numpy arrays for a shard of nodes.
+
+Spatial edges join tiles of one scene whose windows touch or overlap, keyed by
+grid cells; temporal edges join tiles of different acquisitions with the same
+CRS and bounds, keyed by the rounded bounds. Neither compares all pairs.
+
+Packing follows NSL's ``pack_nbrs`` (see :mod:`minewatch.packing`): seeds are
+the labelled tiles, neighbours any tile; the neighbour features are joined by
+``CoGroupByKey`` on the neighbour id, never from a side input of all tiles.
+
+Accounting (``stats.json``, checked by the tests)::
+
+    tiles.read = tiles.embedded + sum(tiles.dead_lettered.values())
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import posixpath
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
+from apache_beam.pvalue import TaggedOutput
+
+from minewatch.embeddings import BandNorm, describe, load_saved_model, normalized_pixels
+from minewatch.neighbours import (
+    MAX_BITS,
+    Candidates,
+    bucket_codes,
+    choose_bits,
+    hyperplanes,
+    iter_groups,
+    merge_topk,
+    node_keys,
+    normalize,
+    split_bucket,
+    topk_within,
+)
+from minewatch.packing import pack_example
+from minewatch.spec import Tile, decode_tiles
+from minewatch.tables import dead_letter_schema
+from minewatch.tfrecord import read_records
+
+__all__ = [
+    "BuildTileGraph",
+    "GraphConfig",
+    "SimilarityEdges",
+    "SpatialEdges",
+    "TemporalEdges",
+    "edges_schema",
+    "output_paths",
+    "run",
+    "run_graph",
+]
+
+log = logging.getLogger(__name__)
+
+_NS = "minewatch.graph"
+DEAD = "dead"
+NODES = "nodes"
+EXAMPLES = "examples"
+LINES = "lines"
+
+SIMILARITY, SPATIAL, TEMPORAL = "similarity", "spatial", "temporal"
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """Everything ``minewatch graph`` needs besides Beam's own options.
+
+    Attributes:
+        tiles: Glob of the tile TFRecords (local or ``gs://``).
+        out: Output folder.
+        norm: Per-band mean/std of the tile job (``stats.json``).
+        embedding: ``builtin`` or a SavedModel directory with an ``embedding``
+            signature.
+        k: Most similarity neighbours per tile, and most neighbours packed into
+            a labelled example. Default 10.
+        threshold: Least cosine similarity of a similarity edge. Default 0.8.
+        rounds: LSH rounds. Default 10.
+        bucket_size: Target LSH bucket size; buckets over 4x are split. Default 512.
+        seed: Seed of the LSH hyperplanes. Default 0.
+        spatial_weight: Weight of spatial edges; 0 disables them. Default 0.5.
+        temporal_weight: Weight of temporal edges; 0 disables them. Default 0.5.
+        temporal_window: Each acquisition of a footprint links to this many
+            following acquisitions (all of them when there are fewer). Default 4.
+        bounds_decimals: Bounds are rounded to this many decimals (CRS units) to
+            find the same footprint. Default 2.
+        undirected: Treat every edge as bi-directional when packing
+            (``pack_nbrs --add_undirected_edges``). Default False.
+        batch_size: Tiles per embedding batch. Default 256.
+    """
+
+    tiles: str
+    out: str
+    norm: BandNorm = field(default_factory=BandNorm)
+    embedding: str = "builtin"
+    k: int = 10
+    threshold: float = 0.8
+    rounds: int = 10
+    bucket_size: int = 512
+    seed: int = 0
+    spatial_weight: float = 0.5
+    temporal_weight: float = 0.5
+    temporal_window: int = 4
+    bounds_decimals: int = 2
+    undirected: bool = False
+    batch_size: int = 256
+
+
+def output_paths(out: str) -> dict[str, str]:
+    """Where ``minewatch graph`` writes, under ``out``."""
+    return {
+        "edges": posixpath.join(out, "edges"),
+        "graph": posixpath.join(out, "graph.tsv"),
+        "packed": posixpath.join(out, "packed"),
+        "dead_letter": posixpath.join(out, "dead_letter"),
+        "stats": posixpath.join(out, "stats.json"),
+    }
+
+
+def edges_schema() -> pa.Schema:
+    """One row per directed edge: ``src``, ``dst``, ``weight`` and ``kind``.
+
+    ``kind`` is ``similarity`` (weight: cosine similarity), ``spatial`` or
+    ``temporal`` (weight: the configured constant).
+    """
+    return pa.schema(
+        [
+            ("src", pa.string()),
+            ("dst", pa.string()),
+            ("weight", pa.float32()),
+            ("kind", pa.string()),
+        ]
+    )
+
+
+def _dead(
+    input: str, reason: str, tile_id: str = "", scene_id: str = "", stage: str = ""
+) -> dict[str, str]:
+    return {
+        "input": input,
+        "reason": reason,
+        "kind": "tile",
+        "scene_id": scene_id,
+        "tile_id": tile_id,
+        "stage": stage,
+    }
+
+
+# -- reading and embedding -----------------------------------------------------------
+
+
+@dataclass
+class ParsedTile:
+    """A decoded tile with its serialized record (kept for packing)."""
+
+    tile: Tile
+    record: bytes
+    source: str
+
+
+class Node(NamedTuple):
+    """What spatial and temporal edges need of a tile."""
+
+    tile_id: str
+    scene_id: str
+    kind: str
+    crs: str
+    bounds: tuple[float, ...]
+    row: int
+    col: int
+    height: int
+    width: int
+    acquired: int
+
+
+class ReadTileRecords(beam.DoFn):  # type: ignore[misc]
+    """Read one TFRecord file; a corrupt or truncated file is dead-lettered where it breaks."""
+
+    def __init__(self) -> None:
+        self._corrupt = Metrics.counter(_NS, "files_corrupt")
+
+    def process(self, readable: Any) -> Iterator[Any]:
+        """Yield ``(path, record)``; the rest of a corrupt file goes to ``dead``."""
+        path = readable.metadata.path
+        try:
+            with readable.open(compression_type="uncompressed") as f:
+                for record in read_records(f):
+                    yield path, record
+        except (ValueError, OSError) as exc:
+            self._corrupt.inc()
+            yield TaggedOutput(DEAD, _dead(path, f"unreadable TFRecord: {exc}", stage="read"))
+
+
+class ParseTile(beam.DoFn):  # type: ignore[misc]
+    """Decode a tile record; an unparseable one is dead-lettered."""
+
+    def __init__(self) -> None:
+        self._bad = Metrics.counter(_NS, "tiles_unparseable")
+
+    def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
+        """Yield ``(tile_id, ParsedTile)``, or a dead-letter row."""
+        path, record = item
+        try:
+            (tile,) = decode_tiles([record])
+        except Exception as exc:  # tfx-bsl raises several types for bad protos
+            self._bad.inc()
+            reason = f"not a tile record: {type(exc).__name__}: {exc}"
+            yield TaggedOutput(DEAD, _dead(path, reason, stage="parse"))
+            return
+        yield tile.tile_id, ParsedTile(tile, record, path)
+
+
+class BuiltinEmbedding(ModelHandler):  # type: ignore[misc]
+    """RunInference handler of the built-in descriptor (:func:`minewatch.embeddings.describe`).
+
+    Args:
+        norm: Per-band mean/std of the tile job.
+        batch_size: Most tiles per batch.
+    """
+
+    def __init__(self, norm: BandNorm, batch_size: int = 256) -> None:
+        super().__init__()
+        self._norm = norm
+        self._batch_size = batch_size
+
+    def load_model(self) -> BandNorm:
+        """Nothing to load: the 'model' is the band normalisation."""
+        return self._norm
+
+    def run_inference(
+        self, batch: Sequence[ParsedTile], model: BandNorm, inference_args: Any = None
+    ) -> Iterable[PredictionResult]:
+        """One descriptor per tile."""
+        return [
+            PredictionResult(p, describe(p.tile.image, p.tile.valid, p.tile.bands, model))
+            for p in batch
+        ]
+
+    def get_num_bytes(self, batch: Sequence[ParsedTile]) -> int:
+        """Image bytes of the batch (the default pickles it)."""
+        return sum(p.tile.image.nbytes for p in batch)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        """Batches of up to ``batch_size`` tiles."""
+        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+
+
+class SavedModelEmbedding(BuiltinEmbedding):
+    """RunInference handler of a SavedModel's ``embedding`` signature.
+
+    The model gets the z-scored pixels (invalid ones 0) as ``float32 [B, H, W, C]``;
+    tiles of different shapes go in separate calls.
+
+    Args:
+        path: SavedModel directory.
+        norm: Per-band mean/std of the tile job.
+        batch_size: Most tiles per batch.
+    """
+
+    def __init__(self, path: str, norm: BandNorm, batch_size: int = 256) -> None:
+        super().__init__(norm, batch_size)
+        self._path = path
+
+    def load_model(self) -> Any:
+        """Load the signature (imports TensorFlow with Keras 2)."""
+        return load_saved_model(self._path)
+
+    def run_inference(
+        self, batch: Sequence[ParsedTile], model: Any, inference_args: Any = None
+    ) -> Iterable[PredictionResult]:
+        """Embed the batch, one model call per distinct tile shape."""
+        out: list[np.ndarray | None] = [None] * len(batch)
+        shapes: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+        for i, p in enumerate(batch):
+            shapes[p.tile.image.shape].append(i)
+        for index in shapes.values():
+            images = np.stack(
+                [
+                    normalized_pixels(
+                        batch[i].tile.image, batch[i].tile.valid, self._norm, batch[i].tile.bands
+                    )
+                    for i in index
+                ]
+            )
+            for i, vec in zip(index, model(images), strict=True):
+                out[i] = vec
+        return [PredictionResult(p, v) for p, v in zip(batch, out, strict=True)]
+
+
+class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
+    """Route each embedded tile: vector, node and example, or a dead-letter row."""
+
+    def __init__(self, bounds_decimals: int) -> None:
+        self._decimals = bounds_decimals
+        self._embedded = Metrics.counter(_NS, "tiles_embedded")
+        self._bad = Metrics.counter(_NS, "tiles_dead_lettered")
+
+    def process(self, item: tuple[str, Any]) -> Iterator[Any]:
+        """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (labelled, record))``."""
+        tile_id, result = item
+        parsed: ParsedTile = result.example
+        tile = parsed.tile
+        vec = np.asarray(result.inference, np.float32).ravel()
+        reason = ""
+        if not tile.valid.any():
+            reason = "tile has no valid pixel: nothing to describe"
+        elif not np.all(np.isfinite(vec)):
+            reason = "embedding is not finite (NaN or inf among the valid pixels?)"
+        elif not np.any(vec):
+            reason = "embedding is all zeros: cosine similarity is undefined"
+        if reason:
+            self._bad.inc()
+            yield TaggedOutput(DEAD, _dead(parsed.source, reason, tile_id, tile.scene_id, "embed"))
+            return
+        self._embedded.inc()
+        yield tile_id, vec
+        h, w = tile.image.shape[:2]
+        bounds = tuple(round(b, self._decimals) for b in tile.bounds)
+        yield TaggedOutput(
+            NODES,
+            Node(
+                tile_id, tile.scene_id, tile.kind, tile.crs, bounds,
+                tile.row_off, tile.col_off, h, w, tile.acquired_unix,
+            ),
+        )  # fmt: skip
+        yield TaggedOutput(EXAMPLES, (tile_id, (tile.label >= 0, parsed.record)))
+
+
+def _failed_batch(item: tuple[Any, Any]) -> Iterator[dict[str, str]]:
+    """Dead-letter every tile of a batch whose embedding raised."""
+    batch, error = item
+    reason = f"embedding failed: {error}"
+    for tile_id, parsed in batch:
+        yield _dead(parsed.source, reason, tile_id, parsed.tile.scene_id, "embed")
+
+
+# -- similarity edges ----------------------------------------------------------------
+
+
+class HashIntoBuckets(beam.DoFn):  # type: ignore[misc]
+    """Normalise a batch of vectors and split it by LSH bucket, for every round."""
+
+    def __init__(self, rounds: int, bucket_size: int, seed: int) -> None:
+        self._rounds = rounds
+        self._bucket_size = bucket_size
+        self._seed = seed
+        self._bad = Metrics.counter(_NS, "vectors_dead_lettered")
+
+    def setup(self) -> None:
+        """Hyperplanes are drawn per dimension, lazily, identically on every worker."""
+        self._planes: dict[int, np.ndarray] = {}
+
+    def process(self, batch: Sequence[tuple[str, Any]], n: int) -> Iterator[Any]:
+        """Yield ``((dim, round, bucket), (ids, keys, unit vectors))`` per bucket of the batch."""
+        by_dim: dict[int, list[tuple[str, np.ndarray]]] = collections.defaultdict(list)
+        for node_id, vec in batch:
+            v = np.asarray(vec, np.float32).ravel()
+            by_dim[v.size].append((node_id, v))
+        bits = choose_bits(n, self._bucket_size)
+        rounds = self._rounds if bits else 1
+        for dim, items in by_dim.items():
+            ids = np.array([i for i, _ in items], object)
+            unit, norms = normalize(np.stack([v for _, v in items]))
+            good = np.isfinite(norms) & (norms > 0) & np.all(np.isfinite(unit), axis=1)
+            for bad in np.flatnonzero(~good):
+                self._bad.inc()
+                yield TaggedOutput(
+                    DEAD, _dead("", "vector is zero or not finite", ids[bad], stage="similarity")
+                )
+            if not good.all():
+                ids, unit = ids[good], unit[good]
+            if not ids.size:
+                continue
+            keys = node_keys(list(ids))
+            if dim not in self._planes:
+                self._planes[dim] = hyperplanes(dim, self._rounds, self._seed)
+            planes = self._planes[dim]
+            for r in range(rounds):
+                codes = bucket_codes(unit, planes[r, :bits])
+                for code, index in iter_groups(codes):
+                    yield (dim, r, code), (ids[index], keys[index], unit[index])
+
+
+class CompareInBucket(beam.DoFn):  # type: ignore[misc]
+    """Exact top-k inside one LSH bucket; candidates go out sharded by source node."""
+
+    def __init__(
+        self, k: int, threshold: float, rounds: int, bucket_size: int, seed: int, shard_nodes: int
+    ) -> None:
+        self._k = k
+        self._threshold = threshold
+        self._rounds = rounds
+        self._bucket_size = bucket_size
+        self._seed = seed
+        self._shard_nodes = shard_nodes
+        self._split = Metrics.counter(_NS, "buckets_split")
+        self._pairs = Metrics.counter(_NS, "pairs_compared")
+
+    def setup(self) -> None:
+        """Hyperplanes are drawn per dimension, lazily."""
+        self._planes: dict[int, np.ndarray] = {}
+
+    def process(self, item: tuple[tuple[int, int, int], Iterable[Any]], n: int) -> Iterator[Any]:
+        """Yield ``(shard, Candidates)``."""
+        (dim, r, _), parts = item
+        parts = list(parts)
+        ids = np.concatenate([p[0] for p in parts])
+        keys = np.concatenate([p[1] for p in parts])
+        unit = np.concatenate([p[2] for p in parts])
+        bits = choose_bits(n, self._bucket_size)
+        cap = 4 * self._bucket_size
+        if ids.size > cap:
+            if dim not in self._planes:
+                self._planes[dim] = hyperplanes(dim, self._rounds, self._seed)
+            groups = split_bucket(unit, self._planes[dim][r, bits:MAX_BITS], cap)
+            self._split.inc()
+        else:
+            groups = [np.arange(ids.size)]
+        found = []
+        for index in groups:
+            self._pairs.inc(index.size * index.size)
+            rows, cols, sims = topk_within(unit[index], self._k, self._threshold)
+            rows, cols = index[rows], index[cols]
+            found.append(Candidates(keys[rows], ids[rows], keys[cols], ids[cols], sims))
+        cands = Candidates.concat(found)
+        shards = max(1, math.ceil(n / self._shard_nodes))
+        for shard, index in iter_groups(np.mod(cands.src_keys, shards)):
+            yield shard, cands.take(index)
+
+
+class _TopK:
+    """Candidate arrays, compacted to each node's top k once they double in size."""
+
+    def __init__(self) -> None:
+        self.parts: list[Candidates] = []
+        self.rows = 0
+        self.floor = 0
+
+    def add(self, cands: Candidates, k: int) -> None:
+        self.parts.append(cands)
+        self.rows += len(cands)
+        if self.rows > 2 * self.floor + 65536:
+            self.compact(k)
+
+    def compact(self, k: int) -> Candidates:
+        merged = merge_topk(Candidates.concat(self.parts), k)
+        self.parts, self.rows, self.floor = [merged], len(merged), len(merged)
+        return merged
+
+
+class TopKPerNode(beam.CombineFn):  # type: ignore[misc]
+    """Merge candidate edges into each source's ``k`` best (vectorised, per shard of nodes)."""
+
+    def __init__(self, k: int) -> None:
+        self._k = k
+
+    def create_accumulator(self) -> _TopK:
+        return _TopK()
+
+    def add_input(self, acc: _TopK, cands: Candidates) -> _TopK:
+        acc.add(cands, self._k)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[_TopK]) -> _TopK:
+        out = _TopK()
+        for acc in accs:
+            for part in acc.parts:
+                out.add(part, self._k)
+        return out
+
+    def extract_output(self, acc: _TopK) -> Candidates:
+        return acc.compact(self._k)
+
+
+def similarity_table(cands: Candidates) -> pa.Table:
+    """Candidates as an edges table (:func:`edges_schema`)."""
+    n = len(cands)
+    return pa.Table.from_arrays(
+        [
+            pa.array(cands.src_ids, pa.string()),
+            pa.array(cands.dst_ids, pa.string()),
+            pa.array(cands.sims, pa.float32()),
+            pa.array(np.full(n, SIMILARITY, object), pa.string()),
+        ],
+        schema=edges_schema(),
+    )
+
+
+class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
+    """``(id, vector)`` pairs into each node's top-k cosine neighbours, via LSH.
+
+    Rounds of random-hyperplane LSH key the vectors by ``(dim, round, bucket)``;
+    each bucket is compared exactly; a ``CombinePerKey`` keeps each node's ``k``
+    best over all rounds. The number of key bits is ``ceil(log2(N /
+    bucket_size))`` (N counted first); with one bucket the result is exact.
+
+    Example:
+        >>> pairs = p | beam.Create([("a", [1.0, 0.0]), ("b", [0.9, 0.1])])  # doctest: +SKIP
+        >>> out = pairs | SimilarityEdges(k=5, threshold=0.8)  # doctest: +SKIP
+        >>> out["edges"]  # PCollection of pyarrow Tables (edges_schema)  # doctest: +SKIP
+
+    Args:
+        k: Most neighbours per node. Default 10.
+        threshold: Least cosine similarity. Default 0.8.
+        rounds: LSH rounds. Default 10.
+        bucket_size: Target bucket size; buckets over 4x are split. Default 512.
+        seed: Hyperplane seed. Default 0.
+        batch_size: Vectors hashed per batch. Default 4096.
+        shard_nodes: Nodes per top-k merge shard. Default 50,000.
+    """
+
+    def __init__(
+        self,
+        k: int = 10,
+        threshold: float = 0.8,
+        rounds: int = 10,
+        bucket_size: int = 512,
+        seed: int = 0,
+        batch_size: int = 4096,
+        shard_nodes: int = 50_000,
+    ) -> None:
+        super().__init__()
+        self._k = k
+        self._threshold = threshold
+        self._rounds = rounds
+        self._bucket_size = bucket_size
+        self._seed = seed
+        self._batch_size = batch_size
+        self._shard_nodes = shard_nodes
+
+    def expand(self, pairs: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Return ``edges`` (pyarrow Tables) and ``dead_letter`` rows (bad vectors)."""
+        n = beam.pvalue.AsSingleton(pairs | "CountNodes" >> beam.combiners.Count.Globally())
+        hashed = (
+            pairs
+            | "BatchVectors"
+            >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            | "HashIntoBuckets"
+            >> beam.ParDo(HashIntoBuckets(self._rounds, self._bucket_size, self._seed), n)
+            .with_outputs(DEAD, main="buckets")
+        )  # fmt: skip
+        edges = (
+            hashed.buckets
+            | "GroupBuckets" >> beam.GroupByKey()
+            | "CompareInBuckets"
+            >> beam.ParDo(
+                CompareInBucket(
+                    self._k,
+                    self._threshold,
+                    self._rounds,
+                    self._bucket_size,
+                    self._seed,
+                    self._shard_nodes,
+                ),
+                n,
+            )
+            | "TopKPerNode" >> beam.CombinePerKey(TopKPerNode(self._k))
+            | "EdgeTables" >> beam.MapTuple(lambda _, cands: similarity_table(cands))
+        )
+        return {"edges": edges, "dead_letter": hashed[DEAD]}
+
+
+# -- spatial and temporal edges -------------------------------------------------------
+
+
+def _spatial_cells(node: Node) -> Iterator[tuple[tuple[str, int, int, int, int], Node]]:
+    """Key a tile by every grid cell its closed window touches (cells of its own size)."""
+    h, w = node.height, node.width
+    for cr in range(node.row // h, (node.row + h) // h + 1):
+        for cc in range(node.col // w, (node.col + w) // w + 1):
+            yield (node.scene_id, h, w, cr, cc), node
+
+
+def _spatial_pairs(
+    item: tuple[tuple[str, int, int, int, int], Iterable[Node]], weight: float
+) -> Iterator[tuple[str, str, float, str]]:
+    """Edges between tiles of one cell that touch or overlap, emitted by one cell only."""
+    (_, h, w, cr, cc), group = item
+    nodes = sorted(group, key=lambda n: n.tile_id)
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            touch = (
+                a.row <= b.row + b.height
+                and b.row <= a.row + a.height
+                and a.col <= b.col + b.width
+                and b.col <= a.col + a.width
+            )
+            # The pair is seen in every cell both touch; emit it in the cell holding
+            # the top-left corner of their (closed) intersection.
+            if touch and (max(a.row, b.row) // h, max(a.col, b.col) // w) == (cr, cc):
+                yield a.tile_id, b.tile_id, weight, SPATIAL
+                yield b.tile_id, a.tile_id, weight, SPATIAL
+
+
+class SpatialEdges(beam.PTransform):  # type: ignore[misc]
+    """Edges between tiles of the same scene whose windows touch or overlap.
+
+    Tiles are keyed by the grid cells (of the tile's own size) that their closed
+    window covers, so only tiles sharing a cell are compared.
+
+    Args:
+        weight: Weight of every spatial edge.
+    """
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self._weight = weight
+
+    def expand(self, nodes: beam.PCollection) -> beam.PCollection:
+        """Return ``(src, dst, weight, "spatial")`` tuples, both directions."""
+        return (
+            nodes
+            | "KeyByCell" >> beam.FlatMap(_spatial_cells)
+            | "GroupCells" >> beam.GroupByKey()
+            | "TouchingPairs" >> beam.FlatMap(_spatial_pairs, weight=self._weight)
+        )
+
+
+def _footprint(node: Node) -> Iterator[tuple[tuple[str, tuple[float, ...]], Node]]:
+    if node.kind == "scene" and node.crs:
+        yield (node.crs, node.bounds), node
+
+
+def _temporal_pairs(
+    item: tuple[Any, Iterable[Node]], weight: float, window: int
+) -> Iterator[tuple[str, str, float, str]]:
+    """Link each acquisition to the next ``window`` ones of the same footprint."""
+    _, group = item
+    nodes = sorted(group, key=lambda n: (n.acquired, n.scene_id, n.tile_id))
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 : i + 1 + window]:
+            if a.scene_id != b.scene_id:
+                yield a.tile_id, b.tile_id, weight, TEMPORAL
+                yield b.tile_id, a.tile_id, weight, TEMPORAL
+
+
+class TemporalEdges(beam.PTransform):  # type: ignore[misc]
+    """Edges between tiles of the same footprint in other acquisitions.
+
+    Tiles of georeferenced scenes are keyed by ``(crs, rounded bounds)``; within a
+    footprint, acquisitions are sorted by time and each links to the next
+    ``window`` ones (all pairs when there are at most ``window + 1``).
+
+    Args:
+        weight: Weight of every temporal edge.
+        window: Following acquisitions each one links to.
+    """
+
+    def __init__(self, weight: float, window: int) -> None:
+        super().__init__()
+        self._weight = weight
+        self._window = window
+
+    def expand(self, nodes: beam.PCollection) -> beam.PCollection:
+        """Return ``(src, dst, weight, "temporal")`` tuples, both directions."""
+        return (
+            nodes
+            | "KeyByFootprint" >> beam.FlatMap(_footprint)
+            | "GroupFootprints" >> beam.GroupByKey()
+            | "Acquisitions"
+            >> beam.FlatMap(_temporal_pairs, weight=self._weight, window=self._window)
+        )
+
+
+def _rows_table(rows: Sequence[tuple[str, str, float, str]]) -> pa.Table:
+    src, dst, weight, kind = zip(*rows, strict=True)
+    return pa.Table.from_arrays(
+        [
+            pa.array(src, pa.string()),
+            pa.array(dst, pa.string()),
+            pa.array(weight, pa.float32()),
+            pa.array(kind, pa.string()),
+        ],
+        schema=edges_schema(),
+    )
+
+
+# -- graph file and packing -----------------------------------------------------------
+
+
+def _directed(table: pa.Table, undirected: bool) -> Iterator[tuple[str, tuple[str, float, bool]]]:
+    """``(src, (dst, weight, reversed))`` per edge; also reversed ones when undirected.
+
+    Weights are float32 values carried as Python floats, so ``repr`` writes them
+    exactly and NSL's ``float()`` reads back the same number.
+    """
+    src = table.column("src").to_pylist()
+    dst = table.column("dst").to_pylist()
+    weight = table.column("weight").to_pylist()
+    for s, d, w in zip(src, dst, weight, strict=True):
+        yield s, (d, w, False)
+        if undirected:
+            yield d, (s, w, True)
+
+
+def _adjacency(item: tuple[str, Iterable[tuple[str, float, bool]]]) -> Iterator[Any]:
+    """Max weight per target: TSV lines of the directed graph; the (un)directed adjacency."""
+    src, edges = item
+    directed: dict[str, float] = {}
+    both: dict[str, float] = {}
+    for dst, w, rev in edges:
+        if not rev and w > directed.get(dst, -math.inf):
+            directed[dst] = w
+        if w > both.get(dst, -math.inf):
+            both[dst] = w
+    for dst, w in sorted(directed.items()):
+        yield TaggedOutput(LINES, f"{src}\t{dst}\t{w!r}")
+    yield src, sorted(both.items())
+
+
+def _seeds_and_requests(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    """For a labelled tile: its record (``seeds``) and one request per out-edge."""
+    node_id, groups = item
+    examples, adjacency = groups["example"], groups["adjacency"]
+    if not examples:
+        return
+    labelled, record = examples[0]
+    if not labelled:
+        return
+    yield TaggedOutput("seeds", (node_id, record))
+    for nbrs in adjacency:
+        for dst, w in nbrs:
+            yield dst, (node_id, w)
+
+
+def _answer_requests(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    """Send the neighbour's record to every seed that asked; unknown targets are dropped."""
+    nbr_id, groups = item
+    if not groups["example"]:
+        return  # pack_nbrs skips edge targets without an Example
+    _, record = groups["example"][0]
+    for seed_id, w in groups["request"]:
+        yield seed_id, (w, nbr_id, record)
+
+
+class PackNeighbours(beam.DoFn):  # type: ignore[misc]
+    """Merge a seed's best neighbours into it (:func:`minewatch.packing.pack_example`)."""
+
+    def __init__(self, max_nbrs: int | None) -> None:
+        self._max = max_nbrs
+        self._packed = Metrics.counter(_NS, "examples_packed")
+
+    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[bytes]:
+        """Yield the packed record of a seed."""
+        _, groups = item
+        for record in groups["seed"]:
+            self._packed.inc()
+            yield pack_example(record, groups["nbr"], self._max)
+
+
+class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
+    """The Graph job: embed tiles, build edges, write the graph and packed examples.
+
+    Example:
+        >>> with beam.Pipeline() as p:  # doctest: +SKIP
+        ...     p | "Graph" >> BuildTileGraph(GraphConfig("out/tiles/*.tfrecord", "out/graph"))
+
+    Args:
+        config: The job's options.
+        header: Extra fields for ``stats.json``.
+    """
+
+    def __init__(self, config: GraphConfig, header: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._config = config
+        self._header = header or {}
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        """Build the job; return the edge tables, dead-letter rows and stats."""
+        c = self._config
+        paths = output_paths(c.out)
+        dead: list[beam.PCollection] = []
+        counts: list[beam.PCollection] = []
+
+        read = (
+            pbegin
+            | "MatchTiles" >> fileio.MatchFiles(c.tiles)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "OpenTiles" >> fileio.ReadMatches()
+            | "ReadTiles" >> beam.ParDo(ReadTileRecords()).with_outputs(DEAD, main="records")
+        )
+        dead.append(read[DEAD])
+        parsed = read.records | "Parse" >> beam.ParDo(ParseTile()).with_outputs(DEAD, main="tiles")
+        dead.append(parsed[DEAD])
+        handler: ModelHandler = (
+            BuiltinEmbedding(c.norm, c.batch_size)
+            if c.embedding == "builtin"
+            else SavedModelEmbedding(c.embedding, c.norm, c.batch_size)
+        )
+        embedded, failed = (
+            parsed.tiles
+            | "Embed" >> RunInference(KeyedModelHandler(handler)).with_exception_handling()
+        )
+        dead.append(failed.failed_inferences | "EmbedFailures" >> beam.FlatMap(_failed_batch))
+        checked = embedded | "CheckEmbedding" >> beam.ParDo(
+            CheckEmbedding(c.bounds_decimals)
+        ).with_outputs(DEAD, NODES, EXAMPLES, main="vectors")
+        dead.append(checked[DEAD])
+
+        similar = checked.vectors | "Similarity" >> SimilarityEdges(
+            c.k, c.threshold, c.rounds, c.bucket_size, c.seed
+        )
+        dead.append(similar["dead_letter"])
+        other: list[beam.PCollection] = []
+        if c.spatial_weight > 0:
+            other.append(checked[NODES] | "Spatial" >> SpatialEdges(c.spatial_weight))
+        if c.temporal_weight > 0:
+            other.append(
+                checked[NODES] | "Temporal" >> TemporalEdges(c.temporal_weight, c.temporal_window)
+            )
+        tables = [similar["edges"]]
+        if other:
+            tables.append(
+                other
+                | "OtherEdges" >> beam.Flatten()
+                | "BatchEdgeRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=65536)
+                | "EdgeRowTables" >> beam.Map(_rows_table)
+            )
+        edges = tables | "AllEdges" >> beam.Flatten()
+        edges | "WriteEdges" >> beam.io.WriteToParquetBatched(
+            posixpath.join(paths["edges"], "edges"), edges_schema(), file_name_suffix=".parquet"
+        )
+
+        adjacency = (
+            edges
+            | "DirectedEdges" >> beam.FlatMap(_directed, undirected=c.undirected)
+            | "GroupBySource" >> beam.GroupByKey()
+            | "Adjacency" >> beam.FlatMap(_adjacency).with_outputs(LINES, main="adjacency")
+        )
+        adjacency[LINES] | "WriteGraphTsv" >> beam.io.WriteToText(
+            paths["graph"], num_shards=1, shard_name_template=""
+        )
+        packed = self._pack(checked[EXAMPLES], adjacency.adjacency)
+        packed | "WritePacked" >> beam.io.WriteToTFRecord(
+            posixpath.join(paths["packed"], "packed"), file_name_suffix=".tfrecord"
+        )
+
+        dead_rows = dead | "AllDeadLetters" >> beam.Flatten()
+        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
+            posixpath.join(paths["dead_letter"], "dead_letter"),
+            dead_letter_schema(),
+            file_name_suffix=".parquet",
+        )
+        counts.append(read.records | "CountRead" >> beam.Map(lambda _: {"tiles_read": 1}))
+        counts.append(dead_rows | "CountDead" >> beam.Map(lambda row: {f"dead.{row['stage']}": 1}))
+        counts.append(checked.vectors | "CountEmbedded" >> beam.Map(lambda _: {"embedded": 1}))
+        counts.append(edges | "CountEdges" >> beam.Map(_count_kinds))
+        counts.append(adjacency[LINES] | "CountLines" >> beam.Map(lambda _: {"graph_lines": 1}))
+        counts.append(packed | "CountPacked" >> beam.Map(lambda _: {"packed": 1}))
+        totals = (
+            counts
+            | "AllCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombineGlobally(_SumCounts())
+        )
+        stats = (
+            pbegin
+            | "FinalizeTrigger" >> beam.Create([None])
+            | "Finalize"
+            >> beam.Map(
+                _finalize,
+                counts=beam.pvalue.AsSingleton(totals),
+                stats_path=paths["stats"],
+                header={**self._header, "options": _options(c)},
+            )
+        )
+        return {"edges": edges, "dead_letter": dead_rows, "packed": packed, "stats": stats}
+
+    def _pack(self, examples: beam.PCollection, adjacency: beam.PCollection) -> beam.PCollection:
+        """Three joins, each keyed by one node: seed -> requests -> neighbour records -> seed."""
+        c = self._config
+        asked = (
+            {"example": examples, "adjacency": adjacency}
+            | "JoinSeedEdges" >> beam.CoGroupByKey()
+            | "SeedsAndRequests"
+            >> beam.FlatMap(_seeds_and_requests).with_outputs("seeds", main="requests")
+        )
+        nbrs = (
+            {"example": examples, "request": asked.requests}
+            | "JoinNeighbourRecords" >> beam.CoGroupByKey()
+            | "AnswerRequests" >> beam.FlatMap(_answer_requests)
+        )
+        return (
+            {"seed": asked.seeds, "nbr": nbrs}
+            | "JoinSeedNeighbours" >> beam.CoGroupByKey()
+            | "Pack" >> beam.ParDo(PackNeighbours(c.k))
+        )
+
+
+def _count_kinds(table: pa.Table) -> dict[str, int]:
+    kinds = table.column("kind").to_pylist()
+    return {f"edges.{k}": v for k, v in collections.Counter(kinds).items()}
+
+
+class _SumCounts(beam.CombineFn):  # type: ignore[misc]
+    def create_accumulator(self) -> collections.Counter[str]:
+        return collections.Counter()
+
+    def add_input(
+        self, acc: collections.Counter[str], counts: dict[str, int]
+    ) -> collections.Counter[str]:
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(
+        self, accs: Iterable[collections.Counter[str]]
+    ) -> collections.Counter[str]:
+        out: collections.Counter[str] = collections.Counter()
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc: collections.Counter[str]) -> dict[str, int]:
+        return dict(acc)
+
+
+def _options(c: GraphConfig) -> dict[str, Any]:
+    options = asdict(c)
+    options.pop("norm")
+    return options
+
+
+def _finalize(
+    _: Any, counts: dict[str, int], stats_path: str, header: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``stats.json``: tiles in = embedded + dead-lettered; edges by kind."""
+    dead = {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dead.")}
+    files_corrupt = dead.pop("read", 0)
+    edges = {kind: counts.get(f"edges.{kind}", 0) for kind in (SIMILARITY, SPATIAL, TEMPORAL)}
+    stats = {
+        **header,
+        "tiles": {
+            "read": counts.get("tiles_read", 0),
+            "embedded": counts.get("embedded", 0),
+            "dead_lettered": dead,
+        },
+        "files_corrupt": files_corrupt,
+        "edges": {**edges, "total": sum(edges.values())},
+        "graph_lines": counts.get("graph_lines", 0),
+        "packed": counts.get("packed", 0),
+    }
+    with FileSystems.create(stats_path) as f:
+        f.write(json.dumps(stats, indent=2, default=str).encode())
+    return stats
+
+
+# -- the job -------------------------------------------------------------------------
+
+
+def run_graph(
+    config: GraphConfig,
+    beam_args: Sequence[str] = (),
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+    header: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Build and run the Graph job.
+
+    Args:
+        config: The job's options (already checked).
+        beam_args: Beam pipeline options, passed through unchanged.
+        save_main_session: Pickle ``__main__`` for the workers.
+        test_pipeline: Build on this pipeline instead and do not run it.
+        header: Extra fields for ``stats.json``.
+
+    Returns:
+        The contents of ``stats.json``, or None when building on ``test_pipeline``.
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    _ = pipeline | "Graph" >> BuildTileGraph(config, header)
+    if test_pipeline is not None:
+        return None
+    result = pipeline.run()
+    result.wait_until_finish()
+    with FileSystems.open(output_paths(config.out)["stats"]) as f:
+        stats: dict[str, Any] = json.loads(f.read())
+    return stats
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    save_main_session: bool = True,
+    test_pipeline: beam.Pipeline | None = None,
+) -> dict[str, Any] | None:
+    """Run ``minewatch graph`` with command-line arguments (ours and Beam's).
+
+    Args:
+        argv: Arguments as on the command line after ``minewatch graph``.
+        save_main_session: Pickle ``__main__`` for the workers.
+        test_pipeline: Build on this pipeline instead and do not run it.
+
+    Returns:
+        See :func:`run_graph`.
+    """
+    from minewatch.cli.graph import launch
+
+    return launch(list(argv or []), save_main_session, test_pipeline)
