@@ -19,6 +19,14 @@ MODULES = [
     "pipelines",
     "pipelines.options",
     "pipelines.tiling",
+    "nsl_models.configs",
+    "nsl_models.data",
+    "nsl_models.models",
+    "nsl_models.train",
+    "nsl_models.evaluate",
+    "nsl_models.registry",
+    "nsl_models.hardware",
+    "nsl_models.packing",
     "nsl_models",
 ]
 

@@ -1,0 +1,595 @@
+"""Trainer configuration: typed, frozen dataclasses with documented defaults.
+
+Follows NSL's ``configs/configs.py``: one class per concern, enums for every
+choice, and ``make_*_config`` helpers that take their defaults from the class
+fields. A config file (YAML or TOML) mirrors :class:`TrainerConfig`::
+
+    task: tile                 # tile | frame
+    data:
+      tiles: out/tiles         # the tile job's output folder (stats.json, manifest/)
+      label_fraction: 0.05
+    model: {architecture: small_cnn, width: 32}
+    graph: {enabled: true, multiplier: 0.5, max_neighbors: 3}
+    adversarial: {enabled: true, method: pgd, epsilon: 0.1}
+    train: {epochs: 5, checkpoint_every: 50}
+
+:func:`config_from_dict` rejects unknown keys and bad values with a
+:class:`~minewatch.errors.ConfigError` naming the key (``train.epochs: must be
+>= 1, got 0``); :func:`load_config` reads a file and applies ``key.path=value``
+overrides (``--set train.epochs=3`` on the command line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from minewatch.errors import ConfigError
+
+__all__ = [
+    "AdversarialConfig",
+    "AdversarialMethod",
+    "Architecture",
+    "ClassWeighting",
+    "DataConfig",
+    "DistanceType",
+    "GraphConfig",
+    "ModelConfig",
+    "NormType",
+    "OptimizerName",
+    "SplitKey",
+    "Task",
+    "TrainConfig",
+    "TrainerConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "make_adversarial_config",
+    "make_graph_config",
+    "make_trainer_config",
+]
+
+
+class Task(enum.Enum):
+    """What the model predicts."""
+
+    TILE = "tile"
+    """Land-cover / mining class of a satellite tile (classes from ``stats.json``)."""
+    FRAME = "frame"
+    """Ore grade of a conveyor-belt camera frame tile."""
+
+
+class Architecture(enum.Enum):
+    """Encoder architecture (all are built with random weights; nothing is downloaded)."""
+
+    SMALL_CNN = "small_cnn"
+    """Conv-GroupNorm-ReLU blocks with stride-2 downsampling; for satellite tiles."""
+    FRAME_CNN = "frame_cnn"
+    """Depthwise-separable blocks with a wider stem; for RGB camera frames."""
+    MOBILENET_V2 = "mobilenet_v2"
+    """``tf.keras.applications.MobileNetV2(weights=None)``, any channel count."""
+    RESNET50 = "resnet50"
+    """``tf.keras.applications.ResNet50(weights=None)``, any channel count."""
+
+
+class AdversarialMethod(enum.Enum):
+    """How adversarial neighbours are generated."""
+
+    FGSM = "fgsm"
+    """One gradient step of size ``epsilon`` (fast gradient sign method for L-inf)."""
+    PGD = "pgd"
+    """``pgd_iterations`` steps of ``pgd_step_size``, projected onto the ``epsilon`` ball."""
+
+
+class NormType(enum.Enum):
+    """Norm of the adversarial perturbation (NSL's ``NormType``)."""
+
+    INFINITY = "infinity"
+    L2 = "l2"
+
+
+class DistanceType(enum.Enum):
+    """Distance between a tile's embedding and its neighbours' (NSL's ``DistanceType``)."""
+
+    L2 = "l2"
+    L1 = "l1"
+    COSINE = "cosine"
+
+
+class ClassWeighting(enum.Enum):
+    """Per-class loss weights computed from the training label counts."""
+
+    NONE = "none"
+    """Every labelled example weighs 1."""
+    BALANCED = "balanced"
+    """``n / (K * n_k)``, as scikit-learn's ``class_weight='balanced'``; capped."""
+    SQRT = "sqrt"
+    """``sqrt(n / (K * n_k))``: milder than balanced; capped."""
+
+
+class SplitKey(enum.Enum):
+    """What the train/validation hash split groups by, so that no group is in both."""
+
+    AUTO = "auto"
+    """``location`` for the ``tile`` task, ``scene`` for ``frame``."""
+    TILE = "tile"
+    """Each tile on its own (neighbouring tiles leak across the split)."""
+    SCENE = "scene"
+    """``scene/id``: right for frames (one frame = one scene)."""
+    LOCATION = "location"
+    """Blocks of ``split_block`` x ``split_block`` tiles at the same grid position in
+    every scene, so a place seen on two dates is never in both splits."""
+
+
+class OptimizerName(enum.Enum):
+    """Optimizer."""
+
+    ADAM = "adam"
+    SGD = "sgd"
+
+
+class _Checked:
+    """Mixin: ``_require(ok, key, message)`` raises ConfigError naming the key."""
+
+    @staticmethod
+    def _require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Checked):
+    """Where the tiles are and how batches are made.
+
+    Attributes:
+        tiles: The tile job's output folder (``stats.json``, ``manifest/``,
+            ``tiles/``). Required.
+        train: Glob of training TFRecords. Default ``""``: ``TILES/packed/*.tfrecord``
+            when that exists (the graph job's packed neighbours), else
+            ``TILES/tiles/*.tfrecord``.
+        validation: Glob of held-out TFRecords. Default ``""``: the validation
+            part of the hash split of ``train``.
+        validation_fraction: Share of split groups held out when ``validation``
+            is empty. Default 0.2.
+        split_by: What the hash split groups by. Default ``auto``: ``location``
+            for tiles, ``scene`` (frame) for frames; :class:`TrainerConfig`
+            resolves it.
+        split_block: Side, in tiles, of a ``location`` group. Default 4.
+        label_fraction: Share of labelled training tiles whose label is kept
+            (chosen by a hash of ``tile/id``); the others become unlabelled and
+            reach the loss only through the graph term. Default 1.0.
+        batch_size: Global batch size (all replicas). Default 32.
+        shuffle_buffer: Records in the shuffle buffer. Default 2048.
+        class_weighting: Loss weights for rare classes. Default ``balanced``.
+        max_class_weight: Cap on any class weight. Default 10.0.
+        weak_label_weight: Sample weight of weak (spectral-rule) labels; 0 drops
+            them from the supervised loss. Default 0.5.
+    """
+
+    tiles: str = ""
+    train: str = ""
+    validation: str = ""
+    validation_fraction: float = 0.2
+    split_by: SplitKey = SplitKey.AUTO
+    split_block: int = 4
+    label_fraction: float = 1.0
+    batch_size: int = 32
+    shuffle_buffer: int = 2048
+    class_weighting: ClassWeighting = ClassWeighting.BALANCED
+    max_class_weight: float = 10.0
+    weak_label_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._require(
+            0.0 <= self.validation_fraction < 1.0, "validation_fraction", "must be in [0, 1)"
+        )
+        self._require(self.split_block >= 1, "split_block", "must be >= 1")
+        self._require(0.0 < self.label_fraction <= 1.0, "label_fraction", "must be in (0, 1]")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
+        self._require(self.max_class_weight >= 1.0, "max_class_weight", "must be >= 1")
+        self._require(
+            0.0 <= self.weak_label_weight <= 1.0, "weak_label_weight", "must be in [0, 1]"
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Checked):
+    """The network.
+
+    Attributes:
+        architecture: Encoder. Default ``small_cnn``.
+        width: Filters of the first block (doubled per block) for the small
+            CNNs; ``alpha * 32`` style width for MobileNetV2 is fixed at 1.0.
+            Default 32.
+        depth: Blocks of the small CNNs (each halves the resolution). Default 2.
+        embedding_dim: Size of the embedding (penultimate layer). Default 64.
+        dropout: Dropout rate before the classifier. Default 0.1.
+    """
+
+    architecture: Architecture = Architecture.SMALL_CNN
+    width: int = 32
+    depth: int = 2
+    embedding_dim: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        self._require(self.width >= 4, "width", "must be >= 4")
+        self._require(1 <= self.depth <= 6, "depth", "must be in 1..6")
+        self._require(self.embedding_dim >= 2, "embedding_dim", "must be >= 2")
+        self._require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class GraphConfig(_Checked):
+    """NSL graph regularization over the neighbours of packed records.
+
+    Attributes:
+        enabled: Add the graph term. Without neighbour features in the data the
+            term is 0 whatever this says. Default False.
+        multiplier: Weight of the graph loss. Default 0.1.
+        max_neighbors: Neighbours read per record (``NL_nbr_0`` ..
+            ``NL_nbr_{k-1}``); missing ones weigh 0. Default 2.
+        distance: Distance between embeddings. Default ``l2`` (squared).
+    """
+
+    enabled: bool = False
+    multiplier: float = 0.1
+    max_neighbors: int = 2
+    distance: DistanceType = DistanceType.L2
+
+    def __post_init__(self) -> None:
+        self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
+        self._require(1 <= self.max_neighbors <= 32, "max_neighbors", "must be in 1..32")
+
+
+@dataclass(frozen=True)
+class AdversarialConfig(_Checked):
+    """NSL adversarial regularization.
+
+    Perturbations live in *normalised* pixel space (after the model's
+    normalisation layer), so ``epsilon`` is in units of each band's standard
+    deviation whatever the stored dtype.
+
+    Attributes:
+        enabled: Add the adversarial term. Default False.
+        multiplier: Weight of the adversarial loss. Default 0.2.
+        method: ``fgsm`` or ``pgd``. Default ``fgsm``.
+        epsilon: Perturbation radius (FGSM step size; PGD ball radius). Default 0.05.
+        norm: Norm of the perturbation. Default ``infinity``.
+        pgd_iterations: PGD steps (``pgd`` only). Default 3.
+        pgd_step_size: PGD step size; 0 means ``2.5 * epsilon / pgd_iterations``.
+            Default 0.
+    """
+
+    enabled: bool = False
+    multiplier: float = 0.2
+    method: AdversarialMethod = AdversarialMethod.FGSM
+    epsilon: float = 0.05
+    norm: NormType = NormType.INFINITY
+    pgd_iterations: int = 3
+    pgd_step_size: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
+        self._require(self.epsilon > 0.0, "epsilon", "must be > 0")
+        self._require(1 <= self.pgd_iterations <= 100, "pgd_iterations", "must be in 1..100")
+        self._require(self.pgd_step_size >= 0.0, "pgd_step_size", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Checked):
+    """The optimisation loop.
+
+    Attributes:
+        epochs: Passes over ``steps_per_epoch`` batches. Default 10.
+        steps_per_epoch: Batches per epoch; 0 means one pass over the training
+            records (``records // batch_size``). Default 0.
+        learning_rate: Default 1e-3.
+        optimizer: Default ``adam``.
+        seed: Seed of Python, NumPy, TensorFlow and the shuffle. Default 0.
+        checkpoint_every: Save a checkpoint every N optimizer steps (and at each
+            epoch end). Default 100.
+        keep_checkpoints: Checkpoints kept. Default 3.
+        early_stopping_patience: Epochs without improvement of ``val_accuracy``
+            before stopping; 0 disables. Default 3.
+        log_every: Steps between TensorBoard scalars. Default 10.
+        mixed_precision: ``mixed_bfloat16`` on TPU, ``mixed_float16`` on GPU,
+            ignored on CPU; the output layer stays float32. Default False.
+        jit_compile: Compile the train step with XLA. Default False.
+    """
+
+    epochs: int = 10
+    steps_per_epoch: int = 0
+    learning_rate: float = 1e-3
+    optimizer: OptimizerName = OptimizerName.ADAM
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    early_stopping_patience: int = 3
+    log_every: int = 10
+    mixed_precision: bool = False
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        self._require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
+        self._require(0.0 < self.learning_rate < 10.0, "learning_rate", "must be in (0, 10)")
+        self._require(self.seed >= 0, "seed", "must be >= 0")
+        self._require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        self._require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
+        self._require(self.log_every >= 1, "log_every", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainerConfig(_Checked):
+    """Everything ``minewatch train`` needs.
+
+    Attributes:
+        task: ``tile`` or ``frame``. Default ``tile``.
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        graph: :class:`GraphConfig`.
+        adversarial: :class:`AdversarialConfig`.
+        train: :class:`TrainConfig`.
+    """
+
+    task: Task = Task.TILE
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.split_by is SplitKey.AUTO:
+            key = SplitKey.LOCATION if self.task is Task.TILE else SplitKey.SCENE
+            # Frozen: resolve the automatic choice once, so config.yaml records it.
+            object.__setattr__(self, "data", dataclasses.replace(self.data, split_by=key))
+
+
+def make_graph_config(
+    enabled: bool = True,
+    multiplier: float = GraphConfig.multiplier,
+    max_neighbors: int = GraphConfig.max_neighbors,
+    distance: DistanceType | str = GraphConfig.distance,
+) -> GraphConfig:
+    """Build a :class:`GraphConfig`; defaults come from the class, except ``enabled``.
+
+    Args:
+        enabled: Add the graph term. Default True.
+        multiplier: Weight of the graph loss.
+        max_neighbors: Neighbours per record.
+        distance: Distance between embeddings.
+
+    Returns:
+        The config.
+    """
+    return GraphConfig(enabled, multiplier, max_neighbors, DistanceType(distance))
+
+
+def make_adversarial_config(
+    enabled: bool = True,
+    multiplier: float = AdversarialConfig.multiplier,
+    method: AdversarialMethod | str = AdversarialConfig.method,
+    epsilon: float = AdversarialConfig.epsilon,
+    norm: NormType | str = AdversarialConfig.norm,
+    pgd_iterations: int = AdversarialConfig.pgd_iterations,
+    pgd_step_size: float = AdversarialConfig.pgd_step_size,
+) -> AdversarialConfig:
+    """Build an :class:`AdversarialConfig`; defaults come from the class, except ``enabled``.
+
+    Args:
+        enabled: Add the adversarial term. Default True.
+        multiplier: Weight of the adversarial loss.
+        method: ``fgsm`` or ``pgd``.
+        epsilon: Perturbation radius in normalised units.
+        norm: ``infinity`` or ``l2``.
+        pgd_iterations: PGD steps.
+        pgd_step_size: PGD step size (0: automatic).
+
+    Returns:
+        The config.
+    """
+    return AdversarialConfig(
+        enabled,
+        multiplier,
+        AdversarialMethod(method),
+        epsilon,
+        NormType(norm),
+        pgd_iterations,
+        pgd_step_size,
+    )
+
+
+def make_trainer_config(**sections: Mapping[str, Any] | str) -> TrainerConfig:
+    """Build a :class:`TrainerConfig` from keyword sections, validated like a file.
+
+    Example:
+        >>> cfg = make_trainer_config(data={"tiles": "out"}, train={"epochs": 2})
+        >>> cfg.train.epochs
+        2
+
+    Args:
+        **sections: ``task=...`` and section mappings (``data={...}``, ...).
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: An unknown key or a bad value.
+    """
+    return config_from_dict(sections)
+
+
+T = TypeVar("T")
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(tp, value, f"{key}.")  # type: ignore[arg-type]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(str(m.value) for m in tp)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str | os.PathLike):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return os.fspath(value)
+    if origin in (types.UnionType, typing.Union):  # pragma: no cover - not used yet
+        raise ConfigError(f"{key}: unsupported type {tp}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type[T], mapping: Mapping[str, Any], prefix: str) -> T:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; known keys here: {', '.join(names)}"
+        )
+    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in mapping.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def config_from_dict(mapping: Mapping[str, Any]) -> TrainerConfig:
+    """Validate a nested mapping into a :class:`TrainerConfig`.
+
+    Args:
+        mapping: Sections as in the config file; omitted keys take their defaults.
+
+    Returns:
+        The config.
+
+    Raises:
+        ConfigError: An unknown key, a value of the wrong type, or a value out of
+            range; the message starts with the dotted key (``train.epochs: ...``).
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"a config is a mapping of sections, got {type(mapping).__name__}")
+    return _build(TrainerConfig, mapping, "")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/YAML-ready nested dict of a config (enums as their values).
+
+    Args:
+        config: A :class:`TrainerConfig` or one of its sections.
+
+    Returns:
+        The dict; :func:`config_from_dict` turns it back into the same config.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, enum.Enum):
+            out[f.name] = value.value
+        else:
+            out[f.name] = value
+    return out
+
+
+def apply_overrides(mapping: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a nested mapping.
+
+    Values are parsed as YAML scalars (``3`` is an int, ``true`` a bool, ``pgd``
+    a string).
+
+    Args:
+        mapping: The config as read from the file.
+        overrides: Items like ``train.epochs=3``.
+
+    Returns:
+        A new nested dict.
+
+    Raises:
+        ConfigError: An item without ``=`` or with an empty key.
+    """
+    import yaml
+
+    out: dict[str, Any] = _deep_copy(mapping)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def _deep_copy(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in mapping.items()}
+
+
+def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> TrainerConfig:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file.
+
+    Relative ``data.tiles``/``data.train``/``data.validation`` paths are kept as
+    written (relative to the working directory).
+
+    Args:
+        path: The file.
+        overrides: ``section.key=value`` items applied after reading.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: Unreadable file, unknown suffix, unknown key or bad value.
+    """
+    import yaml
+
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise ConfigError(f"config {os.fspath(path)!r}: use a .yaml, .yml or .toml file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {os.fspath(path)!r}: {err.strerror}") from None
+    try:
+        if suffix == ".toml":
+            mapping = tomllib.loads(raw.decode())
+        else:
+            mapping = yaml.safe_load(raw) or {}
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"config {os.fspath(path)!r} is not valid {suffix[1:]}: {err}") from None
+    return config_from_dict(apply_overrides(mapping, overrides))

@@ -1,0 +1,429 @@
+"""``tf.data`` input pipeline over tile TFRecords, plain or packed with neighbours.
+
+Reads what ``minewatch tile`` writes (``docs/tiles.md``) and what the graph job
+writes in NSL's packed format (each tile plus ``NL_nbr_{i}_{feature}`` and
+``NL_nbr_{i}_weight`` for its neighbours, as ``nsl.tools.pack_nbrs`` makes).
+Each batch is a dict of tensors with static shapes:
+
+==============  =====================  ==============================================
+key             shape / dtype          meaning
+==============  =====================  ==============================================
+``image``       ``[B, H, W, C]`` f32   raw pixels cast to float32 (invalid pixels 0)
+``label``       ``[B]`` int32          class index; -1 unlabelled (or hidden)
+``weight``      ``[B]`` f32            supervised sample weight: 0 when unlabelled,
+                                       class weight x weak-label weight otherwise
+``nbr_image``   ``[B, k, H, W, C]``    neighbours' raw pixels (zeros where missing);
+                                       only with ``max_neighbors > 0``
+``nbr_weight``  ``[B, k]`` f32         edge weights; 0 for a missing neighbour
+==============  =====================  ==============================================
+
+Plain tile records read with ``max_neighbors > 0`` give all-zero neighbour
+weights, so the graph term is 0 and the same model trains on either input.
+Batches drop the remainder, so every shape is static (TPU, XLA).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from minewatch.compat import use_legacy_keras
+from minewatch.errors import ConfigError, InputError
+from nsl_models.configs import ClassWeighting, DataConfig, SplitKey
+
+__all__ = [
+    "NBR_PREFIX",
+    "Split",
+    "TileSpec",
+    "class_weights",
+    "count_labels",
+    "load_arrays",
+    "make_dataset",
+    "read_tile_spec",
+    "resolve_files",
+]
+
+#: Prefix of neighbour features in NSL's packed format.
+NBR_PREFIX = "NL_nbr_"
+
+_HASH_BUCKETS = 10_000
+
+
+class Split:
+    """Which part of the hash split a dataset reads."""
+
+    TRAIN = "train"
+    VALIDATION = "validation"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """Shape, dtype, bands, classes and normalisation of a tile set.
+
+    Attributes:
+        height: Tile rows.
+        width: Tile columns.
+        channels: Bands.
+        dtype: numpy dtype name of ``image/raw`` (``uint16``, ``uint8``, ...).
+        bands: Band names in channel order.
+        classes: Class names in label index order (``stats.json`` ``classes``).
+        mean: Per-band mean over valid pixels, channel order.
+        std: Per-band standard deviation (1 where 0), channel order.
+    """
+
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    bands: tuple[str, ...]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)``."""
+        return (self.height, self.width, self.channels)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+
+def resolve_files(config: DataConfig) -> tuple[list[str], list[str]]:
+    """Training and validation TFRecord files of a data config.
+
+    Args:
+        config: The data section.
+
+    Returns:
+        ``(train_files, validation_files)``; the second is empty when the
+        validation set is the hash split of the training files.
+
+    Raises:
+        ConfigError: ``data.tiles`` unset, or a glob that matches nothing.
+    """
+    if not config.tiles:
+        raise ConfigError("data.tiles: required (the output folder of `minewatch tile`)")
+    train_glob = config.train
+    if not train_glob:
+        packed = os.path.join(config.tiles, "packed", "*.tfrecord")
+        train_glob = (
+            packed if glob.glob(packed) else os.path.join(config.tiles, "tiles", "*.tfrecord")
+        )
+    train = sorted(glob.glob(train_glob))
+    if not train:
+        raise ConfigError(f"data.train: no TFRecord matches {train_glob!r}; run `minewatch tile`")
+    validation = sorted(glob.glob(config.validation)) if config.validation else []
+    if config.validation and not validation:
+        raise ConfigError(f"data.validation: no TFRecord matches {config.validation!r}")
+    return train, validation
+
+
+def read_tile_spec(tiles_dir: str, files: Sequence[str]) -> TileSpec:
+    """Read shape, dtype and bands from the first record, classes and stats from stats.json.
+
+    Args:
+        tiles_dir: The tile job's output folder (holds ``stats.json``).
+        files: TFRecord files; the first record of the first one is read.
+
+    Returns:
+        The spec.
+
+    Raises:
+        InputError: No ``stats.json``, no record, or a band without statistics.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    path = os.path.join(tiles_dir, "stats.json")
+    try:
+        with open(path) as f:
+            stats = json.load(f)
+    except OSError:
+        raise InputError(
+            f"{path} not found: point data.tiles at a `minewatch tile` output"
+        ) from None
+    first = next(iter(tf.data.TFRecordDataset(list(files)).take(1)), None)
+    if first is None:
+        raise InputError(f"no record in {list(files)[:3]}")
+    ex = tf.io.parse_single_example(
+        first,
+        {
+            "image/dtype": tf.io.FixedLenFeature([], tf.string),
+            "image/shape": tf.io.FixedLenFeature([3], tf.int64),
+            "image/bands": tf.io.VarLenFeature(tf.string),
+        },
+    )
+    h, w, c = (int(v) for v in ex["image/shape"].numpy())
+    bands = tuple(b.decode() for b in tf.sparse.to_dense(ex["image/bands"]).numpy())
+    band_stats = stats.get("bands") or {}
+    missing = [b for b in bands if b not in band_stats]
+    if missing:
+        raise InputError(f"{path}: no statistics for band(s) {missing}")
+    mean = tuple(float(band_stats[b]["mean"]) for b in bands)
+    std = tuple(float(band_stats[b]["std"]) or 1.0 for b in bands)
+    return TileSpec(
+        height=h,
+        width=w,
+        channels=c,
+        dtype=ex["image/dtype"].numpy().decode(),
+        bands=bands,
+        classes=tuple(stats.get("classes") or ()),
+        mean=mean,
+        std=std,
+    )
+
+
+def _features(spec: TileSpec, max_neighbors: int) -> dict[str, Any]:
+    import tensorflow as tf
+
+    nbytes = spec.height * spec.width * spec.channels * np.dtype(spec.dtype).itemsize
+    feats: dict[str, Any] = {
+        "image/raw": tf.io.FixedLenFeature([], tf.string),
+        "tile/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "scene/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "window/row": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        "window/col": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        "label/class": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        "label/weak": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    }
+    for i in range(max_neighbors):
+        # A record with fewer neighbours gets zero pixels and weight 0 (no edge).
+        feats[f"{NBR_PREFIX}{i}_image/raw"] = tf.io.FixedLenFeature(
+            [], tf.string, default_value=b"\0" * nbytes
+        )
+        feats[f"{NBR_PREFIX}{i}_weight"] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
+    return feats
+
+
+def _decode(raw: Any, spec: TileSpec) -> Any:
+    import tensorflow as tf
+
+    pixels = tf.io.decode_raw(raw, tf.dtypes.as_dtype(spec.dtype), little_endian=True)
+    return tf.reshape(tf.cast(pixels, tf.float32), spec.shape)
+
+
+def _in_split(ex: dict[str, Any], spec: TileSpec, config: DataConfig, split: str) -> Any:
+    import tensorflow as tf
+
+    if split == Split.ALL or config.validation_fraction == 0.0:
+        return tf.constant(split != Split.VALIDATION)
+    if config.split_by is SplitKey.TILE:  # AUTO only reaches here outside a TrainerConfig
+        key = ex["tile/id"]
+    elif config.split_by in (SplitKey.SCENE, SplitKey.AUTO):
+        key = ex["scene/id"]
+    else:
+        block_r = config.split_block * spec.height
+        block_c = config.split_block * spec.width
+        key = tf.strings.join(
+            [
+                tf.strings.as_string(ex["window/row"] // block_r),
+                tf.strings.as_string(ex["window/col"] // block_c),
+            ],
+            ":",
+        )
+    cut = round(config.validation_fraction * _HASH_BUCKETS)
+    held_out = tf.strings.to_hash_bucket_fast(key, _HASH_BUCKETS) < cut
+    return held_out if split == Split.VALIDATION else tf.logical_not(held_out)
+
+
+def _label(ex: dict[str, Any], config: DataConfig, split: str) -> Any:
+    import tensorflow as tf
+
+    label = tf.cast(ex["label/class"], tf.int32)
+    if split == Split.TRAIN and config.label_fraction < 1.0:
+        # Salted so the kept labels are independent of the train/validation split.
+        bucket = tf.strings.to_hash_bucket_fast(
+            tf.strings.join([ex["tile/id"], "#label"]), _HASH_BUCKETS
+        )
+        keep = bucket < round(config.label_fraction * _HASH_BUCKETS)
+        label = tf.where(keep, label, -1)
+    return label
+
+
+def _records(files: Sequence[str]) -> Any:
+    import tensorflow as tf
+
+    return tf.data.TFRecordDataset(list(files), num_parallel_reads=tf.data.AUTOTUNE)
+
+
+def count_labels(
+    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.TRAIN
+) -> np.ndarray:
+    """Count examples per class in one split, after ``label_fraction`` hiding.
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        config: The data section (split and label hiding).
+        split: ``train``, ``validation`` or ``all``.
+
+    Returns:
+        ``int64[K + 1]``: counts of classes ``0..K-1``, then of unlabelled examples.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    k = spec.num_classes
+
+    def parse(batch: Any) -> Any:
+        ex = tf.io.parse_example(batch, feats)
+        # Every op of the split and the label hiding is elementwise: batched is fine.
+        label = _label(ex, config, split)
+        keep = tf.broadcast_to(_in_split(ex, spec, config, split), tf.shape(label))
+        label = tf.boolean_mask(label, keep)
+        label = tf.where(label < 0, k, label)
+        return tf.math.bincount(label, minlength=k + 1, maxlength=k + 1, dtype=tf.int64)
+
+    counts = np.zeros(k + 1, np.int64)
+    for c in _records(files).batch(4096).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
+        counts += c.numpy()
+    return counts
+
+
+def class_weights(counts: np.ndarray, weighting: ClassWeighting, cap: float) -> np.ndarray:
+    """Per-class loss weights from label counts.
+
+    Args:
+        counts: ``[K]`` (or ``[K + 1]`` from :func:`count_labels`; the last,
+            unlabelled, entry is then dropped) examples per class.
+        weighting: ``none``, ``balanced`` (``n / (K n_k)``) or ``sqrt`` of it.
+        cap: Largest weight; also the weight of a class absent from training.
+
+    Returns:
+        ``float32[K]``.
+    """
+    counts = np.asarray(counts, np.float64)
+    if weighting is ClassWeighting.NONE:
+        return np.ones(len(counts), np.float32)
+    present = counts[counts > 0]
+    if present.size == 0:
+        return np.ones(len(counts), np.float32)
+    w = np.where(counts > 0, counts.sum() / (len(present) * np.maximum(counts, 1)), cap)
+    if weighting is ClassWeighting.SQRT:
+        w = np.sqrt(w)
+    return np.minimum(w, cap).astype(np.float32)
+
+
+def _kept(x: dict[str, Any]) -> Any:
+    return x["_keep"]
+
+
+def _drop_keep(x: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in x.items() if k != "_keep"}
+
+
+def make_dataset(
+    files: Sequence[str],
+    spec: TileSpec,
+    config: DataConfig,
+    *,
+    split: str,
+    training: bool,
+    class_weight: np.ndarray | None = None,
+    max_neighbors: int = 0,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> Any:
+    """Batches of parsed tiles (see the module docstring for the keys).
+
+    Args:
+        files: TFRecord files (plain tiles or packed with neighbours).
+        spec: The tile spec.
+        config: The data section.
+        split: ``train``, ``validation`` or ``all`` (of the hash split).
+        training: Shuffle (seeded) and repeat forever; else one ordered pass.
+        class_weight: ``float32[K]`` weights multiplied into ``weight``;
+            default all 1.
+        max_neighbors: Neighbours to read (0: no ``nbr_*`` keys).
+        seed: Shuffle seed.
+        batch_size: Batch size; default ``config.batch_size``.
+
+    Returns:
+        A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = _features(spec, max_neighbors)
+    cw = tf.constant(
+        np.ones(spec.num_classes, np.float32) if class_weight is None else class_weight,
+        tf.float32,
+    )
+    weak_w = tf.constant(config.weak_label_weight, tf.float32)
+
+    def parse(record: Any) -> Any:
+        ex = tf.io.parse_single_example(record, feats)
+        label = _label(ex, config, split)
+        labelled = label >= 0
+        weight = tf.where(labelled, tf.gather(cw, tf.maximum(label, 0)), 0.0)
+        weight *= tf.where(ex["label/weak"] > 0, weak_w, 1.0)
+        out = {
+            "image": _decode(ex["image/raw"], spec),
+            "label": label,
+            "weight": weight,
+            "_keep": _in_split(ex, spec, config, split),
+        }
+        if max_neighbors:
+            out["nbr_image"] = tf.stack(
+                [_decode(ex[f"{NBR_PREFIX}{i}_image/raw"], spec) for i in range(max_neighbors)]
+            )
+            out["nbr_weight"] = tf.stack(
+                [ex[f"{NBR_PREFIX}{i}_weight"] for i in range(max_neighbors)]
+            )
+        return out
+
+    ds = _records(files)
+    if training:
+        # Shuffle serialized records (smaller than decoded pixels) before parsing.
+        ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.filter(_kept).map(_drop_keep)
+    ds = ds.batch(batch_size or config.batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def load_arrays(
+    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.ALL
+) -> tuple[np.ndarray, np.ndarray]:
+    """All labelled tiles of a split as arrays in their stored dtype (for evaluation).
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        config: The data section (for the split).
+        split: ``train``, ``validation`` or ``all``.
+
+    Returns:
+        ``(images[N, H, W, C]`` in ``spec.dtype``, ``labels[N]`` int64); tiles
+        without a label are left out.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = _features(spec, 0)
+
+    def parse(record: Any) -> Any:
+        ex = tf.io.parse_single_example(record, feats)
+        pixels = tf.io.decode_raw(ex["image/raw"], tf.dtypes.as_dtype(spec.dtype))
+        return tf.reshape(pixels, spec.shape), ex["label/class"], _in_split(ex, spec, config, split)
+
+    images, labels = [], []
+    ds = _records(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    for image, label, keep in ds.batch(1024).as_numpy_iterator():
+        sel = keep & (label >= 0)
+        images.append(image[sel])
+        labels.append(label[sel])
+    if not images:
+        return np.zeros((0, *spec.shape), spec.dtype), np.zeros(0, np.int64)
+    return np.concatenate(images), np.concatenate(labels)

@@ -1,0 +1,101 @@
+"""Pick the ``tf.distribute`` strategy and the mixed-precision policy for this machine.
+
+=========================  ===========================  ==================
+hardware                   strategy                     mixed precision
+=========================  ===========================  ==================
+TPU (resolver answers)     ``TPUStrategy``              ``mixed_bfloat16``
+more than one GPU          ``MirroredStrategy``         ``mixed_float16``
+one GPU                    ``OneDeviceStrategy(gpu:0)`` ``mixed_float16``
+CPU only                   default strategy             none (float32)
+=========================  ===========================  ==================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from minewatch.compat import use_legacy_keras
+
+__all__ = ["Hardware", "detect", "set_precision"]
+
+log = logging.getLogger(__name__)
+
+
+class Hardware:
+    """The chosen strategy and what it runs on.
+
+    Attributes:
+        strategy: A ``tf.distribute.Strategy``.
+        kind: ``tpu``, ``gpu`` or ``cpu``.
+        replicas: ``strategy.num_replicas_in_sync``.
+    """
+
+    def __init__(self, strategy: Any, kind: str) -> None:
+        self.strategy = strategy
+        self.kind = kind
+        self.replicas = int(strategy.num_replicas_in_sync)
+
+    def __repr__(self) -> str:
+        return f"Hardware(kind={self.kind!r}, replicas={self.replicas})"
+
+
+def _tpu_likely() -> bool:
+    # Asking the resolver off-TPU probes the GCE metadata server, which takes
+    # seconds where there is none; ask only where a TPU can be.
+    return bool(os.environ.get("TPU_NAME") or os.environ.get("TPU_ACCELERATOR_TYPE")) or (
+        os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
+    )
+
+
+def detect(tpu: str | None = None) -> Hardware:
+    """Choose a strategy: TPU if a resolver answers, else GPUs, else the default.
+
+    Args:
+        tpu: TPU name or address for ``TPUClusterResolver``; ``None`` asks the
+            resolver only where a TPU is likely (``TPU_NAME`` or
+            ``TPU_ACCELERATOR_TYPE`` set, or ``/dev/accel0`` present).
+
+    Returns:
+        The :class:`Hardware`.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    if tpu or _tpu_likely():
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            return Hardware(tf.distribute.TPUStrategy(resolver), "tpu")
+        except (ValueError, RuntimeError, tf.errors.OpError) as err:
+            log.warning("TPU resolver did not answer (%s); trying GPUs", err)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return Hardware(tf.distribute.MirroredStrategy(), "gpu")
+    if len(gpus) == 1:
+        return Hardware(tf.distribute.OneDeviceStrategy("/gpu:0"), "gpu")
+    return Hardware(tf.distribute.get_strategy(), "cpu")
+
+
+def set_precision(hardware: Hardware, mixed: bool) -> str:
+    """Set the global Keras mixed-precision policy (before building the model).
+
+    Args:
+        hardware: From :func:`detect`.
+        mixed: Use mixed precision where it pays (TPU, GPU).
+
+    Returns:
+        The policy name set: ``mixed_bfloat16``, ``mixed_float16`` or ``float32``.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    policy = "float32"
+    if mixed and hardware.kind == "tpu":
+        policy = "mixed_bfloat16"
+    elif mixed and hardware.kind == "gpu":
+        policy = "mixed_float16"
+    tf.keras.mixed_precision.set_global_policy(policy)
+    return policy

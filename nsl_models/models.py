@@ -1,0 +1,400 @@
+"""Models: a base classifier and the graph + adversarial regularized wrapper.
+
+The *base model* (:func:`build_base_model`) is a functional Keras model
+``image -> logits`` whose first layer, :class:`Normalization`, casts raw pixels
+to float32 and applies the per-band mean/std of ``stats.json``, so the exported
+model takes pixels exactly as stored. Its layers are named ``normalize``,
+``encoder`` (raw embedding; the penultimate layer), ``dropout`` and ``logits``
+(always float32, also under mixed precision).
+
+:class:`RegularizedModel` wraps a base model the way NSL's
+``GraphRegularization(base_model, config)`` does, but adds *both* NSL
+regularizers in one ``train_step`` that shares the clean forward pass:
+
+1. ``xn = normalize(image)``; neighbours ``nbr_n = normalize(nbr_image)``.
+2. One encoder pass over the clean batch ``xn`` (watched by an inner tape) gives
+   the clean embedding; one pass over the ``B * k`` neighbours gives theirs. (A
+   single pass over ``concat([xn, nbr_n])`` was measured slower: the input
+   gradient of step 5 then back-propagates through the neighbour rows too.)
+3. Supervised loss: weighted cross-entropy of ``logits(embedding)``. Unlabelled
+   examples (label -1) have weight 0 and reach the loss only through step 4.
+4. Graph loss: ``nsl.lib.pairwise_distance_wrapper`` between the clean
+   embedding (``nsl.lib.replicate_embeddings``) and the neighbours' embeddings,
+   weighted by the edge weights (0 for missing neighbours). It uses the same
+   embedding tensor as step 3: no second pass over the batch.
+5. Adversarial loss: ``nsl.lib.gen_adv_neighbor`` perturbs ``xn`` along the
+   gradient of the step-3 supervised loss, taken from an inner tape that watched
+   ``xn`` during that same pass (FGSM: no extra forward pass; PGD: the NSL loop
+   with ``pgd_iterations`` further passes). Only the tile's own normalised pixels
+   are perturbed: labels, weights and neighbour features never are. The
+   perturbation is computed with the outer tape paused and NSL stops its
+   gradient, so it is a constant to the weight update. One more forward pass on
+   the adversarial batch gives the adversarial loss with the same weights.
+6. ``loss = supervised + graph.multiplier * graph + adversarial.multiplier *
+   adversarial + model regularization losses``; one optimizer update.
+
+Each term is switched by its config (``enabled`` and ``multiplier > 0``); the
+graph term also needs neighbour features in the batch.
+
+**Train/inference mode in the extra passes.** Every pass of the train step
+(clean + neighbours, PGD steps, adversarial) calls the encoder with
+``training=True``, so the adversarial loss is measured on the very function
+whose supervised loss is being minimised (batch statistics, dropout on), as
+NSL's ``AdversarialRegularization`` does. Calling it with ``training=False``
+would use BatchNorm moving averages that are still far from the batch
+statistics early in training, so the adversarial term would regularize a
+different network. The cost, for BatchNorm backbones (MobileNetV2, ResNet50),
+is that the moving averages also absorb adversarial batches; those lie within
+``epsilon`` of the clean ones, so the statistics move by O(epsilon). The
+default small CNNs use GroupNorm, which has no batch statistics, so the choice
+changes nothing for them except dropout.
+
+Example:
+    >>> from nsl_models.models import build_base_model, RegularizedModel
+    >>> base = build_base_model(spec, ModelConfig())  # doctest: +SKIP
+    >>> model = RegularizedModel(base, make_graph_config(), make_adversarial_config())
+    >>> model.compile(optimizer="adam")  # doctest: +SKIP
+    >>> model.fit(make_dataset(..., max_neighbors=2), steps_per_epoch=100)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from minewatch.compat import import_nsl
+from nsl_models.configs import (
+    AdversarialConfig,
+    AdversarialMethod,
+    Architecture,
+    GraphConfig,
+    ModelConfig,
+)
+from nsl_models.data import TileSpec
+
+nsl = import_nsl()
+import tensorflow as tf  # noqa: E402  (after import_nsl selects Keras 2)
+
+__all__ = [
+    "Normalization",
+    "RegularizedModel",
+    "build_base_model",
+    "build_encoder",
+    "embedding_of",
+]
+
+
+@tf.keras.utils.register_keras_serializable(package="minewatch")
+class Normalization(tf.keras.layers.Layer):  # type: ignore[misc]
+    """Raw pixels -> float32 ``(x - mean) / std`` per band; invalid pixels -> 0.
+
+    A pixel whose bands are all 0 is invalid (the tile record stores invalid
+    pixels as 0); it maps to 0, the mean, instead of ``-mean / std``.
+
+    Args:
+        mean: Per-band mean, channel order.
+        std: Per-band standard deviation, channel order.
+        **kwargs: Passed to ``tf.keras.layers.Layer``.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, inputs: Any) -> Any:
+        """Normalise ``[..., C]`` pixels."""
+        x = tf.cast(inputs, tf.float32)
+        valid = tf.reduce_any(tf.not_equal(x, 0.0), axis=-1, keepdims=True)
+        y = (x - tf.constant(self.mean)) / tf.constant(self.std)
+        return tf.where(valid, y, tf.zeros_like(y))
+
+    def get_config(self) -> dict[str, Any]:
+        """Layer config (mean, std)."""
+        config: dict[str, Any] = super().get_config()
+        config.update(mean=self.mean, std=self.std)
+        return config
+
+
+def _norm(filters: int) -> Any:
+    # GroupNorm: no batch statistics, so clean, neighbour and adversarial passes
+    # compute the same function and per-replica batch size does not matter (TPU).
+    return tf.keras.layers.GroupNormalization(groups=min(8, filters // 4) or 1)
+
+
+def _small_cnn(x: Any, config: ModelConfig) -> Any:
+    for i in range(config.depth):
+        filters = config.width * 2**i
+        x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = tf.keras.layers.ReLU()(_norm(filters)(x))
+        x = tf.keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = tf.keras.layers.ReLU()(_norm(filters)(x))
+    return tf.keras.layers.GlobalAveragePooling2D()(x)
+
+
+def _frame_cnn(x: Any, config: ModelConfig) -> Any:
+    x = tf.keras.layers.Conv2D(config.width, 3, strides=2, padding="same", use_bias=False)(x)
+    x = tf.keras.layers.ReLU()(_norm(config.width)(x))
+    for i in range(config.depth):
+        filters = config.width * 2 ** (i + 1)
+        x = tf.keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x)
+        x = tf.keras.layers.ReLU()(_norm(filters)(x))
+        x = tf.keras.layers.SeparableConv2D(filters, 3, strides=2, padding="same", use_bias=False)(
+            x
+        )
+        x = tf.keras.layers.ReLU()(_norm(filters)(x))
+    return tf.keras.layers.GlobalAveragePooling2D()(x)
+
+
+def _application(x: Any, config: ModelConfig, shape: tuple[int, int, int]) -> Any:
+    h, w, c = shape
+    side = max(h, w, 32)  # both applications refuse inputs under 32 px
+    if (h, w) != (side, side):
+        x = tf.keras.layers.Resizing(side, side, interpolation="bilinear")(x)
+    cls = (
+        tf.keras.applications.MobileNetV2
+        if config.architecture is Architecture.MOBILENET_V2
+        else tf.keras.applications.ResNet50
+    )
+    backbone = cls(input_shape=(side, side, c), weights=None, include_top=False, pooling="avg")
+    return backbone(x)
+
+
+def build_encoder(shape: tuple[int, int, int], config: ModelConfig) -> Any:
+    """The encoder: normalised ``[H, W, C]`` pixels -> ``[embedding_dim]`` embedding.
+
+    Args:
+        shape: ``(H, W, C)``; any channel count.
+        config: Architecture, width, depth, embedding size.
+
+    Returns:
+        A functional ``tf.keras.Model`` named ``encoder``.
+    """
+    inputs = tf.keras.Input(shape=shape, name="normalized")
+    if config.architecture is Architecture.SMALL_CNN:
+        x = _small_cnn(inputs, config)
+    elif config.architecture is Architecture.FRAME_CNN:
+        x = _frame_cnn(inputs, config)
+    else:
+        x = _application(inputs, config, shape)
+    x = tf.keras.layers.Dense(config.embedding_dim, activation="relu", name="embedding")(x)
+    return tf.keras.Model(inputs, x, name="encoder")
+
+
+def build_base_model(spec: TileSpec, config: ModelConfig) -> Any:
+    """The base classifier ``image -> logits`` with normalisation inside.
+
+    Args:
+        spec: Shape, classes and per-band statistics of the tiles.
+        config: The model section.
+
+    Returns:
+        A functional ``tf.keras.Model`` with input ``image`` (raw pixels, float32
+        ``[None, H, W, C]``) and float32 logits ``[None, K]``; layers
+        ``normalize``, ``encoder``, ``dropout``, ``logits``.
+    """
+    image = tf.keras.Input(shape=spec.shape, name="image", dtype=tf.float32)
+    x = Normalization(spec.mean, spec.std, name="normalize")(image)
+    x = build_encoder(spec.shape, config)(x)
+    x = tf.keras.layers.Dropout(config.dropout, name="dropout")(x)
+    logits = tf.keras.layers.Dense(spec.num_classes, dtype="float32", name="logits")(x)
+    return tf.keras.Model(image, logits, name="base_model")
+
+
+def embedding_of(base_model: Any, image: Any, training: bool = False) -> Any:
+    """The float32 embedding (penultimate layer) of raw pixels.
+
+    Args:
+        base_model: A model from :func:`build_base_model`.
+        image: Raw pixels ``[N, H, W, C]``.
+        training: Keras training flag.
+
+    Returns:
+        ``float32[N, embedding_dim]``.
+    """
+    x = base_model.get_layer("normalize")(image)
+    return tf.cast(base_model.get_layer("encoder")(x, training=training), tf.float32)
+
+
+def _weighted_xent(labels: Any, logits: Any, weights: Any) -> Any:
+    # Mean over the labelled examples of the batch, so a batch with few labels
+    # (label_fraction 0.05) is not drowned by the graph term.
+    per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
+    )
+    labelled = tf.reduce_sum(tf.cast(weights > 0, tf.float32))
+    return tf.reduce_sum(per_example * weights) / tf.maximum(labelled, 1.0)
+
+
+class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
+    """A base classifier trained with supervised + graph + adversarial loss in one step.
+
+    Batches are dicts from :func:`nsl_models.data.make_dataset` (``image``,
+    ``label``, ``weight``, optionally ``nbr_image``/``nbr_weight``). The module
+    docstring describes the step. Metrics: ``loss``, ``supervised_loss``,
+    ``graph_loss`` and ``adversarial_loss`` (unscaled), ``accuracy`` (labelled
+    examples).
+
+    Example:
+        >>> model = RegularizedModel(base, make_graph_config(), make_adversarial_config())
+        >>> model.compile(optimizer=tf.keras.optimizers.Adam(1e-3))  # doctest: +SKIP
+        >>> model.fit(train_ds, steps_per_epoch=10)  # doctest: +SKIP
+
+    Args:
+        base_model: From :func:`build_base_model` (layers ``normalize``,
+            ``encoder``, ``dropout``, ``logits``).
+        graph: Graph regularization; default off.
+        adversarial: Adversarial regularization; default off.
+    """
+
+    def __init__(
+        self,
+        base_model: Any,
+        graph: GraphConfig | None = None,
+        adversarial: AdversarialConfig | None = None,
+    ) -> None:
+        super().__init__(name="regularized_model")
+        self.base_model = base_model
+        self.graph = graph or GraphConfig()
+        self.adversarial = adversarial or AdversarialConfig()
+        self._normalize = base_model.get_layer("normalize")
+        self._encoder = base_model.get_layer("encoder")
+        self._dropout = base_model.get_layer("dropout")
+        self._head = base_model.get_layer("logits")
+        self._distance = nsl.configs.DistanceConfig(
+            distance_type=self.graph.distance.value, sum_over_axis=-1
+        )
+        adv = self.adversarial
+        pgd = adv.method is AdversarialMethod.PGD
+        step = adv.pgd_step_size or 2.5 * adv.epsilon / adv.pgd_iterations
+        self._adv_neighbor = nsl.configs.AdvNeighborConfig(
+            adv_step_size=step if pgd else adv.epsilon,
+            adv_grad_norm=adv.norm.value,
+            pgd_iterations=adv.pgd_iterations if pgd else 1,
+            pgd_epsilon=adv.epsilon if pgd else None,
+        )
+        self._trackers = {
+            name: tf.keras.metrics.Mean(name)
+            for name in ("loss", "supervised_loss", "graph_loss", "adversarial_loss")
+        }
+        self._accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
+
+    @property
+    def metrics(self) -> list[Any]:
+        """Trackers reset by Keras at each epoch."""
+        return [*self._trackers.values(), self._accuracy]
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        """Logits of raw pixels (or of ``inputs["image"]``)."""
+        if isinstance(inputs, dict):
+            inputs = inputs["image"]
+        return self.base_model(inputs, training=training)
+
+    def _logits(self, embedding: Any, training: bool) -> Any:
+        return self._head(self._dropout(embedding, training=training))
+
+    def _embed(self, xn: Any, training: bool) -> Any:
+        return tf.cast(self._encoder(xn, training=training), tf.float32)
+
+    @property
+    def uses_adversarial(self) -> bool:
+        """Whether the adversarial term is on."""
+        return self.adversarial.enabled and self.adversarial.multiplier > 0
+
+    def uses_graph(self, data: dict[str, Any]) -> bool:
+        """Whether the graph term is on for batches like ``data``."""
+        return self.graph.enabled and self.graph.multiplier > 0 and "nbr_image" in data
+
+    def compute_losses(self, data: dict[str, Any], tape: Any) -> dict[str, Any]:
+        """Forward passes and the loss terms of one batch (inside ``tape``).
+
+        Args:
+            data: A batch dict.
+            tape: The outer ``tf.GradientTape`` over the weights; paused while
+                the adversarial perturbation is searched.
+
+        Returns:
+            ``loss`` (total), ``supervised_loss``, ``graph_loss``,
+            ``adversarial_loss`` (0 when off) and ``logits`` of the clean batch.
+        """
+        image, labels, weights = data["image"], data["label"], data["weight"]
+        use_graph = self.uses_graph(data)
+        xn = self._normalize(image)
+        with tf.GradientTape(watch_accessed_variables=False) as tape_x:
+            tape_x.watch(xn)
+            emb = self._embed(xn, training=True)
+            logits = self._logits(emb, training=True)
+            supervised = _weighted_xent(labels, logits, weights)
+        if use_graph:
+            # Outside tape_x: the input gradient for the adversarial step then
+            # back-propagates through the B clean rows only, not the B * k neighbours.
+            nbr = data["nbr_image"]
+            k = nbr.shape[1]
+            nbr_n = self._normalize(tf.reshape(nbr, [-1, *image.shape[1:]]))
+            nbr_emb = self._embed(nbr_n, training=True)
+        total = supervised
+        zero = tf.constant(0.0)
+        graph_loss = adversarial_loss = zero
+        if use_graph:
+            graph_loss = nsl.lib.pairwise_distance_wrapper(
+                sources=nsl.lib.replicate_embeddings(emb, k),
+                targets=nbr_emb,
+                weights=tf.reshape(tf.cast(data["nbr_weight"], tf.float32), [-1, 1]),
+                distance_config=self._distance,
+            )
+            total += self.graph.multiplier * graph_loss
+        if self.uses_adversarial:
+            with tape.stop_recording():
+                adv_xn, _ = nsl.lib.gen_adv_neighbor(
+                    xn,
+                    supervised,
+                    config=self._adv_neighbor,
+                    gradient_tape=tape_x,
+                    pgd_model_fn=lambda z: self._logits(self._embed(z, True), True),
+                    pgd_loss_fn=lambda y, z: _weighted_xent(y, z, weights),
+                    pgd_labels=labels,
+                )
+            adv_logits = self._logits(self._embed(tf.stop_gradient(adv_xn), True), True)
+            adversarial_loss = _weighted_xent(labels, adv_logits, weights)
+            total += self.adversarial.multiplier * adversarial_loss
+        if self.losses:
+            total += tf.add_n(self.losses)
+        return {
+            "loss": total,
+            "supervised_loss": supervised,
+            "graph_loss": graph_loss,
+            "adversarial_loss": adversarial_loss,
+            "logits": logits,
+        }
+
+    def train_step(self, data: dict[str, Any]) -> dict[str, Any]:
+        """One optimizer update on supervised + graph + adversarial loss."""
+        with tf.GradientTape() as tape:
+            out = self.compute_losses(data, tape)
+            # Keras sums gradients over replicas; scale so they average.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = out["loss"] / replicas
+        self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
+        return self._update_metrics(data, out)
+
+    def test_step(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Supervised loss and accuracy of the clean batch in inference mode."""
+        logits = self.base_model(data["image"], training=False)
+        supervised = _weighted_xent(data["label"], logits, data["weight"])
+        zero = tf.constant(0.0)
+        out = {
+            "loss": supervised,
+            "supervised_loss": supervised,
+            "graph_loss": zero,
+            "adversarial_loss": zero,
+            "logits": logits,
+        }
+        return self._update_metrics(data, out)
+
+    def _update_metrics(self, data: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        for name, tracker in self._trackers.items():
+            tracker.update_state(out[name])
+        labelled = tf.cast(data["label"] >= 0, tf.float32)
+        self._accuracy.update_state(tf.maximum(data["label"], 0), out["logits"], labelled)
+        return {m.name: m.result() for m in self.metrics}

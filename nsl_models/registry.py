@@ -1,0 +1,322 @@
+"""Versioned SavedModel export, promotion to a registry, and loading the current model.
+
+**Model folder contract** (the inference job depends on it):
+
+``MODEL_DIR/saved_model/``
+    A TF SavedModel. Signature ``serving_default`` takes one input ``image``:
+    float32 ``[None, H, W, C]``, raw pixel values as stored in the tile (cast
+    to float32; invalid pixels 0), and returns ``probabilities`` float32
+    ``[None, K]`` and ``embedding`` float32 ``[None, D]``. Signature
+    ``embedding`` takes the same input and returns only ``embedding``.
+    Normalisation is inside the model.
+``MODEL_DIR/metadata.json``
+    ``{"version", "task", "classes", "bands", "tile_size", "input_dtype",
+    "normalization": {"mean", "std"}, "data_manifest_hash", "config",
+    "metrics", "created"}``; ``version`` is ``YYYYmmddTHHMMSSZ-<8 hex>`` (UTC
+    time and a hash of the weights and config).
+
+**Registry layout** (``minewatch promote MODEL_DIR --registry DIR``)::
+
+    DIR/versions/<version>/    a copy of MODEL_DIR (saved_model/, metadata.json)
+    DIR/current.json           {"version": ..., "path": "versions/<version>"}
+
+``current.json`` is replaced atomically (write then ``os.replace``), so a reader
+sees the old or the new version, never a partial file; older versions stay for
+rollback (point ``current.json`` back at one).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from minewatch.compat import use_legacy_keras
+from minewatch.errors import ConfigError, InputError
+from nsl_models.data import TileSpec
+
+__all__ = [
+    "Decision",
+    "data_manifest_hash",
+    "export_model",
+    "load_current",
+    "promote",
+    "read_metadata",
+]
+
+
+def data_manifest_hash(tiles_dir: str, files: Sequence[str] = ()) -> str:
+    """SHA-256 of the tile job's manifest and stats (or the files' names and sizes).
+
+    Args:
+        tiles_dir: The tile job's output folder.
+        files: Training files, hashed by name and size when there is no manifest.
+
+    Returns:
+        ``sha256:<hex>``.
+    """
+    h = hashlib.sha256()
+    parts = sorted(glob.glob(os.path.join(tiles_dir, "manifest", "*.parquet")))
+    for path in [*parts, os.path.join(tiles_dir, "stats.json")]:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                h.update(f.read())
+    if not parts:
+        for path in files:
+            h.update(f"{os.path.basename(path)}:{os.path.getsize(path)}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def export_model(
+    base_model: Any,
+    spec: TileSpec,
+    model_dir: str,
+    *,
+    task: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    data_hash: str,
+) -> dict[str, Any]:
+    """Write ``MODEL_DIR/saved_model/`` and ``MODEL_DIR/metadata.json`` (the contract above).
+
+    Args:
+        base_model: From :func:`nsl_models.models.build_base_model`.
+        spec: The tile spec (shape, bands, classes, normalisation).
+        model_dir: Output folder.
+        task: ``tile`` or ``frame``.
+        config: The training config as a dict.
+        metrics: Held-out metrics.
+        data_hash: :func:`data_manifest_hash` of the training data.
+
+    Returns:
+        The metadata written.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    from nsl_models.models import embedding_of
+
+    module = tf.Module()
+    module.model = base_model
+    spec_in = tf.TensorSpec([None, *spec.shape], tf.float32, name="image")
+
+    @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
+    def serve(image: Any) -> dict[str, Any]:
+        embedding = embedding_of(base_model, image, training=False)
+        logits = base_model.get_layer("logits")(embedding)
+        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32)), "embedding": embedding}
+
+    @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
+    def embed(image: Any) -> dict[str, Any]:
+        return {"embedding": embedding_of(base_model, image, training=False)}
+
+    module.serve = serve
+    path = os.path.join(model_dir, "saved_model")
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    tf.saved_model.save(module, path, signatures={"serving_default": serve, "embedding": embed})
+
+    weights = hashlib.sha256()
+    for w in base_model.get_weights():
+        weights.update(np.ascontiguousarray(w).tobytes())
+    weights.update(json.dumps(config, sort_keys=True).encode())
+    now = datetime.now(UTC).replace(microsecond=0)
+    metadata = {
+        "version": f"{now:%Y%m%dT%H%M%SZ}-{weights.hexdigest()[:8]}",
+        "task": task,
+        "classes": list(spec.classes),
+        "bands": list(spec.bands),
+        "tile_size": spec.height,
+        "input_dtype": spec.dtype,
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
+        "data_manifest_hash": data_hash,
+        "config": config,
+        "metrics": _jsonable(metrics),
+        "created": now.isoformat(),
+    }
+    _atomic_json(os.path.join(model_dir, "metadata.json"), metadata)
+    return metadata
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; promotion treats a missing metric as NaN
+    return value
+
+
+def _atomic_json(path: str, value: Any) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_metadata(model_dir: str) -> dict[str, Any]:
+    """Read ``MODEL_DIR/metadata.json``.
+
+    Args:
+        model_dir: A model folder.
+
+    Returns:
+        The metadata.
+
+    Raises:
+        InputError: No metadata or no ``saved_model/`` there.
+    """
+    path = os.path.join(model_dir, "metadata.json")
+    if not os.path.isdir(os.path.join(model_dir, "saved_model")) or not os.path.exists(path):
+        raise InputError(f"{model_dir} is not a model folder (saved_model/ and metadata.json)")
+    with open(path) as f:
+        metadata: dict[str, Any] = json.load(f)
+    return metadata
+
+
+def load_current(registry: str) -> tuple[str, dict[str, Any]]:
+    """The current model of a registry.
+
+    Args:
+        registry: Registry folder.
+
+    Returns:
+        ``(model_dir, metadata)``; ``model_dir`` holds ``saved_model/``.
+
+    Raises:
+        InputError: No ``current.json`` (nothing promoted yet) or a broken entry.
+    """
+    path = os.path.join(registry, "current.json")
+    try:
+        with open(path) as f:
+            current = json.load(f)
+    except OSError:
+        raise InputError(
+            f"{path} not found: nothing promoted yet (minewatch promote MODEL --registry)"
+        ) from None
+    model_dir = os.path.join(registry, current["path"])
+    return model_dir, read_metadata(model_dir)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of :func:`promote`.
+
+    Attributes:
+        promoted: Whether ``current.json`` now points at the candidate.
+        reason: Why, in words.
+        version: The candidate's version.
+        path: The candidate's folder in the registry (empty when refused).
+    """
+
+    promoted: bool
+    reason: str
+    version: str
+    path: str = ""
+
+
+def _finite_weights(model_dir: str) -> bool:
+    use_legacy_keras()
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(
+        os.path.join(model_dir, "saved_model", "variables", "variables")
+    )
+    for name, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
+            return False
+    return True
+
+
+def _score(metadata: dict[str, Any], metric: str) -> float:
+    value = metadata.get("metrics", {}).get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def promote(model_dir: str, registry: str, metric: str | None = None) -> Decision:
+    """Copy a model into the registry and make it current if it beats the current one.
+
+    Refuses a model whose weights or held-out metric are NaN/inf, whose task or
+    classes differ from the current model's, or whose metric is not strictly
+    greater than the current one's. The copy is kept either way only when
+    promoted (``versions/<version>/``); earlier versions are never removed.
+
+    Args:
+        model_dir: A model folder (``saved_model/`` + ``metadata.json``).
+        registry: Registry folder (created).
+        metric: Key of ``metadata["metrics"]`` to compare (higher is better);
+            default the candidate's ``selection_metric`` (``accuracy``).
+
+    Returns:
+        The :class:`Decision`.
+
+    Raises:
+        InputError: ``model_dir`` is not a model folder.
+        ConfigError: The metric is not in the candidate's metadata.
+    """
+    meta = read_metadata(model_dir)
+    version = str(meta["version"])
+    metric = metric or str(meta.get("metrics", {}).get("selection_metric", "accuracy"))
+    if metric not in meta.get("metrics", {}):
+        raise ConfigError(f"--metric: {metric!r} is not in {model_dir}/metadata.json metrics")
+    score = _score(meta, metric)
+    if not math.isfinite(score):
+        return Decision(False, f"refused {version}: held-out {metric} is {score}", version)
+    if not _finite_weights(model_dir):
+        return Decision(False, f"refused {version}: the weights contain NaN or inf", version)
+    try:
+        _, current = load_current(registry)
+    except InputError:
+        current = None
+    if current is not None:
+        for key in ("task", "classes"):
+            if current.get(key) != meta.get(key):
+                return Decision(
+                    False,
+                    f"refused {version}: {key} {meta.get(key)} differs from current "
+                    f"{current['version']}'s {current.get(key)}",
+                    version,
+                )
+        best = _score(current, metric)
+        if current["version"] == version:
+            return Decision(False, f"refused {version}: it is already current", version)
+        if math.isfinite(best) and not score > best:
+            return Decision(
+                False,
+                f"refused {version}: held-out {metric} {score:.4f} does not beat current "
+                f"{current['version']}'s {best:.4f}",
+                version,
+            )
+    rel = os.path.join("versions", version)
+    dest = os.path.join(registry, rel)
+    if not os.path.exists(dest):
+        os.makedirs(os.path.join(registry, "versions"), exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=os.path.join(registry, "versions"), prefix=".tmp-")
+        for name in ("saved_model", "metadata.json"):
+            src = os.path.join(model_dir, name)
+            (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, name))
+        os.replace(tmp, dest)
+    _atomic_json(os.path.join(registry, "current.json"), {"version": version, "path": rel})
+    why = (
+        f"promoted {version}: first model in the registry ({metric} {score:.4f})"
+        if current is None
+        else f"promoted {version}: held-out {metric} {score:.4f} beats current "
+        f"{current['version']}'s {_score(current, metric):.4f}"
+    )
+    return Decision(True, why, version, dest)

@@ -1,0 +1,358 @@
+"""The training loop: data, strategy, checkpoints, resume, early stopping, export.
+
+:class:`Trainer` is the library; ``minewatch train`` only parses flags and
+calls :func:`train_from_config`. ``MODEL_DIR`` after a run::
+
+    config.yaml         the resolved config (every default written out)
+    checkpoints/        tf.train.CheckpointManager: model, optimizer, data
+                        iterator, epoch and early-stopping state, every
+                        ``train.checkpoint_every`` steps and at each epoch end
+    best/               weights of the best validation epoch
+    logs/train|validation   TensorBoard scalars
+    saved_model/        the exported SavedModel (registry contract)
+    metadata.json       version, task, classes, bands, normalisation, metrics, ...
+
+Resume: running again with the same ``MODEL_DIR`` restores the latest
+checkpoint (the optimizer step, the position in the shuffled data stream and
+the early-stopping state) and continues from that step; a finished run exports
+again without training.
+
+Example:
+    >>> from nsl_models.configs import load_config
+    >>> from nsl_models.train import train_from_config
+    >>> config = load_config("nsl_models/configs/tiles.yaml")
+    >>> result = train_from_config(config, "models/t1")  # doctest: +SKIP
+    >>> result.metrics["accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from minewatch.compat import import_nsl
+from nsl_models import data as datalib
+from nsl_models.configs import OptimizerName, TrainerConfig, config_to_dict
+from nsl_models.hardware import Hardware, detect, set_precision
+
+__all__ = ["StepHook", "TrainResult", "Trainer", "train_from_config"]
+
+log = logging.getLogger(__name__)
+
+#: Called after every optimizer step with ``(global_step, logs)``; may raise to stop.
+StepHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run did.
+
+    Attributes:
+        model_dir: The output folder.
+        global_step: Optimizer steps taken in total (across resumes).
+        resumed_from: Step of the checkpoint the run started from (0: fresh).
+        epochs: Epochs completed.
+        stopped_early: Early stopping ended the run.
+        history: Per-epoch logs (train and ``val_`` metrics) of this process.
+        metrics: Held-out metrics written to ``metadata.json``.
+        metadata: The exported ``metadata.json`` content.
+    """
+
+    model_dir: str
+    global_step: int
+    resumed_from: int
+    epochs: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Builds data, model and checkpoints from a config, trains, exports.
+
+    Example:
+        >>> trainer = Trainer(config, "models/run1")  # doctest: +SKIP
+        >>> result = trainer.fit()  # doctest: +SKIP
+
+    Args:
+        config: The validated config.
+        model_dir: Output folder (created); an earlier run there is resumed.
+        hardware: Strategy to use; default :func:`nsl_models.hardware.detect`.
+        hooks: Called after every step with ``(global_step, logs)``.
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        model_dir: str,
+        hardware: Hardware | None = None,
+        hooks: Sequence[StepHook] = (),
+    ) -> None:
+        self.config = config
+        self.model_dir = os.fspath(model_dir)
+        self.hooks = list(hooks)
+        import_nsl()
+        import tensorflow as tf
+
+        self._tf = tf
+        tf.keras.utils.set_random_seed(config.train.seed)
+        self.hardware = hardware or detect()
+        self.precision = set_precision(self.hardware, config.train.mixed_precision)
+        self.train_files, self.validation_files = datalib.resolve_files(config.data)
+        self.spec = datalib.read_tile_spec(config.data.tiles, self.train_files)
+        counts = datalib.count_labels(self.train_files, self.spec, config.data)
+        self.label_counts = counts
+        self.class_weight = datalib.class_weights(
+            counts[:-1], config.data.class_weighting, config.data.max_class_weight
+        )
+        self.train_examples = int(counts.sum())
+        self.steps_per_epoch = config.train.steps_per_epoch or max(
+            1, self.train_examples // config.data.batch_size
+        )
+        self._build()
+
+    # -- setup ---------------------------------------------------------------
+
+    def _val_split(self) -> tuple[list[str], str]:
+        if self.validation_files:
+            return self.validation_files, datalib.Split.ALL
+        return self.train_files, datalib.Split.VALIDATION
+
+    def _build(self) -> None:
+        from nsl_models.models import RegularizedModel, build_base_model
+
+        tf, cfg = self._tf, self.config
+        k = cfg.graph.max_neighbors if cfg.graph.enabled else 0
+        train_ds = datalib.make_dataset(
+            self.train_files,
+            self.spec,
+            cfg.data,
+            split=datalib.Split.TRAIN,
+            training=True,
+            class_weight=self.class_weight,
+            max_neighbors=k,
+            seed=cfg.train.seed,
+        )
+        val_files, val_split = self._val_split()
+        n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
+        self.validation_examples = n_val
+        self.val_ds = None
+        if n_val:
+            self.val_ds = datalib.make_dataset(
+                val_files,
+                self.spec,
+                cfg.data,
+                split=val_split,
+                training=False,
+                batch_size=min(cfg.data.batch_size, n_val),
+            )
+        strategy = self.hardware.strategy
+        with strategy.scope():
+            self.base_model = build_base_model(self.spec, cfg.model)
+            self.model = RegularizedModel(self.base_model, cfg.graph, cfg.adversarial)
+            opt_cls = (
+                tf.keras.optimizers.Adam
+                if cfg.train.optimizer is OptimizerName.ADAM
+                else tf.keras.optimizers.SGD
+            )
+            self.model.compile(
+                optimizer=opt_cls(learning_rate=cfg.train.learning_rate),
+                jit_compile=cfg.train.jit_compile,
+            )
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best")
+            self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
+        self.iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        # Build the optimizer's slots before restoring so they restore too.
+        self.model.optimizer.build(self.model.trainable_variables)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.model.optimizer,
+            iterator=self.iterator,
+            epoch=self.epoch,
+            best=self.best,
+            wait=self.wait,
+        )
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint,
+            os.path.join(self.model_dir, "checkpoints"),
+            max_to_keep=cfg.train.keep_checkpoints,
+        )
+        self.best_checkpoint = tf.train.Checkpoint(model=self.base_model)
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (restored ones included)."""
+        return int(self.model.optimizer.iterations.numpy())
+
+    def restore(self) -> int:
+        """Restore the latest checkpoint of ``model_dir``, if any.
+
+        Returns:
+            The restored optimizer step (0 when starting fresh).
+        """
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("resumed from %s (step %d)", latest, self.global_step)
+        return self.global_step
+
+    # -- loop ----------------------------------------------------------------
+
+    def fit(self, export: bool = True) -> TrainResult:
+        """Train (resuming if a checkpoint exists), then export.
+
+        Args:
+            export: Write ``saved_model/`` and ``metadata.json`` at the end.
+
+        Returns:
+            The :class:`TrainResult`.
+        """
+        tf, cfg = self._tf, self.config
+        os.makedirs(self.model_dir, exist_ok=True)
+        _write_config(cfg, os.path.join(self.model_dir, "config.yaml"))
+        resumed_from = self.restore()
+        train_fn = self.model.make_train_function()
+        writers = {
+            name: tf.summary.create_file_writer(os.path.join(self.model_dir, "logs", name))
+            for name in ("train", "validation")
+        }
+        spe, history, stopped = self.steps_per_epoch, [], False
+        patience = cfg.train.early_stopping_patience
+        while int(self.epoch.numpy()) < cfg.train.epochs and not stopped:
+            epoch = int(self.epoch.numpy())
+            first = self.global_step - epoch * spe
+            print(
+                f"Epoch {epoch + 1}/{cfg.train.epochs}" + (f" (from step {first})" if first else "")
+            )
+            bar = tf.keras.utils.Progbar(spe, stateful_metrics=[m.name for m in self.model.metrics])
+            self.model.reset_metrics()
+            logs: dict[str, float] = {}
+            for i in range(first, spe):
+                logs = {k: float(v) for k, v in train_fn(self.iterator).items()}
+                step = self.global_step
+                bar.update(i + 1, list(logs.items()))
+                if step % cfg.train.log_every == 0:
+                    with writers["train"].as_default():
+                        for name, value in logs.items():
+                            tf.summary.scalar(name, value, step=step)
+                if step % cfg.train.checkpoint_every == 0:
+                    self.manager.save(checkpoint_number=step)
+                for hook in self.hooks:
+                    hook(step, logs)
+            record = dict(logs)
+            if self.val_ds is not None:
+                val = self.model.evaluate(self.val_ds, verbose=0, return_dict=True)
+                record.update({f"val_{k}": float(v) for k, v in val.items()})
+                with writers["validation"].as_default():
+                    for name, value in val.items():
+                        tf.summary.scalar(name, value, step=self.global_step)
+                score = record["val_accuracy"]
+                if score > float(self.best.numpy()):
+                    self.best.assign(score)
+                    self.wait.assign(0)
+                    self.best_checkpoint.write(os.path.join(self.model_dir, "best", "weights"))
+                else:
+                    self.wait.assign_add(1)
+                    stopped = bool(patience) and int(self.wait.numpy()) >= patience
+                print(
+                    "  "
+                    + " - ".join(f"{k}: {v:.4f}" for k, v in record.items() if k.startswith("val_"))
+                )
+            self.epoch.assign_add(1)
+            history.append(record)
+            self.manager.save(checkpoint_number=self.global_step)
+            if stopped:
+                print(f"Early stopping: val_accuracy did not improve for {patience} epochs")
+        for w in writers.values():
+            w.flush()
+        best = os.path.join(self.model_dir, "best", "weights")
+        if tf.io.gfile.exists(best + ".index"):
+            self.best_checkpoint.read(best).expect_partial()
+        result = TrainResult(
+            model_dir=self.model_dir,
+            global_step=self.global_step,
+            resumed_from=resumed_from,
+            epochs=int(self.epoch.numpy()),
+            stopped_early=stopped,
+            history=history,
+        )
+        if export:
+            result.metrics = self.held_out_metrics()
+            result.metadata = self.export(result.metrics)
+        return result
+
+    # -- evaluation and export ----------------------------------------------
+
+    def held_out_metrics(self) -> dict[str, Any]:
+        """Accuracy, macro F1 and per-class scores of the base model on the validation split.
+
+        Returns:
+            :func:`nsl_models.evaluate.classification_report` of the held-out
+            tiles plus ``selection_metric`` (``accuracy``) and ``examples``; empty
+            metrics with ``examples: 0`` when there is no held-out tile.
+        """
+        from nsl_models.evaluate import classification_report
+
+        files, split = self._val_split()
+        images, labels = datalib.load_arrays(files, self.spec, self.config.data, split)
+        if not len(labels):
+            return {"examples": 0, "selection_metric": "accuracy"}
+        logits = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
+        report = classification_report(labels, np.argmax(logits, -1), self.spec.classes)
+        report["selection_metric"] = "accuracy"
+        return report
+
+    def export(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Write ``saved_model/`` and ``metadata.json`` (see :mod:`nsl_models.registry`).
+
+        Args:
+            metrics: Held-out metrics to store.
+
+        Returns:
+            The metadata written.
+        """
+        from nsl_models.registry import data_manifest_hash, export_model
+
+        return export_model(
+            self.base_model,
+            self.spec,
+            self.model_dir,
+            task=self.config.task.value,
+            config=config_to_dict(self.config),
+            metrics=metrics,
+            data_hash=data_manifest_hash(self.config.data.tiles, self.train_files),
+        )
+
+
+def _write_config(config: TrainerConfig, path: str) -> None:
+    import yaml
+
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(config), f, sort_keys=False)
+
+
+def train_from_config(
+    config: TrainerConfig, model_dir: str, hooks: Sequence[StepHook] = ()
+) -> TrainResult:
+    """Train and export one model (resuming an interrupted run in ``model_dir``).
+
+    Args:
+        config: The validated config.
+        model_dir: Output folder.
+        hooks: Per-step hooks (see :data:`StepHook`).
+
+    Returns:
+        The :class:`TrainResult`; ``metadata.json`` is also written.
+    """
+    result = Trainer(config, model_dir, hooks=hooks).fit()
+    log.info("trained %s: %s", model_dir, json.dumps(result.metrics.get("accuracy")))
+    return result

@@ -1,0 +1,143 @@
+"""Real short runs on the tiny synthetic tiles: loss, resume, export, promotion, data."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from nsl_models import data as datalib
+from tests.nsl_models.conftest import tiny_config
+
+tf = pytest.importorskip("tensorflow")
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_dataset_plain_and_packed_static_shapes(tile_data):
+    cfg = tiny_config(tile_data)
+    packed, _ = datalib.resolve_files(cfg.data)
+    assert "packed" in packed[0]
+    plain = sorted(
+        str(p) for p in __import__("pathlib").Path(tile_data, "tiles").glob("*.tfrecord")
+    )
+    spec = datalib.read_tile_spec(tile_data, plain)
+    assert spec.shape == (16, 16, 5) and spec.dtype == "uint16"
+    for files in (plain, packed):
+        ds = datalib.make_dataset(
+            files, spec, cfg.data, split="train", training=True, max_neighbors=2
+        )
+        assert ds.element_spec["image"].shape == (16, 16, 16, 5)
+        assert ds.element_spec["nbr_image"].shape == (16, 2, 16, 16, 5)
+        batch = next(iter(ds))
+        if files is plain:
+            assert float(tf.reduce_sum(batch["nbr_weight"])) == 0.0
+        else:
+            assert float(tf.reduce_sum(batch["nbr_weight"])) > 0.0
+
+
+def test_split_is_disjoint_and_label_fraction_hides_labels(tile_data):
+    cfg = tiny_config(tile_data)
+    files = sorted(
+        str(p) for p in __import__("pathlib").Path(tile_data, "tiles").glob("*.tfrecord")
+    )
+    spec = datalib.read_tile_spec(tile_data, files)
+    train = datalib.count_labels(files, spec, cfg.data, "train")
+    val = datalib.count_labels(files, spec, cfg.data, "validation")
+    every = datalib.count_labels(files, spec, cfg.data, "all")
+    np.testing.assert_array_equal(train + val, every)
+    assert val.sum() > 0
+    few = tiny_config(tile_data, data={"label_fraction": 0.1})
+    hidden = datalib.count_labels(files, spec, few.data, "train")
+    assert hidden.sum() == train.sum() and hidden[-1] > 0.8 * train.sum()
+    w = datalib.class_weights(np.array([90, 10, 0]), few.data.class_weighting, 10.0)
+    np.testing.assert_allclose(w, [100 / 180, 5.0, 10.0], rtol=1e-6)
+
+
+def _fixed_batch_loss(trainer):
+    ds = datalib.make_dataset(
+        trainer.train_files,
+        trainer.spec,
+        trainer.config.data,
+        split="train",
+        training=False,
+        batch_size=64,
+    )
+    batch = next(iter(ds))
+    return float(trainer.model.test_step(batch)["supervised_loss"])
+
+
+def test_short_run_lowers_loss_and_exports(tile_data, tmp_path):
+    from nsl_models.train import Trainer
+
+    cfg = tiny_config(
+        tile_data,
+        train={"epochs": 2, "steps_per_epoch": 15, "learning_rate": 0.01},
+        graph={"enabled": True},
+        adversarial={"enabled": True},
+    )
+    trainer = Trainer(cfg, str(tmp_path / "m"))
+    before = _fixed_batch_loss(trainer)
+    trainer.model.reset_metrics()
+    result = trainer.fit()
+    assert _fixed_batch_loss(trainer) < before
+    assert result.global_step == 30
+    assert all(np.isfinite(v) for h in result.history for v in h.values())
+    assert result.history[-1]["graph_loss"] > 0
+    meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert meta["task"] == "tile" and meta["tile_size"] == 16 and meta["input_dtype"] == "uint16"
+    assert meta["bands"] == ["B02", "B03", "B04", "B08", "B11"]
+    assert len(meta["normalization"]["mean"]) == 5 and "accuracy" in meta["metrics"]
+    assert os.listdir(tmp_path / "m" / "logs" / "train")  # TensorBoard events
+
+    # Export -> reload -> identical predictions, through the contract's signatures.
+    loaded = tf.saved_model.load(str(tmp_path / "m" / "saved_model"))
+    serve = loaded.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["image"]
+    x = np.random.default_rng(0).uniform(0, 3000, (5, 16, 16, 5)).astype(np.float32)
+    x[0, :4] = 0.0  # invalid pixels
+    out = serve(image=tf.constant(x))
+    assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (5, 5)
+    expected = tf.nn.softmax(trainer.base_model(x)).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-6)
+    emb = loaded.signatures["embedding"](image=tf.constant(x))
+    assert list(emb) == ["embedding"] and emb["embedding"].shape == (5, 16)
+    np.testing.assert_allclose(emb["embedding"].numpy(), out["embedding"].numpy(), atol=1e-6)
+
+
+def test_kill_and_resume_continues_from_checkpoint(tile_data, tmp_path):
+    from nsl_models.train import Trainer
+
+    cfg = tiny_config(tile_data, train={"epochs": 2, "steps_per_epoch": 5, "checkpoint_every": 3})
+
+    def kill(step, logs):
+        if step == 7:
+            raise Killed
+
+    first = Trainer(cfg, str(tmp_path / "m"), hooks=[kill])
+    with pytest.raises(Killed):
+        first.fit(export=False)
+    assert first.global_step == 7
+    steps_seen = []
+    second = Trainer(cfg, str(tmp_path / "m"), hooks=[lambda s, logs: steps_seen.append(s)])
+    assert second.restore() == 6  # last checkpoint: every 3 steps
+    result = second.fit(export=False)
+    assert result.resumed_from == 6
+    assert steps_seen == [7, 8, 9, 10]  # the rest of epoch 2, nothing repeated
+    assert result.global_step == 10 and result.epochs == 2
+
+
+def test_frame_model_trains(frame_data, tmp_path):
+    from nsl_models.train import Trainer
+
+    cfg = tiny_config(
+        frame_data,
+        task="frame",
+        model={"architecture": "frame_cnn"},
+        adversarial={"enabled": True, "method": "pgd", "pgd_iterations": 2},
+    )
+    result = Trainer(cfg, str(tmp_path / "f")).fit()
+    assert result.metadata["classes"] == ["high", "low", "medium", "waste"]
+    assert result.metadata["bands"] == ["red", "green", "blue"]
