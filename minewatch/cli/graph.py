@@ -1,0 +1,244 @@
+"""``minewatch graph``: tiles into a similarity graph and NSL's packed training examples."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from minewatch import __version__
+from minewatch.cli.options import out_opt, overwrite_opt
+
+
+@click.command(
+    short_help="Build the tile similarity graph and pack neighbours for NSL (Beam job).",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.argument("tiles_dir", metavar="TILES_DIR [BEAM OPTIONS]")
+@out_opt
+@click.option(
+    "--k",
+    "k",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="Most similarity neighbours per tile, and most neighbours packed per example.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(-1, 1),
+    default=0.8,
+    show_default=True,
+    help="Least cosine similarity of a similarity edge.",
+)
+@click.option(
+    "--embedding",
+    default="builtin",
+    show_default=True,
+    metavar="builtin|SAVEDMODEL_DIR",
+    help="Built-in descriptor, or a SavedModel with an 'embedding' signature.",
+)
+@click.option(
+    "--rounds", type=click.IntRange(1, 64), default=10, show_default=True, help="LSH rounds."
+)
+@click.option(
+    "--bucket-size",
+    type=click.IntRange(16),
+    default=512,
+    show_default=True,
+    help="Target LSH bucket size (more buckets above it).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="LSH hyperplane seed.")
+@click.option(
+    "--spatial-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of edges between touching tiles of a scene; 0 for none.",
+)
+@click.option(
+    "--temporal-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of edges between acquisitions of the same footprint; 0 for none.",
+)
+@click.option(
+    "--temporal-window",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Following acquisitions each one links to.",
+)
+@click.option(
+    "--undirected", is_flag=True, help="Pack with every edge both ways (pack_nbrs' flag)."
+)
+@overwrite_opt
+@click.pass_context
+def graph(ctx: click.Context, /, **params: Any) -> None:
+    """Build the similarity graph of a tile job's tiles and pack neighbours for NSL.
+
+    TILES_DIR is the --out folder of 'minewatch tile' (tiles/*.tfrecord and
+    stats.json). Options that minewatch does not know pass to Beam unchanged.
+
+    Writes DIR/edges/ (Parquet: src, dst, weight, kind), DIR/graph.tsv (NSL's
+    src<TAB>dst<TAB>weight), DIR/packed/ (TFRecords with NL_nbr_* features),
+    DIR/dead_letter/ (Parquet) and DIR/stats.json.
+
+    \b
+    Examples:
+      minewatch graph out/tiles --out out/graph
+      minewatch graph out/tiles --out out/graph --k 5 --threshold 0.9 \\
+          --embedding models/classifier --direct_num_workers=2 \\
+          --direct_running_mode=multi_processing
+    """
+    stats = execute(params, extra=ctx.args)
+    assert stats is not None
+    click.echo(summary(stats))
+
+
+def build(
+    params: dict[str, Any], extra: Sequence[str] = ()
+) -> tuple[Any, list[str], dict[str, Any]]:
+    """Check the options and turn them into a GraphConfig.
+
+    Args:
+        params: click's parsed parameters.
+        extra: Tokens click did not parse.
+
+    Returns:
+        ``(config, beam_args, header)``.
+
+    Raises:
+        click.BadParameter: An option cannot work; the message names it.
+    """
+    import posixpath
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from minewatch.embeddings import BandNorm
+    from pipelines.options import split_beam_args
+    from pipelines.similarity_graph import GraphConfig
+
+    rest, beam_args = split_beam_args(list(extra))
+    if rest:
+        raise click.UsageError(f"unexpected arguments {rest}: give one TILES_DIR")
+    tiles_dir = params["tiles_dir"]
+    if "://" not in tiles_dir:
+        tiles_dir = os.path.abspath(tiles_dir)
+    pattern = posixpath.join(tiles_dir, "tiles", "*.tfrecord")
+    if not FileSystems.match([pattern])[0].metadata_list:
+        raise click.BadParameter(
+            f"{pattern} matches no file; give the --out folder of 'minewatch tile'",
+            param_hint="TILES_DIR",
+        )
+    stats_path = posixpath.join(tiles_dir, "stats.json")
+    if not FileSystems.exists(stats_path):
+        raise click.BadParameter(
+            f"{stats_path} is missing: the built-in descriptor and the model input are "
+            "z-scored with the tile job's band statistics; run 'minewatch tile' to make it",
+            param_hint="TILES_DIR",
+        )
+    with FileSystems.open(stats_path) as f:
+        norm = BandNorm.from_json(f.read())
+    embedding = params["embedding"]
+    if embedding != "builtin":
+        if "://" not in embedding:
+            embedding = os.path.abspath(embedding)
+        if not FileSystems.exists(posixpath.join(embedding, "saved_model.pb")):
+            raise click.BadParameter(
+                f"{embedding} is not a SavedModel directory (no saved_model.pb); give "
+                "'builtin' or a model exported with an 'embedding' signature",
+                param_hint="--embedding",
+            )
+    out = params["out"]
+    out = out if "://" in out else os.path.abspath(out)
+    _prepare_out(out, params["overwrite"])
+    config = GraphConfig(
+        tiles=pattern,
+        out=out,
+        norm=norm,
+        embedding=embedding,
+        k=params["k"],
+        threshold=params["threshold"],
+        rounds=params["rounds"],
+        bucket_size=params["bucket_size"],
+        seed=params["seed"],
+        spatial_weight=params["spatial_weight"],
+        temporal_weight=params["temporal_weight"],
+        temporal_window=params["temporal_window"],
+        undirected=params["undirected"],
+    )
+    header = {
+        "minewatch_version": __version__,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tiles_dir": tiles_dir,
+    }
+    return config, beam_args, header
+
+
+def _prepare_out(out: str, overwrite: bool) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.similarity_graph import output_paths
+
+    existing = [p for p in output_paths(out).values() if FileSystems.exists(p)]
+    if existing and not overwrite:
+        raise click.BadParameter(
+            f"{out} already holds a graph job's output; add --overwrite to replace it",
+            param_hint="--out",
+        )
+    for p in existing:
+        if "://" in p:
+            FileSystems.delete([p])
+        elif os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+
+
+def execute(
+    params: dict[str, Any],
+    extra: Sequence[str] = (),
+    save_main_session: bool = True,
+    test_pipeline: Any = None,
+) -> dict[str, Any] | None:
+    """Check the options, then build and run the job (see ``pipelines.similarity_graph``)."""
+    from pipelines.similarity_graph import run_graph
+
+    config, beam_args, header = build(params, extra)
+    return run_graph(config, beam_args, save_main_session, test_pipeline, header)
+
+
+def launch(
+    argv: Sequence[str], save_main_session: bool = True, test_pipeline: Any = None
+) -> dict[str, Any] | None:
+    """Parse command-line arguments as ``minewatch graph`` does and run the job."""
+    with graph.make_context("minewatch graph", list(argv)) as ctx:
+        return execute(ctx.params, ctx.args, save_main_session, test_pipeline)
+
+
+def summary(stats: dict[str, Any]) -> str:
+    """Render the job's accounting as a small table."""
+    tiles, edges = stats["tiles"], stats["edges"]
+    rows = [
+        ("tiles read", tiles["read"]),
+        ("  embedded", tiles["embedded"]),
+        *((f"  dead-lettered: {k}", v) for k, v in tiles["dead_lettered"].items()),
+        *((f"edges: {k}", v) for k, v in edges.items()),
+        ("graph.tsv lines", stats["graph_lines"]),
+        ("packed examples", stats["packed"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v:>8}" for k, v in rows)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(graph())

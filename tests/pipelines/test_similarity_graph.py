@@ -1,0 +1,429 @@
+"""The Graph job on the DirectRunner: similarity against brute force, spatial and
+temporal edges on real tile-job output, packing against NSL's pack_nbrs, and
+NSL training on the packed examples."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from affine import Affine
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that
+from click.testing import CliRunner
+
+from minewatch.cli.graph import graph
+from minewatch.cli.graph import launch as graph_launch
+from minewatch.cli.tile import launch as tile_launch
+from minewatch.embeddings import BandNorm, describe
+from minewatch.neighbours import exact_topk
+from minewatch.packing import _example, _int64_feature
+from minewatch.spec import Tile, decode_tiles
+from minewatch.tfrecord import read_records, write_record
+from pipelines.similarity_graph import (
+    CheckEmbedding,
+    ParsedTile,
+    SimilarityEdges,
+)
+from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
+
+K = 3
+
+
+# -- SimilarityEdges on vectors given directly -------------------------------------
+
+
+def edge_dict(tables):
+    table = pa.concat_tables(tables) if tables else None
+    if table is None or not table.num_rows:
+        return {}
+    rows = table.to_pylist()
+    assert {r["kind"] for r in rows} == {"similarity"}
+    return {(r["src"], r["dst"]): r["weight"] for r in rows}
+
+
+def matches_exact(expected):
+    def check(tables):
+        got = edge_dict(tables)
+        if set(got) != set(expected):
+            raise BeamAssertException(f"edges differ: {set(got) ^ set(expected)}")
+        for pair, w in expected.items():
+            if abs(got[pair] - w) > 1e-5:
+                raise BeamAssertException(f"{pair}: {got[pair]} != {w}")
+
+    return check
+
+
+def recall_at_least(expected, minimum):
+    def check(tables):
+        got = edge_dict(tables)
+        recall = len(set(got) & set(expected)) / len(expected)
+        if recall < minimum:
+            raise BeamAssertException(f"recall {recall:.4f} < {minimum}")
+
+    return check
+
+
+def each_node_has(k, ids):
+    def check(tables):
+        got = edge_dict(tables)
+        out = {}
+        for (s, _), w in got.items():
+            out.setdefault(s, []).append(w)
+        if set(out) != set(ids) or any(len(v) != k for v in out.values()):
+            raise BeamAssertException(f"degrees {sorted(len(v) for v in out.values())}")
+        if not all(abs(w - 1) < 1e-5 for v in out.values() for w in v):
+            raise BeamAssertException("identical vectors must have similarity 1")
+
+    return check
+
+
+def dead_reasons(expected):
+    def check(rows):
+        got = sorted((r["tile_id"], r["reason"]) for r in rows)
+        if got != expected:
+            raise BeamAssertException(f"{got} != {expected}")
+
+    return check
+
+
+def exact_dict(ids, vectors, k, threshold):
+    c = exact_topk(ids, vectors, k, threshold)
+    return {(s, d): float(w) for s, d, w in zip(c.src_ids, c.dst_ids, c.sims, strict=True)}
+
+
+def clustered(n, dim, clusters, spread, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))
+    return [f"n{i}" for i in range(n)], x.astype(np.float32)
+
+
+def test_small_input_is_exact():
+    ids, x = clustered(200, 8, 5, 0.5, seed=0)
+    expected = exact_dict(ids, x, 5, 0.3)
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(list(zip(ids, x, strict=True))) | SimilarityEdges(5, 0.3)
+        assert_that(out["edges"], matches_exact(expected))
+
+
+def test_lsh_recall_on_clustered_data():
+    ids, x = clustered(3000, 32, 40, 0.3, seed=1)
+    expected = exact_dict(ids, x, 10, 0.9)
+    assert len(expected) > 20_000
+    with BeamTestPipeline() as p:
+        # 5 bits of bucket key (32 buckets a round), 10 rounds, oversized buckets split.
+        edges = (
+            p
+            | beam.Create(list(zip(ids, x, strict=True)))
+            | SimilarityEdges(10, 0.9, rounds=10, bucket_size=128, batch_size=512)
+        )["edges"]
+        assert_that(edges, recall_at_least(expected, 0.99))
+
+
+def test_one_vector_has_no_edge():
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([("only", np.ones(4, np.float32))]) | SimilarityEdges(5, 0.0)
+        assert_that(out["edges"], matches_exact({}))
+
+
+def test_identical_vectors_split_and_each_gets_k():
+    ids = [f"same{i}" for i in range(100)]
+    with BeamTestPipeline() as p:
+        pairs = p | beam.Create([(i, np.full(6, 0.5, np.float32)) for i in ids])
+        out = pairs | SimilarityEdges(4, 0.9, bucket_size=16)
+        assert_that(out["edges"], each_node_has(4, ids))
+
+
+def test_zero_and_nan_vectors_are_dead_lettered():
+    good = [("a", np.array([1, 0, 0], np.float32)), ("b", np.array([0.9, 0.1, 0], np.float32))]
+    bad = [("zero", np.zeros(3, np.float32)), ("nan", np.array([np.nan, 1, 0], np.float32))]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(good + bad) | SimilarityEdges(5, 0.5)
+        assert_that(
+            out["edges"],
+            matches_exact(exact_dict(["a", "b"], np.stack([v for _, v in good]), 5, 0.5)),
+            label="edges",
+        )
+        expected_dead = [
+            ("nan", "vector is zero or not finite"),
+            ("zero", "vector is zero or not finite"),
+        ]
+        assert_that(out["dead_letter"], dead_reasons(expected_dead), label="dead")
+
+
+@pytest.mark.parametrize(
+    ("vec", "valid", "reason"),
+    [
+        ([np.nan, 1.0], True, "not finite"),
+        ([0.0, 0.0], True, "all zeros"),
+        ([np.nan, np.nan], False, "no valid pixel"),
+    ],
+)
+def test_check_embedding_dead_letters(vec, valid, reason):
+    tile = Tile(
+        "s", "scene", 0, 0, np.zeros((2, 2, 1), np.uint16), np.full((2, 2), valid), ("B02",)
+    )
+    result = PredictionResult(ParsedTile(tile, b"", "f.tfrecord"), np.array(vec, np.float32))
+    (out,) = CheckEmbedding(2).process(("s:0:0", result))
+    assert out.tag == "dead" and reason in out.value["reason"]
+    assert out.value["tile_id"] == "s:0:0" and out.value["stage"] == "embed"
+
+
+# -- the job on tile-job output ----------------------------------------------------
+
+
+def _scene(path, seed, transform=ORIGIN):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(500, 3000, (4, 48, 64)).astype(np.uint16)
+    data[:, :, :32] //= 3  # two kinds of ground, so similarity means something
+    return write_raster(path, data, transform=transform, descriptions=["B02", "B03", "B04", "B08"])
+
+
+@pytest.fixture(scope="module")
+def tiles_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("graph")
+    scenes = root / "scenes"
+    scenes.mkdir()
+    _scene(scenes / "a_2024-01-01.tif", 0)
+    _scene(scenes / "a_2024-02-01.tif", 1)
+    # Another footprint (shifted by 5 pixels): no temporal edge with scene a.
+    _scene(scenes / "b_2024-01-01.tif", 2, Affine(10, 0, ORIGIN.c + 50, 0, -10, ORIGIN.f))
+    left, top = ORIGIN.c, ORIGIN.f
+    labels = write_geojson(
+        root / "labels.geojson",
+        [feature(box_geometry(left, top - 480, left + 300, top), **{"class": "pile"})],
+        crs="EPSG:32633",
+    )
+    out = root / "tiles"
+    tile_launch(
+        [str(scenes), "--out", str(out), "--tile-size", "16", "--labels", labels, "--sparse-labels"]
+    )
+    # A file that breaks: a record that is an Example but not a tile, one that is no
+    # proto at all, then a truncated record.
+    with open(out / "tiles" / "zz-bad.tfrecord", "wb") as f:
+        write_record(f, _example([("foo", _int64_feature(1))]))
+        write_record(f, b"\xff\xff garbage")
+        f.write(b"\x40\x00\x00")
+    return out
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["directed", "undirected"])
+def graph_job(request, tiles_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "graph"
+    args = [str(tiles_dir), "--out", str(out), "--k", str(K), "--threshold", "0.5"]
+    if request.param:
+        args.append("--undirected")
+    stats = graph_launch(args)
+    return out, stats, request.param
+
+
+def edges_of(out, kind):
+    rows = pq.read_table(os.path.join(out, "edges")).to_pylist()
+    return {(r["src"], r["dst"]): r["weight"] for r in rows if r["kind"] == kind}
+
+
+def good_tiles(tiles_dir):
+    """The tile job's tiles (not the deliberately broken file)."""
+    tiles = {}
+    for path in sorted(glob.glob(os.path.join(tiles_dir, "tiles", "tiles-*.tfrecord"))):
+        with open(path, "rb") as f:
+            tiles.update({t.tile_id: t for t in decode_tiles(list(read_records(f)))})
+    return tiles
+
+
+def test_accounting_and_dead_letters(graph_job, tiles_dir):
+    out, stats, _ = graph_job
+    n = len(good_tiles(tiles_dir))
+    assert n == 36
+    tiles = stats["tiles"]
+    assert tiles["read"] == n + 2
+    assert tiles["read"] == tiles["embedded"] + sum(tiles["dead_lettered"].values())
+    assert tiles["dead_lettered"] == {"parse": 2}
+    assert stats["files_corrupt"] == 1
+    dead = pq.read_table(os.path.join(out, "dead_letter")).to_pylist()
+    reasons = sorted((d["stage"], d["reason"].split(":")[0]) for d in dead)
+    assert reasons == [
+        ("parse", "not a tile record"),
+        ("parse", "not a tile record"),
+        ("read", "unreadable TFRecord"),
+    ]
+    assert all(d["input"].endswith("zz-bad.tfrecord") for d in dead)
+    assert stats["edges"]["total"] == sum(
+        len(edges_of(out, k)) for k in ("similarity", "spatial", "temporal")
+    )
+
+
+def test_similarity_edges_equal_brute_force(graph_job, tiles_dir):
+    out, _, _ = graph_job
+    tiles = good_tiles(tiles_dir)
+    with open(os.path.join(tiles_dir, "stats.json")) as f:
+        norm = BandNorm.from_json(f.read())
+    ids = sorted(tiles)
+    x = np.stack([describe(tiles[i].image, tiles[i].valid, tiles[i].bands, norm) for i in ids])
+    expected = exact_dict(ids, x, K, 0.5)
+    got = edges_of(out, "similarity")
+    assert set(got) == set(expected)
+    assert all(abs(got[p] - w) < 1e-5 for p, w in expected.items())
+
+
+def test_spatial_edges(graph_job, tiles_dir):
+    out, _, _ = graph_job
+    tiles = good_tiles(tiles_dir)
+    expected = set()
+    for a in tiles.values():
+        for b in tiles.values():
+            if a is b or a.scene_id != b.scene_id:
+                continue
+            if abs(a.row_off - b.row_off) <= 16 and abs(a.col_off - b.col_off) <= 16:
+                expected.add((a.tile_id, b.tile_id))
+    got = edges_of(out, "spatial")
+    assert set(got) == expected and set(got.values()) == {0.5}
+    assert len(expected) == 3 * 2 * 29  # 3 scenes of 3 x 4 tiles, 8-neighbourhood
+
+
+def test_temporal_edges(graph_job, tiles_dir):
+    out, _, _ = graph_job
+    got = edges_of(out, "temporal")
+    tiles = good_tiles(tiles_dir)
+    expected = set()
+    for t in tiles.values():
+        if t.scene_id.startswith("a_2024-01"):
+            other = t.tile_id.replace("a_2024-01-01", "a_2024-02-01")
+            assert other in tiles
+            expected |= {(t.tile_id, other), (other, t.tile_id)}
+    assert set(got) == expected and len(expected) == 24
+
+
+def test_graph_tsv_is_the_deduplicated_edges(graph_job):
+    out, stats, _ = graph_job
+    with open(os.path.join(out, "graph.tsv")) as f:
+        lines = [line.rstrip("\n").split("\t") for line in f]
+    graph_edges = {(s, d): float(w) for s, d, w in lines}
+    assert len(lines) == len(graph_edges) == stats["graph_lines"]
+    rows = pq.read_table(os.path.join(out, "edges")).to_pylist()
+    best = {}
+    for r in rows:
+        best[(r["src"], r["dst"])] = max(best.get((r["src"], r["dst"]), -1), r["weight"])
+    assert graph_edges == best
+
+
+@pytest.fixture(scope="module")
+def nsl():
+    from minewatch.compat import import_nsl
+
+    return import_nsl()
+
+
+def test_packed_equals_nsl_pack_nbrs(graph_job, tiles_dir, nsl, tmp_path):
+    import tensorflow as tf
+
+    out, stats, undirected = graph_job
+    pack_nbrs = importlib.import_module("neural_structured_learning.tools.pack_nbrs")
+    labelled, unlabelled = str(tmp_path / "l.tfrecord"), str(tmp_path / "u.tfrecord")
+    with tf.io.TFRecordWriter(labelled) as lw, tf.io.TFRecordWriter(unlabelled) as uw:
+        for path in sorted(glob.glob(os.path.join(tiles_dir, "tiles", "tiles-*.tfrecord"))):
+            for raw in tf.data.TFRecordDataset(path):
+                ex = tf.train.Example.FromString(raw.numpy())
+                is_labelled = ex.features.feature["label/class"].int64_list.value[0] >= 0
+                (lw if is_labelled else uw).write(raw.numpy())
+    # pack_nbrs.pack_nbrs itself cannot run on Python 3.11: graph_utils.read_tsv_graph
+    # opens the TSV with mode 'rU'. Run its body with NSL's own pieces instead.
+    graph_utils = importlib.import_module("neural_structured_learning.tools.graph_utils")
+    graph = {}
+    with open(os.path.join(out, "graph.tsv")) as f:
+        for line in f:
+            graph_utils.add_edge(graph, line.rstrip("\n").split("\t"))
+    if undirected:
+        graph_utils.add_undirected_edges(graph)
+    seeds = pack_nbrs._read_tfrecord_examples(labelled, "tile/id")
+    nbrs = pack_nbrs._read_tfrecord_examples(unlabelled, "tile/id")
+    expected_path = str(tmp_path / "nsl.tfrecord")
+    with tf.io.TFRecordWriter(expected_path) as writer:
+        for merged in pack_nbrs._join_examples(seeds, nbrs, graph, K):
+            writer.write(merged.SerializeToString())
+
+    def by_id(paths):
+        exs = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(paths)]
+        return {e.features.feature["tile/id"].bytes_list.value[0]: e for e in exs}
+
+    expected = by_id([expected_path])
+    got = by_id(sorted(glob.glob(os.path.join(out, "packed", "*.tfrecord"))))
+    assert 0 < len(got) < 36 and stats["packed"] == len(got)  # labelled tiles only
+    assert got.keys() == expected.keys()
+    for key, ex in expected.items():
+        assert got[key] == ex, key
+    nums = [e.features.feature["NL_num_nbrs"].int64_list.value[0] for e in got.values()]
+    assert max(nums) == K
+
+
+def test_graph_regularization_trains_on_packed(graph_job, nsl):
+    import tensorflow as tf
+
+    out, _, undirected = graph_job
+    if undirected:
+        pytest.skip("one training run is enough")
+    size = 16 * 16 * 4 * 2
+    spec = {
+        "image/raw": tf.io.FixedLenFeature([], tf.string),
+        "label/class": tf.io.FixedLenFeature([], tf.int64),
+    }
+    for i in range(K):
+        spec[f"NL_nbr_{i}_image/raw"] = tf.io.FixedLenFeature([], tf.string, b"\0" * size)
+        spec[f"NL_nbr_{i}_weight"] = tf.io.FixedLenFeature([1], tf.float32, [0.0])
+
+    def parse(raw):
+        f = tf.io.parse_single_example(raw, spec)
+
+        def pixels(key):
+            return tf.cast(tf.io.decode_raw(f[key], tf.uint16), tf.float32) / 3000.0
+
+        x = {"image": pixels("image/raw")}
+        for i in range(K):
+            x[f"NL_nbr_{i}_image"] = pixels(f"NL_nbr_{i}_image/raw")
+            x[f"NL_nbr_{i}_weight"] = f[f"NL_nbr_{i}_weight"]
+        return x, f["label/class"]
+
+    files = sorted(glob.glob(os.path.join(out, "packed", "*.tfrecord")))
+    data = tf.data.TFRecordDataset(files).map(parse).batch(4).repeat()
+    inputs = tf.keras.Input((1024,), name="image")
+    base = tf.keras.Model(inputs, tf.keras.layers.Dense(2)(tf.keras.layers.Dense(8)(inputs)))
+    model = nsl.keras.GraphRegularization(
+        base, nsl.configs.make_graph_reg_config(max_neighbors=K, multiplier=0.1)
+    )
+    model.compile(
+        optimizer="adam",
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(data, epochs=1, steps_per_epoch=5, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert "scaled_graph_loss" in history.history or "graph_loss" in history.history
+
+
+# -- the command ----------------------------------------------------------------------
+
+
+def test_cli_refuses_a_folder_without_tiles(tmp_path):
+    result = CliRunner().invoke(graph, [str(tmp_path), "--out", str(tmp_path / "g")])
+    assert result.exit_code == 2
+    assert "TILES_DIR" in result.output and "matches no file" in result.output
+
+
+def test_cli_refuses_a_bad_model(tiles_dir, tmp_path):
+    result = CliRunner().invoke(
+        graph, [str(tiles_dir), "--out", str(tmp_path / "g"), "--embedding", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--embedding" in result.output
+
+
+def test_cli_refuses_to_overwrite(graph_job):
+    out, _, _ = graph_job
+    result = CliRunner().invoke(graph, [str(out), "--out", str(out)])
+    assert result.exit_code == 2
