@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,7 +234,12 @@ class Trainer:
             print(
                 f"Epoch {epoch + 1}/{cfg.train.epochs}" + (f" (from step {first})" if first else "")
             )
-            bar = tf.keras.utils.Progbar(spe, stateful_metrics=[m.name for m in self.model.metrics])
+            # A live bar on a terminal; one line per epoch in logs and CI.
+            bar = tf.keras.utils.Progbar(
+                spe,
+                verbose=1 if sys.stdout.isatty() else 2,
+                stateful_metrics=[m.name for m in self.model.metrics],
+            )
             self.model.reset_metrics()
             logs: dict[str, float] = {}
             for i in range(first, spe):

