@@ -458,3 +458,71 @@ def test_synthetic_ground_truth_tiles_with_its_truth(tmp_path):
                 assert t.label_name == obj["properties"]["class"], (t.tile_id, obj["properties"])
                 checked += 1
     assert checked >= 1
+
+
+def test_landsat8_band_folder_with_15m_pan_and_bqa_cloud_mask(tmp_path, l8_scene):
+    out = tmp_path / "out"
+    stats = launch(
+        [
+            l8_scene,
+            "--out",
+            str(out),
+            "--bands",
+            "B2,B3,B4,B5,B8",
+            "--tile-size",
+            "64",
+            "--cloud-band",
+            "BQA",
+            "--cloud-bits",
+            "15",
+            "--min-valid",
+            "0",
+        ]
+    )
+    assert_accounting(stats)
+    tiles = read_tiles(out)
+    with rasterio.open(os.path.join(l8_scene, "l8_B8.tif")) as pan:
+        # the grid is the finest band's: the 15 m panchromatic band
+        assert stats["tiles"]["planned"] == len(tile_starts(pan.height, 64, 64)) * len(
+            tile_starts(pan.width, 64, 64)
+        )
+        t = tiles["small_full_data_cloudy:64:128"]
+        assert t.transform[0] == 15.0 and t.crs == "EPSG:32616"
+        window = Window(128, 64, 64, 64)
+        np.testing.assert_array_equal(t.image[..., 4][t.valid], pan.read(1, window=window)[t.valid])
+    with rasterio.open(os.path.join(l8_scene, "l8_BQA.tif")) as qa:
+        # pre-collection BQA: bits 14-15 are the cloud confidence; bit 15 set = medium/high
+        cloudy = (qa.read(1) >> 15) & 1
+    # the scene is cloudy: some pixels are masked by the QA cloud bit
+    assert cloudy.any() and min(t.valid_fraction for t in tiles.values()) < 1.0
+
+
+def test_geopackage_labels(tmp_path):
+    import geopandas as gpd
+    import shapely
+
+    src = write_raster(tmp_path / "g.tif", gradient(64, 64))
+    left, top = ORIGIN.c, ORIGIN.f
+    gdf = gpd.GeoDataFrame(
+        {"kind": ["pile"]},
+        geometry=[shapely.box(left, top - 320, left + 320, top)],
+        crs="EPSG:32633",
+    )
+    gdf.to_file(tmp_path / "labels.gpkg", driver="GPKG")
+    out = tmp_path / "out"
+    stats = launch(
+        [
+            src,
+            "--out",
+            str(out),
+            "--labels",
+            str(tmp_path / "labels.gpkg"),
+            "--label-field",
+            "kind",
+            "--tile-size",
+            "32",
+        ]
+    )
+    assert stats["classes"] == ["background", "pile"]
+    tiles = read_tiles(out)
+    assert tiles["g:0:0"].label_name == "pile" and tiles["g:32:32"].label_name == "background"
