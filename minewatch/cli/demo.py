@@ -181,10 +181,9 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
 
 
 def _train(tiles: str, packed: str, model_dir: str, epochs: int) -> Any:
+    import nsl_models
     from nsl_models.configs import load_config
     from nsl_models.train import train_from_config
-
-    import nsl_models
 
     config_file = os.path.join(os.path.dirname(nsl_models.__file__), "configs", "tiles.yaml")
     config = load_config(
