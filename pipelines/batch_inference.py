@@ -58,7 +58,7 @@ from minewatch.tables import (
     tile_labels_schema,
     write_geoparquet,
 )
-from pipelines.options import TileConfig
+from pipelines.options import TileConfig, run_pipeline
 from pipelines.tiling import COUNTS, DEAD, CutScenes, TileBatch, _dead, _SumCounters
 
 __all__ = [
@@ -823,10 +823,6 @@ def run_infer(
     test_pipeline: beam.Pipeline | None = None,
 ) -> dict[str, Any] | None:
     """Build and run the Infer job; return ``infer_stats.json`` (None on a test pipeline)."""
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = save_main_session
     header = {
         "run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
         "model_version": config.model.version,
@@ -835,11 +831,11 @@ def run_infer(
         "classes": list(config.model.classes),
         "site_classes": list(config.positive),
     }
-    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    _ = pipeline | "Infer" >> InferScenes(config, header)
-    if test_pipeline is not None:
-        return None
-    pipeline.run().wait_until_finish()
-    with FileSystems.open(posixpath.join(config.out, "infer_stats.json")) as f:
-        stats: dict[str, Any] = json.loads(f.read())
+    stats, _ = run_pipeline(
+        "Infer" >> InferScenes(config, header),
+        beam_args,
+        save_main_session,
+        test_pipeline,
+        posixpath.join(config.out, "infer_stats.json"),
+    )
     return stats

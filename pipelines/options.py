@@ -11,11 +11,12 @@ import argparse
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from minewatch.rasters import DEFAULT_MAX_PIXELS, CloudMask
 from minewatch.scenes import DEFAULT_FRAME_PATTERN
 
-__all__ = ["TileConfig", "split_beam_args"]
+__all__ = ["TileConfig", "run_pipeline", "split_beam_args"]
 
 
 @dataclass(frozen=True)
@@ -133,3 +134,42 @@ def split_beam_args(tokens: Sequence[str]) -> tuple[list[str], list[str]]:
             inputs.append(token)
         i += 1
     return inputs, beam
+
+
+def run_pipeline(
+    transform: Any,
+    beam_args: Sequence[str],
+    save_main_session: bool,
+    test_pipeline: Any,
+    stats_path: str,
+) -> tuple[dict[str, Any] | None, Any]:
+    """Apply a job's composite transform to a pipeline, run it, read its stats file.
+
+    Args:
+        transform: The job's ``PTransform`` (applied to the pipeline's root).
+        beam_args: Beam pipeline options, passed through unchanged.
+        save_main_session: Pickle ``__main__`` for the workers.
+        test_pipeline: Build on this pipeline instead and do not run it.
+        stats_path: The JSON file the job writes last.
+
+    Returns:
+        ``(stats, result)``: the stats file's contents and Beam's pipeline result,
+        or ``(None, None)`` when building on ``test_pipeline``.
+    """
+    import json
+
+    import apache_beam as beam
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+    options = PipelineOptions(list(beam_args))
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+    _ = pipeline | transform
+    if test_pipeline is not None:
+        return None, None
+    result = pipeline.run()
+    result.wait_until_finish()
+    with FileSystems.open(stats_path) as f:
+        stats: dict[str, Any] = json.loads(f.read())
+    return stats, result

@@ -72,6 +72,7 @@ from minewatch.packing import pack_example
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tables import dead_letter_schema
 from minewatch.tfrecord import read_records
+from pipelines.options import run_pipeline
 
 __all__ = [
     "BuildTileGraph",
@@ -999,18 +1000,13 @@ def run_graph(
     Returns:
         The contents of ``stats.json``, or None when building on ``test_pipeline``.
     """
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    _ = pipeline | "Graph" >> BuildTileGraph(config, header)
-    if test_pipeline is not None:
-        return None
-    result = pipeline.run()
-    result.wait_until_finish()
-    with FileSystems.open(output_paths(config.out)["stats"]) as f:
-        stats: dict[str, Any] = json.loads(f.read())
+    stats, _ = run_pipeline(
+        "Graph" >> BuildTileGraph(config, header),
+        beam_args,
+        save_main_session,
+        test_pipeline,
+        output_paths(config.out)["stats"],
+    )
     return stats
 
 

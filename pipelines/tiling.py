@@ -49,7 +49,7 @@ from minewatch.scenes import Rejection, SceneRef, group_files
 from minewatch.spec import UNKNOWN_CLASS, Tile, encode_tiles
 from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
-from pipelines.options import TileConfig
+from pipelines.options import TileConfig, run_pipeline
 
 __all__ = ["AccountScenes", "CutScenes", "TileBatch", "TileScenes", "run", "run_tile"]
 
@@ -1011,18 +1011,15 @@ def run_tile(
         The contents of ``stats.json`` plus the job's Beam counters, or None when
         building on ``test_pipeline``.
     """
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-
-    options = PipelineOptions(list(beam_args))
-    options.view_as(SetupOptions).save_main_session = save_main_session
-    pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    _ = pipeline | "Tile" >> TileScenes(config, label_rejections, header)
-    if test_pipeline is not None:
+    stats, result = run_pipeline(
+        "Tile" >> TileScenes(config, label_rejections, header),
+        beam_args,
+        save_main_session,
+        test_pipeline,
+        output_paths(config.out)["stats"],
+    )
+    if stats is None:
         return None
-    result = pipeline.run()
-    result.wait_until_finish()
-    with FileSystems.open(output_paths(config.out)["stats"]) as f:
-        stats: dict[str, Any] = json.loads(f.read())
     stats["beam_counters"] = _counters(result)
     return stats
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from minewatch import __version__
-from minewatch.cli.options import out_opt, overwrite_opt
+from minewatch.cli.options import out_opt, overwrite_opt, rows_table
 
 
 @click.command(
@@ -236,8 +236,7 @@ def summary(stats: dict[str, Any]) -> str:
         ("graph.tsv lines", stats["graph_lines"]),
         ("packed examples", stats["packed"]),
     ]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v:>8}" for k, v in rows)
+    return rows_table(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import comma_list
+from minewatch.cli.options import comma_list, job_inputs
 
 
 @click.command(
@@ -98,15 +98,10 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     from minewatch.errors import ConfigError
     from minewatch.registry import resolve_model
     from pipelines.batch_inference import InferConfig
-    from pipelines.options import split_beam_args
-    from pipelines.tiling import list_inputs
 
-    inputs, beam_args = split_beam_args([*params["inputs"], *extra])
-    if not inputs:
-        raise click.UsageError("give at least one INPUT (scenes, frames or a tile-job folder)")
-    for pattern in inputs:
-        if "://" not in pattern and not list_inputs(pattern):
-            raise click.BadParameter(f"{pattern!r} matches no file", param_hint="INPUT")
+    inputs, beam_args = job_inputs(
+        [*params["inputs"], *extra], "scenes, frames or a tile-job folder"
+    )
     try:
         model = resolve_model(_abs(params["model"]))
     except ConfigError as exc:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["comma_list", "out_opt", "overwrite_opt"]
+__all__ = ["comma_list", "job_inputs", "out_opt", "overwrite_opt", "rows_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,3 +34,35 @@ def overwrite_opt(f: F) -> F:
     return click.option(
         "--overwrite", is_flag=True, help="Replace outputs of an earlier run in --out."
     )(f)
+
+
+def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:
+    """Split a Beam job's leftover tokens into inputs and Beam options, and check the inputs.
+
+    Args:
+        tokens: The command's positional tokens plus what click did not parse.
+        what: What an INPUT may be, for the message when there is none.
+
+    Returns:
+        ``(inputs, beam_args)``.
+
+    Raises:
+        click.UsageError: No input.
+        click.BadParameter: A local input that matches no file.
+    """
+    from pipelines.options import split_beam_args
+    from pipelines.tiling import list_inputs
+
+    inputs, beam_args = split_beam_args(list(tokens))
+    if not inputs:
+        raise click.UsageError(f"give at least one INPUT ({what})")
+    for pattern in inputs:
+        if "://" not in pattern and not list_inputs(pattern):
+            raise click.BadParameter(f"{pattern!r} matches no file", param_hint="INPUT")
+    return inputs, beam_args
+
+
+def rows_table(rows: Sequence[tuple[str, Any]]) -> str:
+    """Render ``(name, value)`` rows as two aligned columns."""
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v:>8}" for k, v in rows)

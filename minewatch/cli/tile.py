@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from minewatch import __version__
-from minewatch.cli.options import comma_list, out_opt, overwrite_opt
+from minewatch.cli.options import comma_list, job_inputs, out_opt, overwrite_opt, rows_table
 from minewatch.scenes import safe_id, stem
 
 _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
@@ -208,15 +208,9 @@ def build(
     """
     from minewatch.rasters import CloudMask
     from minewatch.scenes import DEFAULT_FRAME_PATTERN
-    from pipelines.options import TileConfig, split_beam_args
-    from pipelines.tiling import list_inputs
+    from pipelines.options import TileConfig
 
-    inputs, beam_args = split_beam_args([*params["inputs"], *extra])
-    if not inputs:
-        raise click.UsageError("give at least one INPUT (file, glob or folder)")
-    for pattern in inputs:
-        if "://" not in pattern and not list_inputs(pattern):
-            raise _bad(f"{pattern!r} matches no file", "INPUT")
+    inputs, beam_args = job_inputs([*params["inputs"], *extra], "file, glob or folder")
     out = params["out"]
     out = out if "://" in out else os.path.abspath(out)
     _prepare_out(out, params["overwrite"])
@@ -450,7 +444,7 @@ def summary(stats: dict[str, Any]) -> str:
         ("shards", len(stats["shards"])),
     ]
     width = max(len(k) for k, _ in rows)
-    lines = [f"{k:<{width}}  {v:>8}" for k, v in rows]
+    lines = rows_table(rows).splitlines()
     counters = stats.get("beam_counters") or {}
     if counters:
         lines.append("")
