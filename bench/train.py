@@ -3,8 +3,8 @@ and minewatch's combined step (graph + adversarial), same data, batch and base m
 
     .venv/bin/python bench/train.py [--size tiny|demo] [--batch 64] [--steps 40]
 
-Data: the synthetic ground truth tiled at 16 px (5 bands) and packed with 2 spatial
-neighbours (nsl_models.packing). Each variant is warmed up (tracing) before timing.
+Data: the synthetic ground truth tiled at 16 px (5 bands) and packed by the graph job with 2
+neighbours. Each variant is warmed up (tracing) before timing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from minewatch.compat import import_nsl
 nsl = import_nsl()
 import tensorflow as tf  # noqa: E402
 
+from minewatch.cli.graph import launch as graph  # noqa: E402
 from minewatch.cli.tile import launch  # noqa: E402
 from minewatch.synth import make_ground_truth  # noqa: E402
 from nsl_models import data as datalib  # noqa: E402
@@ -29,7 +30,6 @@ from nsl_models.configs import (  # noqa: E402
     make_trainer_config,
 )
 from nsl_models.models import RegularizedModel, build_base_model  # noqa: E402
-from nsl_models.packing import pack_tiles  # noqa: E402
 
 K = 2
 
@@ -51,7 +51,7 @@ def make_data(root, size):
             "B02,B03,B04,B08,B11",
         ]
     )
-    pack_tiles(out, out, max_neighbors=K)
+    graph([out, "--out", os.path.join(root, "graph"), "--k", str(K)])
     return out
 
 
@@ -70,10 +70,15 @@ def main():
     p.add_argument("--size", default="tiny")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--data", default=None, help="existing tile dir with packed/")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="existing tile dir, with the graph job's output beside it in graph/",
+    )
     args = p.parse_args()
     tiles = args.data or make_data(tempfile.mkdtemp(), args.size)
-    cfg = make_trainer_config(data={"tiles": tiles, "batch_size": args.batch})
+    graph_dir = os.path.join(os.path.dirname(tiles), "graph")
+    cfg = make_trainer_config(data={"tiles": tiles, "graph": graph_dir, "batch_size": args.batch})
     files, _ = datalib.resolve_files(cfg.data)
     spec = datalib.read_tile_spec(tiles, files)
     ds = datalib.make_dataset(files, spec, cfg.data, split="all", training=True, max_neighbors=K)

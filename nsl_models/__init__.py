@@ -45,7 +45,6 @@ _LAZY = {
     "export_model": "nsl_models.registry",
     "load_current": "nsl_models.registry",
     "promote": "nsl_models.registry",
-    "pack_tiles": "nsl_models.packing",
 }
 
 __all__ = [
@@ -77,7 +76,6 @@ __all__ = [
     "make_dataset",
     "make_graph_config",
     "make_trainer_config",
-    "pack_tiles",
     "promote",
     "read_tile_spec",
     "train_from_config",

@@ -152,9 +152,10 @@ class DataConfig(_Checked):
     Attributes:
         tiles: The tile job's output folder (``stats.json``, ``manifest/``,
             ``tiles/``). Required.
-        train: Glob of training TFRecords. Default ``""``: ``TILES/packed/*.tfrecord``
-            when that exists (the graph job's packed neighbours), else
-            ``TILES/tiles/*.tfrecord``.
+        graph: The graph job's output folder; when set, training reads its
+            ``packed/*.tfrecord`` (tiles with their neighbours). Default ``""``.
+        train: Glob of training TFRecords. Default ``""``: ``GRAPH/packed/*.tfrecord``
+            when ``graph`` is set, else ``TILES/tiles/*.tfrecord``.
         validation: Glob of held-out TFRecords. Default ``""``: the validation
             part of the hash split of ``train``.
         validation_fraction: Share of split groups held out when ``validation``
@@ -175,6 +176,7 @@ class DataConfig(_Checked):
     """
 
     tiles: str = ""
+    graph: str = ""
     train: str = ""
     validation: str = ""
     validation_fraction: float = 0.2

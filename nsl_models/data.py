@@ -114,11 +114,12 @@ def resolve_files(config: DataConfig) -> tuple[list[str], list[str]]:
     if not config.tiles:
         raise ConfigError("data.tiles: required (the output folder of `minewatch tile`)")
     train_glob = config.train
+    if not train_glob and config.graph:
+        train_glob = os.path.join(config.graph, "packed", "*.tfrecord")
+        if not glob.glob(train_glob):
+            raise ConfigError(f"data.graph: no {train_glob}; run `minewatch graph`")
     if not train_glob:
-        packed = os.path.join(config.tiles, "packed", "*.tfrecord")
-        train_glob = (
-            packed if glob.glob(packed) else os.path.join(config.tiles, "tiles", "*.tfrecord")
-        )
+        train_glob = os.path.join(config.tiles, "tiles", "*.tfrecord")
     train = sorted(glob.glob(train_glob))
     if not train:
         raise ConfigError(f"data.train: no TFRecord matches {train_glob!r}; run `minewatch tile`")

@@ -30,7 +30,6 @@ MODULES = [
     "nsl_models.evaluate",
     "nsl_models.registry",
     "nsl_models.hardware",
-    "nsl_models.packing",
     "nsl_models",
 ]
 

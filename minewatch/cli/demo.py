@@ -124,12 +124,11 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
         lambda: graph([tiles, "--out", graph_dir, "--overwrite", *beam_args]),
     )
     click.echo(graph_summary(gstats))
-    packed = os.path.join(graph_dir, "packed", "*.tfrecord")
 
     result = _step(
         "train",
-        f"{packed} (graph + adversarial regularization) -> {model_dir}",
-        lambda: _train(tiles, packed, model_dir, epochs),
+        f"{graph_dir}/packed (graph + adversarial regularization) -> {model_dir}",
+        lambda: _train(tiles, graph_dir, model_dir, epochs),
     )
     click.echo(
         f"version {result.metadata.get('version')}, held-out accuracy "
@@ -180,7 +179,7 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
     click.echo(f'Tables: minewatch query "select * from sites" --tables {tables}')
 
 
-def _train(tiles: str, packed: str, model_dir: str, epochs: int) -> Any:
+def _train(tiles: str, graph_dir: str, model_dir: str, epochs: int) -> Any:
     import nsl_models
     from nsl_models.configs import load_config
     from nsl_models.train import train_from_config
@@ -190,7 +189,7 @@ def _train(tiles: str, packed: str, model_dir: str, epochs: int) -> Any:
         config_file,
         [
             f"data.tiles={tiles}",
-            f"data.train={packed}",
+            f"data.graph={graph_dir}",
             f"train.epochs={epochs}",
             "train.early_stopping_patience=0",
         ],

@@ -8,9 +8,9 @@ import pytest
 @pytest.fixture(scope="session")
 def tile_data(tmp_path_factory) -> str:
     """Tile-job output of the tiny synthetic scenes (16 px, 5 bands), packed with neighbours."""
+    from minewatch.cli.graph import launch as graph
     from minewatch.cli.tile import launch
     from minewatch.synth import make_ground_truth
-    from nsl_models.packing import pack_tiles
 
     root = tmp_path_factory.mktemp("nsl_data")
     gt = root / "gt"
@@ -29,7 +29,8 @@ def tile_data(tmp_path_factory) -> str:
             "B02,B03,B04,B08,B11",
         ]
     )
-    pack_tiles(out, out, max_neighbors=2)
+    # neighbours from the real graph job (k=2), next to the tiles: see tiny_config
+    graph([out, "--out", out + "_graph", "--k", "2"])
     frames = str(root / "frames")
     launch(
         [
@@ -54,11 +55,22 @@ def frame_data(tile_data) -> str:
 
 
 def tiny_config(tiles: str, **sections):
-    """A config whose model and run are small enough for a unit test."""
+    """A config whose model and run are small enough for a unit test.
+
+    Trains on the graph job's packed records when they sit beside the tiles.
+    """
+    import os
+
     from nsl_models.configs import make_trainer_config
 
+    graph = tiles + "_graph"
     base = {
-        "data": {"tiles": tiles, "batch_size": 16, "shuffle_buffer": 256},
+        "data": {
+            "tiles": tiles,
+            "graph": graph if os.path.isdir(graph) else "",
+            "batch_size": 16,
+            "shuffle_buffer": 256,
+        },
         "model": {"width": 8, "depth": 1, "embedding_dim": 16, "dropout": 0.0},
         "train": {"epochs": 1, "steps_per_epoch": 6, "checkpoint_every": 3, "seed": 1},
     }
