@@ -34,3 +34,7 @@ def _register() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":  # python -m minewatch.cli.main
+    cli()
