@@ -30,7 +30,7 @@ import math
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,8 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.registry import ModelRef
 from minewatch.spec import Tile, decode_tiles
@@ -209,12 +211,15 @@ class ToExamples(beam.DoFn):  # type: ignore[misc]
         self._tiles = Metrics.counter(_NS, "tiles_in")
         self._refused = Metrics.counter(_NS, "tiles_dead_lettered")
 
+    def start_bundle(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+
     def process(self, batch: TileBatch) -> Iterator[Any]:
         """Yield examples; tiles of the wrong kind or shape go to ``dead``."""
         wanted_kind = "frame" if self._task == "frame" else "scene"
         for tile in batch.tiles:
             self._tiles.inc()
-            yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_in=1)))
+            self._counts["tiles_in"] += 1
             reason = None
             image = tile.image
             if tile.kind != wanted_kind:
@@ -229,7 +234,7 @@ class ToExamples(beam.DoFn):  # type: ignore[misc]
                 reason = f"tile is {image.shape[0]} px, the model takes {self._size} px"
             if reason:
                 self._refused.inc()
-                yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_dead_lettered=1)))
+                self._counts["tiles_dead_lettered"] += 1
                 yield TaggedOutput(
                     DEAD,
                     _dead(batch.source, reason, "tile", tile.scene_id, tile.tile_id, stage="infer"),
@@ -237,22 +242,71 @@ class ToExamples(beam.DoFn):  # type: ignore[misc]
                 continue
             yield _info(tile, batch.source), image.astype(np.float32)
 
+    def finish_bundle(self) -> Iterator[TaggedOutput]:
+        # Counts leave once per bundle, not once per tile.
+        if self._counts:
+            yield TaggedOutput(COUNTS, _global(("", self._counts)))
 
-class DecodeRecord(beam.DoFn):  # type: ignore[misc]
-    """A tile TFRecord record -> a one-tile TileBatch; unparseable records are dead-lettered."""
+
+def _global(value: Any) -> WindowedValue:
+    window = GlobalWindow()
+    return WindowedValue(value, window.max_timestamp(), [window])
+
+
+class DecodeRecords(beam.DoFn):  # type: ignore[misc]
+    """Tile TFRecord records -> TileBatches, decoded in batches; bad records dead-lettered.
+
+    tfx-bsl decodes a batch of records in one call (per-record calls cost more
+    than the model here); a batch that fails is decoded record by record so
+    that only the bad records are dead-lettered.
+
+    Args:
+        batch_size: Records per decode call.
+    """
+
+    def __init__(self, batch_size: int = 256) -> None:
+        self._size = batch_size
+
+    def start_bundle(self) -> None:
+        self._pending: list[tuple[str, bytes]] = []
 
     def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
-        """Yield a TileBatch or a dead-letter row."""
-        path, record = item
-        try:
-            (tile,) = decode_tiles([record])
-        except Exception as exc:
-            yield TaggedOutput(COUNTS, ("", collections.Counter(tiles_in=1, tiles_dead_lettered=1)))
-            yield TaggedOutput(
-                DEAD, _dead(path, f"unreadable tile record: {exc}", "tile", stage="read")
-            )
+        """Buffer a ``(path, record)``; decode when the buffer is full."""
+        self._pending.append(item)
+        if len(self._pending) >= self._size:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        for out in self._flush():
+            if isinstance(out, TaggedOutput):
+                yield TaggedOutput(out.tag, _global(out.value))
+            else:
+                yield _global(out)
+
+    def _flush(self) -> Iterator[Any]:
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        yield TileBatch([tile], tile.scene_id, tile.image.dtype.name)
+        try:
+            tiles = decode_tiles([record for _, record in pending])
+        except Exception:
+            tiles = []
+            for path, record in pending:
+                try:
+                    tiles.extend(decode_tiles([record]))
+                except Exception as exc:
+                    yield TaggedOutput(
+                        COUNTS, ("", collections.Counter(tiles_in=1, tiles_dead_lettered=1))
+                    )
+                    yield TaggedOutput(
+                        DEAD, _dead(path, f"unreadable tile record: {exc}", "tile", stage="read")
+                    )
+        by_scene: dict[str, list[Tile]] = collections.defaultdict(list)
+        for tile in tiles:
+            by_scene[tile.scene_id].append(tile)
+        for scene_id, scene_tiles in by_scene.items():
+            # The record does not carry its scene's path: PerScene looks it up by id.
+            yield TileBatch(scene_tiles, scene_id, scene_tiles[0].image.dtype.name)
 
 
 def _failed_batch(item: tuple[Sequence[tuple[TileInfo, Any]], Exception]) -> Iterator[Any]:
@@ -370,11 +424,23 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         self._concessions = _Polygons(self._c.concessions, ("licence_id", "id", "name"))
         self._protected = _Polygons(self._c.protected, ("name", "id"))
 
-    def process(self, item: tuple[str, Iterable[tuple[TileInfo, np.ndarray]]]) -> Iterator[Any]:
-        """Write the scene's outputs; yield what later steps need."""
+    def process(
+        self,
+        item: tuple[str, Iterable[tuple[TileInfo, np.ndarray]]],
+        sources: dict[str, str] | None = None,
+    ) -> Iterator[Any]:
+        """Write the scene's outputs; yield what later steps need.
+
+        ``sources`` maps scene ids to their paths, from the manifests of tile-job
+        inputs (their records do not carry the path).
+        """
         scene_id, predictions = item
         preds = sorted(predictions, key=lambda p: (p[0].row_off, p[0].col_off))
         first = preds[0][0]
+        if sources and first.source in sources:
+            source = sources[first.source]
+            preds = [(replace(info, source=source), p) for info, p in preds]
+            first = preds[0][0]
         rows = [self._tile_row(info, probs) for info, probs in preds]
         name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
         write_geoparquet(
@@ -743,13 +809,22 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 | "SceneCountsOnly"
                 >> beam.Filter(lambda kv: kv[0] == "" and "inputs_rejected" in kv[1])
             )
+        sources = pbegin | "NoSources" >> beam.Create([])
         if tile_dirs:
+            sources = (
+                pbegin
+                | "Manifests"
+                >> beam.Create([posixpath.join(d, "manifest", "*.parquet") for d in tile_dirs])
+                | "ReadManifests" >> beam.io.ReadAllFromParquet(columns=["scene_id", "source"])
+                | "SceneSource" >> beam.Map(lambda row: (row["scene_id"], row["source"]))
+                | "Distinct" >> beam.Distinct()
+            )
             read = (
                 pbegin
                 | "TileShards"
                 >> beam.Create([posixpath.join(d, "tiles", "*.tfrecord") for d in tile_dirs])
                 | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-                | "Decode" >> beam.ParDo(DecodeRecord()).with_outputs(DEAD, COUNTS, main="tiles")
+                | "Decode" >> beam.ParDo(DecodeRecords()).with_outputs(DEAD, COUNTS, main="tiles")
             )
             batches.append(read.tiles)
             dead.append(read[DEAD])
@@ -770,7 +845,10 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
             predicted
             | "ByScene" >> beam.Map(lambda kv: (kv[0].scene_id, (kv[0], kv[1].inference)))
             | "GroupScene" >> beam.GroupByKey()
-            | "PerScene" >> beam.ParDo(PerScene(c)).with_outputs(COUNTS, "frames", main="sites")
+            | "PerScene"
+            >> beam.ParDo(PerScene(c), sources=beam.pvalue.AsDict(sources)).with_outputs(
+                COUNTS, "frames", main="sites"
+            )
         )
         counts.append(per_scene[COUNTS])
         frames = (

@@ -204,6 +204,8 @@ def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
     stats = launch([str(tiles), "--model", model, "--out", str(out)])
     assert stats["counts"]["tiles_labelled"] == 36
     assert stats["counts"]["dead_letter.tile"] == 1
+    # the scene's path comes from the tile job's manifest: its quicklook is drawn
+    assert os.listdir(out / "quicklooks") == ["scene_2024-01-01__v1.png"]
     con, _ = open_tables(str(out))
     (row,) = run_query(con, "select reason from dead_letter").to_pylist()
     assert "unreadable tile record" in row["reason"]
