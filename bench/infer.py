@@ -72,7 +72,7 @@ def bare_loop(tiles_dir: str, saved_model: str, bands: list[str], batch: int) ->
     return done
 
 
-def job(demo: str, out: str, batch: int) -> dict[str, Any]:
+def job(demo: str, out: str, batch: int, pictures: bool = True) -> dict[str, Any]:
     from minewatch.cli.infer import launch
 
     gt = os.path.join(demo, "gt")
@@ -80,6 +80,7 @@ def job(demo: str, out: str, batch: int) -> dict[str, Any]:
     argv += ["--out", out, "--batch-size", str(batch)]
     argv += ["--concessions", os.path.join(gt, "concessions.geojson")]
     argv += ["--protected", os.path.join(gt, "protected_areas.geojson")]
+    argv += [] if pictures else ["--no-pictures"]
     stats = launch(argv, save_main_session=False)
     assert stats is not None
     return stats
@@ -185,10 +186,12 @@ def main() -> None:
         args.repeat, lambda: bare_loop(tiles, model.saved_model, list(model.bands), args.batch)
     )
     job_s, stats = best_of(args.repeat, lambda: job(args.demo, tables, args.batch))
+    nopic_s, _ = best_of(args.repeat, lambda: job(args.demo, tables + "_np", args.batch, False))
     assert stats["counts"]["tiles_labelled"] == count, (stats["counts"], count)
     rows = [
         ("bare predict loop", bare_s, count / bare_s, 1.0),
         ("minewatch infer (RunInference)", job_s, count / job_s, bare_s / job_s),
+        ("  same, --no-pictures", nopic_s, count / nopic_s, bare_s / nopic_s),
     ]
     print(f"\nThroughput over {count} tiles of {tiles}, batch {args.batch}, best of {args.repeat}")
     print(f"{'run':32s} {'s':>7s} {'tiles/s':>9s} {'x bare':>7s}")
@@ -222,6 +225,7 @@ def main() -> None:
                     "tiles": count,
                     "bare_s": bare_s,
                     "job_s": job_s,
+                    "job_no_pictures_s": nopic_s,
                     "ratio": ratio,
                     "batch": args.batch,
                 },

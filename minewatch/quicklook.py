@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -79,10 +80,20 @@ def scene_quicklook(
         colour = _FLAGGED if flagged else _SITE
         for k in range(3):
             rgb[k][mask] = colour[k]
-    with rasterio.open(
-        path, "w", driver="PNG", width=g.width, height=g.height, count=3, dtype="uint8"
-    ) as dst:
-        dst.write(rgb)
+    with warnings.catch_warnings():
+        # a picture has no georeference, and needs none
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path,
+            "w",
+            driver="PNG",
+            width=g.width,
+            height=g.height,
+            count=3,
+            dtype="uint8",
+            zlevel=3,  # a quicklook: writing fast matters more than the last bytes
+        ) as dst:
+            dst.write(rgb)
 
 
 def plot_stockpile_series(rows: Sequence[dict[str, Any]], path: str) -> None:

@@ -30,7 +30,7 @@ import math
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +93,7 @@ class InferConfig:
         min_area_m2: Smaller sites are dropped. Default 0.
         area_cell_m: Side of the square cells sites are grouped by for linking
             across acquisitions. Default 20 km.
+        pictures: Draw a quicklook PNG per scene and the stockpile plot. Default True.
     """
 
     inputs: tuple[str, ...]
@@ -107,6 +108,7 @@ class InferConfig:
     threshold: float = 0.5
     min_area_m2: float = 0.0
     area_cell_m: float = 20_000.0
+    pictures: bool = True
 
     @property
     def positive(self) -> tuple[str, ...]:
@@ -162,9 +164,14 @@ def _info(tile: Tile, source: str) -> TileInfo:
 class TileModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):  # type: ignore[misc]
     """Serve a minewatch SavedModel: ``image`` [N, H, W, C] -> ``probabilities`` [N, K].
 
+    Each element is a stack of tiles (a block of a scene, or a batch of decoded
+    records), so Beam's per-element costs are paid per stack, not per tile; the
+    stacks of a call are concatenated and fed to the model ``batch_size`` tiles at
+    a time.
+
     Args:
         saved_model: The SavedModel folder.
-        batch_size: Most examples per call.
+        batch_size: Most tiles per model call.
     """
 
     def __init__(self, saved_model: str, batch_size: int = 64) -> None:
@@ -187,22 +194,30 @@ class TileModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):  # type: igno
         model: Any,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Stack the batch, call the signature, return one result per example."""
+        """Predict every tile of the stacks; return one result (``[n, K]``) per stack."""
         import tensorflow as tf
 
-        images = tf.constant(np.stack(batch).astype(np.float32))
-        probabilities = model(image=images)["probabilities"].numpy()
+        images = np.concatenate(batch).astype(np.float32, copy=False)
+        parts = [
+            model(image=tf.constant(images[i : i + self._batch_size]))["probabilities"].numpy()
+            for i in range(0, len(images), self._batch_size)
+        ]
+        probabilities = np.concatenate(parts)
         if not np.isfinite(probabilities).all():
             raise ValueError("the model returned non-finite probabilities")
-        return [PredictionResult(x, p) for x, p in zip(batch, probabilities, strict=True)]
+        splits = np.cumsum([len(x) for x in batch])[:-1]
+        return [
+            PredictionResult(x, p)
+            for x, p in zip(batch, np.split(probabilities, splits), strict=True)
+        ]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        """Batches of up to ``batch_size`` examples."""
-        return {"min_batch_size": 1, "max_batch_size": self._batch_size}
+        """A few stacks per call (stacks hold up to 256 tiles)."""
+        return {"min_batch_size": 1, "max_batch_size": max(1, self._batch_size // 16)}
 
 
 class ToExamples(beam.DoFn):  # type: ignore[misc]
-    """Turn tile batches into ``(TileInfo, float32 image)``; refuse what the model cannot take."""
+    """Turn tile batches into ``(infos, float32 stack)``; refuse what the model cannot take."""
 
     def __init__(self, model: ModelRef) -> None:
         self._bands = model.bands
@@ -215,8 +230,10 @@ class ToExamples(beam.DoFn):  # type: ignore[misc]
         self._counts: collections.Counter[str] = collections.Counter()
 
     def process(self, batch: TileBatch) -> Iterator[Any]:
-        """Yield examples; tiles of the wrong kind or shape go to ``dead``."""
+        """Yield ``(infos, images [n, H, W, C])`` per batch; refused tiles go to ``dead``."""
         wanted_kind = "frame" if self._task == "frame" else "scene"
+        infos: list[TileInfo] = []
+        images: list[np.ndarray] = []
         for tile in batch.tiles:
             self._tiles.inc()
             self._counts["tiles_in"] += 1
@@ -240,7 +257,10 @@ class ToExamples(beam.DoFn):  # type: ignore[misc]
                     _dead(batch.source, reason, "tile", tile.scene_id, tile.tile_id, stage="infer"),
                 )
                 continue
-            yield _info(tile, batch.source), image.astype(np.float32)
+            infos.append(_info(tile, batch.source))
+            images.append(image)
+        if infos:
+            yield tuple(infos), np.stack(images).astype(np.float32)
 
     def finish_bundle(self) -> Iterator[TaggedOutput]:
         # Counts leave once per bundle, not once per tile.
@@ -309,9 +329,11 @@ class DecodeRecords(beam.DoFn):  # type: ignore[misc]
             yield TileBatch(scene_tiles, scene_id, scene_tiles[0].image.dtype.name)
 
 
-def _failed_batch(item: tuple[Sequence[tuple[TileInfo, Any]], Exception]) -> Iterator[Any]:
+def _failed_batch(
+    item: tuple[Sequence[tuple[Sequence[TileInfo], Any]], Exception],
+) -> Iterator[Any]:
     batch, exc = item
-    for info, _ in batch:
+    for info in (info for infos, _ in batch for info in infos):
         yield _dead(
             info.source,
             f"inference failed: {type(exc).__name__}: {exc}",
@@ -320,6 +342,17 @@ def _failed_batch(item: tuple[Sequence[tuple[TileInfo, Any]], Exception]) -> Ite
             info.tile_id,
             stage="infer",
         )
+
+
+def _by_scene(item: tuple[Sequence[TileInfo], PredictionResult]) -> Iterator[Any]:
+    """``(infos, probabilities [n, K])`` -> ``(scene_id, (infos, probabilities))`` per scene."""
+    infos, result = item
+    rows: dict[str, list[int]] = collections.defaultdict(list)
+    for i, info in enumerate(infos):
+        rows[info.scene_id].append(i)
+    for scene_id, index in rows.items():
+        # Plain tuples: Beam's coder encodes them natively, dataclasses go through pickle.
+        yield scene_id, ([astuple(infos[i]) for i in index], result.inference[index])
 
 
 # -- per scene: tables, probability raster, sites ------------------------------------
@@ -426,7 +459,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        item: tuple[str, Iterable[tuple[TileInfo, np.ndarray]]],
+        item: tuple[str, Iterable[tuple[Sequence[TileInfo], np.ndarray]]],
         sources: dict[str, str] | None = None,
     ) -> Iterator[Any]:
         """Write the scene's outputs; yield what later steps need.
@@ -434,7 +467,12 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         ``sources`` maps scene ids to their paths, from the manifests of tile-job
         inputs (their records do not carry the path).
         """
-        scene_id, predictions = item
+        scene_id, groups = item
+        predictions = [
+            (TileInfo(*info), p)
+            for infos, probs in groups
+            for info, p in zip(infos, probs, strict=True)
+        ]
         preds = sorted(predictions, key=lambda p: (p[0].row_off, p[0].col_off))
         first = preds[0][0]
         if sources and first.source in sources:
@@ -547,7 +585,8 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     "licence_id": licence,
                 }
             )
-        self._quicklook(first, found)
+        if self._c.pictures:
+            self._quicklook(first, found)
         yield TaggedOutput(COUNTS, ("", collections.Counter(sites_found=len(shapes))))
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
         yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)
@@ -744,7 +783,7 @@ def _finish(
     from minewatch.quicklook import plot_stockpile_series
 
     plot = None
-    if series:
+    if series and header.get("pictures", True):
         plot = posixpath.join(out, "plots", f"stockpile_area__{_safe(header['model_version'])}.png")
         _makedirs(posixpath.dirname(plot))
         plot_stockpile_series(series, plot)
@@ -843,7 +882,7 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
         dead.append(failed.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch))
         per_scene = (
             predicted
-            | "ByScene" >> beam.Map(lambda kv: (kv[0].scene_id, (kv[0], kv[1].inference)))
+            | "ByScene" >> beam.FlatMap(_by_scene)
             | "GroupScene" >> beam.GroupByKey()
             | "PerScene"
             >> beam.ParDo(PerScene(c), sources=beam.pvalue.AsDict(sources)).with_outputs(
@@ -908,6 +947,7 @@ def run_infer(
         "inputs": list(config.inputs),
         "classes": list(config.model.classes),
         "site_classes": list(config.positive),
+        "pictures": config.pictures,
     }
     stats, _ = run_pipeline(
         "Infer" >> InferScenes(config, header),

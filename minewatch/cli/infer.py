@@ -66,6 +66,12 @@ from minewatch.cli.options import comma_list, job_inputs
     show_default=True,
     help="Drop sites smaller than this (m²).",
 )
+@click.option(
+    "--pictures/--no-pictures",
+    default=True,
+    show_default=True,
+    help="Draw a quicklook PNG per scene and the stockpile-area plot.",
+)
 @click.pass_context
 def infer(ctx: click.Context, /, **params: Any) -> None:
     """Label INPUT with the model and write the tables under TABLES_DIR.
@@ -130,6 +136,7 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         mining_classes=params["mining_classes"] or ("mining_scar",),
         threshold=params["threshold"],
         min_area_m2=params["min_area"],
+        pictures=params["pictures"],
     )
     return config, beam_args
 
