@@ -459,7 +459,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        item: tuple[str, Iterable[tuple[Sequence[TileInfo], np.ndarray]]],
+        item: tuple[str, Iterable[tuple[Sequence[tuple[Any, ...]], np.ndarray]]],
         sources: dict[str, str] | None = None,
     ) -> Iterator[Any]:
         """Write the scene's outputs; yield what later steps need.
