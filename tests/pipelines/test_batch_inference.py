@@ -159,6 +159,11 @@ def test_pictures_rasters_and_geoparquet_metadata(run1):
     (name,) = os.listdir(out / "sites" / part)
     meta = json.loads(pq.read_schema(out / "sites" / part / name).metadata[b"geo"])
     assert meta["primary_column"] == "geometry"
+    import geopandas
+
+    frame = geopandas.read_parquet(out / "sites" / part / name)
+    assert frame.geometry.name == "geometry" and frame.crs.to_string() == "OGC:CRS84"
+    assert frame.geometry.is_valid.all() and len(frame) >= 1
 
 
 def test_same_model_again_replaces_rows_and_a_new_version_adds(run1, setup, tmp_path):
