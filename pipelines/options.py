@@ -153,14 +153,15 @@ def run_pipeline(
         stats_path: The JSON file the job writes last.
 
     Returns:
-        ``(stats, result)``: the stats file's contents and Beam's pipeline result,
-        or ``(None, None)`` when building on ``test_pipeline``.
+        ``(stats, result)``: the stats file's contents and Beam's pipeline result;
+        ``(None, None)`` when building on ``test_pipeline``, and ``(None, result)``
+        for a ``--dry_run`` (nothing ran, so there are no stats).
     """
     import json
 
     import apache_beam as beam
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+    from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, TestOptions
 
     options = PipelineOptions(list(beam_args))
     options.view_as(SetupOptions).save_main_session = save_main_session
@@ -169,6 +170,8 @@ def run_pipeline(
     if test_pipeline is not None:
         return None, None
     result = pipeline.run()
+    if options.view_as(TestOptions).dry_run:  # e.g. Dataflow --dry_run: built, not run
+        return None, result
     result.wait_until_finish()
     with FileSystems.open(stats_path) as f:
         stats: dict[str, Any] = json.loads(f.read())

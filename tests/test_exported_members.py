@@ -23,6 +23,7 @@ MODULES = [
     "minewatch.embeddings",
     "minewatch.neighbours",
     "minewatch.packing",
+    "minewatch.profiles",
     "nsl_models.configs",
     "nsl_models.data",
     "nsl_models.models",

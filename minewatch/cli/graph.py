@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from minewatch import __version__
-from minewatch.cli.options import out_opt, overwrite_opt, rows_table
+from minewatch.cli.options import DRY_RUN, out_opt, overwrite_opt, rows_table
 
 
 @click.command(
@@ -98,8 +98,7 @@ def graph(ctx: click.Context, /, **params: Any) -> None:
           --direct_running_mode=multi_processing
     """
     stats = execute(params, extra=ctx.args)
-    assert stats is not None
-    click.echo(summary(stats))
+    click.echo(summary(stats) if stats is not None else DRY_RUN)
 
 
 def build(

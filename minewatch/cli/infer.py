@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import comma_list, job_inputs
+from minewatch.cli.options import DRY_RUN, comma_list, job_inputs
 
 
 @click.command(
@@ -91,8 +91,7 @@ def infer(ctx: click.Context, /, **params: Any) -> None:
           --tables tables/
     """
     stats = execute(params, ctx.args)
-    assert stats is not None
-    click.echo(summary(stats))
+    click.echo(summary(stats) if stats is not None else DRY_RUN)
 
 
 def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[str]]:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["comma_list", "job_inputs", "out_opt", "overwrite_opt", "rows_table"]
+__all__ = ["DRY_RUN", "comma_list", "job_inputs", "out_opt", "overwrite_opt", "rows_table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,3 +66,7 @@ def rows_table(rows: Sequence[tuple[str, Any]]) -> str:
     """Render ``(name, value)`` rows as two aligned columns."""
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{k:<{width}}  {v:>8}" for k, v in rows)
+
+
+#: What a job command prints when Beam's ``--dry_run`` built the job without running it.
+DRY_RUN = "dry run: the job was built and validated, not submitted"

@@ -13,7 +13,14 @@ from typing import Any
 import click
 
 from minewatch import __version__
-from minewatch.cli.options import comma_list, job_inputs, out_opt, overwrite_opt, rows_table
+from minewatch.cli.options import (
+    DRY_RUN,
+    comma_list,
+    job_inputs,
+    out_opt,
+    overwrite_opt,
+    rows_table,
+)
 from minewatch.scenes import safe_id, stem
 
 _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
@@ -183,8 +190,7 @@ def tile(ctx: click.Context, /, **params: Any) -> None:
       minewatch tile frames/ --out out/frames --labels frames/labels.csv
     """
     stats = execute(params, extra=ctx.args)
-    assert stats is not None
-    click.echo(summary(stats))
+    click.echo(summary(stats) if stats is not None else DRY_RUN)
 
 
 def _bad(message: str, hint: str) -> click.BadParameter:
