@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from minewatch import __version__
-from minewatch.cli.options import DRY_RUN, out_opt, overwrite_opt, rows_table
+from minewatch.cli.options import (
+    DRY_RUN,
+    out_opt,
+    overwrite_opt,
+    profile_opt,
+    rows_table,
+    with_profile,
+)
 
 
 @click.command(
@@ -79,6 +86,7 @@ from minewatch.cli.options import DRY_RUN, out_opt, overwrite_opt, rows_table
     "--undirected", is_flag=True, help="Pack with every edge both ways (pack_nbrs' flag)."
 )
 @overwrite_opt
+@profile_opt
 @click.pass_context
 def graph(ctx: click.Context, /, **params: Any) -> None:
     """Build the similarity graph of a tile job's tiles and pack neighbours for NSL.
@@ -178,7 +186,7 @@ def build(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "tiles_dir": tiles_dir,
     }
-    return config, beam_args, header
+    return config, with_profile(params.get("profile"), "graph", beam_args), header
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import DRY_RUN, comma_list, job_inputs
+from minewatch.cli.options import DRY_RUN, comma_list, job_inputs, profile_opt, with_profile
 
 
 @click.command(
@@ -72,6 +72,7 @@ from minewatch.cli.options import DRY_RUN, comma_list, job_inputs
     show_default=True,
     help="Draw a quicklook PNG per scene and the stockpile-area plot.",
 )
+@profile_opt
 @click.pass_context
 def infer(ctx: click.Context, /, **params: Any) -> None:
     """Label INPUT with the model and write the tables under TABLES_DIR.
@@ -137,7 +138,7 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         min_area_m2=params["min_area"],
         pictures=params["pictures"],
     )
-    return config, beam_args
+    return config, with_profile(params.get("profile"), "infer", beam_args)
 
 
 def _abs(path: str) -> str:

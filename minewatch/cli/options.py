@@ -7,7 +7,16 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["DRY_RUN", "comma_list", "job_inputs", "out_opt", "overwrite_opt", "rows_table"]
+__all__ = [
+    "DRY_RUN",
+    "comma_list",
+    "job_inputs",
+    "out_opt",
+    "overwrite_opt",
+    "profile_opt",
+    "rows_table",
+    "with_profile",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,3 +79,31 @@ def rows_table(rows: Sequence[tuple[str, Any]]) -> str:
 
 #: What a job command prints when Beam's ``--dry_run`` built the job without running it.
 DRY_RUN = "dry run: the job was built and validated, not submitted"
+
+
+def profile_opt(f: F) -> F:
+    """``--profile NAME``: Beam options from a runner profile (``deploy/runners/NAME.yaml``)."""
+    return click.option(
+        "--profile",
+        metavar="NAME",
+        default=None,
+        help="Runner profile (dataflow, flink, flink-k8s, spark, or a YAML path) whose Beam "
+        "options come first; options on the command line override them.",
+    )(f)
+
+
+def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> list[str]:
+    """Prepend a runner profile's Beam options for ``job`` to ``beam_args``.
+
+    Raises:
+        click.BadParameter: Unknown profile, or one that cannot be loaded.
+    """
+    if not profile:
+        return list(beam_args)
+    from minewatch.errors import ConfigError
+    from minewatch.profiles import load_profile
+
+    try:
+        return [*load_profile(profile, job), *beam_args]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from exc

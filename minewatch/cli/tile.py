@@ -19,7 +19,9 @@ from minewatch.cli.options import (
     job_inputs,
     out_opt,
     overwrite_opt,
+    profile_opt,
     rows_table,
+    with_profile,
 )
 from minewatch.scenes import safe_id, stem
 
@@ -170,6 +172,7 @@ _RESAMPLING = ("nearest", "bilinear", "cubic", "average", "mode", "lanczos")
     help="Refuse rasters declaring more pixels (bomb guard).",
 )
 @overwrite_opt
+@profile_opt
 @click.pass_context
 def tile(ctx: click.Context, /, **params: Any) -> None:
     """Tile scenes and camera frames into georeferenced TFRecord tiles.
@@ -311,7 +314,7 @@ def build(
             "resampling": config.resampling,
         },
     }
-    return config, beam_args, rejections, header
+    return config, with_profile(params.get("profile"), "tile", beam_args), rejections, header
 
 
 _VECTOR_EXTENSIONS = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".kml", ".gml")

@@ -110,3 +110,25 @@ def test_bad_profiles_say_what_is_wrong(tmp_path, text, job, env, match):
         name = str(tmp_path / "p.yaml")
     with pytest.raises(ConfigError, match=match):
         load_profile(name, job, env=env, directory=tmp_path)
+
+
+def test_profile_option_puts_the_profile_first_and_the_command_line_last(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARK_MASTER_URL", "spark://localhost:7077")
+    monkeypatch.setenv("MINEWATCH_IMAGE", "example.org/minewatch:1")
+    from minewatch.cli.tile import build, tile
+
+    src = tmp_path / "a.tif"
+    from tests.factories import gradient, write_raster
+
+    write_raster(src, gradient(20, 20))
+    ctx = tile.make_context(
+        "minewatch tile",
+        [str(src), "--out", str(tmp_path / "o"), "--profile", "spark", "--runner=DirectRunner"],
+    )
+    _, beam_args, _, _ = build(ctx.params, ctx.args)
+    assert beam_args[-1] == "--runner=DirectRunner"
+    assert any(a.startswith("--runner") and "Spark" in a for a in beam_args[:-1])
+    from click.testing import CliRunner
+
+    bad = CliRunner().invoke(tile, [str(src), "--out", str(tmp_path / "p"), "--profile", "nope"])
+    assert bad.exit_code == 2 and "--profile" in bad.output
