@@ -261,7 +261,10 @@ class Trainer:
                 with writers["validation"].as_default():
                     for name, value in val.items():
                         tf.summary.scalar(name, value, step=self.global_step)
-                score = record["val_accuracy"]
+                metric = cfg.train.selection_metric.value
+                if metric != "accuracy":
+                    record[f"val_{metric}"] = float(self.held_out_metrics()[metric])
+                score = record[f"val_{metric}"]
                 if score > float(self.best.numpy()):
                     self.best.assign(score)
                     self.wait.assign(0)
@@ -277,7 +280,10 @@ class Trainer:
             history.append(record)
             self.manager.save(checkpoint_number=self.global_step)
             if stopped:
-                print(f"Early stopping: val_accuracy did not improve for {patience} epochs")
+                print(
+                    f"Early stopping: val_{cfg.train.selection_metric.value} did not improve "
+                    f"for {patience} epochs"
+                )
         for w in writers.values():
             w.flush()
         best = os.path.join(self.model_dir, "best", "weights")
@@ -303,18 +309,19 @@ class Trainer:
 
         Returns:
             :func:`nsl_models.evaluate.classification_report` of the held-out
-            tiles plus ``selection_metric`` (``accuracy``) and ``examples``; empty
+            tiles plus ``selection_metric`` (``train.selection_metric``) and ``examples``; empty
             metrics with ``examples: 0`` when there is no held-out tile.
         """
         from nsl_models.evaluate import classification_report
 
         files, split = self._val_split()
         images, labels = datalib.load_arrays(files, self.spec, self.config.data, split)
+        metric = self.config.train.selection_metric.value
         if not len(labels):
-            return {"examples": 0, "selection_metric": "accuracy"}
+            return {"examples": 0, "selection_metric": metric}
         logits = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
         report = classification_report(labels, np.argmax(logits, -1), self.spec.classes)
-        report["selection_metric"] = "accuracy"
+        report["selection_metric"] = metric
         return report
 
     def export(self, metrics: dict[str, Any]) -> dict[str, Any]:
