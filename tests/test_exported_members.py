@@ -20,6 +20,7 @@ MODULES = [
     "pipelines.options",
     "pipelines.tiling",
     "pipelines.similarity_graph",
+    "pipelines.streaming",
     "minewatch.embeddings",
     "minewatch.neighbours",
     "minewatch.packing",
