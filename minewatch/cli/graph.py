@@ -14,6 +14,7 @@ import click
 from minewatch import __version__
 from minewatch.cli.options import (
     DRY_RUN,
+    abs_path,
     out_opt,
     overwrite_opt,
     profile_opt,
@@ -164,7 +165,7 @@ def build(
                 param_hint="--embedding",
             )
     out = params["out"]
-    out = out if "://" in out else os.path.abspath(out)
+    out = abs_path(out)
     _prepare_out(out, params["overwrite"])
     config = GraphConfig(
         tiles=pattern,

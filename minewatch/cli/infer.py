@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import DRY_RUN, comma_list, job_inputs, profile_opt, with_profile
+from minewatch.cli.options import (
+    DRY_RUN,
+    abs_path,
+    check_model_and_areas,
+    comma_list,
+    job_inputs,
+    profile_opt,
+    with_profile,
+)
 
 
 @click.command(
@@ -101,35 +109,26 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     Raises:
         click.BadParameter: An option cannot work; the message names it.
     """
-    from minewatch.errors import ConfigError
-    from minewatch.registry import resolve_model
     from pipelines.batch_inference import InferConfig
 
     inputs, beam_args = job_inputs(
         [*params["inputs"], *extra], "scenes, frames or a tile-job folder"
     )
-    try:
-        model = resolve_model(_abs(params["model"]))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from exc
-    for name in ("concessions", "protected"):
-        path = params[name]
-        if path and "://" not in path and not os.path.isfile(path):
-            raise click.BadParameter(f"{path!r} is not a file", param_hint=f"--{name}")
+    model = check_model_and_areas(params)
     unknown = [c for c in params["site_classes"] if c not in model.classes]
     if unknown:
         raise click.BadParameter(
             f"{unknown} are not classes of the model {model.classes}", param_hint="--site-classes"
         )
-    out = _abs(params["out"])
+    out = abs_path(params["out"])
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
     config = InferConfig(
-        inputs=tuple(_abs(i) for i in inputs),
+        inputs=tuple(abs_path(i) for i in inputs),
         out=out,
         model=model,
-        concessions=_abs(params["concessions"]) if params["concessions"] else None,
-        protected=_abs(params["protected"]) if params["protected"] else None,
+        concessions=abs_path(params["concessions"]) if params["concessions"] else None,
+        protected=abs_path(params["protected"]) if params["protected"] else None,
         stride=params["stride"],
         batch_size=params["batch_size"],
         site_classes=params["site_classes"],
@@ -139,10 +138,6 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         pictures=params["pictures"],
     )
     return config, with_profile(params.get("profile"), "infer", beam_args)
-
-
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def execute(

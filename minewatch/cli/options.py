@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -107,3 +108,31 @@ def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> lis
         return [*load_profile(profile, job), *beam_args]
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--profile") from exc
+
+
+def abs_path(path: str) -> str:
+    """Make a local path absolute (workers run elsewhere); leave URLs (``gs://``) as they are."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_model_and_areas(params: dict[str, Any]) -> Any:
+    """Resolve ``--model`` and check ``--concessions`` / ``--protected`` exist.
+
+    Returns:
+        The :class:`minewatch.registry.ModelRef` to serve.
+
+    Raises:
+        click.BadParameter: Naming the option that cannot work.
+    """
+    from minewatch.errors import ConfigError
+    from minewatch.registry import resolve_model
+
+    try:
+        model = resolve_model(abs_path(params["model"]))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
+    for name in ("concessions", "protected"):
+        path = params[name]
+        if path and "://" not in path and not os.path.isfile(path):
+            raise click.BadParameter(f"{path!r} is not a file", param_hint=f"--{name}")
+    return model

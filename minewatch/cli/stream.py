@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from minewatch.cli.options import profile_opt, with_profile
+from minewatch.cli.options import abs_path, check_model_and_areas, profile_opt, with_profile
 
 
 @click.command(
@@ -77,19 +76,10 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     Raises:
         click.BadParameter: An option cannot work; the message names it.
     """
-    from minewatch.errors import ConfigError
-    from minewatch.registry import resolve_model
     from pipelines.streaming import StreamConfig
 
-    model = _abs(params["model"])
-    try:
-        resolve_model(model)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from exc
-    for name in ("concessions", "protected"):
-        path = params[name]
-        if path and "://" not in path and not os.path.isfile(path):
-            raise click.BadParameter(f"{path!r} is not a file", param_hint=f"--{name}")
+    check_model_and_areas(params)
+    model = abs_path(params["model"])  # the registry itself: followed while streaming
     beam_args = with_profile(params.get("profile"), "infer", list(extra))
     local = not any(a.startswith("--runner") for a in beam_args) or any(
         "Direct" in a for a in beam_args
@@ -100,25 +90,20 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
             "(or stop it with Ctrl-C)",
             param_hint="--max-polls",
         )
-    watch = params["watch"]
     config = StreamConfig(
-        watch=watch if "://" in watch else os.path.abspath(watch),
+        watch=abs_path(params["watch"]),
         registry=model,
-        out=_abs(params["out"]),
+        out=abs_path(params["out"]),
         poll_seconds=params["poll_seconds"],
         max_polls=params["max_polls"],
         duration=params["duration"],
         stride=params["stride"],
         batch_size=params["batch_size"],
-        concessions=_abs(params["concessions"]) if params["concessions"] else None,
-        protected=_abs(params["protected"]) if params["protected"] else None,
+        concessions=abs_path(params["concessions"]) if params["concessions"] else None,
+        protected=abs_path(params["protected"]) if params["protected"] else None,
         pictures=params["pictures"],
     )
     return config, beam_args
-
-
-def _abs(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def execute(

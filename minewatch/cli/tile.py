@@ -15,6 +15,7 @@ import click
 from minewatch import __version__
 from minewatch.cli.options import (
     DRY_RUN,
+    abs_path,
     comma_list,
     job_inputs,
     out_opt,
@@ -221,7 +222,7 @@ def build(
 
     inputs, beam_args = job_inputs([*params["inputs"], *extra], "file, glob or folder")
     out = params["out"]
-    out = out if "://" in out else os.path.abspath(out)
+    out = abs_path(out)
     _prepare_out(out, params["overwrite"])
 
     classes: tuple[str, ...] = params["classes"]
@@ -231,7 +232,7 @@ def build(
     csv_columns: tuple[str, ...] = ()
     scene_labels: tuple[tuple[str, str], ...] = ()
     if labels:
-        labels = labels if "://" in labels else os.path.abspath(labels)
+        labels = abs_path(labels)
         if labels.lower().endswith(".csv"):
             source = "csv"
             csv_columns, classes = _check_frames_csv(labels, classes)
@@ -273,7 +274,7 @@ def build(
         raise _bad("--cloud-values/--cloud-bits need --cloud-band", "--cloud-band")
 
     config = TileConfig(
-        inputs=tuple(i if "://" in i else os.path.abspath(i) for i in inputs),
+        inputs=tuple(abs_path(i) for i in inputs),
         out=out,
         labels=labels,
         scene_labels=scene_labels,
