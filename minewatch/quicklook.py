@@ -13,7 +13,7 @@ import numpy as np
 from minewatch.rasters import SceneReader
 from minewatch.scenes import SceneRef
 
-__all__ = ["plot_stockpile_series", "scene_quicklook"]
+__all__ = ["plot_stockpile_series", "plot_stockpile_volumes", "scene_quicklook"]
 
 _TRUE_COLOUR = (("B04", "B03", "B02"), ("B4", "B3", "B2"), ("red", "green", "blue"))
 _FLAGGED = (230, 25, 25)
@@ -125,3 +125,63 @@ def plot_stockpile_series(rows: Sequence[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+_METHOD_MARKERS = {"dsm": "o", "shadow": "^"}
+
+
+def plot_stockpile_volumes(rows: Sequence[dict[str, Any]], path: str) -> int:
+    """Plot stockpile volume over time, one line per site, to a PNG.
+
+    Error bars are one standard uncertainty; circles are DSM volumes,
+    triangles shadow volumes. Rows without a volume (``volume_method`` =
+    ``none`` or null) are left out; a site with none at all is not drawn, and
+    with no volume anywhere the picture says so.
+
+    Args:
+        rows: ``stockpile_series`` rows (``site_id``, ``acquired``,
+            ``volume_m3``, ``volume_uncertainty_m3``, ``volume_method``).
+        path: PNG to write.
+
+    Returns:
+        The number of points drawn.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[Any, float, float, str]]] = defaultdict(list)
+    for row in rows:
+        volume = row.get("volume_m3")
+        if volume is None or row.get("volume_method") in (None, "none"):
+            continue
+        sigma = row.get("volume_uncertainty_m3") or 0.0
+        series[row["site_id"]].append((row["acquired"], volume, sigma, row["volume_method"]))
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    drawn = 0
+    for site_id, points in sorted(series.items()):
+        points.sort(key=lambda p: (p[0] is None, p[0]))
+        line = ax.errorbar(
+            [p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
+            capsize=3, label=site_id,
+        )  # fmt: skip
+        colour = line.lines[0].get_color()
+        for method, marker in _METHOD_MARKERS.items():
+            chosen = [p for p in points if p[3] == method]
+            if chosen:
+                ax.plot([p[0] for p in chosen], [p[1] for p in chosen], marker, color=colour)
+        drawn += len(points)
+    if not drawn:
+        ax.text(0.5, 0.5, "no stockpile volumes measured", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("acquisition")
+    ax.set_ylabel("stockpile volume (m³)")
+    ax.set_title("Stockpile volume over time (o DSM, ^ shadow; bars: 1 sigma)")
+    if 0 < len(series) <= 12:
+        ax.legend(fontsize="small", ncol=math.ceil(len(series) / 6))
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return drawn

@@ -23,11 +23,14 @@ __all__ = [
     "bigquery_schema",
     "dead_letter_schema",
     "frame_labels_schema",
+    "frame_summaries_schema",
     "manifest_schema",
     "replace_file",
     "sites_schema",
     "stockpile_series_schema",
     "tile_labels_schema",
+    "training_runs_schema",
+    "vessels_schema",
     "write_geoparquet",
 ]
 
@@ -132,6 +135,31 @@ def frame_labels_schema() -> pa.Schema:
     )
 
 
+def frame_summaries_schema() -> pa.Schema:
+    """One row per camera, event-time window and model version (``minewatch stream``).
+
+    ``grade_counts`` holds the number of frames per class, in the order of
+    ``classes``; ``grade`` is the class with most frames (ties: the higher mean
+    probability); ``score`` and ``probabilities`` are means over the window's frames.
+    """
+    return pa.schema(
+        [
+            ("camera_id", pa.string()),
+            ("window_start", _TS),
+            ("window_end", _TS),
+            ("frames", pa.int32()),
+            ("grade", pa.string()),
+            ("classes", pa.list_(pa.string())),
+            ("grade_counts", pa.list_(pa.int32())),
+            ("score", pa.float32()),
+            ("probabilities", pa.list_(pa.float32())),
+            ("first_frame", _TS),
+            ("last_frame", _TS),
+            ("model_version", pa.string()),
+        ]
+    )
+
+
 def sites_schema() -> pa.Schema:
     """One row per site: a connected region of one class, linked across acquisitions."""
     return pa.schema(
@@ -157,7 +185,13 @@ def sites_schema() -> pa.Schema:
 
 
 def stockpile_series_schema() -> pa.Schema:
-    """One row per stockpile site and acquisition."""
+    """One row per stockpile site and acquisition, with its volume when measured.
+
+    ``volume_method`` is ``dsm``, ``shadow`` or ``none`` (see
+    :data:`minewatch.volumes.VOLUME_METHODS`); ``volume_reason`` says why a
+    volume is missing or why the shadow was used instead of a DSM. Writers that
+    do not measure volumes leave the volume columns null.
+    """
     return pa.schema(
         [
             ("site_id", pa.string()),
@@ -166,6 +200,112 @@ def stockpile_series_schema() -> pa.Schema:
             ("area_m2", pa.float64()),
             ("change_m2", pa.float64()),
             ("model_version", pa.string()),
+            ("volume_m3", pa.float64()),
+            ("volume_method", pa.string()),
+            ("volume_uncertainty_m3", pa.float64()),
+            ("volume_reason", pa.string()),
+            ("height_m", pa.float64()),
+        ]
+    )
+
+
+def training_runs_schema() -> pa.Schema:
+    """One row per ``minewatch retrain`` run (``TABLES/training_runs/``).
+
+    ``status`` is ``promoted``, ``not_promoted``, ``noop`` (nothing new to train
+    on) or ``failed``; ``reason`` says why in words. Counts add up:
+    ``scenes_new = scenes_tiled + scenes_dead_lettered``. Metrics are the
+    candidate's on the held-out tiles (``current_*``: the model it was compared
+    with, on the same tiles); ``metrics_json`` holds the trainer's full held-out
+    report. Columns a run did not reach are null.
+    """
+    i64, f64, s = pa.int64(), pa.float64(), pa.string()
+    return pa.schema(
+        [
+            ("run_id", s),
+            ("status", s),
+            ("promoted", pa.bool_()),
+            ("reason", s),
+            ("started", _TS),
+            ("finished", _TS),
+            ("window_start", _TS),
+            ("window_end", _TS),
+            ("scenes_seen", i64),
+            ("scenes_new", i64),
+            ("scenes_tiled", i64),
+            ("scenes_dead_lettered", i64),
+            ("dead_letter_rows", i64),
+            ("tiles_new", i64),
+            ("tiles_total", i64),
+            ("batches", i64),
+            ("graph_edges", i64),
+            ("train_key", s),
+            ("data_hash", s),
+            ("config_hash", s),
+            ("init", s),
+            ("resumed_from_step", i64),
+            ("global_step", i64),
+            ("model_dir", s),
+            ("model_version", s),
+            ("metric", s),
+            ("metric_value", f64),
+            ("eval_examples", i64),
+            ("accuracy", f64),
+            ("balanced_accuracy", f64),
+            ("macro_f1", f64),
+            ("corrupted_accuracy", f64),
+            ("adversarial_accuracy", f64),
+            ("current_version", s),
+            ("current_accuracy", f64),
+            ("current_corrupted_accuracy", f64),
+            ("report", s),
+            ("metrics_json", s),
+        ]
+    )
+
+
+def vessels_schema() -> pa.Schema:
+    """One row per vessel seen in a scene (``minewatch infer --licensed-ports``).
+
+    Built by :func:`minewatch.vessels.judge_vessels` from the per-pixel
+    ``vessel`` class: centre (``lon``/``lat`` and scene-CRS ``x``/``y``), the
+    footprint rectangle as ``geometry`` (EPSG:4326) and ``geometry_source``
+    (scene CRS), ``length_m``/``width_m``/``heading_deg`` (0-180 from north,
+    clockwise) estimated from the footprint, ``berthed`` (at most
+    ``berth_gap_m`` of water between hull and land), the nearest shore point,
+    the nearest licensed port, ``licensed`` (null when not berthed or without
+    a registry) and ``flagged`` with ``reason``. See ``docs/vessels.md``.
+    """
+    f64, s = pa.float64(), pa.string()
+    return pa.schema(
+        [
+            ("vessel_id", s),
+            ("scene_id", s),
+            ("acquired", _TS),
+            ("lon", f64),
+            ("lat", f64),
+            ("x", f64),
+            ("y", f64),
+            ("source_crs", s),
+            ("geometry", pa.binary()),
+            ("geometry_source", pa.binary()),
+            ("length_m", f64),
+            ("width_m", f64),
+            ("heading_deg", f64),
+            ("area_m2", f64),
+            ("pixels", pa.int32()),
+            ("score", pa.float32()),
+            ("berthed", pa.bool_()),
+            ("shore_gap_m", f64),
+            ("shore_lon", f64),
+            ("shore_lat", f64),
+            ("shore_distance_m", f64),
+            ("port_id", s),
+            ("port_distance_m", f64),
+            ("licensed", pa.bool_()),
+            ("flagged", pa.bool_()),
+            ("reason", s),
+            ("model_version", s),
         ]
     )
 
@@ -182,6 +322,7 @@ INFER_TABLES = {
 GEOMETRY_COLUMNS: dict[str, dict[str, str | None]] = {
     "tile_labels": {"geometry": "OGC:CRS84"},
     "sites": {"geometry": "OGC:CRS84", "geometry_source": None},
+    "vessels": {"geometry": "OGC:CRS84", "geometry_source": None},
 }
 
 

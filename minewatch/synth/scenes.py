@@ -50,6 +50,7 @@ from shapely.ops import unary_union
 from minewatch.sites import assess_legality
 from minewatch.synth.background import Background
 from minewatch.synth.materials import QUANTIFICATION, signature
+from minewatch.synth.relief import DSM_MARGIN_M, REPOSE_DEG, Cone, Terrain, write_dsm
 from minewatch.synth.sizes import SizeSpec
 
 __all__ = [
@@ -69,8 +70,8 @@ log = logging.getLogger(__name__)
 CLASSES: tuple[str, ...] = ("stockpile", "mining_scar", "haul_road", "pit_water")
 #: Width of the soft edge (alpha 0 -> 1) in pixels.
 EDGE_PX = 1.5
-#: Height of a stockpile as a fraction of its radius (angle of repose ~ 27 deg).
-STOCKPILE_HEIGHT_RATIO = 0.5
+#: Supersampling of stockpile shadows (sub-pixels per pixel side).
+SHADOW_SUPERSAMPLE = 4
 #: Assumed cloud-top height for cloud shadows, metres.
 CLOUD_HEIGHT_M = 1500.0
 #: Sentinel-2 overpass, local solar time (10:30).
@@ -105,6 +106,19 @@ class Blob:
         """Largest distance from the centre over all dates, in pixels."""
         radii = [r for r in self.radius_by_date if r is not None]
         return max(radii) * (1.0 + float(np.abs(self.amps).sum())) + EDGE_PX
+
+    def cone(self, t: int, pixel_size: float) -> Cone | None:
+        """The pile's shape on date ``t`` (stockpiles only; ``None`` if absent).
+
+        The apex height is ``tan(repose) x radius``, so the nominal side slope
+        is the commodity's angle of repose.
+        """
+        radius = self.radius_by_date[t]
+        if self.cls != "stockpile" or radius is None:
+            return None
+        slope = math.tan(math.radians(REPOSE_DEG.get(self.material, 37.0)))
+        height = slope * radius * pixel_size
+        return Cone(self.row, self.col, radius, self.amps, self.phases, height)
 
 
 @dataclass
@@ -435,6 +449,7 @@ class Acquisition:
         cloud: Cloud opacity (H, W) or ``None``.
         cloud_shadow: Cloud-shadow opacity (H, W) or ``None``.
         labels: Top-most object per pixel (0 = none), indexes ``sprites`` + 1.
+        cones: Stockpile shapes by object id.
     """
 
     index: int
@@ -448,6 +463,7 @@ class Acquisition:
     cloud: np.ndarray | None = None
     cloud_shadow: np.ndarray | None = None
     labels: np.ndarray | None = None
+    cones: dict[str, Cone] = field(default_factory=dict)
 
 
 def sun_position(lat: float, lon: float, date: dt.date) -> tuple[float, float]:
@@ -540,18 +556,45 @@ def _road_sprite(road: Road, width: int, height: int, rng: np.random.Generator) 
     )  # fmt: skip
 
 
-def _shadow(sprite: _Sprite, length_px: float, azimuth: float) -> tuple[int, int, np.ndarray]:
+def _cone_shadow(
+    cone: Cone, width: int, height: int, sun: tuple[float, float], pixel_size: float,
+    slope_to_sun: float,
+) -> tuple[int, int, np.ndarray] | None:  # fmt: skip
+    """Cast shadow of a star cone: the fraction of each pixel's ground in shadow.
+
+    A ground point is in shadow when some point of the pile towards the sun
+    rises above the ray from it to the sun. The ground is the local terrain
+    plane (``slope_to_sun``: its rise per metre towards the sun); the test runs
+    on a grid of :data:`SHADOW_SUPERSAMPLE`² sub-pixels per pixel, marching
+    towards the sun in sub-pixel steps up to the apex's shadow. A pile whose
+    sides are nowhere steeper than the sun's elevation casts none.
+    """
+    azimuth, elevation = sun
+    tan_eff = max(math.tan(math.radians(elevation)) - slope_to_sun, math.tan(math.radians(5.0)))
+    length = cone.height_m / tan_eff / pixel_size  # apex to shadow tip, pixels
     az = math.radians(azimuth)
     away = (math.cos(az), -math.sin(az))  # (row, col) away from the sun
-    pad = math.ceil(length_px) + 1
-    a = np.pad(sprite.alpha, pad)
-    acc = np.zeros_like(a)
-    for s in np.linspace(0.0, length_px, max(2, math.ceil(length_px * 2) + 1)):
-        acc = np.maximum(
-            acc, ndimage.shift(a, (s * away[0], s * away[1]), order=1, mode="constant")
-        )
-    acc = acc * (1.0 - a)
-    return sprite.row0 - pad, sprite.col0 - pad, acc.astype(np.float32)
+    reach = cone.reach + 1.0
+    tip = (cone.row + length * away[0], cone.col + length * away[1])
+    r0 = max(0, math.floor(min(cone.row - reach, tip[0] - 1)))
+    r1 = min(height, math.ceil(max(cone.row + reach, tip[0] + 1)))
+    c0 = max(0, math.floor(min(cone.col - reach, tip[1] - 1)))
+    c1 = min(width, math.ceil(max(cone.col + reach, tip[1] + 1)))
+    if r0 >= r1 or c0 >= c1:
+        return None
+    f = SHADOW_SUPERSAMPLE
+    rr = r0 + (np.arange((r1 - r0) * f) + 0.5) / f
+    cc = c0 + (np.arange((c1 - c0) * f) + 0.5) / f
+    h = cone.height(rr[:, None], cc[None, :])
+    shadow = np.zeros(h.shape, dtype=bool)
+    rise = pixel_size * tan_eff / f  # the sun ray's rise per sub-pixel step
+    for i in range(1, math.ceil(length * f) + 1):
+        # ndimage.shift: out[p] = in[p - shift], so this samples h one step nearer the sun
+        towards = ndimage.shift(h, (i * away[0], i * away[1]), order=1, cval=0.0)
+        shadow |= towards > i * rise
+    shadow &= h <= 0.0
+    frac = shadow.reshape(r1 - r0, f, c1 - c0, f).mean(axis=(1, 3))
+    return r0, c0, frac.astype(np.float32)
 
 
 def _clouds(rng: np.random.Generator, width: int, height: int, cover: float) -> np.ndarray:
@@ -570,6 +613,8 @@ def render_acquisition(
     pixel_size: float,
     band_names: tuple[str, ...],
     rng: np.random.Generator,
+    sun: tuple[float, float] | None = None,
+    terrain: Terrain | None = None,
 ) -> Acquisition:
     """Draw every object of one date on the crop grid (no background yet).
 
@@ -580,12 +625,16 @@ def render_acquisition(
         pixel_size: Metres per pixel.
         band_names: Bands of the output scene.
         rng: Random generator for this date.
+        sun: ``(azimuth, elevation)`` in degrees to use instead of the sun
+            position at the overpass; default ``None``.
+        terrain: Terrain under the stockpiles (their shadows fall on it);
+            default flat.
 
     Returns:
         The :class:`Acquisition` with sprites, shadows, clouds and labels.
     """
     date = layout.dates[t]
-    azimuth, elevation = sun_position(latlon[0], latlon[1], date)
+    azimuth, elevation = sun if sun is not None else sun_position(latlon[0], latlon[1], date)
     season_phase = math.cos(2 * math.pi * (date.timetuple().tm_yday - 196) / 365.0)
     season = {b: 1.0 + _SEASON_AMPLITUDE.get(b, 0.0) * season_phase for b in band_names}
     gain = 1.0 if t == 0 else float(rng.uniform(0.9, 1.1))
@@ -595,14 +644,23 @@ def render_acquisition(
         if t >= road.first_date:
             acq.sprites.append(_road_sprite(road, width, height, rng))
     tan_el = math.tan(math.radians(max(elevation, 5.0)))
+    az = math.radians(azimuth)
     for blob in layout.blobs:
         sprite = _blob_sprite(blob, t, width, height, rng, (azimuth, elevation))
         if sprite is None:
             continue
         acq.sprites.append(sprite)
-        if blob.cls == "stockpile":
-            height_m = STOCKPILE_HEIGHT_RATIO * (blob.radius_by_date[t] or 0.0) * pixel_size
-            acq.shadows.append(_shadow(sprite, height_m / tan_el / pixel_size, azimuth))
+        cone = blob.cone(t, pixel_size)
+        if cone is None:
+            continue
+        acq.cones[blob.oid] = cone
+        slope_to_sun = 0.0
+        if terrain is not None:
+            gx, gy = terrain.gradient(*(layout.transform * (cone.col, cone.row)))
+            slope_to_sun = gx * math.sin(az) + gy * math.cos(az)
+        shadow = _cone_shadow(cone, width, height, (azimuth, elevation), pixel_size, slope_to_sun)
+        if shadow is not None and shadow[2].any():
+            acq.shadows.append(shadow)
     labels = np.zeros((height, width), dtype=np.int32)
     for i, sp in enumerate(acq.sprites, start=1):
         h, w = sp.alpha.shape
@@ -755,6 +813,7 @@ class SceneOutput:
     truth: Path
     clouds: Path
     illegal: Path
+    dsm: Path
     meta: dict[str, Any]
 
 
@@ -769,18 +828,25 @@ def write_scenes(
     background: Background,
     spec: SizeSpec,
     seed: int,
+    sun: tuple[float, float] | None = None,
+    dsm_crs: str | None = None,
 ) -> tuple[list[SceneOutput], dict[str, Any]]:
     """Plan, render and write every acquisition of one size.
 
     Writes ``scenes/scene_<date>.tif``, ``truth/scene_<date>.geojson``,
     ``truth/clouds_<date>.geojson``, ``truth/illegal_<date>.geojson``,
-    ``concessions.geojson`` and ``protected_areas.geojson`` under ``out_dir``.
+    ``dsm/dsm_<date>.tif``, ``concessions.geojson`` and
+    ``protected_areas.geojson`` under ``out_dir``.
 
     Args:
         out_dir: Output root.
         background: The background scene.
         spec: Size specification.
         seed: Random seed.
+        sun: ``(azimuth, elevation)`` in degrees for every date instead of the
+            sun at the overpass; default ``None``.
+        dsm_crs: CRS of the DSM files (anything pyproj reads); default the
+            scene CRS.
 
     Returns:
         Per-acquisition outputs and the scene part of the manifest.
@@ -814,9 +880,20 @@ def write_scenes(
     )
     lon, lat = to_geo.transform(cx, cy)
 
+    # Heights come from their own stream so that they leave the layout as it was.
+    relief_rng, *dsm_seeds = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, 2]).spawn(1 + spec.n_dates)
+    )
+    terrain = Terrain.random(relief_rng, cx, cy)
+    dsm_out_crs = rasterio.crs.CRS.from_user_input(dsm_crs) if dsm_crs else background.crs
+
     (out_dir / "scenes").mkdir(parents=True, exist_ok=True)
     (out_dir / "truth").mkdir(parents=True, exist_ok=True)
+    (out_dir / "dsm").mkdir(parents=True, exist_ok=True)
     conc_map = [(lid, _pixel_to_map(p, transform)) for lid, p in layout.concessions]
+    survey = unary_union([p for _, p in conc_map]).buffer(DSM_MARGIN_M)
+    if survey.is_empty:
+        survey = box(*(transform * (0, height)), *(transform * (width, 0)))
     prot_map = [(name, _pixel_to_map(p, transform)) for name, p in layout.protected]
     write_geojson(
         out_dir / "concessions.geojson",
@@ -836,12 +913,19 @@ def write_scenes(
 
     outputs: list[SceneOutput] = []
     previous_area: dict[str, float] = {}
+    previous_volume: dict[str, float] = {}
     first_seen: dict[str, str] = {}
-    for t, date_rng in enumerate(date_seeds):
-        acq = render_acquisition(layout, t, (lat, lon), background.pixel_size, bands, date_rng)
+    px = background.pixel_size
+    for t, (date_rng, dsm_rng) in enumerate(zip(date_seeds, dsm_seeds, strict=True)):
+        acq = render_acquisition(layout, t, (lat, lon), px, bands, date_rng, sun, terrain)
         stem = f"scene_{acq.date.isoformat()}"
         scene_path = out_dir / "scenes" / f"{stem}.tif"
         _write_scene(scene_path, background, transform, width, height, spec, acq, path)
+        dsm_path = out_dir / "dsm" / f"dsm_{acq.date.isoformat()}.tif"
+        write_dsm(
+            dsm_path, acq.date, background.crs, transform, survey, list(acq.cones.values()),
+            terrain, spec.dsm_res_m, dsm_rng, dsm_out_crs,
+        )  # fmt: skip
 
         # Truth polygons.
         assert acq.labels is not None
@@ -881,6 +965,25 @@ def write_scenes(
                 "licence_id": None,
             }
             previous_area[sp.oid] = area
+            cone = acq.cones.get(sp.oid)
+            if cone is not None:
+                volume = cone.volume_m3(px)
+                apex = Point(*(transform * (cone.col, cone.row)))
+                props.update(
+                    shape="cone",
+                    height_m=round(cone.height_m, 3),
+                    side_slope_deg=REPOSE_DEG.get(sp.material, 37.0),
+                    volume_m3=round(volume, 1),
+                    volume_change_m3=(
+                        round(volume - previous_volume[sp.oid], 1)
+                        if sp.oid in previous_volume
+                        else None
+                    ),
+                    apex_x=round(apex.x, 3),
+                    apex_y=round(apex.y, 3),
+                    dsm_covered=bool(survey.contains(apex.buffer((cone.reach + 3) * px))),
+                )
+                previous_volume[sp.oid] = volume
             if sp.cls == "mining_scar":
                 bad, reason, licence = assess_legality(geom, conc_map, prot_map)
                 props.update(illegal=bad, reason=reason, licence_id=licence)
@@ -911,6 +1014,7 @@ def write_scenes(
             "truth": str(truth_path.relative_to(out_dir)),
             "clouds": str(clouds_path.relative_to(out_dir)),
             "illegal": str(illegal_path.relative_to(out_dir)),
+            "dsm": str(dsm_path.relative_to(out_dir)),
             "sun_azimuth_deg": round(acq.sun_azimuth, 3),
             "sun_elevation_deg": round(acq.sun_elevation, 3),
             "gain": acq.gain,
@@ -920,7 +1024,7 @@ def write_scenes(
             "illegal_sites": len(illegal),
         }
         outputs.append(
-            SceneOutput(acq.date, scene_path, truth_path, clouds_path, illegal_path, meta)
+            SceneOutput(acq.date, scene_path, truth_path, clouds_path, illegal_path, dsm_path, meta)
         )
     manifest = {
         "crs": background.crs.to_string(),
@@ -930,6 +1034,13 @@ def write_scenes(
         "bands": list(bands),
         "quantification": QUANTIFICATION,
         "path_radiance": [round(float(v), 3) for v in path],
+        "dsm_crs": dsm_out_crs.to_string(),
+        "dsm_resolution_m": spec.dsm_res_m,
+        "terrain": {
+            "z0": round(terrain.z0, 3),
+            "gx": round(terrain.gx, 6),
+            "gy": round(terrain.gy, 6),
+        },
         "background": os.path.basename(os.path.normpath(background.source)),
         "acquisitions": [o.meta for o in outputs],
     }
@@ -970,6 +1081,8 @@ def _write_scene(
             TIFFTAG_DATETIME=acq.date.strftime("%Y:%m:%d") + " 10:30:00",
             ACQUISITION=acq.date.isoformat(),
             SYNTHETIC="minewatch synth",
+            SUN_AZIMUTH=f"{acq.sun_azimuth:.3f}",
+            SUN_ELEVATION=f"{acq.sun_elevation:.3f}",
         )
         for row_lo in range(0, height, spec.block_rows):
             rows = min(spec.block_rows, height - row_lo)

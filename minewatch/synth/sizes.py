@@ -31,6 +31,7 @@ class SizeSpec:
         frames_per_camera: Frames written per camera.
         corrupted_per_camera: Frames per camera in the corrupted evaluation set.
         block_rows: Rows per block when reading and writing scenes.
+        dsm_res_m: Pixel size of the DSM files, metres.
     """
 
     name: str
@@ -52,20 +53,21 @@ class SizeSpec:
     frames_per_camera: int
     corrupted_per_camera: int
     block_rows: int
+    dsm_res_m: float
 
 
 #: The sizes ``minewatch synth --size`` accepts.
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec(
         "tiny", 256, 256, 150, 150, 2, 91, 6, 4, 2, 1, 1, (3.0, 5.5), (8.0, 12.0),
-        128, 1, 12, 12, 256,
+        128, 1, 12, 12, 256, 2.0,
     ),
     "demo": SizeSpec(
         "demo", 1024, 1024, 0, 0, 4, 91, 20, 12, 6, 2, 1, (3.0, 7.0), (10.0, 22.0),
-        128, 2, 50, 50, 512,
+        128, 2, 50, 50, 512, 5.0,
     ),
     "large": SizeSpec(
         "large", None, None, 0, 0, 8, 46, 80, 36, 16, 4, 2, (3.0, 7.0), (10.0, 24.0),
-        256, 4, 500, 100, 256,
+        256, 4, 500, 100, 256, 5.0,
     ),
 }  # fmt: skip

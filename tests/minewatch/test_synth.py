@@ -10,13 +10,15 @@ import rasterio
 import rasterio.features
 from click.testing import CliRunner
 from PIL import Image
-from shapely.geometry import shape
+from shapely.geometry import Point, shape
 from shapely.ops import unary_union
 
 from minewatch.cli.synth import synth
 from minewatch.errors import ConfigError, SceneError
 from minewatch.synth import BAND_NAMES, CLASSES, GRADES, make_ground_truth, signature
 from minewatch.synth.materials import MATERIALS
+from minewatch.synth.relief import DSM_NODATA, REPOSE_DEG, Cone
+from minewatch.synth.scenes import _cone_shadow
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,20 @@ def _digest(root):
 def test_layout(gt):
     root = gt.out_dir
     assert [p.name for p in gt.scenes] == ["scene_2024-01-15.tif", "scene_2024-04-15.tif"]
-    for p in gt.scenes + gt.truth + gt.clouds + gt.illegal:
+    for p in gt.scenes + gt.truth + gt.clouds + gt.illegal + gt.dsms:
         assert p.is_file()
+    assert [p.name for p in gt.dsms] == ["dsm_2024-01-15.tif", "dsm_2024-04-15.tif"]
     assert (root / "concessions.geojson").is_file()
     assert (root / "frames" / "labels.csv").is_file()
     assert (root / "frames_corrupted" / "motion_blur" / "5" / "labels.csv").is_file()
 
 
 def test_scene_georeferencing_and_tags(gt):
+    manifest = json.loads(gt.manifest.read_text())
+    for path, acq in zip(gt.scenes, manifest["acquisitions"], strict=True):
+        with rasterio.open(path) as src:
+            assert float(src.tags()["SUN_AZIMUTH"]) == pytest.approx(acq["sun_azimuth_deg"])
+            assert float(src.tags()["SUN_ELEVATION"]) == pytest.approx(acq["sun_elevation_deg"])
     for path in gt.scenes:
         date = re.search(r"(\d{4})-(\d\d)-(\d\d)", path.name).groups()
         with rasterio.open(path) as src:
@@ -223,6 +231,10 @@ def test_user_background_multiband_geotiff(gt, tmp_path):
 def test_bad_inputs(tmp_path):
     with pytest.raises(ConfigError, match="unknown size 'huge'"):
         make_ground_truth(tmp_path, size="huge")
+    with pytest.raises(ConfigError, match="sun elevation"):
+        make_ground_truth(tmp_path, sun=(150.0, 0.0))
+    with pytest.raises(ConfigError, match="dsm_crs"):
+        make_ground_truth(tmp_path, dsm_crs="EPSG:nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SceneError, match="no band files"):
         make_ground_truth(tmp_path / "o", background=tmp_path / "empty")
@@ -237,3 +249,73 @@ def test_cli(tmp_path):
     bad = runner.invoke(synth, ["--out", str(tmp_path / "x"), "--size", "huge"])
     assert bad.exit_code == 2
     assert "--size" in bad.output
+
+
+def test_stockpiles_are_cones_with_truth_height_and_volume(gt):
+    previous = {}
+    for truth in gt.truth:
+        for f in _features(truth):
+            p = f["properties"]
+            if p["class"] != "stockpile":
+                assert "volume_m3" not in p
+                continue
+            assert p["shape"] == "cone"
+            assert p["side_slope_deg"] == REPOSE_DEG[p["commodity"]]
+            # height = tan(repose) x nominal radius; the footprint is star-shaped around it
+            radius = p["height_m"] / np.tan(np.radians(p["side_slope_deg"]))
+            assert 0.7 < np.sqrt(p["area_m2"] / np.pi) / radius < 1.3
+            # volume = height x continuous area / 3; the pixel area differs by edge pixels
+            assert p["volume_m3"] == pytest.approx(p["height_m"] * p["area_m2"] / 3, rel=0.1)
+            if p["id"] in previous:
+                assert p["volume_change_m3"] == pytest.approx(
+                    p["volume_m3"] - previous[p["id"]], abs=0.2
+                )
+            else:
+                assert p["volume_change_m3"] is None
+            previous[p["id"]] = p["volume_m3"]
+            assert shape(f["geometry"]).contains(Point(p["apex_x"], p["apex_y"]))
+
+
+def test_dsm_files(gt):
+    manifest = json.loads(gt.manifest.read_text())
+    with rasterio.open(gt.scenes[0]) as scene:
+        scene_bounds = scene.bounds
+    for dsm, truth, acq in zip(gt.dsms, gt.truth, manifest["acquisitions"], strict=True):
+        with rasterio.open(dsm) as src:
+            assert src.crs.to_epsg() == 32618 and src.res == (2.0, 2.0)
+            assert src.nodata == DSM_NODATA and src.dtypes[0] == "float32"
+            assert src.tags()["ACQUISITION"] == acq["date"] and acq["dsm"] == f"dsm/{dsm.name}"
+            z = src.read(1, masked=True)
+            assert 0.1 < z.mask.mean() < 0.9  # the survey covers the concessions only
+            assert (
+                src.bounds.left >= scene_bounds.left - 2 and src.bounds.top <= scene_bounds.top + 2
+            )
+            for f in _features(truth):
+                p = f["properties"]
+                if p["class"] != "stockpile" or not p["dsm_covered"]:
+                    continue
+                apex = next(src.sample([(p["apex_x"], p["apex_y"])]))[0]
+                ring = shape(f["geometry"]).buffer(30).exterior
+                ground = [v[0] for v in src.sample(
+                    [ring.interpolate(t, normalized=True).coords[0] for t in np.linspace(0, 1, 24)]
+                )]  # fmt: skip
+                # the apex stands height_m above the surrounding terrain (a few m of relief)
+                assert apex - np.median(ground) == pytest.approx(p["height_m"], abs=3.0)
+
+
+def test_cone_shadow_follows_the_sun():
+    """A round 40 deg cone: shadow tip at height / tan(elevation); none above 40 deg."""
+    cone = Cone(50.0, 50.0, 5.0, np.zeros(3), np.zeros(3), 5.0 * 10 * np.tan(np.radians(40)))
+    for elevation in (15.0, 25.0, 35.0):
+        row0, col0, frac = _cone_shadow(cone, 200, 200, (180.0, elevation), 10.0, 0.0)
+        # sun in the south: the shadow runs north (up), along the apex's column
+        rows = np.nonzero(frac[:, int(50 - col0)] > 0)[0] + row0
+        tip = 50.0 - rows.min()  # pixels from the apex to the farthest shadowed pixel's edge
+        expected = cone.height_m / np.tan(np.radians(elevation)) / 10.0
+        assert tip == pytest.approx(expected, abs=1.0)
+        # shadow area beyond the base: hull of circle and tip point minus the circle
+        d, r = expected, 5.0
+        area = r * np.sqrt(d * d - r * r) - r * r * np.arccos(r / d)
+        assert frac.sum() == pytest.approx(area, rel=0.15)
+    row0, col0, frac = _cone_shadow(cone, 200, 200, (180.0, 45.0), 10.0, 0.0)
+    assert frac.max() == 0.0
