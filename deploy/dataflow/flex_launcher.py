@@ -1,0 +1,70 @@
+"""Flex Template entry point for ``minewatch tile``, ``graph`` and ``infer``.
+
+Dataflow's Python template launcher runs this file (``FLEX_TEMPLATE_PYTHON_PY_FILE``
+in ``Dockerfile.launcher``) with one ``--name=value`` per template parameter
+plus the Beam options it adds itself (``--runner``, ``--project``, ``--region``,
+``--temp_location``, ``--staging_location``, ``--template_location``...). The job
+is the image's ``MINEWATCH_JOB``. Parameters named after the command's options
+become those options (``tile_size`` -> ``--tile-size``), its positional argument
+(``inputs``, ``tiles_dir``) takes a comma-separated list, flags take
+``true``/``false``; everything else passes to Beam unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+def command(job: str) -> Any:
+    """The click command and the library launcher of a job."""
+    if job == "tile":
+        from minewatch.cli.tile import launch, tile
+
+        return tile, launch
+    if job == "graph":
+        from minewatch.cli.graph import graph, launch
+
+        return graph, launch
+    if job == "infer":
+        from minewatch.cli.infer import infer, launch
+
+        return infer, launch
+    raise SystemExit(f"MINEWATCH_JOB={job!r}: expected tile, graph or infer")
+
+
+def to_argv(cmd: Any, args: Sequence[str]) -> list[str]:
+    """Map the launcher's ``--name=value`` arguments onto the command's command line."""
+    params = {p.name: p for p in cmd.params}
+    positional: list[str] = []
+    options: list[str] = []
+    beam: list[str] = []
+    for arg in args:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        param = params.get(name)
+        if not sep or param is None:
+            beam.append(arg)
+        elif param.param_type_name == "argument":
+            positional.extend(v.strip() for v in value.split(",") if v.strip())
+        elif getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+            if value.lower() == "true":
+                options.append(param.opts[0])
+        elif getattr(param, "is_flag", False):
+            options.append(param.opts[0] if value.lower() == "true" else param.secondary_opts[0])
+        else:
+            options.extend([param.opts[0], value])
+    return [*positional, *options, *beam]
+
+
+def main() -> None:
+    """Run the image's job with the launcher's arguments."""
+    cmd, launch = command(os.environ.get("MINEWATCH_JOB", ""))
+    # The launcher process only builds and submits the job; workers run the
+    # minewatch image, so the main session need not be pickled.
+    launch(to_argv(cmd, sys.argv[1:]), save_main_session=False)
+
+
+if __name__ == "__main__":
+    main()
