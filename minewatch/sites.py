@@ -1,10 +1,12 @@
-"""From per-tile class probabilities to sites: rasters, polygons, areas, legality, series.
+"""From class probabilities to sites: rasters, polygons, areas, legality, series.
 
 The pure functions the inference job composes, each testable on its own:
 
-1. :func:`probability_raster` paints tile probabilities onto the scene grid at
-   the resolution of the tiling step (``gcd(tile, stride)`` pixels), averaging
-   where tiles overlap, so sites follow tile borders at that resolution.
+1. :func:`pixel_raster` mosaics the per-pixel probabilities of a model with the
+   pixel head onto the scene grid at pixel resolution, averaging where tiles
+   overlap. For tile-only models, :func:`probability_raster` paints tile
+   probabilities at the resolution of the tiling step (``gcd(tile, stride)``
+   pixels), so sites follow tile borders at that resolution.
 2. :func:`polygonize` turns the winning class of each cell into polygons, one per
    connected region of a positive class, merged across tile borders by
    construction, with areas in m² in a projected CRS.
@@ -12,6 +14,9 @@ The pure functions the inference job composes, each testable on its own:
    protected one, with the reason.
 4. :func:`link_series` matches sites of one kind across acquisitions by overlap
    into a time series with area change.
+
+:func:`match_sites` scores found sites against known polygons (recall and
+precision at an IoU threshold), for tests and ``bench/seg_truth.py``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = [
     "SiteShape",
     "assess_legality",
     "link_series",
+    "match_sites",
+    "pixel_raster",
     "polygonize",
     "probability_raster",
 ]
@@ -90,6 +97,46 @@ def probability_raster(
         mean = np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
     grid = CellGrid(cell, height, width, scene_transform @ Affine.scale(cell))
     return mean, count, grid
+
+
+def pixel_raster(
+    tiles: Iterable[tuple[int, int, np.ndarray]],
+    scene_height: int,
+    scene_width: int,
+    scene_transform: Affine,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray, CellGrid]:
+    """Average per-pixel tile probabilities onto the scene grid (cells of 1 pixel).
+
+    A pixel whose probabilities sum to 0 (the inference job zeroes invalid input
+    pixels) does not count; parts of a tile outside the scene are cut off.
+    Memory: ``K + 1`` float32/int planes of the scene, one scene at a time.
+
+    Args:
+        tiles: ``(row_off, col_off, probabilities [h, w, K])`` per tile.
+        scene_height: Scene rows.
+        scene_width: Scene columns.
+        scene_transform: Scene affine transform.
+        num_classes: ``K``.
+
+    Returns:
+        ``probs`` float32 ``[K, H, W]`` (0 where nothing counts), ``count`` int32
+        ``[H, W]`` (tiles whose valid pixel covers each pixel), and the grid.
+    """
+    total = np.zeros((num_classes, scene_height, scene_width), np.float32)
+    count = np.zeros((scene_height, scene_width), np.int32)
+    for row, col, probs in tiles:
+        p = np.asarray(probs, np.float32)
+        h = min(p.shape[0], scene_height - row)
+        w = min(p.shape[1], scene_width - col)
+        if h <= 0 or w <= 0:
+            continue
+        p = p[:h, :w]
+        valid = p.sum(axis=-1) > 0
+        total[:, row : row + h, col : col + w] += np.moveaxis(p, -1, 0)
+        count[row : row + h, col : col + w] += valid
+    np.divide(total, np.maximum(count, 1), out=total)
+    return total, count, CellGrid(1, scene_height, scene_width, scene_transform)
 
 
 @dataclass
@@ -160,6 +207,7 @@ def polygonize(
     """
     import shapely
     from rasterio.features import shapes
+    from scipy import ndimage
     from shapely.geometry import shape
 
     winner = probs.argmax(axis=0)
@@ -173,24 +221,22 @@ def polygonize(
         mask = ok & (winner == k)
         if not mask.any():
             continue
-        geoms = [
-            shape(geom)
-            for geom, value in shapes(mask.astype(np.uint8), mask=mask, transform=grid.transform)
-            if value == 1
+        # One label per 4-connected region (ndimage's default structure, the same
+        # connectivity as ``shapes``): one polygon per label, scored in one pass.
+        regions, n = ndimage.label(mask)
+        sums = np.bincount(regions.ravel(), weights=probs[k].ravel(), minlength=n + 1)
+        sizes = np.bincount(regions.ravel(), minlength=n + 1)
+        found = [
+            (int(value), shape(geom))
+            for geom, value in shapes(regions.astype(np.int32), mask=mask, transform=grid.transform)
         ]
-        areas = _area_m2(geoms, crs)
-        from rasterio.features import rasterize
-
-        for geom, area in zip(geoms, areas, strict=True):
+        areas = _area_m2([g for _, g in found], crs)
+        for (value, geom), area in sorted(
+            zip(found, areas, strict=True), key=lambda item: item[0][0]
+        ):
             if area < min_area_m2:
                 continue
-            cells = (
-                rasterize(
-                    [(geom, 1)], out_shape=mask.shape, transform=grid.transform, dtype="uint8"
-                ).astype(bool)
-                & mask
-            )
-            score = float(probs[k][cells].mean()) if cells.any() else 0.0
+            score = float(sums[value] / sizes[value]) if sizes[value] else 0.0
             out.append(SiteShape(name, shapely.make_valid(geom), area, score))
     return out
 
@@ -274,3 +320,44 @@ def link_series(
             ends[i] = number
         open_ends, previous = ends, geoms
     return series
+
+
+def match_sites(
+    found: Sequence[Any], truth: Sequence[Any], min_iou: float = 0.3
+) -> list[tuple[int, int, float]]:
+    """Pair found polygons with known ones, one to one, by IoU.
+
+    Greedy by decreasing IoU: the best-overlapping pair is matched first, and
+    each polygon is matched at most once; pairs below ``min_iou`` are not.
+    Recall is ``len(pairs) / len(truth)``, precision ``len(pairs) / len(found)``.
+
+    Args:
+        found: Polygons found (shapely), one CRS.
+        truth: Known polygons, same CRS.
+        min_iou: Least intersection over union of a pair. Default 0.3.
+
+    Returns:
+        ``(found index, truth index, iou)`` per matched pair.
+    """
+    import shapely
+
+    if not len(found) or not len(truth):
+        return []
+    tree = shapely.STRtree(list(truth))
+    candidates: list[tuple[float, int, int]] = []
+    for i, geom in enumerate(found):
+        for j in tree.query(geom, predicate="intersects"):
+            other = truth[int(j)]
+            union = geom.union(other).area
+            iou = geom.intersection(other).area / union if union else 0.0
+            if iou >= min_iou:
+                candidates.append((iou, i, int(j)))
+    pairs: list[tuple[int, int, float]] = []
+    used_found: set[int] = set()
+    used_truth: set[int] = set()
+    for iou, i, j in sorted(candidates, reverse=True):
+        if i not in used_found and j not in used_truth:
+            used_found.add(i)
+            used_truth.add(j)
+            pairs.append((i, j, iou))
+    return pairs

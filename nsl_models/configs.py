@@ -227,6 +227,11 @@ class ModelConfig(_Checked):
         depth: Blocks of the small CNNs (each halves the resolution). Default 2.
         embedding_dim: Size of the embedding (penultimate layer). Default 64.
         dropout: Dropout rate before the classifier. Default 0.1.
+        pixel_head: Add the per-pixel head: a small fully-convolutional decoder
+            that returns ``[B, H, W, K]`` logits at tile resolution from the
+            shared embedding and a full-resolution branch over the normalised
+            pixels (``docs/training.md``). Default False.
+        pixel_width: Filters of the per-pixel decoder's convolutions. Default 16.
     """
 
     architecture: Architecture = Architecture.SMALL_CNN
@@ -234,12 +239,15 @@ class ModelConfig(_Checked):
     depth: int = 2
     embedding_dim: int = 64
     dropout: float = 0.1
+    pixel_head: bool = False
+    pixel_width: int = 16
 
     def __post_init__(self) -> None:
         self._require(self.width >= 4, "width", "must be >= 4")
         self._require(1 <= self.depth <= 6, "depth", "must be in 1..6")
         self._require(self.embedding_dim >= 2, "embedding_dim", "must be >= 2")
         self._require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        self._require(self.pixel_width >= 2, "pixel_width", "must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -323,6 +331,8 @@ class TrainConfig(_Checked):
         mixed_precision: ``mixed_bfloat16`` on TPU, ``mixed_float16`` on GPU,
             ignored on CPU; the output layer stays float32. Default False.
         jit_compile: Compile the train step with XLA. Default False.
+        pixel_loss_weight: Weight of the per-pixel cross-entropy (``label/mask``)
+            in the loss, when ``model.pixel_head`` is on. Default 1.0.
     """
 
     epochs: int = 10
@@ -337,8 +347,10 @@ class TrainConfig(_Checked):
     log_every: int = 10
     mixed_precision: bool = False
     jit_compile: bool = False
+    pixel_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        self._require(self.pixel_loss_weight >= 0.0, "pixel_loss_weight", "must be >= 0")
         self._require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
         self._require(0.0 < self.learning_rate < 10.0, "learning_rate", "must be in (0, 10)")

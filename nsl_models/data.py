@@ -15,6 +15,12 @@ key             shape / dtype          meaning
 ``nbr_image``   ``[B, k, H, W, C]``    neighbours' raw pixels (zeros where missing);
                                        only with ``max_neighbors > 0``
 ``nbr_weight``  ``[B, k]`` f32         edge weights; 0 for a missing neighbour
+``pixel_label`` ``[B, H, W]`` int32    ``label/mask`` class per pixel; -1 where the
+                                       loss ignores it (255 unknown, invalid pixel,
+                                       unlabelled or hidden tile); only with
+                                       ``pixel_labels=True``
+``pixel_weight`` ``[B, H, W]`` f32     per-pixel class weight x weak-label weight;
+                                       0 where ``pixel_label`` is -1
 ==============  =====================  ==============================================
 
 Plain tile records read with ``max_neighbors > 0`` give all-zero neighbour
@@ -35,6 +41,7 @@ import numpy as np
 
 from minewatch.compat import use_legacy_keras
 from minewatch.errors import ConfigError, InputError
+from minewatch.spec import UNKNOWN_CLASS
 from nsl_models.configs import ClassWeighting, DataConfig, SplitKey
 
 __all__ = [
@@ -43,7 +50,9 @@ __all__ = [
     "TileSpec",
     "class_weights",
     "count_labels",
+    "count_pixels",
     "load_arrays",
+    "load_pixel_arrays",
     "make_dataset",
     "read_tile_spec",
     "resolve_files",
@@ -196,6 +205,8 @@ def _features(spec: TileSpec, max_neighbors: int) -> dict[str, Any]:
         "window/col": tf.io.FixedLenFeature([], tf.int64, default_value=0),
         "label/class": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
         "label/weak": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        "label/mask": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "mask/valid": tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
     for i in range(max_neighbors):
         # A record with fewer neighbours gets zero pixels and weight 0 (no edge).
@@ -211,6 +222,31 @@ def _decode(raw: Any, spec: TileSpec) -> Any:
 
     pixels = tf.io.decode_raw(raw, tf.dtypes.as_dtype(spec.dtype), little_endian=True)
     return tf.reshape(tf.cast(pixels, tf.float32), spec.shape)
+
+
+def _plane(raw: Any, spec: TileSpec, fill: int) -> Any:
+    """An ``[H, W]`` uint8 plane from its bytes; ``fill`` everywhere when they are absent."""
+    import tensorflow as tf
+
+    n = spec.height * spec.width
+    # Records labelled from a CSV (or not at all) store an empty mask: no pixel extent.
+    raw = tf.where(tf.strings.length(raw) == n, raw, tf.constant(bytes([fill]) * n))
+    return tf.reshape(tf.io.decode_raw(raw, tf.uint8), [spec.height, spec.width])
+
+
+def _pixel_label(ex: dict[str, Any], label: Any, spec: TileSpec) -> Any:
+    """``label/mask`` as int32 with -1 where the pixel loss must ignore the pixel.
+
+    Ignored: class 255 (unknown), a class index out of range, a pixel that is not
+    valid data, and every pixel of a tile whose label is -1 (unlabelled, or hidden
+    by ``label_fraction``: hidden tiles must not leak their label through pixels).
+    """
+    import tensorflow as tf
+
+    mask = tf.cast(_plane(ex["label/mask"], spec, UNKNOWN_CLASS), tf.int32)
+    valid = _plane(ex["mask/valid"], spec, 1) > 0
+    keep = valid & (mask < spec.num_classes) & (label >= 0)
+    return tf.where(keep, mask, -1)
 
 
 def _in_split(ex: dict[str, Any], spec: TileSpec, config: DataConfig, split: str) -> Any:
@@ -292,6 +328,45 @@ def count_labels(
     return counts
 
 
+def count_pixels(
+    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.TRAIN
+) -> np.ndarray:
+    """Count the pixels of each class that the per-pixel loss sees in one split.
+
+    Pixels are counted as :func:`make_dataset` hands them to the loss with
+    ``pixel_labels=True`` (unknown, invalid and hidden-tile pixels left out).
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        config: The data section (split and label hiding).
+        split: ``train``, ``validation`` or ``all``.
+
+    Returns:
+        ``int64[K]`` pixels per class.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    k = spec.num_classes
+
+    def parse(record: Any) -> Any:
+        ex = tf.io.parse_single_example(record, feats)
+        keep = _in_split(ex, spec, config, split)
+        pixels = _pixel_label(ex, _label(ex, config, split), spec)
+        pixels = tf.where(keep, pixels, -1)
+        return tf.math.bincount(
+            tf.reshape(pixels + 1, [-1]), minlength=k + 1, maxlength=k + 1, dtype=tf.int64
+        )[1:]
+
+    counts = np.zeros(k, np.int64)
+    ds = _records(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    for c in ds.batch(1024).map(lambda c: tf.reduce_sum(c, 0)):
+        counts += c.numpy()
+    return counts
+
+
 def class_weights(counts: np.ndarray, weighting: ClassWeighting, cap: float) -> np.ndarray:
     """Per-class loss weights from label counts.
 
@@ -335,6 +410,8 @@ def make_dataset(
     max_neighbors: int = 0,
     seed: int = 0,
     batch_size: int | None = None,
+    pixel_labels: bool = False,
+    pixel_class_weight: np.ndarray | None = None,
 ) -> Any:
     """Batches of parsed tiles (see the module docstring for the keys).
 
@@ -349,6 +426,10 @@ def make_dataset(
         max_neighbors: Neighbours to read (0: no ``nbr_*`` keys).
         seed: Shuffle seed.
         batch_size: Batch size; default ``config.batch_size``.
+        pixel_labels: Add ``pixel_label`` and ``pixel_weight`` (per-pixel head).
+            Default False.
+        pixel_class_weight: ``float32[K]`` per-class weights of the pixel loss
+            (e.g. :func:`class_weights` of :func:`count_pixels`); default all 1.
 
     Returns:
         A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
@@ -361,20 +442,30 @@ def make_dataset(
         np.ones(spec.num_classes, np.float32) if class_weight is None else class_weight,
         tf.float32,
     )
+    pcw = tf.constant(
+        np.ones(spec.num_classes, np.float32) if pixel_class_weight is None else pixel_class_weight,
+        tf.float32,
+    )
     weak_w = tf.constant(config.weak_label_weight, tf.float32)
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
         label = _label(ex, config, split)
         labelled = label >= 0
-        weight = tf.where(labelled, tf.gather(cw, tf.maximum(label, 0)), 0.0)
-        weight *= tf.where(ex["label/weak"] > 0, weak_w, 1.0)
+        weak = tf.where(ex["label/weak"] > 0, weak_w, 1.0)
+        weight = tf.where(labelled, tf.gather(cw, tf.maximum(label, 0)), 0.0) * weak
         out = {
             "image": _decode(ex["image/raw"], spec),
             "label": label,
             "weight": weight,
             "_keep": _in_split(ex, spec, config, split),
         }
+        if pixel_labels:
+            pixels = _pixel_label(ex, label, spec)
+            out["pixel_label"] = pixels
+            out["pixel_weight"] = tf.where(
+                pixels >= 0, tf.gather(pcw, tf.maximum(pixels, 0)) * weak, 0.0
+            )
         if max_neighbors:
             out["nbr_image"] = tf.stack(
                 [_decode(ex[f"{NBR_PREFIX}{i}_image/raw"], spec) for i in range(max_neighbors)]
@@ -409,6 +500,25 @@ def load_arrays(
         ``(images[N, H, W, C]`` in ``spec.dtype``, ``labels[N]`` int64); tiles
         without a label are left out.
     """
+    images, labels, _ = load_pixel_arrays(files, spec, config, split)
+    return images, labels
+
+
+def load_pixel_arrays(
+    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.ALL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Like :func:`load_arrays`, plus each tile's per-pixel labels.
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        config: The data section (for the split).
+        split: ``train``, ``validation`` or ``all``.
+
+    Returns:
+        ``(images, labels, pixel_labels[N, H, W]`` int32, -1 where unknown or
+        invalid, as the pixel loss ignores them).
+    """
     use_legacy_keras()
     import tensorflow as tf
 
@@ -417,14 +527,25 @@ def load_arrays(
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
         pixels = tf.io.decode_raw(ex["image/raw"], tf.dtypes.as_dtype(spec.dtype))
-        return tf.reshape(pixels, spec.shape), ex["label/class"], _in_split(ex, spec, config, split)
+        label = tf.cast(ex["label/class"], tf.int32)
+        return (
+            tf.reshape(pixels, spec.shape),
+            ex["label/class"],
+            _pixel_label(ex, label, spec),
+            _in_split(ex, spec, config, split),
+        )
 
-    images, labels = [], []
+    images, labels, masks = [], [], []
     ds = _records(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    for image, label, keep in ds.batch(1024).as_numpy_iterator():
+    for image, label, mask, keep in ds.batch(1024).as_numpy_iterator():
         sel = keep & (label >= 0)
         images.append(image[sel])
         labels.append(label[sel])
+        masks.append(mask[sel])
     if not images:
-        return np.zeros((0, *spec.shape), spec.dtype), np.zeros(0, np.int64)
-    return np.concatenate(images), np.concatenate(labels)
+        return (
+            np.zeros((0, *spec.shape), spec.dtype),
+            np.zeros(0, np.int64),
+            np.zeros((0, spec.height, spec.width), np.int32),
+        )
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(masks)

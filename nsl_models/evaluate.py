@@ -5,6 +5,9 @@ registry contract), so any exported model can be evaluated without the code
 that trained it. For each model the report holds:
 
 * ``clean``: accuracy, macro F1 and per-class precision/recall/F1/support;
+* ``pixels`` (models that serve ``pixel_probabilities``): pixel accuracy, mean
+  IoU and per-class pixel IoU/precision/recall/support against ``label/mask``
+  (unknown and invalid pixels left out), on the same tiles;
 * ``corruptions[name][severity]``: the same after
   :func:`minewatch.corruptions.corrupt_batch` (seeded) on the stored pixels;
 * ``adversarial[method][epsilon]``: the same under FGSM / PGD (L-inf) attacks.
@@ -38,6 +41,7 @@ __all__ = [
     "classification_report",
     "evaluate_model",
     "evaluate_models",
+    "pixel_report",
     "plot_report",
     "write_report",
 ]
@@ -79,6 +83,50 @@ def classification_report(
         "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
         "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
         "examples": n,
+        "per_class": per_class,
+    }
+
+
+def pixel_report(
+    labels: np.ndarray, predictions: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Per-pixel accuracy, mean IoU and per-class IoU, precision, recall and support.
+
+    Args:
+        labels: ``int[N, H, W]`` true class per pixel; negative where unknown
+            (those pixels are left out).
+        predictions: ``int[N, H, W]`` predicted class per pixel.
+        classes: Class names in index order.
+
+    Returns:
+        ``{"pixel_accuracy", "mean_iou", "pixels", "per_class": {name: {"iou",
+        "precision", "recall", "support"}}}``; the mean IoU is over classes with
+        support; a class never predicted has precision 0.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
+    keep = labels >= 0
+    labels, predictions = labels[keep].astype(np.int64), predictions[keep].astype(np.int64)
+    per_class: dict[str, dict[str, float]] = {}
+    ious = []
+    for k, name in enumerate(classes):
+        tp = int(np.sum((predictions == k) & (labels == k)))
+        predicted = int(np.sum(predictions == k))
+        support = int(np.sum(labels == k))
+        union = predicted + support - tp
+        per_class[name] = {
+            "iou": tp / union if union else 0.0,
+            "precision": tp / predicted if predicted else 0.0,
+            "recall": tp / support if support else 0.0,
+            "support": support,
+        }
+        if support:
+            ious.append(per_class[name]["iou"])
+    n = len(labels)
+    return {
+        "pixel_accuracy": float(np.mean(labels == predictions)) if n else float("nan"),
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "pixels": n,
         "per_class": per_class,
     }
 
@@ -150,6 +198,7 @@ def evaluate_model(
     epsilons: Sequence[float] = (),
     attacks: Sequence[str] = ("fgsm", "pgd"),
     seed: int = 0,
+    pixel_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Evaluate one model folder on given tiles.
 
@@ -163,9 +212,13 @@ def evaluate_model(
         epsilons: Attack radii in normalised units (empty: no attack).
         attacks: ``fgsm`` and/or ``pgd``.
         seed: Seed of the corruption generator (the same for every model).
+        pixel_labels: ``int[N, H, W]`` per-pixel labels (-1 unknown); with a
+            model that serves ``pixel_probabilities``, adds ``pixels``.
 
     Returns:
-        ``{"model", "version", "clean", "corruptions", "adversarial"}``.
+        ``{"model", "version", "clean", "corruptions", "adversarial"}`` and
+        ``pixels`` (:func:`pixel_report`) when both the model and the labels
+        have pixels.
     """
     use_legacy_keras()
     import tensorflow as tf
@@ -185,6 +238,19 @@ def evaluate_model(
         "corruptions": {},
         "adversarial": {},
     }
+    if pixel_labels is not None and "pixel_probabilities" in fn.structured_outputs:
+        pred = np.concatenate(
+            [
+                np.argmax(
+                    fn(image=tf.constant(images[i : i + 256], tf.float32))[
+                        "pixel_probabilities"
+                    ].numpy(),
+                    -1,
+                )
+                for i in range(0, len(images), 256)
+            ]
+        )
+        report["pixels"] = pixel_report(pixel_labels, pred, classes)
     for name in corruptions:
         report["corruptions"][name] = {}
         for sev in severities:
@@ -247,14 +313,16 @@ def evaluate_models(
     if not files:
         raise InputError(f"no tiles/*.tfrecord in {data_dir}: run `minewatch tile`")
     spec = datalib.read_tile_spec(data_dir, files)
-    images, labels = datalib.load_arrays(files, spec, data_cfg, split)
+    images, labels, masks = datalib.load_pixel_arrays(files, spec, data_cfg, split)
     if not len(labels):
         raise InputError(f"no labelled tile in {data_dir} ({split})")
     if max_examples and len(labels) > max_examples:
         pick = np.sort(np.random.default_rng(seed).choice(len(labels), max_examples, replace=False))
-        images, labels = images[pick], labels[pick]
+        images, labels, masks = images[pick], labels[pick], masks[pick]
     models = [
-        evaluate_model(d, images, labels, corruptions, severities, epsilons, attacks, seed)
+        evaluate_model(
+            d, images, labels, corruptions, severities, epsilons, attacks, seed, pixel_labels=masks
+        )
         for d in model_dirs
     ]
     return {"data": data_dir, "split": split, "examples": len(labels), "models": models}

@@ -30,8 +30,18 @@ regularizers in one ``train_step`` that shares the clean forward pass:
    perturbation is computed with the outer tape paused and NSL stops its
    gradient, so it is a constant to the weight update. One more forward pass on
    the adversarial batch gives the adversarial loss with the same weights.
-6. ``loss = supervised + graph.multiplier * graph + adversarial.multiplier *
-   adversarial + model regularization losses``; one optimizer update.
+6. ``loss = supervised + pixel_loss_weight * pixel + graph.multiplier * graph +
+   adversarial.multiplier * adversarial + model regularization losses``; one
+   optimizer update.
+
+**Per-pixel head** (``model.pixel_head``, layer ``pixel_decoder``): a small
+fully-convolutional decoder that takes the normalised pixels and the clean
+embedding of step 2 and returns ``[B, H, W, K]`` logits at tile resolution. It
+runs inside step 3 on the same pass (same tape): its weighted per-pixel
+cross-entropy on ``label/mask`` (``pixel_label``/``pixel_weight`` of the batch;
+unknown, invalid and unlabelled-tile pixels weigh 0) is added to the loss that
+the adversarial perturbation of step 5 climbs, and the adversarial pass scores
+both heads. The graph term is unchanged (it acts on the shared embedding).
 
 Each term is switched by its config (``enabled`` and ``multiplier > 0``); the
 graph term also needs neighbour features in the batch.
@@ -80,7 +90,11 @@ __all__ = [
     "RegularizedModel",
     "build_base_model",
     "build_encoder",
+    "build_pixel_decoder",
     "embedding_of",
+    "has_pixel_head",
+    "pixel_xent",
+    "tile_logits",
 ]
 
 
@@ -182,6 +196,42 @@ def build_encoder(shape: tuple[int, int, int], config: ModelConfig) -> Any:
     return tf.keras.Model(inputs, x, name="encoder")
 
 
+def build_pixel_decoder(shape: tuple[int, int, int], config: ModelConfig, num_classes: int) -> Any:
+    """The per-pixel head: ``(normalised pixels, embedding) -> [H, W, K]`` logits.
+
+    Two 3 x 3 convolutions at full tile resolution see each pixel's spectrum and
+    its 5 x 5 neighbourhood; the shared embedding, projected and added to every
+    pixel's features (a per-tile bias), brings what the encoder learnt about the
+    whole tile; a 1 x 1 convolution then maps them to class logits (float32,
+    also under mixed precision). Nothing is downsampled, so outlines keep the
+    pixel grid.
+
+    Args:
+        shape: ``(H, W, C)``.
+        config: ``pixel_width`` and ``embedding_dim``.
+        num_classes: ``K``.
+
+    Returns:
+        A functional ``tf.keras.Model`` named ``pixel_decoder`` with inputs
+        ``normalized`` ``[None, H, W, C]`` and ``embedding`` ``[None, D]``.
+    """
+    width = config.pixel_width
+    pixels = tf.keras.Input(shape=shape, name="normalized")
+    embedding = tf.keras.Input(shape=(config.embedding_dim,), name="embedding")
+    x = pixels
+    for i in range(2):
+        x = tf.keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = tf.keras.layers.ReLU()(_norm(width)(x))
+    # The embedding enters as a per-tile bias of the mixing layer (broadcast over
+    # H x W by Add: XLA compiles its gradient, unlike UpSampling's).
+    context = tf.keras.layers.Dense(width, name="context")(embedding)
+    context = tf.keras.layers.Reshape((1, 1, width))(context)
+    x = tf.keras.layers.Conv2D(width, 1, name="mix")(x)
+    x = tf.keras.layers.ReLU()(tf.keras.layers.Add(name="add_context")([x, context]))
+    logits = tf.keras.layers.Conv2D(num_classes, 1, dtype="float32", name="pixel_logits")(x)
+    return tf.keras.Model([pixels, embedding], logits, name="pixel_decoder")
+
+
 def build_base_model(spec: TileSpec, config: ModelConfig) -> Any:
     """The base classifier ``image -> logits`` with normalisation inside.
 
@@ -192,14 +242,30 @@ def build_base_model(spec: TileSpec, config: ModelConfig) -> Any:
     Returns:
         A functional ``tf.keras.Model`` with input ``image`` (raw pixels, float32
         ``[None, H, W, C]``) and float32 logits ``[None, K]``; layers
-        ``normalize``, ``encoder``, ``dropout``, ``logits``.
+        ``normalize``, ``encoder``, ``dropout``, ``logits``. With
+        ``config.pixel_head`` it also has the layer ``pixel_decoder`` and a
+        second output, per-pixel logits ``[None, H, W, K]``: the model returns
+        ``[logits, pixel_logits]`` (:func:`tile_logits` picks the first).
     """
     image = tf.keras.Input(shape=spec.shape, name="image", dtype=tf.float32)
-    x = Normalization(spec.mean, spec.std, name="normalize")(image)
-    x = build_encoder(spec.shape, config)(x)
-    x = tf.keras.layers.Dropout(config.dropout, name="dropout")(x)
+    xn = Normalization(spec.mean, spec.std, name="normalize")(image)
+    emb = build_encoder(spec.shape, config)(xn)
+    x = tf.keras.layers.Dropout(config.dropout, name="dropout")(emb)
     logits = tf.keras.layers.Dense(spec.num_classes, dtype="float32", name="logits")(x)
-    return tf.keras.Model(image, logits, name="base_model")
+    if not config.pixel_head:
+        return tf.keras.Model(image, logits, name="base_model")
+    pixel = build_pixel_decoder(spec.shape, config, spec.num_classes)([xn, emb])
+    return tf.keras.Model(image, [logits, pixel], name="base_model")
+
+
+def has_pixel_head(base_model: Any) -> bool:
+    """Whether a base model has the per-pixel head (layer ``pixel_decoder``)."""
+    return any(layer.name == "pixel_decoder" for layer in base_model.layers)
+
+
+def tile_logits(outputs: Any) -> Any:
+    """The tile logits of a base model's outputs (the first of two with the pixel head)."""
+    return outputs[0] if isinstance(outputs, list | tuple) else outputs
 
 
 def embedding_of(base_model: Any, image: Any, training: bool = False) -> Any:
@@ -227,14 +293,30 @@ def _weighted_xent(labels: Any, logits: Any, weights: Any) -> Any:
     return tf.reduce_sum(per_example * weights) / tf.maximum(labelled, 1.0)
 
 
+def pixel_xent(labels: Any, logits: Any, weights: Any) -> Any:
+    """Weighted per-pixel cross-entropy, averaged over the pixels that count.
+
+    Args:
+        labels: int ``[B, H, W]``; -1 (any negative) where ignored.
+        logits: ``[B, H, W, K]``.
+        weights: ``[B, H, W]``; 0 where ignored (unknown class 255, invalid
+            pixel, unlabelled tile), else the pixel's class weight.
+
+    Returns:
+        ``sum(weight * xent) / #(weight > 0)``; 0 when no pixel counts.
+    """
+    return _weighted_xent(labels, logits, weights)
+
+
 class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
     """A base classifier trained with supervised + graph + adversarial loss in one step.
 
     Batches are dicts from :func:`nsl_models.data.make_dataset` (``image``,
-    ``label``, ``weight``, optionally ``nbr_image``/``nbr_weight``). The module
-    docstring describes the step. Metrics: ``loss``, ``supervised_loss``,
+    ``label``, ``weight``, optionally ``nbr_image``/``nbr_weight`` and, for a
+    base model with the pixel head, ``pixel_label``/``pixel_weight``). The
+    module docstring describes the step. Metrics: ``loss``, ``supervised_loss``,
     ``graph_loss`` and ``adversarial_loss`` (unscaled), ``accuracy`` (labelled
-    examples).
+    examples), and ``pixel_loss`` with the pixel head.
 
     Example:
         >>> model = RegularizedModel(base, make_graph_config(), make_adversarial_config())
@@ -246,6 +328,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             ``encoder``, ``dropout``, ``logits``).
         graph: Graph regularization; default off.
         adversarial: Adversarial regularization; default off.
+        pixel_loss_weight: Weight of the per-pixel loss (pixel head only). Default 1.
     """
 
     def __init__(
@@ -253,9 +336,14 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         base_model: Any,
         graph: GraphConfig | None = None,
         adversarial: AdversarialConfig | None = None,
+        pixel_loss_weight: float = 1.0,
     ) -> None:
         super().__init__(name="regularized_model")
         self.base_model = base_model
+        self.pixel_loss_weight = float(pixel_loss_weight)
+        self._pixel: Any = (
+            base_model.get_layer("pixel_decoder") if has_pixel_head(base_model) else None
+        )
         self.graph = graph or GraphConfig()
         self.adversarial = adversarial or AdversarialConfig()
         self._normalize = base_model.get_layer("normalize")
@@ -274,10 +362,10 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             pgd_iterations=adv.pgd_iterations if pgd else 1,
             pgd_epsilon=adv.epsilon if pgd else None,
         )
-        self._trackers = {
-            name: tf.keras.metrics.Mean(name)
-            for name in ("loss", "supervised_loss", "graph_loss", "adversarial_loss")
-        }
+        names = ["loss", "supervised_loss", "graph_loss", "adversarial_loss"]
+        if self._pixel is not None:
+            names.append("pixel_loss")
+        self._trackers = {name: tf.keras.metrics.Mean(name) for name in names}
         self._accuracy = tf.keras.metrics.SparseCategoricalAccuracy("accuracy")
 
     @property
@@ -286,7 +374,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         return [*self._trackers.values(), self._accuracy]
 
     def call(self, inputs: Any, training: bool = False) -> Any:
-        """Logits of raw pixels (or of ``inputs["image"]``)."""
+        """Logits of raw pixels (or of ``inputs["image"]``); two outputs with the pixel head."""
         if isinstance(inputs, dict):
             inputs = inputs["image"]
         return self.base_model(inputs, training=training)
@@ -296,6 +384,13 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
 
     def _embed(self, xn: Any, training: bool) -> Any:
         return tf.cast(self._encoder(xn, training=training), tf.float32)
+
+    def uses_pixels(self, data: dict[str, Any]) -> bool:
+        """Whether the per-pixel term is on for batches like ``data``."""
+        return self._pixel is not None and "pixel_label" in data
+
+    def _pixel_loss(self, data: dict[str, Any], pixel_logits: Any) -> Any:
+        return pixel_xent(data["pixel_label"], pixel_logits, data["pixel_weight"])
 
     @property
     def uses_adversarial(self) -> bool:
@@ -316,16 +411,26 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
 
         Returns:
             ``loss`` (total), ``supervised_loss``, ``graph_loss``,
-            ``adversarial_loss`` (0 when off) and ``logits`` of the clean batch.
+            ``adversarial_loss``, ``pixel_loss`` (each 0 when off) and ``logits``
+            of the clean batch.
         """
         image, labels, weights = data["image"], data["label"], data["weight"]
         use_graph = self.uses_graph(data)
+        use_pixels = self.uses_pixels(data)
+        w_pix = self.pixel_loss_weight
+        zero = tf.constant(0.0)
+        pixel_loss = zero
         xn = self._normalize(image)
         with tf.GradientTape(watch_accessed_variables=False) as tape_x:
             tape_x.watch(xn)
             emb = self._embed(xn, training=True)
             logits = self._logits(emb, training=True)
             supervised = _weighted_xent(labels, logits, weights)
+            attacked = supervised
+            if use_pixels:
+                # Same pass, same embedding: the decoder adds one cheap branch.
+                pixel_loss = self._pixel_loss(data, self._pixel([xn, emb], training=True))
+                attacked = supervised + w_pix * pixel_loss
         if use_graph:
             # Outside tape_x: the input gradient for the adversarial step then
             # back-propagates through the B clean rows only, not the B * k neighbours.
@@ -333,8 +438,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             k = nbr.shape[1]
             nbr_n = self._normalize(tf.reshape(nbr, [-1, *image.shape[1:]]))
             nbr_emb = self._embed(nbr_n, training=True)
-        total = supervised
-        zero = tf.constant(0.0)
+        total = attacked
         graph_loss = adversarial_loss = zero
         if use_graph:
             graph_loss = nsl.lib.pairwise_distance_wrapper(
@@ -345,18 +449,26 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             )
             total += self.graph.multiplier * graph_loss
         if self.uses_adversarial:
+
+            def model_fn(z: Any) -> Any:
+                e = self._embed(z, True)
+                return (self._logits(e, True), self._pixel([z, e], True) if use_pixels else None)
+
+            def loss_fn(y: Any, out: Any) -> Any:
+                loss = _weighted_xent(y, out[0], weights)
+                return loss + w_pix * self._pixel_loss(data, out[1]) if use_pixels else loss
+
             with tape.stop_recording():
                 adv_xn, _ = nsl.lib.gen_adv_neighbor(
                     xn,
-                    supervised,
+                    attacked,
                     config=self._adv_neighbor,
                     gradient_tape=tape_x,
-                    pgd_model_fn=lambda z: self._logits(self._embed(z, True), True),
-                    pgd_loss_fn=lambda y, z: _weighted_xent(y, z, weights),
+                    pgd_model_fn=model_fn,
+                    pgd_loss_fn=loss_fn,
                     pgd_labels=labels,
                 )
-            adv_logits = self._logits(self._embed(tf.stop_gradient(adv_xn), True), True)
-            adversarial_loss = _weighted_xent(labels, adv_logits, weights)
+            adversarial_loss = loss_fn(labels, model_fn(tf.stop_gradient(adv_xn)))
             total += self.adversarial.multiplier * adversarial_loss
         if self.losses:
             total += tf.add_n(self.losses)
@@ -365,6 +477,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             "supervised_loss": supervised,
             "graph_loss": graph_loss,
             "adversarial_loss": adversarial_loss,
+            "pixel_loss": pixel_loss,
             "logits": logits,
         }
 
@@ -379,15 +492,18 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         return self._update_metrics(data, out)
 
     def test_step(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Supervised loss and accuracy of the clean batch in inference mode."""
-        logits = self.base_model(data["image"], training=False)
+        """Supervised (and pixel) loss and accuracy of the clean batch in inference mode."""
+        outputs = self.base_model(data["image"], training=False)
+        logits = tile_logits(outputs)
         supervised = _weighted_xent(data["label"], logits, data["weight"])
         zero = tf.constant(0.0)
+        pixel_loss = self._pixel_loss(data, outputs[1]) if self.uses_pixels(data) else zero
         out = {
-            "loss": supervised,
+            "loss": supervised + self.pixel_loss_weight * pixel_loss,
             "supervised_loss": supervised,
             "graph_loss": zero,
             "adversarial_loss": zero,
+            "pixel_loss": pixel_loss,
             "logits": logits,
         }
         return self._update_metrics(data, out)

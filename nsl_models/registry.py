@@ -6,14 +6,17 @@
     A TF SavedModel. Signature ``serving_default`` takes one input ``image``:
     float32 ``[None, H, W, C]``, raw pixel values as stored in the tile (cast
     to float32; invalid pixels 0), and returns ``probabilities`` float32
-    ``[None, K]`` and ``embedding`` float32 ``[None, D]``. Signature
-    ``embedding`` takes the same input and returns only ``embedding``.
-    Normalisation is inside the model.
+    ``[None, K]`` and ``embedding`` float32 ``[None, D]``; a model trained with
+    the per-pixel head (``model.pixel_head``) also returns
+    ``pixel_probabilities`` float32 ``[None, H, W, K]`` (softmax per pixel, at
+    tile resolution). Signature ``embedding`` takes the same input and returns
+    only ``embedding``. Normalisation is inside the model.
 ``MODEL_DIR/metadata.json``
     ``{"version", "task", "classes", "bands", "tile_size", "input_dtype",
-    "normalization": {"mean", "std"}, "data_manifest_hash", "config",
-    "metrics", "created"}``; ``version`` is ``YYYYmmddTHHMMSSZ-<8 hex>`` (UTC
-    time and a hash of the weights and config).
+    "normalization": {"mean", "std"}, "outputs", "data_manifest_hash",
+    "config", "metrics", "created"}``; ``outputs`` lists the serving outputs;
+    ``version`` is ``YYYYmmddTHHMMSSZ-<8 hex>`` (UTC time and a hash of the
+    weights and config).
 
 **Registry layout** (``minewatch promote MODEL_DIR --registry DIR``)::
 
@@ -104,17 +107,24 @@ def export_model(
     use_legacy_keras()
     import tensorflow as tf
 
-    from nsl_models.models import embedding_of
+    from nsl_models.models import embedding_of, has_pixel_head
 
     module = tf.Module()
     module.model = base_model
     spec_in = tf.TensorSpec([None, *spec.shape], tf.float32, name="image")
+    pixel_head = has_pixel_head(base_model)
 
     @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
     def serve(image: Any) -> dict[str, Any]:
-        embedding = embedding_of(base_model, image, training=False)
+        xn = base_model.get_layer("normalize")(image)
+        raw = base_model.get_layer("encoder")(xn, training=False)
+        embedding = tf.cast(raw, tf.float32)
         logits = base_model.get_layer("logits")(embedding)
-        return {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32)), "embedding": embedding}
+        out = {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32)), "embedding": embedding}
+        if pixel_head:
+            pixel = base_model.get_layer("pixel_decoder")([xn, raw], training=False)
+            out["pixel_probabilities"] = tf.nn.softmax(tf.cast(pixel, tf.float32), axis=-1)
+        return out
 
     @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
     def embed(image: Any) -> dict[str, Any]:
@@ -139,6 +149,7 @@ def export_model(
         "tile_size": spec.height,
         "input_dtype": spec.dtype,
         "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
+        "outputs": ["probabilities", "embedding", *(["pixel_probabilities"] if pixel_head else [])],
         "data_manifest_hash": data_hash,
         "config": config,
         "metrics": _jsonable(metrics),

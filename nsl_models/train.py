@@ -114,6 +114,13 @@ class Trainer:
         self.class_weight = datalib.class_weights(
             counts[:-1], config.data.class_weighting, config.data.max_class_weight
         )
+        self.pixel_class_weight = None
+        if config.model.pixel_head:
+            pixels = datalib.count_pixels(self.train_files, self.spec, config.data)
+            self.pixel_counts = pixels
+            self.pixel_class_weight = datalib.class_weights(
+                pixels, config.data.class_weighting, config.data.max_class_weight
+            )
         self.train_examples = int(counts.sum())
         self.steps_per_epoch = config.train.steps_per_epoch or max(
             1, self.train_examples // config.data.batch_size
@@ -141,6 +148,8 @@ class Trainer:
             class_weight=self.class_weight,
             max_neighbors=k,
             seed=cfg.train.seed,
+            pixel_labels=cfg.model.pixel_head,
+            pixel_class_weight=self.pixel_class_weight,
         )
         val_files, val_split = self._val_split()
         n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
@@ -154,11 +163,15 @@ class Trainer:
                 split=val_split,
                 training=False,
                 batch_size=min(cfg.data.batch_size, n_val),
+                pixel_labels=cfg.model.pixel_head,
+                pixel_class_weight=self.pixel_class_weight,
             )
         strategy = self.hardware.strategy
         with strategy.scope():
             self.base_model = build_base_model(self.spec, cfg.model)
-            self.model = RegularizedModel(self.base_model, cfg.graph, cfg.adversarial)
+            self.model = RegularizedModel(
+                self.base_model, cfg.graph, cfg.adversarial, cfg.train.pixel_loss_weight
+            )
             opt_cls = (
                 tf.keras.optimizers.Adam
                 if cfg.train.optimizer is OptimizerName.ADAM
@@ -310,17 +323,22 @@ class Trainer:
         Returns:
             :func:`nsl_models.evaluate.classification_report` of the held-out
             tiles plus ``selection_metric`` (``train.selection_metric``) and ``examples``; empty
-            metrics with ``examples: 0`` when there is no held-out tile.
+            metrics with ``examples: 0`` when there is no held-out tile. With the
+            pixel head, also ``pixels``: :func:`nsl_models.evaluate.pixel_report`
+            of the same tiles.
         """
-        from nsl_models.evaluate import classification_report
+        from nsl_models.evaluate import classification_report, pixel_report
 
         files, split = self._val_split()
-        images, labels = datalib.load_arrays(files, self.spec, self.config.data, split)
+        images, labels, masks = datalib.load_pixel_arrays(files, self.spec, self.config.data, split)
         metric = self.config.train.selection_metric.value
         if not len(labels):
             return {"examples": 0, "selection_metric": metric}
-        logits = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
+        outputs = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
+        logits = outputs[0] if isinstance(outputs, list) else outputs
         report = classification_report(labels, np.argmax(logits, -1), self.spec.classes)
+        if isinstance(outputs, list):
+            report["pixels"] = pixel_report(masks, np.argmax(outputs[1], -1), self.spec.classes)
         report["selection_metric"] = metric
         return report
 

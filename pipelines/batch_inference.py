@@ -13,6 +13,14 @@ which loads the SavedModel once per worker and calls its ``serving_default``
 signature; no training code is imported. Failed batches go to the dead letter
 with the error. Every row carries the model version.
 
+Two resolutions, chosen by what the model serves: a model with the per-pixel
+head (``pixel_probabilities`` [N, H, W, K]) has its tiles mosaicked per scene
+onto the scene grid at pixel resolution (averaged where tiles overlap), and
+sites are polygonized from that; a tile-only model (``probabilities`` [N, K])
+has its tile probabilities painted onto cells of ``gcd(tile, stride)`` pixels.
+``tile_labels`` rows are per tile either way. One scene is one element of the
+per-scene step, so no worker holds more than one scene's rasters.
+
 Idempotency: each output file is named by what it holds and the model version
 (``tile_labels/date=D/<scene>__<version>.parquet``), and written atomically, so
 running a scene again with the same model replaces its rows, and another model
@@ -161,13 +169,20 @@ def _info(tile: Tile, source: str) -> TileInfo:
 # -- model ------------------------------------------------------------------------
 
 
-class TileModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):  # type: ignore[misc]
+class TileModelHandler(ModelHandler[np.ndarray, Any, Any]):  # type: ignore[misc]
     """Serve a minewatch SavedModel: ``image`` [N, H, W, C] -> ``probabilities`` [N, K].
 
     Each element is a stack of tiles (a block of a scene, or a batch of decoded
     records), so Beam's per-element costs are paid per stack, not per tile; the
     stacks of a call are concatenated and fed to the model ``batch_size`` tiles at
     a time.
+
+    A result's ``inference`` is the ``[n, K]`` float32 array for a tile-only
+    model, and the pair ``([n, K] float32, [n, H, W, K] float16)`` for a model
+    that also serves ``pixel_probabilities``; there the per-pixel probabilities
+    of invalid input pixels (all bands 0) are set to 0, so the mosaic leaves
+    them out. float16 halves what travels to the per-scene step (1e-3 is far
+    finer than any threshold).
 
     Args:
         saved_model: The SavedModel folder.
@@ -198,17 +213,32 @@ class TileModelHandler(ModelHandler[np.ndarray, np.ndarray, Any]):  # type: igno
         import tensorflow as tf
 
         images = np.concatenate(batch).astype(np.float32, copy=False)
-        parts = [
-            model(image=tf.constant(images[i : i + self._batch_size]))["probabilities"].numpy()
-            for i in range(0, len(images), self._batch_size)
-        ]
+        with_pixels = "pixel_probabilities" in model.structured_outputs
+        parts, pixel_parts = [], []
+        for i in range(0, len(images), self._batch_size):
+            out = model(image=tf.constant(images[i : i + self._batch_size]))
+            parts.append(out["probabilities"].numpy())
+            if with_pixels:
+                pixel_parts.append(out["pixel_probabilities"].numpy())
         probabilities = np.concatenate(parts)
         if not np.isfinite(probabilities).all():
             raise ValueError("the model returned non-finite probabilities")
         splits = np.cumsum([len(x) for x in batch])[:-1]
+        if not with_pixels:
+            return [
+                PredictionResult(x, p)
+                for x, p in zip(batch, np.split(probabilities, splits), strict=True)
+            ]
+        pixels = np.concatenate(pixel_parts)
+        if not np.isfinite(pixels).all():
+            raise ValueError("the model returned non-finite pixel probabilities")
+        valid = np.any(images != 0, axis=-1, keepdims=True)
+        pixels = (pixels * valid).astype(np.float16)
         return [
-            PredictionResult(x, p)
-            for x, p in zip(batch, np.split(probabilities, splits), strict=True)
+            PredictionResult(x, (p, q))
+            for x, p, q in zip(
+                batch, np.split(probabilities, splits), np.split(pixels, splits), strict=True
+            )
         ]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
@@ -345,14 +375,33 @@ def _failed_batch(
 
 
 def _by_scene(item: tuple[Sequence[TileInfo], PredictionResult]) -> Iterator[Any]:
-    """``(infos, probabilities [n, K])`` -> ``(scene_id, (infos, probabilities))`` per scene."""
+    """``(infos, inference)`` -> ``(scene_id, (infos, inference))`` per scene.
+
+    ``inference`` is what :class:`TileModelHandler` returns: ``[n, K]``, or the
+    pair ``([n, K], [n, H, W, K])``; each scene gets its rows of it.
+    """
     infos, result = item
     rows: dict[str, list[int]] = collections.defaultdict(list)
     for i, info in enumerate(infos):
         rows[info.scene_id].append(i)
+    out = result.inference
     for scene_id, index in rows.items():
+        part = (out[0][index], out[1][index]) if isinstance(out, tuple) else out[index]
         # Plain tuples: Beam's coder encodes them natively, dataclasses go through pickle.
-        yield scene_id, ([astuple(infos[i]) for i in index], result.inference[index])
+        yield scene_id, ([astuple(infos[i]) for i in index], part)
+
+
+#: One prediction: the tile, its probabilities [K], its per-pixel ones [H, W, K] or None.
+Prediction = tuple[TileInfo, np.ndarray, np.ndarray | None]
+
+
+def _predictions(groups: Iterable[tuple[Sequence[tuple[Any, ...]], Any]]) -> list[Prediction]:
+    out: list[Prediction] = []
+    for infos, inference in groups:
+        probs, pixels = inference if isinstance(inference, tuple) else (inference, None)
+        for i, info in enumerate(infos):
+            out.append((TileInfo(*info), probs[i], None if pixels is None else pixels[i]))
+    return out
 
 
 # -- per scene: tables, probability raster, sites ------------------------------------
@@ -459,27 +508,24 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        item: tuple[str, Iterable[tuple[Sequence[tuple[Any, ...]], np.ndarray]]],
+        item: tuple[str, Iterable[tuple[Sequence[tuple[Any, ...]], Any]]],
         sources: dict[str, str] | None = None,
     ) -> Iterator[Any]:
         """Write the scene's outputs; yield what later steps need.
 
-        ``sources`` maps scene ids to their paths, from the manifests of tile-job
-        inputs (their records do not carry the path).
+        ``item`` is ``(scene_id, [(tile infos as tuples, inference), ...])`` with
+        ``inference`` as :class:`TileModelHandler` returns it. ``sources`` maps
+        scene ids to their paths, from the manifests of tile-job inputs (their
+        records do not carry the path).
         """
         scene_id, groups = item
-        predictions = [
-            (TileInfo(*info), p)
-            for infos, probs in groups
-            for info, p in zip(infos, probs, strict=True)
-        ]
-        preds = sorted(predictions, key=lambda p: (p[0].row_off, p[0].col_off))
+        preds = sorted(_predictions(groups), key=lambda p: (p[0].row_off, p[0].col_off))
         first = preds[0][0]
         if sources and first.source in sources:
             source = sources[first.source]
-            preds = [(replace(info, source=source), p) for info, p in preds]
+            preds = [(replace(info, source=source), p, q) for info, p, q in preds]
             first = preds[0][0]
-        rows = [self._tile_row(info, probs) for info, probs in preds]
+        rows = [self._tile_row(info, probs) for info, probs, _ in preds]
         name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
         write_geoparquet(
             posixpath.join(self._c.out, "tile_labels", f"date={first.day}", name),
@@ -516,9 +562,9 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "model_version": self._version,
         }
 
-    def _frame_row(self, preds: Sequence[tuple[TileInfo, np.ndarray]]) -> dict[str, Any]:
+    def _frame_row(self, preds: Sequence[Prediction]) -> dict[str, Any]:
         info = preds[0][0]
-        mean = np.mean([p for _, p in preds], axis=0)
+        mean = np.mean([p for _, p, _ in preds], axis=0)
         k = int(np.argmax(mean))
         return {
             "frame_id": info.scene_id,
@@ -533,10 +579,10 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "model_version": self._version,
         }
 
-    def _sites(self, scene_id: str, preds: Sequence[tuple[TileInfo, np.ndarray]]) -> Iterator[Any]:
+    def _sites(self, scene_id: str, preds: Sequence[Prediction]) -> Iterator[Any]:
         import shapely
 
-        from minewatch.sites import assess_legality, polygonize, probability_raster
+        from minewatch.sites import assess_legality, pixel_raster, polygonize, probability_raster
 
         first = preds[0][0]
         size = first.size
@@ -545,16 +591,25 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         )
         height = max(p[0].row_off for p in preds) + size
         width = max(p[0].col_off for p in preds) + size
-        cell = _cell_size(size, [p[0].row_off for p in preds] + [p[0].col_off for p in preds])
-        probs, count, grid = probability_raster(
-            ((i.row_off, i.col_off, p) for i, p in preds),
-            height,
-            width,
-            transform,
-            size,
-            cell,
-            len(self._classes),
-        )
+        if all(q is not None for _, _, q in preds):
+            probs, count, grid = pixel_raster(
+                ((i.row_off, i.col_off, q) for i, _, q in preds if q is not None),
+                height,
+                width,
+                transform,
+                len(self._classes),
+            )
+        else:
+            cell = _cell_size(size, [p[0].row_off for p in preds] + [p[0].col_off for p in preds])
+            probs, count, grid = probability_raster(
+                ((i.row_off, i.col_off, p) for i, p, _ in preds),
+                height,
+                width,
+                transform,
+                size,
+                cell,
+                len(self._classes),
+            )
         self._write_raster(scene_id, probs, count, grid, first.crs)
         shapes = polygonize(
             probs,

@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from minewatch.sites import assess_legality, link_series, polygonize, probability_raster
+from minewatch.sites import (
+    assess_legality,
+    link_series,
+    match_sites,
+    pixel_raster,
+    polygonize,
+    probability_raster,
+)
 
 T = Affine(10, 0, 500_000, 0, -10, 4_000_000)
 CLASSES = ("background", "stockpile", "mining_scar")
@@ -72,3 +81,73 @@ def test_series_follow_overlapping_sites():
     a3 = shapely.box(2, 2, 14, 14)
     series = link_series([("t1", [a1, b1]), ("t2", [c2, a2]), ("t3", [a3])])
     assert series == [[("t1", 0), ("t2", 1), ("t3", 0)], [("t1", 1)], [("t2", 0)]]
+
+
+def _pixel_tiles(truth, tile=8, stride=4):
+    """Per-pixel one-hot tiles cut from a ``[H, W]`` class raster, stride ``stride``."""
+    h, w = truth.shape
+    onehot = np.eye(3, dtype=np.float32)[truth]
+    return [
+        (r, c, onehot[r : r + tile, c : c + tile])
+        for r in range(0, h - tile + 1, stride)
+        for c in range(0, w - tile + 1, stride)
+    ]
+
+
+def test_pixel_raster_averages_overlaps_and_skips_invalid_pixels():
+    a = np.zeros((4, 4, 3), np.float32)
+    a[..., 1] = 1.0
+    b = np.zeros((4, 4, 3), np.float32)
+    b[..., 0] = 1.0
+    b[0, 0] = 0.0  # invalid input pixel: all zero, does not count
+    probs, count, grid = pixel_raster([(0, 0, a), (0, 2, b), (4, 4, a)], 6, 6, T, 3)
+    assert probs.shape == (3, 6, 6) and grid.cell == 1 and grid.transform == T
+    assert count[0, 0] == 1 and count[0, 2] == 1 and count[1, 2] == 2 and count[5, 5] == 1
+    np.testing.assert_allclose(probs[:, 1, 3], [0.5, 0.5, 0.0])  # two tiles agree half-half
+    np.testing.assert_allclose(probs[:, 0, 2], [0.0, 1.0, 0.0])  # b's invalid pixel left out
+    assert count[4, 0] == 0 and probs[:, 4, 0].sum() == 0  # no tile there
+    # (4, 4, a) reaches past the 6 x 6 scene: cut off, not an error
+    np.testing.assert_allclose(probs[:, 5, 5], [0.0, 1.0, 0.0])
+
+
+def test_pixel_sites_merge_across_tile_borders_with_exact_areas():
+    truth = np.zeros((32, 32), np.int64)
+    truth[5:19, 6:13] = 1  # a 14 x 7 px stockpile over several 8 px tiles
+    truth[25:28, 20:30] = 2
+    probs, count, grid = pixel_raster(_pixel_tiles(truth), 32, 32, T, 3)
+    sites = polygonize(probs, count, grid, "EPSG:32633", CLASSES, ["stockpile", "mining_scar"])
+    assert [s.kind for s in sites] == ["stockpile", "mining_scar"]
+    assert sites[0].area_m2 == pytest.approx(14 * 7 * 100) and sites[0].score == 1.0
+    assert sites[1].area_m2 == pytest.approx(3 * 10 * 100)
+    assert sites[0].geometry.bounds == (500_060, 3_999_810, 500_130, 3_999_950)
+
+
+@given(
+    st.integers(0, 20),
+    st.integers(0, 20),
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.sampled_from([2, 4, 8]),
+)
+@settings(max_examples=25, deadline=None)
+def test_pixel_site_area_is_its_pixel_count(row, col, h, w, stride):
+    truth = np.zeros((32, 32), np.int64)
+    truth[row : row + h, col : col + w] = 1
+    probs, count, grid = pixel_raster(_pixel_tiles(truth, 8, stride), 32, 32, T, 3)
+    (site,) = polygonize(probs, count, grid, "EPSG:32633", CLASSES, ["stockpile"])
+    assert site.area_m2 == pytest.approx(h * w * 100)
+    assert site.geometry.area == pytest.approx(h * w * 100)
+
+
+def test_match_sites_is_one_to_one_by_best_iou():
+    truth = [shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10), shapely.box(50, 50, 60, 60)]
+    found = [
+        shapely.box(1, 0, 11, 10),  # IoU 9/11 with truth 0
+        shapely.box(0, 0, 10, 10),  # IoU 1 with truth 0: wins it
+        shapely.box(20, 0, 24, 10),  # IoU 0.4 with truth 1
+        shapely.box(100, 100, 110, 110),  # nothing
+    ]
+    pairs = match_sites(found, truth, min_iou=0.3)
+    assert sorted((i, j) for i, j, _ in pairs) == [(1, 0), (2, 1)]
+    assert match_sites(found, truth, min_iou=0.5) == [(1, 0, 1.0)]
+    assert match_sites([], truth) == [] and match_sites(found, []) == []

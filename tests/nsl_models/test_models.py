@@ -122,3 +122,70 @@ def test_plain_records_turn_the_graph_term_off():
     plain = {k: v for k, v in data.items() if not k.startswith("nbr_")}
     logs = model.train_step(plain)
     assert float(logs["graph_loss"]) == 0.0
+
+
+def _pixel_model(adv=True, method="fgsm"):
+    tf.keras.utils.set_random_seed(0)
+    config = ModelConfig(width=4, depth=1, embedding_dim=3, dropout=0.0, pixel_head=True)
+    base = build_base_model(SPEC, config)
+    model = RegularizedModel(
+        base,
+        make_graph_config(multiplier=0.5),
+        make_adversarial_config(enabled=adv, multiplier=0.3, method=method, epsilon=0.1),
+        pixel_loss_weight=2.0,
+    )
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01))
+    return model
+
+
+def _pixel_batch():
+    data = _batch()
+    labels = np.zeros((4, 4, 4), np.int32)
+    labels[0, :2] = 1
+    labels[1] = 2
+    labels[1, 0, 0] = -1  # ignored pixel
+    labels[2] = -1  # unlabelled tile: nothing
+    weights = np.where(labels >= 0, 1.0, 0.0).astype(np.float32)
+    weights[labels == 2] = 3.0  # a rare class weighs more
+    return {**data, "pixel_label": tf.constant(labels), "pixel_weight": tf.constant(weights)}
+
+
+def test_pixel_head_shapes_and_pixel_loss_by_hand():
+    model, data = _pixel_model(adv=False), _pixel_batch()
+    logits, pixel = model.base_model(data["image"])
+    assert logits.shape == (4, 3) and pixel.shape == (4, 4, 4, 3) and pixel.dtype == tf.float32
+    with tf.GradientTape() as tape:
+        out = model.compute_losses(data, tape)
+    p = pixel.numpy()
+    logp = p - np.log(np.exp(p).sum(-1, keepdims=True))
+    y, w = data["pixel_label"].numpy(), data["pixel_weight"].numpy()
+    total = sum(
+        w[i, r, c] * -logp[i, r, c, y[i, r, c]]
+        for i in range(4)
+        for r in range(4)
+        for c in range(4)
+        if y[i, r, c] >= 0
+    )
+    expected = total / (w > 0).sum()  # 16 + 15 + 0 + 16 pixels count
+    assert (w > 0).sum() == 47
+    np.testing.assert_allclose(out["pixel_loss"].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        out["loss"].numpy(),
+        out["supervised_loss"].numpy() + 0.5 * out["graph_loss"].numpy() + 2.0 * expected,
+        rtol=1e-5,
+    )
+
+
+def test_xla_compiled_step_with_pixel_head_and_pgd():
+    model, data = _pixel_model(method="pgd"), _pixel_batch()
+    step = tf.function(model.train_step, jit_compile=True)
+    logs = step(data)
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert float(logs["pixel_loss"]) > 0 and float(logs["adversarial_loss"]) > 0
+    assert int(model.optimizer.iterations) == 1
+
+
+def test_pixel_head_without_pixel_labels_trains_the_tile_head_only():
+    model, data = _pixel_model(adv=False), _batch()
+    logs = model.train_step(data)
+    assert float(logs["pixel_loss"]) == 0.0 and np.isfinite(float(logs["loss"]))

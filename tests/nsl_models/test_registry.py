@@ -78,11 +78,13 @@ def test_metadata_contract(models):
         "tile_size",
         "input_dtype",
         "normalization",
+        "outputs",
         "data_manifest_hash",
         "config",
         "metrics",
         "created",
     }
+    assert meta["outputs"] == ["probabilities", "embedding"]  # no pixel head here
     assert meta["normalization"] == {"mean": [100.0, 90.0, 80.0], "std": [50.0, 40.0, 30.0]}
     sig = tf.saved_model.load(str(path / "saved_model")).signatures["serving_default"]
     spec = sig.structured_input_signature[1]["image"]

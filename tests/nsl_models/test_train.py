@@ -141,3 +141,131 @@ def test_frame_model_trains(frame_data, tmp_path):
     result = Trainer(cfg, str(tmp_path / "f")).fit()
     assert result.metadata["classes"] == ["high", "low", "medium", "waste"]
     assert result.metadata["bands"] == ["red", "green", "blue"]
+
+
+def test_pixel_labels_ignore_unknown_invalid_and_unlabelled_pixels(tmp_path):
+    """The mask-ignore rule, by hand on three 2 x 2 tiles."""
+    from minewatch.spec import Tile, encode_tiles
+    from minewatch.tfrecord import write_record
+    from nsl_models.configs import DataConfig
+
+    def tile(col, label, mask, valid, source="vector"):
+        image = np.full((2, 2, 1), 7, np.uint16)
+        image[~valid] = 0
+        return Tile(
+            "s",
+            "scene",
+            0,
+            col,
+            image,
+            valid,
+            ("b",),
+            label=label,
+            label_source=source,
+            label_mask=None if mask is None else np.asarray(mask, np.uint8),
+        )
+
+    ok = np.ones((2, 2), bool)
+    holes = np.array([[True, False], [True, True]])
+    tiles = [
+        tile(0, 1, [[1, 255], [0, 2]], ok),  # 255: unknown
+        tile(2, 0, [[0, 0], [1, 9]], holes),  # (0, 1) invalid, 9: no such class
+        tile(4, -1, [[2, 2], [2, 2]], ok, "none"),  # unlabelled tile: nothing counts
+        tile(6, 2, None, ok, "csv"),  # no pixel extent: nothing counts
+        tile(8, 2, [[2, 2], [2, 2]], ok, "weak"),  # weak: weak_label_weight
+    ]
+    path = tmp_path / "t.tfrecord"
+    with open(path, "wb") as f:
+        for record in encode_tiles(tiles):
+            write_record(f, record)
+    spec = datalib.TileSpec(2, 2, 1, "uint16", ("b",), ("bg", "a", "b"), (0.0,), (1.0,))
+    config = DataConfig(tiles=str(tmp_path), validation_fraction=0.0, weak_label_weight=0.5)
+    counts = datalib.count_pixels([str(path)], spec, config, "all")
+    np.testing.assert_array_equal(counts, [2, 2, 5])
+    ds = datalib.make_dataset(
+        [str(path)],
+        spec,
+        config,
+        split="all",
+        training=False,
+        batch_size=5,
+        pixel_labels=True,
+        pixel_class_weight=np.array([1.0, 2.0, 4.0], np.float32),
+    )
+    batch = next(iter(ds))
+    expected = [
+        [[1, -1], [0, 2]],
+        [[0, -1], [1, -1]],
+        [[-1, -1], [-1, -1]],
+        [[-1, -1], [-1, -1]],
+        [[2, 2], [2, 2]],
+    ]
+    np.testing.assert_array_equal(batch["pixel_label"].numpy(), expected)
+    np.testing.assert_allclose(
+        batch["pixel_weight"].numpy(),
+        [[[2, 0], [1, 4]], [[1, 0], [2, 0]], [[0, 0], [0, 0]], [[0, 0], [0, 0]], [[2, 2], [2, 2]]],
+    )
+
+
+def test_pixel_head_trains_exports_and_reloads(tile_data, tmp_path):
+    from nsl_models.train import Trainer
+
+    cfg = tiny_config(
+        tile_data,
+        model={"pixel_head": True, "pixel_width": 8},
+        train={"epochs": 1, "steps_per_epoch": 20, "learning_rate": 0.01},
+        graph={"enabled": True},
+        adversarial={"enabled": True},
+    )
+    trainer = Trainer(cfg, str(tmp_path / "p"))
+    assert trainer.pixel_class_weight is not None and trainer.pixel_counts.sum() > 0
+    ds = datalib.make_dataset(
+        trainer.train_files,
+        trainer.spec,
+        cfg.data,
+        split="train",
+        training=False,
+        batch_size=64,
+        pixel_labels=True,
+        pixel_class_weight=trainer.pixel_class_weight,
+    )
+    batch = next(iter(ds))
+    before = float(trainer.model.test_step(batch)["pixel_loss"])
+    trainer.model.reset_metrics()
+    result = trainer.fit()
+    assert float(trainer.model.test_step(batch)["pixel_loss"]) < before
+    assert result.history[-1]["pixel_loss"] > 0
+    pixels = result.metrics["pixels"]
+    assert pixels["pixels"] > 0 and 0.0 <= pixels["mean_iou"] <= 1.0
+    assert result.metadata["outputs"] == ["probabilities", "embedding", "pixel_probabilities"]
+
+    loaded = tf.saved_model.load(str(tmp_path / "p" / "saved_model"))
+    serve = loaded.signatures["serving_default"]
+    x = np.random.default_rng(0).uniform(0, 3000, (5, 16, 16, 5)).astype(np.float32)
+    out = serve(image=tf.constant(x))
+    logits, pixel = trainer.base_model(x)
+    assert out["pixel_probabilities"].shape == (5, 16, 16, 5)
+    np.testing.assert_allclose(
+        out["pixel_probabilities"].numpy(), tf.nn.softmax(pixel).numpy(), atol=1e-6
+    )
+    np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits), atol=1e-6)
+    again = tf.saved_model.load(str(tmp_path / "p" / "saved_model")).signatures["serving_default"]
+    np.testing.assert_array_equal(
+        again(image=tf.constant(x))["pixel_probabilities"].numpy(),
+        out["pixel_probabilities"].numpy(),
+    )
+    # `minewatch evaluate` adds per-pixel scores for a model that serves them
+    from nsl_models.evaluate import evaluate_models
+
+    report = evaluate_models([str(tmp_path / "p")], tile_data)
+    pixels = report["models"][0]["pixels"]
+    files = sorted(
+        str(p) for p in __import__("pathlib").Path(tile_data, "tiles").glob("*.tfrecord")
+    )
+    _, _, masks = datalib.load_pixel_arrays(files, trainer.spec, cfg.data, "all")
+    assert pixels["pixels"] == int((masks >= 0).sum()) > 0
+    assert set(pixels["per_class"]) == set(trainer.spec.classes)
+    assert all(
+        0.0 <= c["iou"] <= min(c["precision"], c["recall"]) or c["iou"] == 0.0
+        for c in pixels["per_class"].values()
+    )

