@@ -316,6 +316,7 @@ INFER_TABLES = {
     "frame_labels": frame_labels_schema,
     "sites": sites_schema,
     "stockpile_series": stockpile_series_schema,
+    "vessels": vessels_schema,
 }
 
 #: Geometry columns per table, all WKB; the first is the primary one.
@@ -396,8 +397,12 @@ _BQ = {
 def bigquery_schema(table: str, schema: pa.Schema) -> list[dict[str, str]]:
     """Map an Arrow schema onto BigQuery fields (``name``, ``type``, ``mode``).
 
-    Lists become REPEATED fields, WKB geometry columns GEOGRAPHY (loaded as WKT),
-    other binary BYTES; every other field is NULLABLE.
+    Lists become REPEATED fields, WKB geometry columns in lon/lat (a fixed
+    ``OGC:CRS84`` in :data:`GEOMETRY_COLUMNS`) GEOGRAPHY, geometry columns with
+    no fixed CRS (``geometry_source``: the scene's projected CRS, named per row
+    in ``source_crs``) STRING, both loaded as WKT (GEOGRAPHY holds only WGS84
+    longitudes and latitudes); other binary BYTES; every other field is
+    NULLABLE.
 
     Args:
         table: Table name (selects the geometry columns).
@@ -416,7 +421,7 @@ def bigquery_schema(table: str, schema: pa.Schema) -> list[dict[str, str]]:
         if pa.types.is_list(kind):
             kind, mode = kind.value_type, "REPEATED"
         if f.name in geometry:
-            name = "GEOGRAPHY"
+            name = "GEOGRAPHY" if geometry[f.name] else "STRING"
         elif pa.types.is_binary(kind):
             name = "BYTES"
         else:

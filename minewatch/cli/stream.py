@@ -1,4 +1,4 @@
-"""``minewatch stream``: watch a folder and label each new scene once (Beam streaming)."""
+"""``minewatch stream``: watch a folder (or GCS notifications), label each new scene once."""
 
 from __future__ import annotations
 
@@ -50,21 +50,58 @@ from minewatch.cli.options import abs_path, check_model_and_areas, profile_opt, 
 @click.option(
     "--pictures/--no-pictures", default=True, show_default=True, help="Quicklook PNG per scene."
 )
+@click.option(
+    "--frame-window",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Event-time window of the per-camera frame summaries.",
+)
+@click.option(
+    "--allowed-lateness",
+    type=click.FloatRange(0),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A frame arriving later than this after its window closed is dead-lettered.",
+)
+@click.option(
+    "--band-wait",
+    type=click.FloatRange(0),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A band folder lacking some of the model's bands is labelled as it is after this.",
+)
+@click.option(
+    "--subscription",
+    metavar="projects/P/subscriptions/S",
+    default=None,
+    help="Read GCS object notifications from Pub/Sub instead of listing --watch "
+    "(which then filters the objects, e.g. 'gs://bucket/incoming/**').",
+)
 @profile_opt
 @click.pass_context
 def stream(ctx: click.Context, /, **params: Any) -> None:
     """Watch GLOB and label every new scene once into TABLES_DIR (same tables as 'infer').
 
-    A file is labelled when its size and modification time held still for one
-    poll interval; the ledger in TABLES_DIR/_ledger makes a restarted stream
-    skip what is done. A model promoted into the registry is picked up at the
-    next poll. '--streaming' is implied; other Beam options pass through.
+    A file, or a folder of band files, is labelled when the size and
+    modification time of its files held still for one poll interval (a band
+    folder also waits for every band the model reads); the ledger in
+    TABLES_DIR/_ledger makes a restarted stream skip what is done. Camera
+    frames also get per-camera summaries per --frame-window (frame_summaries).
+    A model promoted into the registry labels the units found after the next
+    poll. '--streaming' is implied; other Beam options pass through.
 
     \b
     Examples:
-      minewatch stream --watch 'incoming/*.tif' --model registry/ --out tables/ \\
+      minewatch stream --watch incoming/ --model registry/ --out tables/ \\
           --poll-seconds 30 --duration 3600
-      minewatch query "select scene_id, model_version, count(*) from tile_labels group by 1, 2" \\
+      minewatch stream --watch 'gs://bkt/incoming/**' --model gs://bkt/registry \\
+          --out gs://bkt/tables --subscription projects/p/subscriptions/incoming \\
+          --runner DataflowRunner --project p --region europe-west1
+      minewatch query "select camera_id, window_start, grade, frames from frame_summaries" \\
           --tables tables/
     """
     click.echo(summary(execute(params, ctx.args)))
@@ -84,6 +121,12 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     local = not any(a.startswith("--runner") for a in beam_args) or any(
         "Direct" in a for a in beam_args
     )
+    if params["subscription"] and local:
+        raise click.BadParameter(
+            "reading Pub/Sub notifications needs a streaming runner such as "
+            "--runner DataflowRunner (the local runner cannot read Pub/Sub here)",
+            param_hint="--subscription",
+        )
     if local and params["max_polls"] is None and params["duration"] is None:
         raise click.BadParameter(
             "a local stream never stops by itself: give --max-polls or --duration "
@@ -102,6 +145,10 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         concessions=abs_path(params["concessions"]) if params["concessions"] else None,
         protected=abs_path(params["protected"]) if params["protected"] else None,
         pictures=params["pictures"],
+        frame_window=params["frame_window"],
+        allowed_lateness=params["allowed_lateness"],
+        band_wait=params["band_wait"],
+        subscription=params["subscription"],
     )
     return config, beam_args
 
@@ -121,7 +168,7 @@ def execute(
 def summary(result: dict[str, Any]) -> str:
     """What the run did: one line per file, then the counts."""
     lines = [
-        f"{e['status']:<9} {e['path']}  model {e['model_version']}  "
+        f"{e['status']:<9} {e['path']}  model {e.get('model_version', '-')}  "
         f"{e.get('tiles', 0)} tiles  {e['done'] - e['mtime']:.1f} s"
         for e in result["entries"]
     ]
@@ -130,6 +177,7 @@ def summary(result: dict[str, Any]) -> str:
         f"run {result['run_id']}: {result['polls']} polls",
         f"  labelled       {result['labelled']:>6}",
         f"  dead-lettered  {result['dead_lettered']:>6}",
+        f"  frames late    {result['late']:>6}",
         f"  skipped (done) {result['skipped']:>6}",
         f"  models         {', '.join(result['model_versions']) or '-'}",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -23,6 +24,12 @@ def _scene(path, bright, size=48):
     data = np.full((3, size, size), 100, np.uint16)
     data[:, :16, :16] = 1000 if bright else 100
     return write_raster(path, data, descriptions=("B02", "B03", "B04"))
+
+
+def _band(path, bright, size=48):
+    data = np.full((size, size), 100, np.uint16)
+    data[:16, :16] = 1000 if bright else 100
+    return write_raster(path, data)
 
 
 def _promote(registry, version):
@@ -64,12 +71,13 @@ def stream(tmp_path_factory):
     ):
         _scene(src / name, bright)
     config = StreamConfig(
-        watch=str(watch / "*.tif"),
+        watch=str(watch),
         registry=str(registry),
         out=str(out),
         poll_seconds=POLL,
-        max_polls=14,
+        max_polls=18,
         pictures=False,
+        compact_every=3,
     )
     errors = []
 
@@ -84,7 +92,15 @@ def stream(tmp_path_factory):
                 f.flush()
                 time.sleep(0.9 * POLL)
                 f.write(data[len(data) // 2 :])
-            _wait_for(out, ["scene_20240101.tif", "scene_20240102.tif", "corrupt.tif"])
+            # A band folder filled one band at a time, each pause longer than a poll.
+            band_dir = watch / "s2_20240106"
+            band_dir.mkdir()
+            for band in ("B02", "B03", "B04"):
+                _band(band_dir / f"s2_{band}.tif", bright=band == "B02")
+                time.sleep(1.6 * POLL)
+            _wait_for(
+                out, ["scene_20240101.tif", "scene_20240102.tif", "corrupt.tif", "s2_20240106"]
+            )
             # Duplicates: the same file touched again and copied again.
             os.utime(watch / "scene_20240101.tif")
             shutil.copy(src / "scene_20240102.tif", watch)
@@ -102,7 +118,7 @@ def stream(tmp_path_factory):
     # Restart: the old files are skipped, a new one is labelled by the current model.
     shutil.copy(src / "scene_20240104.tif", watch)
     second = run_stream(
-        StreamConfig(**{**config.__dict__, "max_polls": 4}),
+        StreamConfig(**{**config.__dict__, "max_polls": 6}),
         ["--direct_num_workers=1"],
         save_main_session=False,
     )
@@ -117,11 +133,25 @@ def test_each_good_scene_once_in_tile_labels(stream):
     )
     # 48 px scenes, 16 px tiles, stride 8: 5 x 5 tiles each.
     assert rows == [
+        {"scene_id": "s2_20240106", "n": 25, "v": 1, "mv": "v1"},
         {"scene_id": "scene_20240101", "n": 25, "v": 1, "mv": "v1"},
         {"scene_id": "scene_20240102", "n": 25, "v": 1, "mv": "v1"},
         {"scene_id": "scene_20240103", "n": 25, "v": 1, "mv": "v2"},
         {"scene_id": "scene_20240104", "n": 25, "v": 1, "mv": "v2"},
     ]
+
+
+def test_band_folder_waited_for_until_complete(stream):
+    entries = {os.path.basename(e["path"]): e for e in ledger_entries(str(stream["out"]))}
+    folder = entries["s2_20240106"]
+    assert folder["status"] == "labelled"
+    assert [os.path.basename(f) for f in folder["files"]] == [
+        "s2_B02.tif",
+        "s2_B03.tif",
+        "s2_B04.tif",
+    ]
+    # Never labelled (or dead-lettered) as a lone band while it was being filled.
+    assert not any(name.startswith("s2_B0") for name in entries)
 
 
 def test_partial_write_waited_for_and_corrupt_file_dead_lettered_once(stream):
@@ -137,15 +167,43 @@ def test_partial_write_waited_for_and_corrupt_file_dead_lettered_once(stream):
 
 def test_model_promoted_mid_stream_and_restart(stream):
     first, second = stream["first"], stream["second"]
-    assert first["labelled"] == 3 and first["dead_lettered"] == 1
+    assert first["labelled"] == 4 and first["dead_lettered"] == 1
     assert first["model_versions"] == ["v1", "v2"]
-    # The re-touched and re-copied files were recognised by their bytes.
-    assert first["skipped"] >= 2
+    # The re-touched and re-copied files were recognised by their bytes: their
+    # entries are the first ones (the stat before the touch and the copy).
+    entries = {os.path.basename(e["path"]): e for e in ledger_entries(str(stream["out"]))}
+    for name in ("scene_20240101.tif", "scene_20240102.tif"):
+        assert entries[name]["mtime"] < os.path.getmtime(stream["out"].parent / "watch" / name)
+    # The restart skipped the five units done before and labelled only the new one.
     assert second["labelled"] == 1 and second["dead_lettered"] == 0
-    assert second["skipped"] >= 4
+    assert [os.path.basename(e["path"]) for e in second["entries"]] == ["scene_20240104.tif"]
     assert second["model_versions"] == ["v2"]
-    sites = _query(stream["out"], "select kind, model_version from sites")
-    assert {s["model_version"] for s in sites} <= {"v1", "v2"}
+
+
+def test_sites_linked_per_area_and_version_across_the_restart(stream):
+    rows = _query(
+        stream["out"],
+        "select model_version, scene_ids from sites where kind = 'stockpile' order by 1, 2",
+    )
+    # v1: the dark scene_20240102 between scene_20240101 and the band folder
+    # breaks the series; v2: scene_20240103, then, after the restart,
+    # scene_20240104, linked through the area's durable record.
+    assert rows == [
+        {"model_version": "v1", "scene_ids": ["s2_20240106"]},
+        {"model_version": "v1", "scene_ids": ["scene_20240101"]},
+        {"model_version": "v2", "scene_ids": ["scene_20240103", "scene_20240104"]},
+    ]
+
+
+def test_ledger_compacted_into_buckets(stream):
+    ledger = stream["out"] / "_ledger"
+    buckets = list((ledger / "index").glob("*.jsonl"))
+    loose = list(ledger.glob("*.json"))
+    assert buckets and len(buckets) <= 256
+    # Two keys per unit (stat and bytes): most were merged into the buckets.
+    assert len(loose) < 2 * len(ledger_entries(str(stream["out"])))
+    assert not (ledger / "runs").exists()
+    assert len({e["key"] for e in ledger_entries(str(stream["out"]))}) == 6
 
 
 def test_cli_refuses_an_endless_local_stream(tmp_path):
@@ -160,6 +218,10 @@ def test_cli_refuses_an_endless_local_stream(tmp_path):
     result = CliRunner().invoke(stream_cmd, args)
     assert result.exit_code == 2
     assert "--max-polls" in result.output
+    sub = ["--subscription", "projects/p/subscriptions/s", "--max-polls", "1"]
+    result = CliRunner().invoke(stream_cmd, [*args, *sub])
+    assert result.exit_code == 2
+    assert "--subscription" in result.output and "DataflowRunner" in result.output
 
 
 def test_cli_labels_files_present_at_start(tmp_path):
@@ -173,9 +235,227 @@ def test_cli_labels_files_present_at_start(tmp_path):
     _promote(registry, "v1")
     _scene(watch / "scene_20240201.tif", True)
     args = ["--watch", str(watch), "--model", str(registry), "--out", str(out)]
-    args += ["--poll-seconds", "0.5", "--max-polls", "4", "--no-pictures"]
+    args += ["--poll-seconds", "0.5", "--max-polls", "6", "--no-pictures"]
     result = CliRunner().invoke(stream_cmd, [*args, "--direct_num_workers=1"])
     assert result.exit_code == 0, result.output
     assert "labelled" in result.output and "scene_20240201.tif" in result.output
     rows = _query(out, "select count(*) n from tile_labels where model_version = 'v1'")
     assert rows == [{"n": 25}]
+
+
+# -- camera frames -----------------------------------------------------------------
+
+
+def _frame(folder, when, level):
+    rgb = np.full((3, 32, 32), level, np.uint8)
+    name = f"{when:%Y%m%dT%H%M%S}.png"
+    return write_raster(folder / name, rgb, crs=None, driver="PNG")
+
+
+def _minute(when):
+    return when.replace(second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    from datetime import UTC, datetime, timedelta
+
+    root = tmp_path_factory.mktemp("frames")
+    cams, out, registry = root / "cams", root / "tables", root / "registry"
+    (cams / "belt1").mkdir(parents=True)
+    registry.mkdir()
+    model = save_oracle(
+        registry / "versions" / "f1",
+        version="f1",
+        bands=("red", "green", "blue"),
+        task="frame",
+        classes=("low", "high"),
+        threshold=128.0,
+    )
+    (registry / "current.json").write_text(json.dumps({"version": "f1", "path": model}))
+    now = datetime.now(UTC).replace(microsecond=0)
+    recent = [now - timedelta(seconds=s) for s in (30, 29, 28)]
+    for when, level in zip(recent, (40, 220, 230), strict=True):
+        _frame(cams / "belt1", when, level)
+    _frame(cams / "belt1", now - timedelta(hours=2), 220)  # far later than allowed
+    config = StreamConfig(
+        watch=str(cams),
+        registry=str(registry),
+        out=str(out),
+        poll_seconds=0.5,
+        max_polls=8,
+        pictures=False,
+        frame_window=60.0,
+        allowed_lateness=600.0,
+    )
+    first = run_stream(config, ["--direct_num_workers=1"], save_main_session=False)
+    # A restart inside the same windows: one more frame, the earlier rows kept.
+    extra = now - timedelta(seconds=27)
+    _frame(cams / "belt1", extra, 235)
+    second = run_stream(config, ["--direct_num_workers=1"], save_main_session=False)
+    return {"out": out, "first": first, "second": second, "recent": [*recent, extra]}
+
+
+def test_frames_get_rows_and_windowed_summaries(frames):
+    rows = _query(
+        frames["out"], "select camera_id, grade, model_version from frame_labels order by acquired"
+    )
+    assert [r["grade"] for r in rows] == ["low", "high", "high", "high"]
+    assert {(r["camera_id"], r["model_version"]) for r in rows} == {("belt1", "f1")}
+    summaries = _query(
+        frames["out"],
+        "select window_start, window_end, frames, grade, grade_counts, classes "
+        "from frame_summaries order by window_start",
+    )
+    expected = collections.Counter(_minute(t) for t in frames["recent"])
+    assert [(s["window_start"], s["frames"]) for s in summaries] == sorted(expected.items())
+    assert sum(s["grade_counts"][1] for s in summaries) == 3
+    assert all(s["classes"] == ["low", "high"] for s in summaries)
+    assert all((s["window_end"] - s["window_start"]).total_seconds() == 60 for s in summaries)
+
+
+def test_late_frame_dead_lettered_once_and_counts_add_up(frames):
+    dead = _query(frames["out"], "select kind, stage, reason from dead_letter")
+    assert len(dead) == 1 and dead[0]["kind"] == "frame" and dead[0]["stage"] == "window"
+    assert "allowed lateness 600 s" in dead[0]["reason"]
+    first, second = frames["first"], frames["second"]
+    assert (first["labelled"], first["late"], first["dead_lettered"]) == (3, 1, 0)
+    assert (second["labelled"], second["late"]) == (1, 0) and len(second["entries"]) == 1
+    # Every frame has its tile rows; 4 frames summarised + 1 late = 5 inputs.
+    tiles = _query(frames["out"], "select count(distinct scene_id) n from tile_labels")
+    assert tiles == [{"n": 5}]
+
+
+# -- notifications, ledger, model handler, units -----------------------------------
+
+
+def _notification(bucket, name, size=1000, event="OBJECT_FINALIZE", data=None):
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    resource = {
+        "kind": "storage#object",
+        "id": f"{bucket}/{name}/1700000000000000",
+        "name": name,
+        "bucket": bucket,
+        "generation": "1700000000000000",
+        "contentType": "image/tiff",
+        "size": str(size),
+        "updated": "2024-03-01T10:00:00.000Z",
+        "md5Hash": "1B2M2Y8AsgTpgAmY7PhCfg==",
+    }
+    attributes = {
+        "bucketId": bucket,
+        "objectId": name,
+        "objectGeneration": "1700000000000000",
+        "eventType": event,
+        "payloadFormat": "JSON_API_V1",
+        "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/1",
+        "eventTime": "2024-03-01T10:00:00.000000Z",
+    }
+    return PubsubMessage(data if data is not None else json.dumps(resource).encode(), attributes)
+
+
+def _unit_names(unit):
+    return unit.source, tuple(os.path.basename(p) for p, _, _ in unit.files)
+
+
+def test_gcs_notifications_become_the_same_units(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.streaming import GcsNotifications
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    _promote(registry, "v1")  # bands B02, B03, B04
+    config = StreamConfig(watch="gs://bkt/in/**", registry=str(registry), out=str(tmp_path))
+    messages = [
+        _notification("bkt", "in/scene_20240101.tif"),
+        _notification("bkt", "in/s2_20240102/s2_B02.tif"),
+        _notification("bkt", "in/s2_20240102/s2_B03.tif"),
+        _notification("bkt", "in/s2_20240102/s2_B04.tif"),
+        _notification("bkt", "in/cam1/20240301T100000.png"),
+        _notification("bkt", "in/old.tif", event="OBJECT_DELETE"),
+        _notification("other", "in/x.tif"),
+        _notification("bkt", "in/broken.tif", data=b"{not json"),
+    ]
+    with TestPipeline() as p:
+        found = p | beam.Create(messages) | GcsNotifications(config)
+        assert_that(
+            found["units"] | beam.Map(_unit_names),
+            equal_to(
+                [
+                    ("gs://bkt/in/scene_20240101.tif", ("scene_20240101.tif",)),
+                    ("gs://bkt/in/s2_20240102", ("s2_B02.tif", "s2_B03.tif", "s2_B04.tif")),
+                    ("gs://bkt/in/cam1/20240301T100000.png", ("20240301T100000.png",)),
+                ]
+            ),
+        )
+        assert_that(
+            found["dead"] | beam.Map(lambda d: (d["input"], d["stage"])),
+            equal_to([("gs://bkt/in/broken.tif", "notify")]),
+            label="Dead",
+        )
+
+
+def test_compaction_keeps_every_key_findable(tmp_path):
+    from pipelines.streaming import _ledger_path, _LedgerIndex, _write_json, compact_ledger
+
+    out = str(tmp_path)
+    keys = [f"{i:040x}" for i in range(0, 2**160, 2**160 // 40)][:40]
+    for k in keys:
+        _write_json(_ledger_path(out, k), {"key": k, "path": f"/in/{k}.tif", "status": "labelled"})
+        _write_json(_ledger_path(out, "c-" + k[::-1]), {"key": k})
+    assert compact_ledger(out) == 80
+    assert not list((tmp_path / "_ledger").glob("*.json"))
+    index = _LedgerIndex(out, buckets=2)
+    assert all(index.has(k) and index.has("c-" + k[::-1]) for k in keys)
+    assert not index.has("f" * 40)
+    # New entries land loose, then merge into the existing buckets.
+    _write_json(_ledger_path(out, "ab" * 20), {"key": "ab" * 20, "path": "/in/x.tif"})
+    assert index.has("ab" * 20) and compact_ledger(out) == 1
+    assert index.has("ab" * 20) and len(ledger_entries(out)) == 41
+    assert len(list((tmp_path / "_ledger" / "index").glob("*.jsonl"))) <= 256
+
+
+def test_handler_labels_each_stack_with_the_model_it_was_cut_for(tmp_path):
+    from pipelines.streaming import StreamModelHandler
+
+    low = save_oracle(tmp_path / "low", version="low", threshold=100.0)
+    high = save_oracle(tmp_path / "high", version="high", threshold=5000.0)
+    handler = StreamModelHandler(os.path.join(low, "saved_model"), batch_size=4)
+    models = handler.load_model()
+    stack = np.full((3, 16, 16, 3), 1000.0, np.float32)
+    paths = [os.path.join(m, "saved_model") for m in (low, high, low)]
+    results = list(handler.run_inference([(p, stack) for p in paths], models))
+    assert [r.model_id for r in results] == paths
+    # Bright tiles: 'stockpile' for the low threshold, 'background' for the high one.
+    assert [int(np.argmax(r.inference[0])) for r in results] == [1, 0, 1]
+    handler.update_model_path(os.path.join(high, "saved_model"))
+    (plain,) = handler.run_inference([stack], models)
+    assert plain.model_id.startswith(high)
+
+
+def test_units_group_band_folders_and_wait_for_the_models_bands():
+    from pipelines.streaming import list_units
+
+    bands = ("B02", "B03", "B04")
+    stat = lambda p: (p, 10, 1.0)  # noqa: E731
+    lone = list_units([stat("/w/s2_x/s2_B02.tif")], bands)
+    assert lone == [("/w/s2_x", (stat("/w/s2_x/s2_B02.tif"),), False)]
+    two = list_units([stat("/w/s2_x/s2_B02.tif"), stat("/w/s2_x/s2_B03.tif")], bands)
+    assert [(u[0], len(u[1]), u[2]) for u in two] == [("/w/s2_x", 2, False)]
+    files = [stat(f"/w/s2_x/s2_{b}.tif") for b in bands]
+    files += [stat("/w/a.tif"), stat("/w/notes.txt"), stat("/w/cam/20240101T000000.png")]
+    units = sorted((u[0], len(u[1]), u[2]) for u in list_units(files, bands))
+    assert units == [
+        ("/w/a.tif", 1, True),
+        ("/w/cam/20240101T000000.png", 1, True),
+        ("/w/notes.txt", 1, True),
+        ("/w/s2_x", 3, True),
+    ]
+    # A model without a band list: any band folder is complete.
+    assert list_units([stat("/w/s2_x/s2_B02.tif")], ()) == [
+        ("/w/s2_x/s2_B02.tif", (stat("/w/s2_x/s2_B02.tif"),), True)
+    ]
