@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ class VectorLabels:
         wkb: Polygon geometries (WKB) in the file's CRS, largest first, so that
             smaller objects are drawn over larger ones.
         values: Class index per geometry.
+        refs: ``path#index`` of each kept geometry (same order as ``wkb``).
         rejected: ``(feature, reason)`` for features that cannot be used.
         repaired: Number of invalid geometries repaired with ``make_valid``.
         sparse: When True, pixels outside every polygon are unknown rather
@@ -88,6 +90,7 @@ class VectorLabels:
     crs: str
     wkb: list[bytes]
     values: np.ndarray
+    refs: list[str] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     repaired: int = 0
     sparse: bool = False
@@ -131,6 +134,7 @@ class VectorLabels:
             )
         if not meta.get("crs"):
             raise LabelError(f"labels {path} have no CRS; write them with one (e.g. EPSG:4326)")
+        out_of_range = _range_check(str(meta["crs"]))
         names = [None if v is None else str(v) for v in field_data[0]]
         if classes:
             order = [BACKGROUND, *[c for c in classes if c != BACKGROUND]]
@@ -139,7 +143,7 @@ class VectorLabels:
         index = {c: i for i, c in enumerate(order)}
         rejected: list[tuple[str, str]] = []
         repaired = 0
-        kept: list[tuple[Any, int]] = []
+        kept: list[tuple[Any, str, str]] = []
         for i, (raw, name) in enumerate(zip(geometry, names, strict=True)):
             ref = f"{path}#{i}"
             if not name:
@@ -165,16 +169,30 @@ class VectorLabels:
             elif _polygonal(geom) is None:
                 rejected.append((ref, f"not a polygon ({geom.geom_type})"))
                 continue
-            kept.append((_polygonal(geom), index[name]))
+            problem = out_of_range(geom)
+            if problem:
+                rejected.append((ref, problem))
+                continue
+            kept.append((_polygonal(geom), name, ref))
         if not kept:
-            raise LabelError(f"labels {path} hold no usable polygon ({len(rejected)} rejected)")
+            first = "; ".join(f"{r}: {why}" for r, why in rejected[:3])
+            raise LabelError(
+                f"labels {path} hold no usable polygon ({len(rejected)} rejected"
+                + (f", e.g. {first})" if first else ")")
+            )
+        if not classes:
+            # Classes of usable polygons only: a class seen on rejected features alone
+            # would be a class no tile can have.
+            order = [BACKGROUND, *sorted({n for _, n, _ in kept if n != BACKGROUND})]
+            index = {c: i for i, c in enumerate(order)}
         kept.sort(key=lambda gv: -gv[0].area)
         return cls(
             path=path,
             classes=tuple(order),
             crs=str(meta["crs"]),
-            wkb=[shapely.to_wkb(g) for g, _ in kept],
-            values=np.array([v for _, v in kept], np.uint8),
+            wkb=[shapely.to_wkb(g) for g, _, _ in kept],
+            values=np.array([index[n] for _, n, _ in kept], np.uint8),
+            refs=[r for _, _, r in kept],
             rejected=rejected,
             repaired=repaired,
             sparse=sparse,
@@ -206,6 +224,21 @@ class VectorLabels:
             self._cache[crs] = _Projected(geoms, self.values, shapely.STRtree(geoms))
         return self._cache[crs]
 
+    def overlapping(self, crs: str, transform: Any, shape: tuple[int, int]) -> list[str]:
+        """Return the refs of the polygons that overlap a window (see :meth:`rasterize`)."""
+        hits = self._hits(self._projected(crs), transform, shape)
+        return [self.refs[i] for i in hits] if self.refs else []
+
+    @staticmethod
+    def _hits(proj: _Projected, transform: Any, shape: tuple[int, int]) -> np.ndarray:
+        import shapely
+
+        rows, cols = shape
+        x0, y0 = transform @ (0, 0)
+        x1, y1 = transform @ (cols, rows)
+        box = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        return np.sort(proj.tree.query(box, predicate="intersects"))
+
     def rasterize(self, crs: str, transform: Any, shape: tuple[int, int]) -> np.ndarray:
         """Return the class index of each pixel of a window.
 
@@ -218,20 +251,50 @@ class VectorLabels:
             uint8 ``[rows, cols]``: class index, 0 for background, 255 for unknown
             (outside every polygon when the labels are sparse).
         """
-        import shapely
         from rasterio.features import rasterize
 
         fill = UNKNOWN_CLASS if self.sparse else 0
         proj = self._projected(crs)
-        rows, cols = shape
-        x0, y0 = transform @ (0, 0)
-        x1, y1 = transform @ (cols, rows)
-        box = shapely.box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-        hits = np.sort(proj.tree.query(box, predicate="intersects"))
+        hits = self._hits(proj, transform, shape)
         if hits.size == 0:
             return np.full(shape, fill, np.uint8)
         shapes = [(proj.geoms[i], int(proj.values[i])) for i in hits]
         return rasterize(shapes, out_shape=shape, transform=transform, fill=fill, dtype="uint8")
+
+
+def _range_check(crs_text: str) -> Any:
+    """Return ``check(geom) -> reason | None`` for coordinates a CRS cannot hold.
+
+    A geographic CRS holds longitudes within [-180, 360] and latitudes within
+    [-90, 90]; metres written into a file that says EPSG:4326 fall outside and
+    would otherwise label nothing, silently. Projected coordinates must
+    reproject to finite longitudes and latitudes.
+    """
+    from pyproj import CRS, Transformer
+
+    crs = CRS.from_user_input(crs_text)
+    name = crs.name
+    if crs.is_geographic:
+
+        def geographic(geom: Any) -> str | None:
+            x0, y0, x1, y1 = geom.bounds
+            if x0 < -180 or x1 > 360 or y0 < -90 or y1 > 90:
+                return (
+                    f"coordinates outside the valid range of {name} "
+                    f"(x {x0:.6g}..{x1:.6g}, y {y0:.6g}..{y1:.6g}): is the file's CRS right?"
+                )
+            return None
+
+        return geographic
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+    def projected(geom: Any) -> str | None:
+        bounds = to_ll.transform_bounds(*geom.bounds)
+        if not all(math.isfinite(v) for v in bounds):
+            return f"coordinates outside the valid range of {name}: is the file's CRS right?"
+        return None
+
+    return projected
 
 
 def _polygonal(geom: Any) -> Any:

@@ -2,8 +2,10 @@
 
 Every sub-folder of the tables folder that holds Parquet files (hive-style date
 partitions included) is registered as a table named after the folder:
-``sites``, ``tile_labels``, ``manifest``, ``dead_letter``, ... The tables are
-registered as lazy Arrow datasets, then DuckDB's access to files and the
+``sites``, ``tile_labels``, ``manifest``, ``dead_letter``, ``training_runs`` and
+``retrain_ledger`` (``minewatch retrain``), ... The tables are
+registered as lazy Arrow datasets (symbolic links that lead out of the tables
+folder are not followed), then DuckDB's access to files and the
 network is switched off and the setting locked, so a query can read those
 tables and nothing else: no ``read_csv('/etc/passwd')``, no ``COPY ... TO``,
 no ``INSTALL``/``ATTACH``, no HTTP. Only one ``SELECT`` statement is accepted.
@@ -31,11 +33,35 @@ class QueryError(MinewatchError, ValueError):
     """A query that is not a single read-only SELECT, or that DuckDB refuses."""
 
 
-def _has_parquet(folder: str) -> bool:
-    for _, _, files in os.walk(folder):
-        if any(f.endswith(".parquet") for f in files):
-            return True
-    return False
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _parquet_files(folder: str, root: str) -> list[str]:
+    """Parquet files under ``folder`` whose real path lies inside ``root``.
+
+    Symbolic links that lead out of the tables folder (a table folder linked to
+    ``/home``, a part file linked to another file) are left out, so a query
+    reads the tables and nothing else. Hidden files (``.tmp-*`` of a write in
+    progress) and ``_``-prefixed ones are skipped, as Arrow does.
+    """
+    found = []
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith((".", "_"))
+            and _inside(os.path.realpath(os.path.join(parent, d)), root)
+        )
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            if (
+                name.endswith(".parquet")
+                and not name.startswith((".", "_"))
+                and _inside(os.path.realpath(path), root)
+            ):
+                found.append(path)
+    return found
 
 
 def open_tables(tables_dir: str) -> tuple[Any, list[str]]:
@@ -57,12 +83,22 @@ def open_tables(tables_dir: str) -> tuple[Any, list[str]]:
         raise ConfigError(f"--tables {tables_dir!r} is not a folder")
     con = duckdb.connect(":memory:")
     names = []
+    root = os.path.realpath(tables_dir)
     for entry in sorted(os.listdir(tables_dir)):
         folder = os.path.join(tables_dir, entry)
-        if not (os.path.isdir(folder) and _IDENT.match(entry) and _has_parquet(folder)):
+        if not (os.path.isdir(folder) and _IDENT.match(entry)):
+            continue
+        if not _inside(os.path.realpath(folder), root):
+            continue  # a link out of the tables folder is not a table
+        files = _parquet_files(folder, root)
+        if not files:
             continue
         dataset = ds.dataset(
-            folder, format="parquet", partitioning="hive", exclude_invalid_files=True
+            files,
+            format="parquet",
+            partitioning=ds.partitioning(flavor="hive"),
+            partition_base_dir=folder,
+            exclude_invalid_files=True,
         )
         con.register(entry, dataset)
         names.append(entry)

@@ -293,6 +293,8 @@ class SceneReader:
                 raise SceneError(f"rotated or sheared transform is not supported: {path}")
         if ds.driver == "GTiff" and "://" not in path:
             _check_not_truncated(ds)
+        if ds.driver in _END_MARKERS and "://" not in path:
+            _check_end_marker(path, ds.driver)
 
     def open(self) -> SceneReader:
         """Open and check the files; set :attr:`grid`, :attr:`band_names` and :attr:`dtype`.
@@ -498,6 +500,26 @@ def _band_names(ds: Any, kind: str) -> tuple[str, ...]:
     if all(names) and len(set(names)) == len(names):
         return tuple(str(n) for n in names)
     return tuple(f"b{i}" for i in range(1, ds.count + 1))
+
+
+#: Bytes a complete PNG / JPEG file ends with (the IEND chunk, the EOI marker).
+_END_MARKERS = {"PNG": b"IEND\xaeB`\x82", "JPEG": b"\xff\xd9"}
+
+
+def _check_end_marker(path: str, driver: str) -> None:
+    """Refuse a PNG or JPEG that stops before its end marker.
+
+    GDAL decodes a cut PNG without raising: the missing rows come back as
+    whatever the decoder had, so a frame cut in transfer would be labelled.
+    Trailing bytes after the marker (some cameras pad files) are allowed.
+    """
+    marker = _END_MARKERS[driver]
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4096))
+        tail = f.read()
+    if marker not in tail:
+        raise SceneError(f"truncated file: no {driver} end marker: {path}")
 
 
 def _check_not_truncated(ds: Any) -> None:

@@ -60,6 +60,7 @@ DEAD = "dead"
 COUNTS = "counts"
 BAND_STATS = "band_stats"
 SHARDS = "shards"
+LABEL_HITS = "label_hits"
 
 
 def _dead(
@@ -295,6 +296,18 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         set_gdal_config("GDAL_CACHEMAX", c.gdal_cache_mb)
         if c.label_source == "vector" and c.labels:
             self._labels = self._load(c.labels)
+        self._hits: set[str] = set()
+
+    def start_bundle(self) -> None:
+        """Start the bundle's set of label polygons that overlapped a block."""
+        self._hits = set()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        """Emit each polygon the bundle's blocks overlapped once, on ``label_hits``."""
+        window = GlobalWindow()
+        for ref in sorted(self._hits):
+            yield TaggedOutput(LABEL_HITS, WindowedValue(ref, window.max_timestamp(), [window]))
+        self._hits = set()
 
     def _load(self, path: str) -> VectorLabels:
         c = self._config
@@ -401,6 +414,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         labels = self._labels_for(task.ref.scene_id) if c.label_source == "vector" else None
         if labels is not None and task.ref.kind == "scene":
             transform = grid.window_transform(task.block.row, task.block.col)
+            self._hits.update(labels.overlapping(grid.crs, transform, data.shape[1:]))
             return labels.rasterize(grid.crs, transform, data.shape[1:])
         if c.label_source == "weak" and task.ref.kind == "scene":
             return weak_label_mask(data, reader.band_names)
@@ -868,10 +882,14 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
             # Blocks of one scene spread over all workers; only block tasks are shuffled.
             | "Spread" >> beam.Reshuffle()
             | "Cut"
-            >> beam.ParDo(CutTiles(c)).with_outputs(DEAD, COUNTS, BAND_STATS, main="batches")
+            >> beam.ParDo(CutTiles(c)).with_outputs(
+                DEAD, COUNTS, BAND_STATS, LABEL_HITS, main="batches"
+            )
         )
         dead.append(cut[DEAD])
         counts.append(cut[COUNTS])
+        if c.label_source == "vector":
+            dead.append(self._unused_polygons(pbegin, cut[LABEL_HITS]))
         return {
             "batches": cut.batches,
             "dead": dead | "CutDeadLetters" >> beam.Flatten(),
@@ -879,6 +897,30 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
             "band_stats": cut[BAND_STATS],
             "refs": found.refs,
         }
+
+    def _unused_polygons(
+        self, pbegin: beam.pvalue.PBegin, hits: beam.PCollection
+    ) -> beam.PCollection:
+        """Dead-letter rows for label polygons that overlap no block of any scene.
+
+        Each label file is read again in a worker for its polygons' refs, and
+        joined with the refs the blocks reported, so no process holds more than
+        one file's refs and the blocks' hits meet them in a shuffle.
+        """
+        c = self._config
+        files = [c.labels] if c.labels else [path for _, path in c.scene_labels]
+        refs = (
+            pbegin
+            | "LabelFiles" >> beam.Create(sorted(set(files)))
+            | "LabelRefs" >> beam.FlatMap(_label_refs, config=c)
+            | "KeyRefs" >> beam.Map(lambda ref: (ref, True))
+        )
+        seen = hits | "KeyHits" >> beam.Map(lambda ref: (ref, True))
+        return (
+            {"polygon": refs, "hit": seen}
+            | "JoinHits" >> beam.CoGroupByKey()
+            | "Unused" >> beam.FlatMap(_unused)
+        )
 
     def _join_frame_labels(
         self, pbegin: beam.pvalue.PBegin, refs: beam.PCollection, dead: list[beam.PCollection]
@@ -910,6 +952,24 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
         )
         dead.append(joined[DEAD])
         return (scenes, joined.items) | "ScenesAndFrames" >> beam.Flatten()
+
+
+def _label_refs(path: str, config: TileConfig) -> Iterator[str]:
+    labels = VectorLabels.load(
+        path, config.label_field, config.classes, sparse=config.sparse_labels
+    )
+    yield from labels.refs
+
+
+def _unused(item: tuple[str, dict[str, list[bool]]]) -> Iterator[dict[str, str]]:
+    ref, groups = item
+    if groups["polygon"] and not groups["hit"]:
+        yield _dead(
+            ref,
+            "polygon outside every scene (it overlaps no block that was read)",
+            "label",
+            stage="labels",
+        )
 
 
 class TileScenes(beam.PTransform):  # type: ignore[misc]

@@ -23,7 +23,16 @@ FORBIDDEN_CALLS = {
     ("yaml", "full_load"),
     ("os", "system"),
     ("os", "popen"),
+    ("pd", "read_pickle"),
+    ("pandas", "read_pickle"),
+    ("joblib", "load"),
+    ("torch", "load"),
+    ("shelve", "open"),
+    ("jsonpickle", "decode"),
 }
+# yaml loaders that build arbitrary Python objects; keyword arguments that unpickle.
+FORBIDDEN_ATTRIBUTES = {"UnsafeLoader", "FullLoader", "Loader", "CLoader", "CUnsafeLoader"}
+FORBIDDEN_KEYWORDS = {"allow_pickle"}
 FORBIDDEN_NAMES = {"eval", "exec", "compile", "__import__"}
 
 
@@ -37,14 +46,29 @@ def _forbidden(tree, path):
             if (f.value.id, f.attr) in FORBIDDEN_CALLS:
                 found.append(f"{path}:{call.lineno} {f.value.id}.{f.attr}()")
         for kw in call.keywords:
-            if kw.arg == "shell" and isinstance(kw.value, ast.Constant) and kw.value.value:
+            truthy = isinstance(kw.value, ast.Constant) and kw.value.value
+            if kw.arg == "shell" and truthy:
                 found.append(f"{path}:{call.lineno} shell=True")
+            if kw.arg in FORBIDDEN_KEYWORDS and truthy:
+                found.append(f"{path}:{call.lineno} {kw.arg}=True")
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "yaml"
+            and node.attr in FORBIDDEN_ATTRIBUTES
+        ):
+            found.append(f"{path}:{node.lineno} yaml.{node.attr}")
     return found
 
 
 def test_the_scan_finds_what_it_looks_for():
     snippet = "import pickle, subprocess\neval(x)\npickle.loads(b)\nsubprocess.run(c, shell=True)\n"
     assert len(_forbidden(ast.parse(snippet), "snippet")) == 3
+    more = (
+        "np.load(f, allow_pickle=True)\nyaml.load(s, Loader=yaml.UnsafeLoader)\npd.read_pickle(p)\n"
+    )
+    assert len(_forbidden(ast.parse(more), "snippet")) == 4  # yaml.load counted too
 
 
 def test_no_eval_exec_unpickling_or_unsafe_yaml_in_our_code():

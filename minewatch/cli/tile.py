@@ -416,6 +416,11 @@ def _prepare_out(out: str, overwrite: bool) -> None:
             shutil.rmtree(p)
         else:
             os.remove(p)
+    if overwrite and "://" not in out and os.path.isdir(out):
+        # Temporary folders of earlier runs that were killed before they committed.
+        for name in os.listdir(out):
+            if name.startswith(".tmp-") and os.path.isdir(os.path.join(out, name)):
+                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
 
