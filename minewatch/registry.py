@@ -20,7 +20,7 @@ from typing import Any
 
 from minewatch.errors import ConfigError
 
-__all__ = ["ModelRef", "resolve_model"]
+__all__ = ["ModelRef", "resolve_model", "within"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def _exists(path: str) -> bool:
     return bool(FileSystems.exists(path))
 
 
+def within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it (local links resolved)."""
+    if "://" in root or "://" in path:
+        path, root = posixpath.normpath(path), posixpath.normpath(root)
+    else:
+        path, root = os.path.realpath(path), os.path.realpath(root)
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
 def resolve_model(path: str) -> ModelRef:
     """Find the model to serve: the registry's current model, or a model folder.
 
@@ -92,6 +101,14 @@ def resolve_model(path: str) -> ModelRef:
         target = pointer.get("path") or posixpath.join(path, "versions", str(pointer["version"]))
         if "://" not in target and not os.path.isabs(target):
             target = os.path.join(path, target)
+        if not within(target, path):
+            # Serve only what the configured registry holds: a pointer that leads
+            # out of it (an absolute path, '..', a link) is refused, at launch and
+            # whenever a stream re-reads it.
+            raise ConfigError(
+                f"the registry's current.json points outside it ({target!r}); "
+                "promote the model into the registry with 'minewatch promote'"
+            )
         return resolve_model(target)
     saved = posixpath.join(path, "saved_model")
     if not _exists(posixpath.join(saved, "saved_model.pb")):

@@ -115,17 +115,6 @@ def abs_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def _within(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or lies under it (symbolic links resolved locally)."""
-    if "://" in root or "://" in path:
-        import posixpath
-
-        path, root = posixpath.normpath(path), posixpath.normpath(root)
-    else:
-        path, root = os.path.realpath(path), os.path.realpath(root)
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def check_model_and_areas(params: dict[str, Any]) -> Any:
     """Resolve ``--model`` and check ``--concessions`` / ``--protected`` exist.
 
@@ -138,19 +127,10 @@ def check_model_and_areas(params: dict[str, Any]) -> Any:
     from minewatch.errors import ConfigError
     from minewatch.registry import resolve_model
 
-    given = abs_path(params["model"])
     try:
-        model = resolve_model(given)
+        model = resolve_model(abs_path(params["model"]))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc
-    if not _within(model.path, given):
-        # current.json names a model outside the registry (an absolute path, '..'):
-        # serve only what the configured registry holds.
-        raise click.BadParameter(
-            f"the registry's current.json points outside it ({model.path!r}); "
-            "promote the model into the registry with 'minewatch promote'",
-            param_hint="--model",
-        )
     for name in ("concessions", "protected"):
         path = params[name]
         if path and "://" not in path and not os.path.isfile(path):

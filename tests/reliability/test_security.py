@@ -53,12 +53,6 @@ def test_infer_serves_the_registry_s_own_copy(registry, tmp_path):
     assert model.path == str(registry / "versions" / "v1") and model.version == "v1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minewatch/registry.py resolve_model() follows current.json wherever it points; "
-    "the CLI refuses it at launch (minewatch/cli/options.py) but the stream re-resolves "
-    "the registry each poll through resolve_model (fix proposed in docs/reliability.md)",
-)
 def test_resolve_model_itself_stays_inside_the_registry(registry, oracle):
     from minewatch.errors import ConfigError
     from minewatch.registry import resolve_model
