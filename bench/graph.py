@@ -8,10 +8,15 @@ every method builds the cosine graph with ``--threshold``; top-k methods keep
 - top-k methods: found edges / exact top-k edges (a found edge whose similarity
   ties the exact k-th one counts as found).
 
-Each method runs in its own subprocess so that its peak RSS is its own.
+Each method runs in its own subprocess so that its peak RSS is its own. minewatch
+runs ``SimilarityEdges`` on the DirectRunner (Beam options pass through, e.g.
+``--direct_num_workers=2 --direct_running_mode=multi_processing``), reading the
+vectors from ``--shard-rows`` ``.npy`` files written before its clock starts.
 
     .venv/bin/python bench/graph.py                      # N = 5k, 20k, 50k
-    .venv/bin/python bench/graph.py --n 1000000 --only minewatch,numpy
+    .venv/bin/python bench/graph.py --n 1000000 --only minewatch          # sampled recall
+    .venv/bin/python bench/graph.py --n 50000 100000 200000 500000 1000000 --only minewatch \
+        --exact-max-n 50000                                               # the scaling curve
 """
 
 from __future__ import annotations
@@ -106,16 +111,27 @@ def run_method(method, args, x, workdir):
 
         from pipelines.similarity_graph import SimilarityEdges
 
-        ids = [str(i) for i in range(n)]
+        # The pipeline reads the vectors from .npy shards (written before the clock
+        # starts, as the embedding step would have): no process holds them all,
+        # and beam.Create does not pickle the whole data set into the job graph.
+        shards = []
+        for i, start in enumerate(range(0, n, args.shard_rows)):
+            path = os.path.join(workdir, f"vectors-{i:05d}.npy")
+            np.save(path, x[start : start + args.shard_rows])
+            shards.append((start, path))
         out = os.path.join(workdir, "edges")
         options = PipelineOptions(args.beam_args)
         t = time.perf_counter()
         with beam.Pipeline(options=options) as p:
             edges = (
                 p
-                | "Vectors" >> beam.Create(list(zip(ids, x, strict=True)), reshuffle=False)
+                | "Shards" >> beam.Create(shards)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "ReadShards" >> beam.MapTuple(_read_shard)
                 | "Similarity"
-                >> SimilarityEdges(k, thr, rounds=args.rounds, bucket_size=args.bucket_size)
+                >> SimilarityEdges(
+                    k, thr, rounds=args.rounds, bucket_size=args.bucket_size, batched=True
+                )
             )["edges"]
             edges | "Write" >> beam.io.WriteToParquetBatched(
                 out, _schema(), file_name_suffix=".parquet"
@@ -130,6 +146,14 @@ def run_method(method, args, x, workdir):
         cols = np.asarray(table.column("dst").to_pylist(), np.int64)
         return seconds, (rows, cols)
     raise ValueError(method)
+
+
+def _read_shard(start, path):
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path) as f:
+        x = np.load(f)
+    return np.array([str(i) for i in range(start, start + x.shape[0])], object), x
 
 
 def _schema():
@@ -176,8 +200,10 @@ def child(args):
             rows, cols = result
             np.save(os.path.join(args.result, "rows.npy"), rows)
             np.save(os.path.join(args.result, "cols.npy"), cols)
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # whole child, data making included
     with open(os.path.join(args.result, "meta.json"), "w") as f:
-        json.dump({"seconds": seconds, "rss_mb": rss}, f)
+        json.dump({"seconds": seconds, "rss_mb": rss, "cpu_s": cpu}, f)
 
 
 def measure(args, method, n):
@@ -186,8 +212,9 @@ def measure(args, method, n):
             sys.executable, __file__, "--child", method, "--n", str(n), "--result", result,
             "--dim", str(args.dim), "--clusters", str(args.clusters), "--spread", str(args.spread),
             "--k", str(args.k), "--threshold", str(args.threshold), "--rounds", str(args.rounds),
-            "--bucket-size", str(args.bucket_size), "--nsl-splits", str(args.nsl_splits),
-            "--nsl-rounds", str(args.nsl_rounds), *args.beam_args,
+            "--bucket-size", str(args.bucket_size), "--shard-rows", str(args.shard_rows),
+            "--nsl-splits", str(args.nsl_splits), "--nsl-rounds", str(args.nsl_rounds),
+            *args.beam_args,
         ]  # fmt: skip
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
         subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
@@ -209,13 +236,17 @@ def main():
     parser.add_argument("--spread", type=float, default=0.3, help="noise norm relative to a centre")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--rounds", type=int, default=10, help="minewatch LSH rounds")
-    parser.add_argument("--bucket-size", type=int, default=512, help="minewatch bucket size")
+    parser.add_argument("--rounds", type=int, default=1, help="minewatch partition trees")
+    parser.add_argument("--bucket-size", type=int, default=16384, help="minewatch cell size")
+    parser.add_argument("--shard-rows", type=int, default=65536, help="vectors per input file")
     parser.add_argument("--nsl-splits", type=int, default=10)
     parser.add_argument("--nsl-rounds", type=int, default=18)
     parser.add_argument("--nsl-max-n", type=int, default=20000, help="skip NSL LSH above this N")
     parser.add_argument(
         "--nsl-brute-max-n", type=int, default=20000, help="skip NSL brute force above this N"
+    )
+    parser.add_argument(
+        "--exact-max-n", type=int, default=200_000, help="above: recall on 2,000 sampled nodes"
     )
     parser.add_argument("--only", default=",".join(METHODS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -232,15 +263,19 @@ def main():
     print(f"{'N':>9} {'method':<11} {'seconds':>9} {'recall':>7} {'peak RSS MB':>12}  note")
     for n in args.n:
         x = make_data(n, args.dim, args.clusters, args.spread)
-        exact = exact_numpy(x, args.k, args.threshold) if n <= 200_000 else None
+        exact = exact_numpy(x, args.k, args.threshold) if n <= args.exact_max_n else None
         sample = None
         if exact is None:  # a sampled check: exact top-k of 2,000 nodes against all
             rng = np.random.default_rng(1)
             sample = np.sort(rng.choice(n, 2000, replace=False))
-            sims = x[sample] @ x.T
-            sims[np.arange(sample.size), sample] = -np.inf
-            top = np.argpartition(-sims, args.k, axis=1)[:, : args.k]
-            ts = np.take_along_axis(sims, top, axis=1)
+            tops, tss = [], []
+            for part in np.array_split(sample, 20):  # 100 rows x N at a time
+                sims = x[part] @ x.T
+                sims[np.arange(part.size), part] = -np.inf
+                top = np.argpartition(-sims, args.k, axis=1)[:, : args.k].copy()
+                tops.append(top)
+                tss.append(np.take_along_axis(sims, top, axis=1))
+            top, ts = np.concatenate(tops), np.concatenate(tss)
             keep = ts >= args.threshold
             exact = (np.broadcast_to(sample[:, None], top.shape)[keep], top[keep], ts[keep])
         pairs_exact = None
@@ -263,6 +298,11 @@ def main():
                 note = f"{files['rows.npy'].size} edges" + (
                     " (sampled recall)" if sample is not None else ""
                 )
+                if method == "minewatch":
+                    per = meta["seconds"] / (n * np.log2(n)) * 1e6
+                    note += f"; {per:.3f} us per N log2 N"
+            if "cpu_s" in meta:  # less sensitive than wall clock to a shared machine
+                note += f"; process CPU {meta['cpu_s']:.1f} s"
             print(
                 f"{n:>9} {method:<11} {meta['seconds']:>9.2f} {recall:>7.4f} "
                 f"{meta['rss_mb']:>12.0f}  {note}",

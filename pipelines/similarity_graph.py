@@ -9,12 +9,15 @@ Graph (every step labelled)::
                                                                     │             │
                                                                     └─ examples ──┴─ Pack ─ packed/
 
-Similarity (:class:`SimilarityEdges`) never compares all pairs in one process:
-vectors are batched, hashed with random hyperplanes into ``(dim, round, bucket)``
-keys over several rounds, grouped, compared exactly inside each bucket by matrix
-products (oversized buckets are split by more hyperplanes, then chunked), and
-the candidates of every round are merged into each node's top ``k`` by a
-``CombinePerKey`` whose accumulator holds numpy arrays for a shard of nodes.
+Similarity (:class:`SimilarityEdges`) never compares all pairs, and no step holds
+all vectors: a bounded sample (65,536 per dimension) fits a partition tree of
+2-means cuts per round; batches of vectors are routed through it at once (those
+near a cut go to both sides) and emitted as one element per ``(dim, round,
+cell)`` of the batch; each cell (~``bucket_size`` vectors) is grouped and
+compared exactly by blocked matrix products; the candidates are merged into each
+node's top ``k`` by a ``CombinePerKey`` whose accumulator holds numpy arrays for
+a shard of nodes. Elements are few and large: about ``N / batch_size x cells``
+of them, never one per vector and round.
 
 Spatial edges join tiles of one scene whose windows touch or overlap, keyed by
 grid cells; temporal edges join tiles of different acquisitions with the same
@@ -56,10 +59,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from minewatch.embeddings import BandNorm, describe, load_saved_model, normalized_pixels
 from minewatch.neighbours import (
-    MAX_BITS,
     Candidates,
-    bucket_codes,
-    choose_bits,
+    PartitionTree,
+    assign_leaves,
+    build_tree,
     hyperplanes,
     iter_groups,
     merge_topk,
@@ -110,9 +113,9 @@ class GraphConfig:
         k: Most similarity neighbours per tile, and most neighbours packed into
             a labelled example. Default 10.
         threshold: Least cosine similarity of a similarity edge. Default 0.8.
-        rounds: LSH rounds. Default 10.
-        bucket_size: Target LSH bucket size; buckets over 4x are split. Default 512.
-        seed: Seed of the LSH hyperplanes. Default 0.
+        rounds: Partition trees of the similarity search. Default 1.
+        bucket_size: Most tiles per cell compared all-pairs. Default 16384.
+        seed: Seed of the partition trees. Default 0.
         spatial_weight: Weight of spatial edges; 0 disables them. Default 0.5.
         temporal_weight: Weight of temporal edges; 0 disables them. Default 0.5.
         temporal_window: Each acquisition of a footprint links to this many
@@ -130,8 +133,8 @@ class GraphConfig:
     embedding: str = "builtin"
     k: int = 10
     threshold: float = 0.8
-    rounds: int = 10
-    bucket_size: int = 512
+    rounds: int = 1
+    bucket_size: int = 16384
     seed: int = 0
     spatial_weight: float = 0.5
     temporal_weight: float = 0.5
@@ -372,30 +375,34 @@ def _failed_batch(item: tuple[Any, Any]) -> Iterator[dict[str, str]]:
 # -- similarity edges ----------------------------------------------------------------
 
 
-class HashIntoBuckets(beam.DoFn):  # type: ignore[misc]
-    """Normalise a batch of vectors and split it by LSH bucket, for every round."""
+class VectorBatch(NamedTuple):
+    """Rows of one dimension: ids, 64-bit keys (:func:`node_keys`) and unit vectors."""
 
-    def __init__(self, rounds: int, bucket_size: int, seed: int) -> None:
-        self._rounds = rounds
-        self._bucket_size = bucket_size
-        self._seed = seed
+    ids: np.ndarray
+    keys: np.ndarray
+    unit: np.ndarray
+
+
+class PrepareVectors(beam.DoFn):  # type: ignore[misc]
+    """Normalise a batch of vectors, key the ids, and split the batch by dimension."""
+
+    def __init__(self, batched: bool) -> None:
+        self._batched = batched
         self._bad = Metrics.counter(_NS, "vectors_dead_lettered")
 
-    def setup(self) -> None:
-        """Hyperplanes are drawn per dimension, lazily, identically on every worker."""
-        self._planes: dict[int, np.ndarray] = {}
-
-    def process(self, batch: Sequence[tuple[str, Any]], n: int) -> Iterator[Any]:
-        """Yield ``((dim, round, bucket), (ids, keys, unit vectors))`` per bucket of the batch."""
+    def process(self, batch: Any) -> Iterator[Any]:
+        """Yield ``(dim, VectorBatch)``; zero or non-finite vectors go to ``dead``."""
+        if self._batched:
+            names, matrix = batch
+            items = list(zip(names, np.asarray(matrix, np.float32), strict=True))
+        else:
+            items = [(i, np.asarray(v, np.float32).ravel()) for i, v in batch]
         by_dim: dict[int, list[tuple[str, np.ndarray]]] = collections.defaultdict(list)
-        for node_id, vec in batch:
-            v = np.asarray(vec, np.float32).ravel()
+        for node_id, v in items:
             by_dim[v.size].append((node_id, v))
-        bits = choose_bits(n, self._bucket_size)
-        rounds = self._rounds if bits else 1
-        for dim, items in by_dim.items():
-            ids = np.array([i for i, _ in items], object)
-            unit, norms = normalize(np.stack([v for _, v in items]))
+        for dim, rows in by_dim.items():
+            ids = np.array([i for i, _ in rows], object)
+            unit, norms = normalize(np.stack([v for _, v in rows]))
             good = np.isfinite(norms) & (norms > 0) & np.all(np.isfinite(unit), axis=1)
             for bad in np.flatnonzero(~good):
                 self._bad.inc()
@@ -404,50 +411,130 @@ class HashIntoBuckets(beam.DoFn):  # type: ignore[misc]
                 )
             if not good.all():
                 ids, unit = ids[good], unit[good]
-            if not ids.size:
-                continue
-            keys = node_keys(list(ids))
-            if dim not in self._planes:
-                self._planes[dim] = hyperplanes(dim, self._rounds, self._seed)
-            planes = self._planes[dim]
-            for r in range(rounds):
-                codes = bucket_codes(unit, planes[r, :bits])
-                for code, index in iter_groups(codes):
-                    yield (dim, r, code), (ids[index], keys[index], unit[index])
+            if ids.size:
+                yield dim, VectorBatch(ids, node_keys(list(ids)), unit)
 
 
-class CompareInBucket(beam.DoFn):  # type: ignore[misc]
-    """Exact top-k inside one LSH bucket; candidates go out sharded by source node."""
+def _count_rows(item: tuple[int, VectorBatch]) -> dict[int, int]:
+    dim, batch = item
+    return {dim: int(batch.ids.size)}
+
+
+class _SumByDim(beam.CombineFn):  # type: ignore[misc]
+    def create_accumulator(self) -> dict[int, int]:
+        return {}
+
+    def add_input(self, acc: dict[int, int], counts: dict[int, int]) -> dict[int, int]:
+        for dim, n in counts.items():
+            acc[dim] = acc.get(dim, 0) + n
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[dict[int, int]]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for acc in accs:
+            self.add_input(out, acc)
+        return out
+
+    def extract_output(self, acc: dict[int, int]) -> dict[int, int]:
+        return acc
+
+
+def _sample_rows(
+    item: tuple[int, VectorBatch], counts: dict[int, int], size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """A uniform sample of about ``size`` rows per dimension, chosen by node key.
+
+    The key decides, not a random draw, so a retried bundle samples the same rows.
+    """
+    dim, batch = item
+    fraction = min(1.0, size / max(1, counts.get(dim, 1)))
+    uniform = (batch.keys.astype(np.float64) + 2.0**63) / 2.0**64
+    keep = uniform < fraction
+    if keep.any():
+        yield dim, batch.unit[keep]
+
+
+class _Concat(beam.CombineFn):  # type: ignore[misc]
+    """Concatenate the sampled rows of one dimension (bounded by the sample size)."""
+
+    def create_accumulator(self) -> list[np.ndarray]:
+        return []
+
+    def add_input(self, acc: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        acc.append(rows)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        return [rows for acc in accs for rows in acc]
+
+    def extract_output(self, acc: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(acc) if acc else np.zeros((0, 0), np.float32)
+
+
+def _fit_trees(
+    item: tuple[int, np.ndarray],
+    counts: dict[int, int],
+    rounds: int,
+    leaf_size: int,
+    threshold: float,
+    spill: float,
+    seed: int,
+) -> tuple[int, list[PartitionTree]]:
+    """One partition tree per round; later rounds fit to a different 80% of the sample."""
+    dim, sample = item
+    trees = []
+    for r in range(rounds):
+        rows = sample
+        if r:
+            pick = np.random.default_rng([seed, dim, r]).random(sample.shape[0]) < 0.8
+            rows = sample[pick]
+        trees.append(
+            build_tree(rows, counts.get(dim, 0), leaf_size, threshold, spill, seed=seed * 1009 + r)
+        )
+    return dim, trees
+
+
+def _assign_cells(
+    item: tuple[int, VectorBatch], trees: dict[int, list[PartitionTree]]
+) -> Iterator[tuple[tuple[int, int, int], VectorBatch]]:
+    """Yield ``((dim, round, cell), rows of the batch in that cell)``, for every round."""
+    dim, batch = item
+    for r, tree in enumerate(trees[dim]):
+        rows, cells = assign_leaves(tree, batch.unit, batch.keys)
+        for cell, index in iter_groups(cells):
+            take = rows[index]
+            yield (dim, r, cell), VectorBatch(batch.ids[take], batch.keys[take], batch.unit[take])
+
+
+class CompareInCell(beam.DoFn):  # type: ignore[misc]
+    """Exact top-k inside one leaf cell; candidates go out sharded by source node."""
 
     def __init__(
-        self, k: int, threshold: float, rounds: int, bucket_size: int, seed: int, shard_nodes: int
+        self, k: int, threshold: float, leaf_size: int, seed: int, shard_nodes: int
     ) -> None:
         self._k = k
         self._threshold = threshold
-        self._rounds = rounds
-        self._bucket_size = bucket_size
+        self._leaf_size = leaf_size
         self._seed = seed
         self._shard_nodes = shard_nodes
-        self._split = Metrics.counter(_NS, "buckets_split")
+        self._split = Metrics.counter(_NS, "cells_split")
         self._pairs = Metrics.counter(_NS, "pairs_compared")
 
-    def setup(self) -> None:
-        """Hyperplanes are drawn per dimension, lazily."""
-        self._planes: dict[int, np.ndarray] = {}
-
-    def process(self, item: tuple[tuple[int, int, int], Iterable[Any]], n: int) -> Iterator[Any]:
+    def process(
+        self, item: tuple[tuple[int, int, int], Iterable[VectorBatch]], counts: dict[int, int]
+    ) -> Iterator[tuple[int, Candidates]]:
         """Yield ``(shard, Candidates)``."""
         (dim, r, _), parts = item
         parts = list(parts)
-        ids = np.concatenate([p[0] for p in parts])
-        keys = np.concatenate([p[1] for p in parts])
-        unit = np.concatenate([p[2] for p in parts])
-        bits = choose_bits(n, self._bucket_size)
-        cap = 4 * self._bucket_size
+        ids = np.concatenate([p.ids for p in parts])
+        keys = np.concatenate([p.keys for p in parts])
+        unit = np.concatenate([p.unit for p in parts])
+        cap = 4 * self._leaf_size
         if ids.size > cap:
-            if dim not in self._planes:
-                self._planes[dim] = hyperplanes(dim, self._rounds, self._seed)
-            groups = split_bucket(unit, self._planes[dim][r, bits:MAX_BITS], cap)
+            # The sample under-estimated this cell; bound the work with extra
+            # hyperplane cuts rather than compare all pairs.
+            planes = hyperplanes(dim, r + 1, self._seed)[r]
+            groups = split_bucket(unit, planes, cap)
             self._split.inc()
         else:
             groups = [np.arange(ids.size)]
@@ -458,7 +545,7 @@ class CompareInBucket(beam.DoFn):  # type: ignore[misc]
             rows, cols = index[rows], index[cols]
             found.append(Candidates(keys[rows], ids[rows], keys[cols], ids[cols], sims))
         cands = Candidates.concat(found)
-        shards = max(1, math.ceil(n / self._shard_nodes))
+        shards = max(1, math.ceil(sum(counts.values()) / self._shard_nodes))
         for shard, index in iter_groups(np.mod(cands.src_keys, shards)):
             yield shard, cands.take(index)
 
@@ -522,12 +609,16 @@ def similarity_table(cands: Candidates) -> pa.Table:
 
 
 class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
-    """``(id, vector)`` pairs into each node's top-k cosine neighbours, via LSH.
+    """``(id, vector)`` pairs into each node's top-k cosine neighbours.
 
-    Rounds of random-hyperplane LSH key the vectors by ``(dim, round, bucket)``;
-    each bucket is compared exactly; a ``CombinePerKey`` keeps each node's ``k``
-    best over all rounds. The number of key bits is ``ceil(log2(N /
-    bucket_size))`` (N counted first); with one bucket the result is exact.
+    Candidates come from a partition tree per round (:func:`build_tree`): 2-means
+    cuts fitted to a bounded sample of the vectors, so that each leaf cell holds
+    about ``bucket_size`` of them and near neighbours on either side of a cut
+    meet in a cell through spill. Batches of vectors are routed through the trees
+    at once and emitted as one element per ``(dim, round, cell)`` present in the
+    batch; each cell is grouped and compared exactly; a ``CombinePerKey`` on
+    shards of source nodes keeps each node's ``k`` best over all rounds. With
+    ``N <= bucket_size`` there is one cell and the result is exact.
 
     Example:
         >>> pairs = p | beam.Create([("a", [1.0, 0.0]), ("b", [0.9, 0.1])])  # doctest: +SKIP
@@ -537,22 +628,32 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
     Args:
         k: Most neighbours per node. Default 10.
         threshold: Least cosine similarity. Default 0.8.
-        rounds: LSH rounds. Default 10.
-        bucket_size: Target bucket size; buckets over 4x are split. Default 512.
-        seed: Hyperplane seed. Default 0.
-        batch_size: Vectors hashed per batch. Default 4096.
+        rounds: Partition trees (more: higher recall, proportionally more work).
+            Default 1.
+        bucket_size: Most vectors per leaf cell (estimated from the sample); cells
+            over 4x are cut further by hyperplanes. Default 16384.
+        seed: Seed of the trees. Default 0.
+        batch_size: Vectors per batch (with ``batched=False``). Default 4096.
         shard_nodes: Nodes per top-k merge shard. Default 50,000.
+        spill: Fraction of the vectors at each cut that also go to the other
+            side. Default 0.1.
+        sample_size: Vectors per dimension the trees are fitted to. Default 65,536.
+        batched: The input holds ``(ids, [n, D] array)`` batches instead of
+            ``(id, vector)`` pairs. Default False.
     """
 
     def __init__(
         self,
         k: int = 10,
         threshold: float = 0.8,
-        rounds: int = 10,
-        bucket_size: int = 512,
+        rounds: int = 1,
+        bucket_size: int = 16384,
         seed: int = 0,
         batch_size: int = 4096,
         shard_nodes: int = 50_000,
+        spill: float = 0.1,
+        sample_size: int = 65_536,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         self._k = k
@@ -562,37 +663,56 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
         self._seed = seed
         self._batch_size = batch_size
         self._shard_nodes = shard_nodes
+        self._spill = spill
+        self._sample_size = sample_size
+        self._batched = batched
 
     def expand(self, pairs: beam.PCollection) -> dict[str, beam.PCollection]:
         """Return ``edges`` (pyarrow Tables) and ``dead_letter`` rows (bad vectors)."""
-        n = beam.pvalue.AsSingleton(pairs | "CountNodes" >> beam.combiners.Count.Globally())
-        hashed = (
-            pairs
-            | "BatchVectors"
-            >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-            | "HashIntoBuckets"
-            >> beam.ParDo(HashIntoBuckets(self._rounds, self._bucket_size, self._seed), n)
-            .with_outputs(DEAD, main="buckets")
-        )  # fmt: skip
+        batches = pairs
+        if not self._batched:
+            batches = pairs | "BatchVectors" >> beam.BatchElements(
+                min_batch_size=self._batch_size, max_batch_size=self._batch_size
+            )
+        prepared = batches | "PrepareVectors" >> beam.ParDo(
+            PrepareVectors(self._batched)
+        ).with_outputs(DEAD, main="vectors")
+        vectors = prepared.vectors
+        counts = beam.pvalue.AsSingleton(
+            vectors
+            | "CountRows" >> beam.Map(_count_rows)
+            | "SumCounts" >> beam.CombineGlobally(_SumByDim())
+        )
+        trees = beam.pvalue.AsDict(
+            vectors
+            | "SampleRows" >> beam.FlatMap(_sample_rows, counts, self._sample_size)
+            | "GatherSample" >> beam.CombinePerKey(_Concat())
+            | "FitTrees"
+            >> beam.Map(
+                _fit_trees,
+                counts,
+                rounds=self._rounds,
+                leaf_size=self._bucket_size,
+                threshold=self._threshold,
+                spill=self._spill,
+                seed=self._seed,
+            )
+        )
         edges = (
-            hashed.buckets
-            | "GroupBuckets" >> beam.GroupByKey()
-            | "CompareInBuckets"
+            vectors
+            | "AssignCells" >> beam.FlatMap(_assign_cells, trees)
+            | "GroupCells" >> beam.GroupByKey()
+            | "CompareInCells"
             >> beam.ParDo(
-                CompareInBucket(
-                    self._k,
-                    self._threshold,
-                    self._rounds,
-                    self._bucket_size,
-                    self._seed,
-                    self._shard_nodes,
+                CompareInCell(
+                    self._k, self._threshold, self._bucket_size, self._seed, self._shard_nodes
                 ),
-                n,
+                counts,
             )
             | "TopKPerNode" >> beam.CombinePerKey(TopKPerNode(self._k))
             | "EdgeTables" >> beam.MapTuple(lambda _, cands: similarity_table(cands))
         )
-        return {"edges": edges, "dead_letter": hashed[DEAD]}
+        return {"edges": edges, "dead_letter": prepared[DEAD]}
 
 
 # -- spatial and temporal edges -------------------------------------------------------

@@ -52,16 +52,20 @@ from minewatch.cli.options import (
     help="Built-in descriptor, or a SavedModel with an 'embedding' signature.",
 )
 @click.option(
-    "--rounds", type=click.IntRange(1, 64), default=10, show_default=True, help="LSH rounds."
+    "--rounds",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Partition trees for similarity candidates (more: higher recall, more work).",
 )
 @click.option(
     "--bucket-size",
     type=click.IntRange(16),
-    default=512,
+    default=16384,
     show_default=True,
-    help="Target LSH bucket size (more buckets above it).",
+    help="Most tiles per cell compared all-pairs (more cells above it).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="LSH hyperplane seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Partition tree seed.")
 @click.option(
     "--spatial-weight",
     type=click.FloatRange(0, 1),

@@ -7,7 +7,9 @@ import pytest
 
 from minewatch.neighbours import (
     Candidates,
+    assign_leaves,
     bucket_codes,
+    build_tree,
     choose_bits,
     exact_topk,
     hyperplanes,
@@ -115,3 +117,87 @@ def test_node_keys_stable_and_distinct():
     keys = node_keys([f"s:{i}:0" for i in range(10_000)])
     assert len(set(keys.tolist())) == 10_000
     assert node_keys(["a"])[0] == node_keys(["a"])[0]
+
+
+def clustered_unit(n, dim, clusters, spread, seed):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))
+    return normalize(x.astype(np.float32))[0]
+
+
+def test_topk_within_bounded_path_matches_brute_force():
+    # n >= 32 * 4 * k: rows are cut by the group-maxima bound before sorting.
+    x = clustered_unit(1500, 12, 6, 0.4, seed=4)
+    rows, cols, sims = topk_within(x, 6, -1.0, block=256)
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    expected = -np.sort(-s, axis=1)[:, :6]
+    assert np.array_equal(np.bincount(rows, minlength=1500), np.full(1500, 6))
+    got = np.zeros((1500, 6))
+    for r in range(1500):
+        got[r] = sims[rows == r]  # best first within a row
+    assert np.allclose(got, expected, atol=1e-5)
+    assert np.allclose(sims, np.einsum("ij,ij->i", x[rows], x[cols]), atol=1e-6)
+
+
+def test_tree_is_one_leaf_for_small_inputs():
+    x = clustered_unit(50, 4, 2, 0.3, seed=0)
+    tree = build_tree(x, 50, leaf_size=64, threshold=0.5)
+    assert tree.leaves == 1 and tree.children.shape == (0, 2)
+    rows, cells = assign_leaves(tree, x, node_keys([str(i) for i in range(50)]))
+    assert sorted(rows.tolist()) == list(range(50)) and set(cells.tolist()) == {0}
+
+
+def test_tree_leaves_are_bounded_and_cover_every_row():
+    x = clustered_unit(4000, 8, 20, 0.3, seed=1)
+    tree = build_tree(x[::2], 4000, leaf_size=300, threshold=0.9, spill=0.05)
+    rows, cells = assign_leaves(tree, x, node_keys([str(i) for i in range(4000)]))
+    assert tree.leaves >= 4000 // 300
+    assert set(rows.tolist()) == set(range(4000))  # nobody is lost
+    pairs = rows.astype(np.int64) * (1 << 40) + cells
+    assert np.unique(pairs).size == pairs.size  # at most once per cell
+    assert rows.size < 1.5 * 4000  # spill is a fraction, not a blow-up
+    assert np.bincount(cells // (1 << 20)).max() < 2 * 300
+
+
+def test_tree_cells_recover_exact_topk():
+    x = clustered_unit(3000, 16, 12, 0.3, seed=2)
+    ids = [f"n{i}" for i in range(3000)]
+    keys = node_keys(ids)
+    tree = build_tree(x, 3000, leaf_size=400, threshold=0.9, spill=0.1)
+    rows, cells = assign_leaves(tree, x, keys)
+    assert tree.leaves > 5
+    id_arr = np.asarray(ids, object)
+    found = []
+    for cell in np.unique(cells):
+        index = rows[cells == cell]
+        r, c, s = topk_within(x[index], 5, 0.9)
+        r, c = index[r], index[c]
+        found.append(Candidates(keys[r], id_arr[r], keys[c], id_arr[c], s))
+    got = merge_topk(Candidates.concat(found), 5)
+    exact = exact_topk(ids, x, 5, 0.9)
+    both = set(zip(got.src_ids, got.dst_ids, strict=True))
+    want = set(zip(exact.src_ids, exact.dst_ids, strict=True))
+    assert len(want) > 10_000
+    assert len(both & want) / len(want) >= 0.99
+
+
+def test_tree_spreads_identical_vectors_over_parts():
+    x = np.tile(normalize(np.ones((1, 4), np.float32))[0], (1000, 1))
+    tree = build_tree(x, 1000, leaf_size=100, threshold=0.9)
+    assert tree.leaves == 1 and tree.leaf_parts.tolist() == [10]
+    _, cells = assign_leaves(tree, x, node_keys([str(i) for i in range(1000)]))
+    sizes = np.bincount(cells % (1 << 20))
+    assert sizes.size == 10 and sizes.sum() == 1000 and sizes.min() > 50
+
+
+def test_merge_topk_breaks_ties_by_larger_key_in_any_order():
+    ids = np.array(["s", "a", "b", "c"], object)
+    keys = np.array([0, 5, -3, 9], np.int64)
+    src = np.array([0, 0, 0])
+    dst = np.array([1, 2, 3])
+    c = Candidates(keys[src], ids[src], keys[dst], ids[dst], np.full(3, 0.5, np.float32))
+    for perm in ([0, 1, 2], [2, 1, 0], [1, 2, 0]):
+        top = merge_topk(c.take(np.array(perm)), 2)
+        assert sorted(top.dst_ids.tolist()) == ["a", "c"]  # keys 5 and 9 beat -3

@@ -23,14 +23,17 @@ from minewatch.cli.graph import graph
 from minewatch.cli.graph import launch as graph_launch
 from minewatch.cli.tile import launch as tile_launch
 from minewatch.embeddings import BandNorm, describe
-from minewatch.neighbours import exact_topk
+from minewatch.neighbours import Candidates, exact_topk, merge_topk, node_keys, normalize
 from minewatch.packing import _example, _int64_feature
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records, write_record
 from pipelines.similarity_graph import (
     CheckEmbedding,
+    CompareInCell,
     ParsedTile,
     SimilarityEdges,
+    TopKPerNode,
+    VectorBatch,
 )
 from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
 
@@ -119,13 +122,89 @@ def test_lsh_recall_on_clustered_data():
     expected = exact_dict(ids, x, 10, 0.9)
     assert len(expected) > 20_000
     with BeamTestPipeline() as p:
-        # 5 bits of bucket key (32 buckets a round), 10 rounds, oversized buckets split.
+        # Cells of ~128 vectors (dozens of leaves per tree), 10 trees, merged per node.
         edges = (
             p
             | beam.Create(list(zip(ids, x, strict=True)))
             | SimilarityEdges(10, 0.9, rounds=10, bucket_size=128, batch_size=512)
         )["edges"]
         assert_that(edges, recall_at_least(expected, 0.99))
+
+
+def test_one_tree_with_small_cells_keeps_recall():
+    ids, x = clustered(2000, 16, 16, 0.3, seed=5)
+    expected = exact_dict(ids, x, 8, 0.9)
+    with BeamTestPipeline() as p:
+        edges = (
+            p
+            | beam.Create(list(zip(ids, x, strict=True)))
+            | SimilarityEdges(8, 0.9, rounds=1, bucket_size=256, batch_size=500)
+        )["edges"]
+        assert_that(edges, recall_at_least(expected, 0.99))
+
+
+def test_batched_input_is_exact_and_dead_letters_bad_rows():
+    ids, x = clustered(300, 8, 4, 0.5, seed=3)
+    x[7] = 0
+    x[150, 2] = np.inf
+    good = [i for i in range(300) if i not in (7, 150)]
+    expected = exact_dict([ids[i] for i in good], x[good], 4, 0.5)
+    batches = [(ids[:128], x[:128]), (ids[128:], x[128:])]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(batches) | SimilarityEdges(4, 0.5, batched=True)
+        assert_that(out["edges"], matches_exact(expected), label="edges")
+        expected_dead = [
+            ("n150", "vector is zero or not finite"),
+            ("n7", "vector is zero or not finite"),
+        ]
+        assert_that(out["dead_letter"], dead_reasons(expected_dead), label="dead")
+
+
+def test_oversized_cell_is_cut_under_the_cap():
+    rng = np.random.default_rng(0)
+    unit, _ = normalize(rng.standard_normal((200, 6)).astype(np.float32))
+    ids = np.array([f"v{i}" for i in range(200)], object)
+    keys = node_keys(list(ids))
+    fn = CompareInCell(k=3, threshold=-1.0, leaf_size=10, seed=0, shard_nodes=50)
+    parts = [
+        VectorBatch(ids[:120], keys[:120], unit[:120]),
+        VectorBatch(ids[120:], keys[120:], unit[120:]),
+    ]
+    out = list(fn.process(((6, 0, 0), parts), {6: 200}))
+    shards = {shard for shard, _ in out}
+    assert shards <= set(range(4)) and len(shards) > 1
+    cands = Candidates.concat([c for _, c in out])
+    for shard, c in out:
+        assert np.all(np.mod(c.src_keys, 4) == shard)
+    # Every row still gets 3 neighbours, from its own part of at most 4 x 10 rows.
+    assert np.bincount(np.searchsorted(np.sort(keys), cands.src_keys)).tolist() == [3] * 200
+    pos = {k: i for i, k in enumerate(keys.tolist())}
+    src = np.array([pos[k] for k in cands.src_keys.tolist()])
+    dst = np.array([pos[k] for k in cands.dst_keys.tolist()])
+    assert np.allclose(cands.sims, np.einsum("ij,ij->i", unit[src], unit[dst]), atol=1e-6)
+    assert len(merge_topk(cands, 3)) == 600  # no pair is emitted twice
+
+
+def test_topk_merge_of_shards_is_order_independent_with_ties():
+    ids = np.array(["s", "t", "a", "b", "c"], object)
+    keys = node_keys(list(ids))
+    src = np.array([0, 0, 0, 1, 1])
+    dst = np.array([2, 3, 4, 2, 3])
+    sims = np.array([0.7, 0.7, 0.7, 0.9, 0.8], np.float32)
+    cands = Candidates(keys[src], ids[src], keys[dst], ids[dst], sims)
+    combine = TopKPerNode(2)
+    results = set()
+    for order in ([0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [2, 0, 4, 1, 3]):
+        accs = []
+        for i in order:  # one accumulator per candidate, merged as shards would be
+            acc = combine.add_input(combine.create_accumulator(), cands.take(np.array([i])))
+            accs.append(acc)
+        out = combine.extract_output(combine.merge_accumulators(accs))
+        results.add(tuple(sorted(zip(out.src_ids, out.dst_ids, strict=True))))
+    assert len(results) == 1
+    (edges,) = results
+    best_two = sorted(["a", "b", "c"], key=lambda n: keys[list(ids).index(n)])[-2:]
+    assert edges == tuple(sorted([("s", n) for n in best_two] + [("t", "a"), ("t", "b")]))
 
 
 def test_one_vector_has_no_edge():
