@@ -703,12 +703,24 @@ class DsmIndex:
 
     @classmethod
     def from_glob(cls, pattern: str, max_days: int = 0) -> DsmIndex:
-        """Index the DSM files matching ``pattern`` (a local glob, e.g. ``dsm/*.tif``).
+        """Index the DSM files matching ``pattern`` (e.g. ``dsm/*.tif`` or ``gs://b/dsm/*.tif``).
+
+        Local globs go through :func:`glob.glob`, URLs through Beam's
+        ``FileSystems.match`` (rasterio reads ``gs://`` through GDAL).
 
         Raises:
             ConfigError: Nothing matches, or a match is not a readable raster.
         """
-        paths = sorted(glob.glob(pattern))
+        if "://" in pattern:
+            from apache_beam.io.filesystems import FileSystems
+
+            try:
+                (result,) = FileSystems.match([pattern])
+            except Exception as exc:
+                raise ConfigError(f"--dsm {pattern!r}: cannot list: {exc}") from exc
+            paths = sorted(m.path for m in result.metadata_list)
+        else:
+            paths = sorted(glob.glob(pattern))
         if not paths:
             raise ConfigError(f"--dsm {pattern!r} matched no file; give a glob of DSM GeoTIFFs")
         entries = []

@@ -5,8 +5,10 @@ Graph::
     scenes, frames ─ CutScenes ─┐                         ┌─ tile_labels (per scene)
     tile TFRecords ─ Read ──────┴─ RunInference ─ PerScene ─┼─ frame_labels (camera, day)
                                         │                    ├─ probability COG, quicklook
+                                        │                    ├─ vessels (--licensed-ports)
                                         └─ dead letter       └─ LinkSites (per area): sites,
-                                                                stockpile_series, plot
+                                                                stockpile_series, plots
+                                   every table, with --bigquery ─► WriteTablesToBigQuery
 
 The model runs through Beam's ``RunInference`` with :class:`TileModelHandler`,
 which loads the SavedModel once per worker and calls its ``serving_default``
@@ -20,6 +22,18 @@ sites are polygonized from that; a tile-only model (``probabilities`` [N, K])
 has its tile probabilities painted onto cells of ``gcd(tile, stride)`` pixels.
 ``tile_labels`` rows are per tile either way. One scene is one element of the
 per-scene step, so no worker holds more than one scene's rasters.
+
+Per scene, besides the sites: each stockpile site gets a volume
+(:func:`minewatch.volumes.measure_volume`: DSMs from ``--dsm``, else the
+shadow with the sun from ``--sun-azimuth/--sun-elevation`` or the scene's tags,
+else ``method = none`` with the reason), carried into ``stockpile_series``; with
+``--licensed-ports``, vessels are found in the per-pixel class raster
+(:func:`minewatch.vessels.find_vessels`, water from NDWI of the scene's B03/B08
+or the model's ``water`` class), written to ``vessels`` and, when berthed at an
+unlicensed shore point, added to ``sites`` as flagged ``vessel`` sites (linked
+across acquisitions like other sites: repeated use of one berth is one site).
+A scene whose vessels cannot be looked for goes to the dead letter (kind
+``vessels``) with the reason; its other tables are still written.
 
 Idempotency: each output file is named by what it holds and the model version
 (``tile_labels/date=D/<scene>__<version>.parquet``), and written atomically, so
@@ -66,6 +80,7 @@ from minewatch.tables import (
     sites_schema,
     stockpile_series_schema,
     tile_labels_schema,
+    vessels_schema,
     write_geoparquet,
 )
 from pipelines.options import TileConfig, run_pipeline
@@ -101,7 +116,15 @@ class InferConfig:
         min_area_m2: Smaller sites are dropped. Default 0.
         area_cell_m: Side of the square cells sites are grouped by for linking
             across acquisitions. Default 20 km.
-        pictures: Draw a quicklook PNG per scene and the stockpile plot. Default True.
+        pictures: Draw a quicklook PNG per scene and the stockpile plots. Default True.
+        dsm: Glob of DSM GeoTIFFs for stockpile volumes (matched to scenes by
+            date, else by name); default none (shadow or no volume).
+        sun: ``(azimuth, elevation)`` in degrees for the shadow method,
+            overriding the scenes' tags; default None (the tags).
+        licensed_ports: Licensed ports/jetties file; when set, vessels are
+            found and judged (``vessels`` table). Default None.
+        bigquery: ``bq://PROJECT.DATASET[.PREFIX]``: also write every table to
+            BigQuery; default ``""`` (Parquet only).
     """
 
     inputs: tuple[str, ...]
@@ -117,13 +140,18 @@ class InferConfig:
     min_area_m2: float = 0.0
     area_cell_m: float = 20_000.0
     pictures: bool = True
+    dsm: str | None = None
+    sun: tuple[float, float] | None = None
+    licensed_ports: str | None = None
+    bigquery: str = ""
 
     @property
     def positive(self) -> tuple[str, ...]:
-        """The classes that make sites."""
+        """The classes that make sites (vessels are found apart: see ``licensed_ports``)."""
         if self.site_classes:
             return self.site_classes
-        return tuple(c for c in self.model.classes if c not in ("background", "other"))
+        skip = ("background", "other", "vessel")
+        return tuple(c for c in self.model.classes if c not in skip)
 
 
 @dataclass(frozen=True)
@@ -502,9 +530,19 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         self._classes = config.model.classes
 
     def setup(self) -> None:
-        """Load the concession and protected-area polygons lazily, once per worker."""
+        """Load the area polygons lazily; index the DSMs and read the ports, once per worker."""
         self._concessions = _Polygons(self._c.concessions, ("licence_id", "id", "name"))
         self._protected = _Polygons(self._c.protected, ("name", "id"))
+        self._dsm: Any = None
+        self._ports: Any = None
+        if self._c.dsm:
+            from minewatch.volumes import DsmIndex
+
+            self._dsm = DsmIndex.from_glob(self._c.dsm)
+        if self._c.licensed_ports:
+            from minewatch.vessels import PortRegistry
+
+            self._ports = PortRegistry.from_file(self._c.licensed_ports)
 
     def process(
         self,
@@ -533,6 +571,9 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "tile_labels",
             tile_labels_schema(),
         )
+        if self._c.bigquery:
+            for row in rows:
+                yield TaggedOutput("tile_rows", row)
         yield TaggedOutput(
             COUNTS,
             ("", collections.Counter(tiles_labelled=len(rows), **{f"{first.kind}s_labelled": 1})),
@@ -591,7 +632,8 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         )
         height = max(p[0].row_off for p in preds) + size
         width = max(p[0].col_off for p in preds) + size
-        if all(q is not None for _, _, q in preds):
+        per_pixel = all(q is not None for _, _, q in preds)
+        if per_pixel:
             probs, count, grid = pixel_raster(
                 ((i.row_off, i.col_off, q) for i, _, q in preds if q is not None),
                 height,
@@ -625,10 +667,15 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         protected = self._protected.in_crs(first.crs)
         judged = bool(self._c.concessions or self._c.protected)
         found = SceneSites(scene_id, first.acquired, first.crs)
+        counts: collections.Counter[str] = collections.Counter(sites_found=len(shapes))
         for s in shapes:
             flagged, reason, licence = False, None, None
             if judged and s.kind in self._c.mining_classes:
                 flagged, reason, licence = assess_legality(s.geometry, concessions, protected)
+            volume = None
+            if s.kind == "stockpile":
+                volume = self._volume(s.geometry, first)
+                counts[f"volumes_{volume['volume_method']}"] += 1
             found.sites.append(
                 {
                     "kind": s.kind,
@@ -638,13 +685,128 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     "flagged": flagged,
                     "reason": reason,
                     "licence_id": licence,
+                    "volume": volume,
                 }
             )
+        if self._ports is not None:
+            if per_pixel:
+                yield from self._vessels(scene_id, first, probs, count, grid, found, counts)
+            else:
+                reason = (
+                    "vessels not searched: the model serves no pixel_probabilities; vessels "
+                    "need a per-pixel class raster (train with model.pixel_head)"
+                )
+                yield TaggedOutput(
+                    DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
+                )
         if self._c.pictures:
             self._quicklook(first, found)
-        yield TaggedOutput(COUNTS, ("", collections.Counter(sites_found=len(shapes))))
+        yield TaggedOutput(COUNTS, ("", counts))
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
         yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)
+
+    def _volume(self, geometry: Any, first: TileInfo) -> dict[str, Any]:
+        """``stockpile_series`` volume columns of one stockpile site in this scene."""
+        from minewatch.volumes import VolumeResult, measure_volume
+
+        when = _ts(first.acquired)
+        try:
+            result = measure_volume(geometry, first.crs, first.source, when, self._dsm, self._c.sun)
+        except Exception as exc:  # measure_volume refuses bad data itself; this is a bug net
+            log.warning("volume of a stockpile in %s failed: %s", first.scene_id, exc)
+            result = VolumeResult.refused(f"volume failed: {type(exc).__name__}: {exc}")
+        return result.row()
+
+    def _water(self, first: TileInfo, grid: Any) -> np.ndarray | None:
+        """Water of the scene grid from NDWI of B03/B08; None when the model has a water class.
+
+        Raises:
+            SceneError: The scene cannot be read or lacks B03/B08.
+        """
+        from minewatch.errors import SceneError
+        from minewatch.rasters import SceneReader
+        from minewatch.scenes import group_files
+        from minewatch.vessels import VesselConfig, ndwi_water
+        from pipelines.tiling import list_inputs
+
+        if any(c in self._classes for c in VesselConfig().water_classes):
+            return None
+        refs, _ = group_files(list_inputs(first.source))
+        ref = next((r for r in refs if r.scene_id == first.scene_id), refs[0] if refs else None)
+        if ref is None:
+            raise SceneError(f"no scene at {first.source}")
+        reader = SceneReader(ref, bands=["B03", "B08"]).open()
+        try:
+            assert reader.grid is not None
+            if not reader.grid.transform.almost_equals(grid.transform):
+                raise SceneError(
+                    f"the B03/B08 grid {tuple(reader.grid.transform)[:6]} is not the grid the "
+                    f"model saw {tuple(grid.transform)[:6]}"
+                )
+            data, valid = reader.read(0, 0, grid.height, grid.width)
+        finally:
+            reader.close()
+        return np.asarray(ndwi_water(data[0], data[1]) & valid)
+
+    def _vessels(
+        self,
+        scene_id: str,
+        first: TileInfo,
+        probs: np.ndarray,
+        count: np.ndarray,
+        grid: Any,
+        found: SceneSites,
+        counts: collections.Counter[str],
+    ) -> Iterator[Any]:
+        """Find and judge the scene's vessels; write its ``vessels`` file; flag in ``found``."""
+        from minewatch.errors import MinewatchError
+        from minewatch.vessels import find_vessels
+
+        try:
+            water = self._water(first, grid)
+            rows, _ = find_vessels(
+                probs,
+                self._classes,
+                grid.transform,
+                first.crs,
+                scene_id=scene_id,
+                acquired=first.acquired or None,
+                model_version=self._version,
+                water=water,
+                valid=count > 0,
+                ports=self._ports,
+            )
+        except (MinewatchError, ValueError, OSError) as exc:
+            reason = f"vessels not searched: {exc}"
+            yield TaggedOutput(
+                DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
+            )
+            return
+        name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
+        write_geoparquet(
+            posixpath.join(self._c.out, "vessels", f"date={first.day}", name),
+            rows,
+            "vessels",
+            vessels_schema(),
+        )
+        counts["vessels_found"] += len(rows)
+        counts["vessels_flagged"] += sum(r["flagged"] for r in rows)
+        for row in rows:
+            if self._c.bigquery:
+                yield TaggedOutput("vessel_rows", row)
+            if row["flagged"]:
+                found.sites.append(
+                    {
+                        "kind": "vessel",
+                        "wkb": row["geometry_source"],
+                        "area_m2": row["area_m2"],
+                        "score": row["score"],
+                        "flagged": True,
+                        "reason": row["reason"],
+                        "licence_id": None,
+                        "volume": None,
+                    }
+                )
 
     def _write_raster(
         self, scene_id: str, probs: np.ndarray, count: np.ndarray, grid: Any, crs: str
@@ -706,6 +868,16 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             scene_quicklook(ref, sites, path)
         except Exception as exc:
             log.warning("no quicklook for %s: %s", first.scene_id, exc)
+
+
+#: ``stockpile_series`` volume columns of a site measured by nothing.
+_NO_VOLUME: dict[str, Any] = {
+    "volume_m3": None,
+    "volume_method": None,
+    "volume_uncertainty_m3": None,
+    "volume_reason": None,
+    "height_m": None,
+}
 
 
 def _area_key(crs: str, centre: Any, cell: float) -> str:
@@ -805,6 +977,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                                 "area_m2": m["area_m2"],
                                 "change_m2": None if previous is None else m["area_m2"] - previous,
                                 "model_version": self._version,
+                                **(m.get("volume") or _NO_VOLUME),
                             }
                         )
                         previous = m["area_m2"]
@@ -829,26 +1002,38 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 ),
             ),
         )
+        if self._c.bigquery:
+            for row in site_rows:
+                yield TaggedOutput("site_rows", row)
         yield from series_rows
 
 
 def _finish(
     _: Any, counts: dict[str, int], series: list[dict[str, Any]], out: str, header: dict[str, Any]
 ) -> dict[str, Any]:
-    from minewatch.quicklook import plot_stockpile_series
+    from minewatch.quicklook import plot_stockpile_series, plot_stockpile_volumes
 
-    plot = None
+    plot = volume_plot = None
     if series and header.get("pictures", True):
-        plot = posixpath.join(out, "plots", f"stockpile_area__{_safe(header['model_version'])}.png")
+        version = _safe(header["model_version"])
+        plot = posixpath.join(out, "plots", f"stockpile_area__{version}.png")
         _makedirs(posixpath.dirname(plot))
         plot_stockpile_series(series, plot)
+        if any(r.get("volume_m3") is not None for r in series):
+            volume_plot = posixpath.join(out, "plots", f"stockpile_volume__{version}.png")
+            plot_stockpile_volumes(series, volume_plot)
     for table, schema in INFER_TABLES.items():
         # A table with no row yet still exists, so queries over it answer "no rows".
         folder = posixpath.join(out, table)
         empty = posixpath.join(folder, "empty.parquet")
         if not FileSystems.exists(folder) and not FileSystems.exists(empty):
             write_geoparquet(empty, [], table, schema())
-    stats = {**header, "counts": dict(sorted(counts.items())), "plot": plot}
+    stats = {
+        **header,
+        "counts": dict(sorted(counts.items())),
+        "plot": plot,
+        "volume_plot": volume_plot,
+    }
     with FileSystems.create(posixpath.join(out, "infer_stats.json")) as f:
         f.write(json.dumps(stats, indent=2, default=str).encode())
     return stats
@@ -941,10 +1126,11 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
             | "GroupScene" >> beam.GroupByKey()
             | "PerScene"
             >> beam.ParDo(PerScene(c), sources=beam.pvalue.AsDict(sources)).with_outputs(
-                COUNTS, "frames", main="sites"
+                COUNTS, DEAD, "frames", "tile_rows", "vessel_rows", main="sites"
             )
         )
         counts.append(per_scene[COUNTS])
+        dead.append(per_scene[DEAD])
         frames = (
             per_scene.frames
             | "GroupCameraDay" >> beam.GroupByKey()
@@ -955,9 +1141,23 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
         linked = (
             per_scene.sites
             | "GroupArea" >> beam.GroupByKey()
-            | "LinkSites" >> beam.ParDo(LinkSites(c)).with_outputs(COUNTS, main="series")
+            | "LinkSites"
+            >> beam.ParDo(LinkSites(c)).with_outputs(COUNTS, "site_rows", main="series")
         )
         counts.append(linked[COUNTS])
+        if c.bigquery:
+            from pipelines.bigquery import WriteTablesToBigQuery
+
+            tables = {
+                "tile_labels": per_scene.tile_rows,
+                "frame_labels": per_scene.frames | "FrameRowValues" >> beam.Values(),
+                "sites": linked.site_rows,
+                "stockpile_series": linked.series,
+                "vessels": per_scene.vessel_rows,
+            }
+            _ = tables | "BigQuery" >> WriteTablesToBigQuery(
+                c.bigquery, run_id=self._header.get("run_id", "")
+            )
         dead_rows = dead | "AllDead" >> beam.Flatten()
         dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
             posixpath.join(c.out, "dead_letter", f"run-{self._header.get('run_id', 'x')}"),
@@ -1003,6 +1203,10 @@ def run_infer(
         "classes": list(config.model.classes),
         "site_classes": list(config.positive),
         "pictures": config.pictures,
+        "dsm": config.dsm,
+        "sun": list(config.sun) if config.sun else None,
+        "licensed_ports": config.licensed_ports,
+        "bigquery": config.bigquery or None,
     }
     stats, _ = run_pipeline(
         "Infer" >> InferScenes(config, header),

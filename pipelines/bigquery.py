@@ -1,8 +1,8 @@
-"""Write the inference tables to BigQuery (``--out bq://project.dataset.prefix``).
+"""Write the inference tables to BigQuery (``minewatch infer --bigquery bq://project.dataset.prefix``).
 
 :class:`WriteTablesToBigQuery` takes a dict of table name -> PCollection of
 rows shaped as :mod:`minewatch.tables` defines them (``tile_labels``,
-``frame_labels``, ``sites``, ``stockpile_series``) and, per table::
+``frame_labels``, ``sites``, ``stockpile_series``, ``vessels``) and, per table::
 
     rows ─ ToJson ─ WriteToBigQuery (FILE_LOADS, WRITE_TRUNCATE) ─► <table>__staging_<run>
                                        │ load/copy job ids
@@ -18,16 +18,16 @@ instead of adding copies, and another model version adds rows next to the old
 ones, as the Parquet output does. Loads go to a staging table first because a
 load job can only append or truncate a whole table or partition, and a
 partition holds many scenes. Each table's ``MERGE`` is one atomic statement;
-the four tables are not updated together: a job that fails between two merges
+the tables are not updated together: a job that fails between two merges
 leaves the earlier tables updated and the staging tables of the others in
 place (``*__staging_<run_id>``, safe to drop), and running it again converges
 to the same rows.
 
 Schemas come from :func:`minewatch.tables.bigquery_schema`; WKB geometry in
-WGS84 becomes ``GEOGRAPHY`` loaded from WKT. ``sites.geometry_source`` is in the
-scene's projected CRS (``source_crs``), which ``GEOGRAPHY`` cannot hold, so it
-is written as WKT in a ``STRING`` column. Timestamps are ISO 8601 in UTC, other
-bytes base64, NaN and infinity null.
+WGS84 becomes ``GEOGRAPHY`` loaded from WKT. ``geometry_source`` (``sites``,
+``vessels``) is in the scene's projected CRS (``source_crs``), which
+``GEOGRAPHY`` cannot hold, so it is written as WKT in a ``STRING`` column.
+Timestamps are ISO 8601 in UTC, other bytes base64, NaN and infinity null.
 
 Example:
     >>> tables = {"tile_labels": tile_rows, "sites": site_rows}  # doctest: +SKIP
@@ -50,7 +50,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from minewatch.errors import ConfigError
-from minewatch.tables import GEOMETRY_COLUMNS, INFER_TABLES, bigquery_schema
+from minewatch.tables import INFER_TABLES, bigquery_schema
 
 __all__ = [
     "KEYS",
@@ -71,6 +71,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "frame_labels": ("frame_id", "model_version"),
     "sites": ("site_id", "model_version"),
     "stockpile_series": ("site_id", "scene_id", "model_version"),
+    "vessels": ("vessel_id", "model_version"),
 }
 
 #: Timestamp column each target table is partitioned by (by day).
@@ -79,6 +80,7 @@ PARTITION_FIELDS: dict[str, str] = {
     "frame_labels": "acquired",
     "sites": "first_seen",
     "stockpile_series": "acquired",
+    "vessels": "acquired",
 }
 
 _NS = "minewatch.bigquery"
@@ -89,7 +91,7 @@ _TARGET = re.compile(
 
 
 def is_bigquery(out: str) -> bool:
-    """Whether an ``--out`` value names BigQuery (``bq://...``)."""
+    """Whether a target names BigQuery (``bq://...``)."""
     return out.startswith("bq://")
 
 
@@ -122,7 +124,7 @@ def parse_target(out: str) -> BigQueryTarget:
     """Parse ``bq://project.dataset`` or ``bq://project.dataset.prefix``.
 
     Args:
-        out: The ``--out`` value.
+        out: The ``--bigquery`` value.
 
     Returns:
         The target.
@@ -133,7 +135,7 @@ def parse_target(out: str) -> BigQueryTarget:
     m = _TARGET.match(out)
     if not m:
         raise ConfigError(
-            f"--out {out!r}: expected bq://PROJECT.DATASET[.PREFIX] (project id 6-30 "
+            f"{out!r}: expected bq://PROJECT.DATASET[.PREFIX] (project id 6-30 "
             "characters a-z, 0-9, '-'; dataset and prefix letters, digits and '_')"
         )
     return BigQueryTarget(m["project"], m["dataset"], m["prefix"] or "")
@@ -142,8 +144,8 @@ def parse_target(out: str) -> BigQueryTarget:
 def table_fields(table: str) -> list[dict[str, str]]:
     """BigQuery fields of an inference table (:func:`minewatch.tables.bigquery_schema`).
 
-    Geometry columns without a fixed CRS (``sites.geometry_source``) become
-    ``STRING`` (WKT): ``GEOGRAPHY`` holds only WGS84 longitudes and latitudes.
+    Geometry columns without a fixed CRS (``geometry_source``) are ``STRING``
+    (WKT): ``GEOGRAPHY`` holds only WGS84 longitudes and latitudes.
 
     Args:
         table: A key of :data:`minewatch.tables.INFER_TABLES`.
@@ -151,9 +153,7 @@ def table_fields(table: str) -> list[dict[str, str]]:
     Returns:
         ``[{"name", "type", "mode"}, ...]``.
     """
-    projected = {c for c, crs in GEOMETRY_COLUMNS.get(table, {}).items() if crs is None}
-    fields = bigquery_schema(table, INFER_TABLES[table]())
-    return [{**f, "type": "STRING"} if f["name"] in projected else f for f in fields]
+    return bigquery_schema(table, INFER_TABLES[table]())
 
 
 def _wkt(value: bytes) -> str:

@@ -37,3 +37,10 @@ def test_demo_runs_every_stage(tmp_path):
     meta = json.loads((version / "metadata.json").read_text())
     assert "pixel_probabilities" in meta["outputs"] and "pixels" in meta["metrics"]
     assert "stockpile" in result.output and "recall" in result.output
+    # volumes from the DSMs synth wrote; the tiny crop has no ship, so no vessel class
+    assert "stockpile volumes:" in result.output
+    assert "no vessel class in the model" in result.output
+    (row,) = run_query(
+        con, "select count(*) n from stockpile_series where volume_method is not null"
+    ).to_pylist()
+    assert row["n"] > 0

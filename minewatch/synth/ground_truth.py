@@ -36,6 +36,8 @@ class SynthResult:
         dsms: One DSM GeoTIFF per acquisition, same order.
         concessions: ``concessions.geojson``.
         protected_areas: ``protected_areas.geojson``.
+        licensed_ports: ``licensed_ports.geojson`` (licensed loading points,
+            EPSG:4326; no feature when the crop has no water for ships).
         frames_labels: ``frames/labels.csv``.
         corrupted_dir: ``frames_corrupted/``.
         manifest: ``manifest.json``.
@@ -50,6 +52,7 @@ class SynthResult:
     dsms: list[Path] = field(default_factory=list)
     concessions: Path = Path()
     protected_areas: Path = Path()
+    licensed_ports: Path = Path()
     frames_labels: Path = Path()
     corrupted_dir: Path = Path()
     manifest: Path = Path()
@@ -73,8 +76,10 @@ def make_ground_truth(
         manifest.json                       seed, size, grid, bands, per-date parameters
         concessions.geojson                 licensed areas, property licence_id
         protected_areas.geojson             protected areas, property name
+        licensed_ports.geojson              licensed loading points (EPSG:4326): port_id, radius_m
         scenes/scene_<YYYY-MM-DD>.tif       uint16 COG, one band per Sentinel-2 band
         truth/scene_<YYYY-MM-DD>.geojson    objects: id, class, commodity, area_m2, acquisition, ...
+                                            (vessels: class vessel, length_m, heading_deg, flagged)
         truth/clouds_<YYYY-MM-DD>.geojson   cloud polygons, class "cloud"
         truth/illegal_<YYYY-MM-DD>.geojson  illegal mining scars, with reason
         dsm/dsm_<YYYY-MM-DD>.tif            float32 elevation (m) over the concessions
@@ -140,6 +145,7 @@ def make_ground_truth(
         dsms=[o.dsm for o in outputs],
         concessions=root / "concessions.geojson",
         protected_areas=root / "protected_areas.geojson",
+        licensed_ports=root / "licensed_ports.geojson",
         frames_labels=root / "frames" / "labels.csv",
         corrupted_dir=root / "frames_corrupted",
         manifest=manifest_path,

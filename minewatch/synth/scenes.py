@@ -52,6 +52,15 @@ from minewatch.synth.background import Background
 from minewatch.synth.materials import QUANTIFICATION, signature
 from minewatch.synth.relief import DSM_MARGIN_M, REPOSE_DEG, Cone, Terrain, write_dsm
 from minewatch.synth.sizes import SizeSpec
+from minewatch.synth.vessels import (
+    Berth,
+    VesselTruth,
+    occlusion,
+    paint_vessels,
+    place_vessels,
+    plan_berths,
+    write_licensed_ports,
+)
 
 __all__ = [
     "CLASSES",
@@ -66,8 +75,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Truth classes for scene objects (clouds go to a separate file).
-CLASSES: tuple[str, ...] = ("stockpile", "mining_scar", "haul_road", "pit_water")
+#: Truth classes for scene objects (clouds go to a separate file). Vessels lie on
+#: the background's own water (:mod:`minewatch.synth.vessels`): a crop without a
+#: water body large enough for a ship has none.
+CLASSES: tuple[str, ...] = ("stockpile", "mining_scar", "haul_road", "pit_water", "vessel")
 #: Width of the soft edge (alpha 0 -> 1) in pixels.
 EDGE_PX = 1.5
 #: Supersampling of stockpile shadows (sub-pixels per pixel side).
@@ -450,6 +461,9 @@ class Acquisition:
         cloud_shadow: Cloud-shadow opacity (H, W) or ``None``.
         labels: Top-most object per pixel (0 = none), indexes ``sprites`` + 1.
         cones: Stockpile shapes by object id.
+        vessels: Ships on the water (painted over everything but clouds).
+        transform: Crop transform (where ``vessels`` are painted); ``None``
+            when there are none.
     """
 
     index: int
@@ -464,6 +478,34 @@ class Acquisition:
     cloud_shadow: np.ndarray | None = None
     labels: np.ndarray | None = None
     cones: dict[str, Cone] = field(default_factory=dict)
+    vessels: list[VesselTruth] = field(default_factory=list)
+    transform: Affine | None = None
+
+
+def _season(date: dt.date, band_names: tuple[str, ...]) -> dict[str, float]:
+    """Phenology factor per band on ``date`` (largest in mid-July)."""
+    phase = math.cos(2 * math.pi * (date.timetuple().tm_yday - 196) / 365.0)
+    return {b: 1.0 + _SEASON_AMPLITUDE.get(b, 0.0) * phase for b in band_names}
+
+
+def _water_any_date(
+    overview: np.ndarray, path: np.ndarray, bands: tuple[str, ...], dates: list[dt.date]
+) -> np.ndarray:
+    """Where NDWI >= 0 on some acquisition (after its phenology factors).
+
+    Berths are planned on this mask: the land beside them is land on every
+    date, so a ship alongside is alongside on every date (marginal ground whose
+    NDWI crosses 0 with the season would otherwise move the shore by hundreds
+    of metres between dates).
+    """
+    g, n = bands.index("B03"), bands.index("B08")
+    wet = np.zeros(overview.shape[1:], bool)
+    for date in dates:
+        season = _season(date, bands)
+        green = path[g] + season["B03"] * (overview[g] - path[g])
+        nir = path[n] + season["B08"] * (overview[n] - path[n])
+        wet |= (green - nir) / np.maximum(green + nir, 1.0) >= 0.0
+    return wet
 
 
 def sun_position(lat: float, lon: float, date: dt.date) -> tuple[float, float]:
@@ -635,8 +677,7 @@ def render_acquisition(
     """
     date = layout.dates[t]
     azimuth, elevation = sun if sun is not None else sun_position(latlon[0], latlon[1], date)
-    season_phase = math.cos(2 * math.pi * (date.timetuple().tm_yday - 196) / 365.0)
-    season = {b: 1.0 + _SEASON_AMPLITUDE.get(b, 0.0) * season_phase for b in band_names}
+    season = _season(date, band_names)
     gain = 1.0 if t == 0 else float(rng.uniform(0.9, 1.1))
     acq = Acquisition(t, date, azimuth, elevation, gain, season)
     width, height = layout.width, layout.height
@@ -656,7 +697,7 @@ def render_acquisition(
         acq.cones[blob.oid] = cone
         slope_to_sun = 0.0
         if terrain is not None:
-            gx, gy = terrain.gradient(*(layout.transform * (cone.col, cone.row)))
+            gx, gy = terrain.gradient(*(layout.transform @ (cone.col, cone.row)))
             slope_to_sun = gx * math.sin(az) + gy * math.cos(az)
         shadow = _cone_shadow(cone, width, height, (azimuth, elevation), pixel_size, slope_to_sun)
         if shadow is not None and shadow[2].any():
@@ -737,6 +778,14 @@ def compose_block(
             continue
         (tr, tc), (pr, pc) = sl
         x[:, tr, tc] = p + (x[:, tr, tc] - p) * (1.0 - 0.55 * sa[pr, pc])
+    if acq.vessels and acq.transform is not None:
+        # Ships lie on the water, over any object; clouds and the gain come after.
+        paint_vessels(
+            {b: x[i] for i, b in enumerate(band_names)},
+            acq.vessels,
+            acq.transform @ Affine.translation(0, row_lo),
+            {b: float(path[i]) for i, b in enumerate(band_names)},
+        )
     rows = x.shape[1]
     if acq.cloud_shadow is not None:
         cs = acq.cloud_shadow[row_lo : row_lo + rows]
@@ -835,8 +884,9 @@ def write_scenes(
 
     Writes ``scenes/scene_<date>.tif``, ``truth/scene_<date>.geojson``,
     ``truth/clouds_<date>.geojson``, ``truth/illegal_<date>.geojson``,
-    ``dsm/dsm_<date>.tif``, ``concessions.geojson`` and
-    ``protected_areas.geojson`` under ``out_dir``.
+    ``dsm/dsm_<date>.tif``, ``concessions.geojson``,
+    ``protected_areas.geojson`` and ``licensed_ports.geojson`` under
+    ``out_dir``.
 
     Args:
         out_dir: Output root.
@@ -887,13 +937,23 @@ def write_scenes(
     terrain = Terrain.random(relief_rng, cx, cy)
     dsm_out_crs = rasterio.crs.CRS.from_user_input(dsm_crs) if dsm_crs else background.crs
 
+    # Vessels too: berths are planned once on the background's water (NDWI >= 0 on
+    # some date, the decimated read), ships placed per date; their own stream again.
+    vessel_rng, *vessel_seeds = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, 3]).spawn(1 + spec.n_dates)
+    )
+    water = _water_any_date(overview, path, bands, layout.dates)
+    water_tf = transform @ Affine.scale(factor)
+    berths: list[Berth] = plan_berths(water, water_tf, background.crs, vessel_rng)
+
     (out_dir / "scenes").mkdir(parents=True, exist_ok=True)
     (out_dir / "truth").mkdir(parents=True, exist_ok=True)
     (out_dir / "dsm").mkdir(parents=True, exist_ok=True)
+    write_licensed_ports(out_dir / "licensed_ports.geojson", berths)
     conc_map = [(lid, _pixel_to_map(p, transform)) for lid, p in layout.concessions]
     survey = unary_union([p for _, p in conc_map]).buffer(DSM_MARGIN_M)
     if survey.is_empty:
-        survey = box(*(transform * (0, height)), *(transform * (width, 0)))
+        survey = box(*(transform @ (0, height)), *(transform @ (width, 0)))
     prot_map = [(name, _pixel_to_map(p, transform)) for name, p in layout.protected]
     write_geojson(
         out_dir / "concessions.geojson",
@@ -918,6 +978,10 @@ def write_scenes(
     px = background.pixel_size
     for t, (date_rng, dsm_rng) in enumerate(zip(date_seeds, dsm_seeds, strict=True)):
         acq = render_acquisition(layout, t, (lat, lon), px, bands, date_rng, sun, terrain)
+        acq.transform = transform
+        acq.vessels, _ = place_vessels(water, water_tf, background.crs, vessel_seeds[t], t, berths)
+        if acq.cloud is not None:
+            acq.vessels = occlusion(acq.vessels, acq.cloud, transform)
         stem = f"scene_{acq.date.isoformat()}"
         scene_path = out_dir / "scenes" / f"{stem}.tif"
         _write_scene(scene_path, background, transform, width, height, spec, acq, path)
@@ -968,7 +1032,7 @@ def write_scenes(
             cone = acq.cones.get(sp.oid)
             if cone is not None:
                 volume = cone.volume_m3(px)
-                apex = Point(*(transform * (cone.col, cone.row)))
+                apex = Point(*(transform @ (cone.col, cone.row)))
                 props.update(
                     shape="cone",
                     height_m=round(cone.height_m, 3),
@@ -994,6 +1058,13 @@ def write_scenes(
                     (lid for lid, p in conc_map if p.contains(geom.representative_point())), None
                 )
             features.append((geom, props))
+        for v in acq.vessels:
+            # The hull outline itself (not a pixel outline: hulls are anti-aliased).
+            vessel_props = v.properties() | {
+                "acquisition": acq.date.isoformat(),
+                "area_m2": round(v.polygon.area, 1),
+            }
+            features.append((v.polygon, vessel_props))
         truth_path = out_dir / "truth" / f"{stem}.geojson"
         write_geojson(truth_path, features, background.crs)
         illegal_path = out_dir / "truth" / f"illegal_{acq.date.isoformat()}.geojson"
@@ -1022,6 +1093,8 @@ def write_scenes(
             "cloud_fraction": round(float(cloud_mask.mean()), 4) if cloud_mask is not None else 0.0,
             "objects": len(features),
             "illegal_sites": len(illegal),
+            "vessels": len(acq.vessels),
+            "vessels_flagged": sum(v.flagged for v in acq.vessels),
         }
         outputs.append(
             SceneOutput(acq.date, scene_path, truth_path, clouds_path, illegal_path, dsm_path, meta)
@@ -1042,6 +1115,10 @@ def write_scenes(
             "gy": round(terrain.gy, 6),
         },
         "background": os.path.basename(os.path.normpath(background.source)),
+        "berths": [
+            {"id": b.id, "licensed": b.licensed, "x": round(b.x, 3), "y": round(b.y, 3)}
+            for b in berths
+        ],
         "acquisitions": [o.meta for o in outputs],
     }
     return outputs, manifest

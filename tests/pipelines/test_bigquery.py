@@ -54,6 +54,36 @@ def frame_rows():
     ]
 
 
+def vessel_rows():
+    """vessels rows as the infer job makes them (minewatch.vessels.judge_vessels), one flagged."""
+    from minewatch.vessels import Detection, Port, PortRegistry, judge_vessels
+
+    detections = [
+        Detection(
+            x=x, y=4_100_000.0, length_m=180.0, width_m=30.0, heading_deg=45.0, area_m2=5400.0,
+            pixels=54, score=0.9, rectangle=shapely.box(x - 90, 4_099_985, x + 90, 4_100_015),
+            gap_m=gap, shore_x=x if gap is not None else None,
+            shore_y=4_100_030.0 if gap is not None else None,
+            shore_distance_m=30.0 if gap is not None else None, berthed=gap == 0.0,
+        )
+        for x, gap in ((500_000.0, 0.0), (503_000.0, None))
+    ]  # fmt: skip
+    ports = PortRegistry(
+        [Port("port-01", "Jetty", "EXP-1", 500.0, shapely.Point(506_000, 4_100_000))],
+        "EPSG:32633",
+    )
+    rows = judge_vessels(
+        detections,
+        "EPSG:32633",
+        scene_id="scene_2024-01-01",
+        acquired="2024-01-01T10:30:00Z",
+        model_version="v1",
+        ports=ports,
+    )
+    assert [r["flagged"] for r in rows] == [True, False]
+    return rows
+
+
 @pytest.fixture(scope="module")
 def real_rows(tmp_path_factory):
     """Each inference table's rows as the infer job writes them (frames: see frame_rows)."""
@@ -72,6 +102,9 @@ def real_rows(tmp_path_factory):
         schema = INFER_TABLES[table]
         if table == "frame_labels":  # scenes make no frame rows: see frame_rows
             rows[table] = frame_rows()
+            continue
+        if table == "vessels":  # the oracle has no vessel class: see vessel_rows
+            rows[table] = vessel_rows()
             continue
         data = ds.dataset(out / table, format="parquet", partitioning="hive", schema=schema())
         rows[table] = data.to_table(columns=schema().names).to_pylist()
@@ -115,13 +148,26 @@ def test_real_rows_convert_to_the_bigquery_schema(real_rows, table):
         assert bq[PARTITION_FIELDS[table]] is not None
 
 
-def test_projected_geometry_is_wkt_text(real_rows):
-    site = real_rows["sites"][0]
-    fields = {f["name"]: f["type"] for f in table_fields("sites")}
+@pytest.mark.parametrize("table", ["sites", "vessels"])
+def test_projected_geometry_is_wkt_text(real_rows, table):
+    row = real_rows[table][0]
+    fields = {f["name"]: f["type"] for f in table_fields(table)}
     assert fields["geometry"] == "GEOGRAPHY" and fields["geometry_source"] == "STRING"
-    bq = to_bigquery_row("sites", site)
-    assert shapely.from_wkt(bq["geometry_source"]).equals(shapely.from_wkb(site["geometry_source"]))
-    assert bq["scene_ids"] == site["scene_ids"] and len(bq["scene_ids"]) >= 1
+    bq = to_bigquery_row(table, row)
+    assert shapely.from_wkt(bq["geometry_source"]).equals(shapely.from_wkb(row["geometry_source"]))
+    # the projected outline keeps its metres: far outside any longitude or latitude
+    assert shapely.from_wkt(bq["geometry_source"]).centroid.y > 1000
+    if table == "sites":
+        assert bq["scene_ids"] == row["scene_ids"] and len(bq["scene_ids"]) >= 1
+
+
+def test_bigquery_schema_maps_geometry_by_its_crs():
+    from minewatch.tables import GEOMETRY_COLUMNS, bigquery_schema
+
+    for table, columns in GEOMETRY_COLUMNS.items():
+        fields = {f["name"]: f["type"] for f in bigquery_schema(table, INFER_TABLES[table]())}
+        for column, crs in columns.items():
+            assert fields[column] == ("GEOGRAPHY" if crs else "STRING"), (table, column)
 
 
 def test_special_values():
