@@ -1,7 +1,8 @@
 """Examples/s of one train step: plain, NSL GraphRegularization, NSL AdversarialRegularization
-and minewatch's combined step (graph + adversarial), same data, batch and base model.
+and minewatch's combined step (graph + adversarial), without and with the per-pixel head, same
+data, batch and base model.
 
-    .venv/bin/python bench/train.py [--size tiny|demo] [--batch 64] [--steps 40]
+    .venv/bin/python bench/train.py [--size tiny|demo] [--batch 64] [--steps 40] [--pixel-width 16]
 
 Data: the synthetic ground truth tiled at 16 px (5 bands) and packed by the graph job with 2
 neighbours. Each variant is warmed up (tracing) before timing.
@@ -10,6 +11,7 @@ neighbours. Each variant is warmed up (tracing) before timing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -71,6 +73,9 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument(
+        "--pixel-width", type=int, default=16, help="decoder filters (model.pixel_width)"
+    )
+    p.add_argument(
         "--data",
         default=None,
         help="existing tile dir, with the graph job's output beside it in graph/",
@@ -81,7 +86,9 @@ def main():
     cfg = make_trainer_config(data={"tiles": tiles, "graph": graph_dir, "batch_size": args.batch})
     files, _ = datalib.resolve_files(cfg.data)
     spec = datalib.read_tile_spec(tiles, files)
-    ds = datalib.make_dataset(files, spec, cfg.data, split="all", training=True, max_neighbors=K)
+    ds = datalib.make_dataset(
+        files, spec, cfg.data, split="all", training=True, max_neighbors=K, pixel_labels=True
+    )
     batches = list(ds.take(8))  # in memory: time the step, not the input pipeline
     mcfg = ModelConfig()
 
@@ -157,11 +164,25 @@ def main():
         "minewatch combined (graph + FGSM)", run(c, lambda b: b), args.batch, args.steps
     )
 
+    tf.keras.utils.set_random_seed(0)
+    head = RegularizedModel(
+        build_base_model(
+            spec, dataclasses.replace(mcfg, pixel_head=True, pixel_width=args.pixel_width)
+        ),
+        make_graph_config(multiplier=0.1, max_neighbors=K),
+        make_adversarial_config(multiplier=0.2, epsilon=0.05),
+    )
+    head.compile("adam")
+    results["pixel_head"] = timed(
+        "combined + pixel head", run(head, lambda b: b), args.batch, args.steps
+    )
+
     ms = {k: 1000 * args.batch / v for k, v in results.items()}  # ms per batch
     overhead = (ms["graph"] - ms["plain"]) + (ms["adv"] - ms["plain"])
     print(
         f"\nNSL overheads added: {overhead:.1f} ms/step; combined overhead: "
-        f"{ms['combined'] - ms['plain']:.1f} ms/step"
+        f"{ms['combined'] - ms['plain']:.1f} ms/step; pixel head: "
+        f"{ms['pixel_head'] - ms['combined']:.1f} ms/step"
     )
 
 

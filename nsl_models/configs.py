@@ -183,6 +183,21 @@ class DataConfig(_Checked):
         shuffle_buffer: Records in the shuffle buffer. Default 2048.
         class_weighting: Loss weights for rare classes. Default ``balanced``.
         max_class_weight: Cap on any class weight. Default 10.0.
+        pixel_class_weighting: Loss weights of the pixel classes (from the
+            pixel counts), separate from the tile weights: per-pixel weights that
+            balance a 0.2 % class make the head paint it everywhere. Default
+            ``sqrt``.
+        max_pixel_class_weight: Cap on the per-pixel class weights of the pixel
+            head's loss; 0 means ``max_class_weight``. Rare pixel classes (piles
+            are 0.2 % of the pixels) need a higher cap than rare tile classes.
+            Default 0.
+        majority_keep: Share of the *majority-only* training tiles kept per pass
+            (seeded rejection sampling in ``tf.data``; static shapes): tiles whose
+            label is the most frequent tile class and whose labelled pixels are
+            all of that class. 1 keeps every tile. Class weights and
+            ``steps_per_epoch`` follow the expected resampled counts. Hidden and
+            unlabelled tiles are always kept (their labels must not steer the
+            sampling). Default 1.0.
         weak_label_weight: Sample weight of weak (spectral-rule) labels; 0 drops
             them from the supervised loss. Default 0.5.
     """
@@ -199,6 +214,9 @@ class DataConfig(_Checked):
     shuffle_buffer: int = 2048
     class_weighting: ClassWeighting = ClassWeighting.BALANCED
     max_class_weight: float = 10.0
+    pixel_class_weighting: ClassWeighting = ClassWeighting.SQRT
+    max_pixel_class_weight: float = 0.0
+    majority_keep: float = 1.0
     weak_label_weight: float = 0.5
 
     def __post_init__(self) -> None:
@@ -210,6 +228,12 @@ class DataConfig(_Checked):
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         self._require(self.max_class_weight >= 1.0, "max_class_weight", "must be >= 1")
+        self._require(
+            self.max_pixel_class_weight == 0.0 or self.max_pixel_class_weight >= 1.0,
+            "max_pixel_class_weight",
+            "must be 0 (same as max_class_weight) or >= 1",
+        )
+        self._require(0.0 < self.majority_keep <= 1.0, "majority_keep", "must be in (0, 1]")
         self._require(
             0.0 <= self.weak_label_weight <= 1.0, "weak_label_weight", "must be in [0, 1]"
         )
@@ -232,6 +256,9 @@ class ModelConfig(_Checked):
             shared embedding and a full-resolution branch over the normalised
             pixels (``docs/training.md``). Default False.
         pixel_width: Filters of the per-pixel decoder's convolutions. Default 16.
+        pixel_dilation: Dilation of the decoder's second 3 x 3 convolution: 1
+            sees a 5 x 5 neighbourhood per pixel, 2 a 7 x 7 one (a 70 m pile and
+            its rim at 10 m) for the same cost. Default 1.
     """
 
     architecture: Architecture = Architecture.SMALL_CNN
@@ -241,6 +268,7 @@ class ModelConfig(_Checked):
     dropout: float = 0.1
     pixel_head: bool = False
     pixel_width: int = 16
+    pixel_dilation: int = 1
 
     def __post_init__(self) -> None:
         self._require(self.width >= 4, "width", "must be >= 4")
@@ -248,6 +276,7 @@ class ModelConfig(_Checked):
         self._require(self.embedding_dim >= 2, "embedding_dim", "must be >= 2")
         self._require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         self._require(self.pixel_width >= 2, "pixel_width", "must be >= 2")
+        self._require(1 <= self.pixel_dilation <= 4, "pixel_dilation", "must be in 1..4")
 
 
 @dataclass(frozen=True)
@@ -290,6 +319,16 @@ class AdversarialConfig(_Checked):
         pgd_iterations: PGD steps (``pgd`` only). Default 3.
         pgd_step_size: PGD step size; 0 means ``2.5 * epsilon / pgd_iterations``.
             Default 0.
+        corruptions: Names from :data:`minewatch.corruptions.CORRUPTIONS`
+            (YAML list or ``shift,rotation``). When set, the adversarial branch
+            starts from a corrupted view of each training image (one corruption
+            drawn per example, severity uniform in ``1..max_severity``, made on
+            the host in the input pipeline) and the L-inf perturbation is searched
+            around that view: the threat model is camera misalignment/vibration
+            plus a small perturbation. Only the tile head is scored on that branch
+            (geometric corruptions move the pixels away from their pixel labels).
+            Default ``()``: the plain clean-image perturbation.
+        max_severity: Highest corruption severity drawn (1..5). Default 3.
     """
 
     enabled: bool = False
@@ -299,8 +338,17 @@ class AdversarialConfig(_Checked):
     norm: NormType = NormType.INFINITY
     pgd_iterations: int = 3
     pgd_step_size: float = 0.0
+    corruptions: tuple[str, ...] = ()
+    max_severity: int = 3
 
     def __post_init__(self) -> None:
+        from minewatch.corruptions import CORRUPTIONS
+
+        unknown = [c for c in self.corruptions if c not in CORRUPTIONS]
+        self._require(
+            not unknown, "corruptions", f"unknown {unknown}; choose from {', '.join(CORRUPTIONS)}"
+        )
+        self._require(1 <= self.max_severity <= 5, "max_severity", "must be in 1..5")
         self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
         self._require(self.epsilon > 0.0, "epsilon", "must be > 0")
         self._require(1 <= self.pgd_iterations <= 100, "pgd_iterations", "must be in 1..100")
@@ -416,6 +464,8 @@ def make_adversarial_config(
     norm: NormType | str = AdversarialConfig.norm,
     pgd_iterations: int = AdversarialConfig.pgd_iterations,
     pgd_step_size: float = AdversarialConfig.pgd_step_size,
+    corruptions: Sequence[str] = AdversarialConfig.corruptions,
+    max_severity: int = AdversarialConfig.max_severity,
 ) -> AdversarialConfig:
     """Build an :class:`AdversarialConfig`; defaults come from the class, except ``enabled``.
 
@@ -427,6 +477,8 @@ def make_adversarial_config(
         norm: ``infinity`` or ``l2``.
         pgd_iterations: PGD steps.
         pgd_step_size: PGD step size (0: automatic).
+        corruptions: Corruptions of the adversarial branch's starting view.
+        max_severity: Highest corruption severity drawn.
 
     Returns:
         The config.
@@ -439,6 +491,8 @@ def make_adversarial_config(
         NormType(norm),
         pgd_iterations,
         pgd_step_size,
+        tuple(corruptions),
+        max_severity,
     )
 
 
@@ -493,6 +547,14 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, str | os.PathLike):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return os.fspath(value)
+    if origin is tuple:
+        # tuple[str, ...]: a YAML/TOML list, or one comma-separated string (--set a=x,y).
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item, _) = typing.get_args(tp)
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (types.UnionType, typing.Union):  # pragma: no cover - not used yet
         raise ConfigError(f"{key}: unsupported type {tp}")
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
@@ -547,6 +609,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             out[f.name] = config_to_dict(value)
         elif isinstance(value, enum.Enum):
             out[f.name] = value.value
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
         else:
             out[f.name] = value
     return out

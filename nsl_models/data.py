@@ -21,6 +21,8 @@ key             shape / dtype          meaning
                                        ``pixel_labels=True``
 ``pixel_weight`` ``[B, H, W]`` f32     per-pixel class weight x weak-label weight;
                                        0 where ``pixel_label`` is -1
+``aug_image``   ``[B, H, W, C]`` f32   the image under a random corruption (training
+                                       with ``corruptions`` only)
 ==============  =====================  ==============================================
 
 Plain tile records read with ``max_neighbors > 0`` give all-zero neighbour
@@ -46,9 +48,11 @@ from nsl_models.configs import ClassWeighting, DataConfig, SplitKey
 
 __all__ = [
     "NBR_PREFIX",
+    "ClassCounts",
     "Split",
     "TileSpec",
     "class_weights",
+    "count_classes",
     "count_labels",
     "count_pixels",
     "load_arrays",
@@ -231,7 +235,9 @@ def _plane(raw: Any, spec: TileSpec, fill: int) -> Any:
     n = spec.height * spec.width
     # Records labelled from a CSV (or not at all) store an empty mask: no pixel extent.
     raw = tf.where(tf.strings.length(raw) == n, raw, tf.constant(bytes([fill]) * n))
-    return tf.reshape(tf.io.decode_raw(raw, tf.uint8), [spec.height, spec.width])
+    # One record ([] -> [H, W]) or a batch of them ([N] -> [N, H, W]).
+    shape = tf.concat([tf.shape(raw), [spec.height, spec.width]], 0)
+    return tf.reshape(tf.io.decode_raw(raw, tf.uint8), shape)
 
 
 def _pixel_label(ex: dict[str, Any], label: Any, spec: TileSpec) -> Any:
@@ -245,7 +251,7 @@ def _pixel_label(ex: dict[str, Any], label: Any, spec: TileSpec) -> Any:
 
     mask = tf.cast(_plane(ex["label/mask"], spec, UNKNOWN_CLASS), tf.int32)
     valid = _plane(ex["mask/valid"], spec, 1) > 0
-    keep = valid & (mask < spec.num_classes) & (label >= 0)
+    keep = valid & (mask < spec.num_classes) & (label[..., None, None] >= 0)
     return tf.where(keep, mask, -1)
 
 
@@ -367,6 +373,119 @@ def count_pixels(
     return counts
 
 
+def _pure_class(label: Any, pixels: Any | None) -> Any:
+    """The tile's label when the tile is *pure* (every labelled pixel has it), else -1.
+
+    Works elementwise on ``[...]`` labels with ``[..., H, W]`` pixels.
+    """
+    import tensorflow as tf
+
+    pure = label >= 0
+    if pixels is not None:
+        same = (pixels < 0) | (pixels == label[..., None, None])
+        pure &= tf.reduce_all(same, axis=[-2, -1])
+    return tf.where(pure, label, -1)
+
+
+@dataclass(frozen=True)
+class ClassCounts:
+    """Labels and pixels per class in one split, apart for pure and mixed tiles.
+
+    A tile is *pure* when it is labelled and all its labelled pixels are of its
+    label's class (a background tile with no pile, road or scar pixel); the
+    others (mixed or unlabelled) are *mixed*. The split lets
+    :meth:`expected` give the counts after ``data.majority_keep`` resampling
+    without another pass over the records.
+
+    Attributes:
+        labels_pure: ``[K]`` pure tiles per class.
+        labels_mixed: ``[K + 1]`` other tiles per label, last entry unlabelled.
+        pixels_pure: ``[K]`` pixels of pure tiles per class.
+        pixels_mixed: ``[K]`` pixels of the other tiles per class.
+    """
+
+    labels_pure: np.ndarray
+    labels_mixed: np.ndarray
+    pixels_pure: np.ndarray
+    pixels_mixed: np.ndarray
+
+    @property
+    def majority(self) -> int:
+        """The most frequent tile class (ties: the lowest index)."""
+        return int(np.argmax(self.labels_pure + self.labels_mixed[:-1]))
+
+    def expected(self, keep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Counts when pure majority tiles are kept with probability ``keep``.
+
+        Args:
+            keep: ``data.majority_keep``.
+
+        Returns:
+            ``(labels[K + 1], pixels[K])`` float64, expected per pass.
+        """
+        scale = np.ones(len(self.labels_pure))
+        scale[self.majority] = keep
+        labels = self.labels_mixed.astype(np.float64)
+        labels[:-1] += self.labels_pure * scale
+        return labels, self.pixels_mixed + self.pixels_pure * scale
+
+
+def count_classes(
+    files: Sequence[str],
+    spec: TileSpec,
+    config: DataConfig,
+    split: str = Split.TRAIN,
+    pixel_labels: bool = False,
+) -> ClassCounts:
+    """Count tiles and pixels per class in one pass (see :class:`ClassCounts`).
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        config: The data section (split and label hiding).
+        split: ``train``, ``validation`` or ``all``.
+        pixel_labels: Also count pixels (as :func:`count_pixels`) and use them
+            to tell pure from mixed tiles; else every labelled tile is pure and
+            the pixel counts are 0.
+
+    Returns:
+        The counts.
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    k = spec.num_classes
+
+    def parse(batch: Any) -> Any:
+        # Batched: every op below is elementwise over the records of the batch.
+        ex = tf.io.parse_example(batch, feats)
+        label = _label(ex, config, split)
+        keep = tf.broadcast_to(_in_split(ex, spec, config, split), tf.shape(label))
+        pixels = _pixel_label(ex, label, spec) if pixel_labels else None
+        is_pure = (_pure_class(label, pixels) >= 0)[:, None]
+        one = tf.one_hot(tf.where(label < 0, k, label), k + 1, dtype=tf.int64)  # [N, K + 1]
+        if pixels is None:
+            pix = tf.zeros([tf.shape(label)[0], k], tf.int64)
+        else:
+            flat = tf.reshape(pixels, [tf.shape(label)[0], -1])
+            pix = tf.reduce_sum(tf.one_hot(flat, k, dtype=tf.int64), 1)  # -1 -> all zeros
+        pure_one, mixed_one = tf.where(is_pure, one, 0 * one), tf.where(is_pure, 0 * one, one)
+        pure_pix, mixed_pix = tf.where(is_pure, pix, 0 * pix), tf.where(is_pure, 0 * pix, pix)
+        rows = tf.concat([pure_one[:, :k], mixed_one, pure_pix, mixed_pix], 1)
+        return tf.reduce_sum(tf.where(keep[:, None], rows, 0 * rows), 0)
+
+    total = np.zeros(4 * k + 1, np.int64)
+    for c in _records(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
+        total += c.numpy()
+    return ClassCounts(
+        labels_pure=total[:k],
+        labels_mixed=total[k : 2 * k + 1],
+        pixels_pure=total[2 * k + 1 : 3 * k + 1],
+        pixels_mixed=total[3 * k + 1 :],
+    )
+
+
 def class_weights(counts: np.ndarray, weighting: ClassWeighting, cap: float) -> np.ndarray:
     """Per-class loss weights from label counts.
 
@@ -399,6 +518,64 @@ def _drop_keep(x: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in x.items() if k != "_keep"}
 
 
+def _undersample(
+    ds: Any,
+    spec: TileSpec,
+    config: DataConfig,
+    split: str,
+    pixel_labels: bool,
+    majority: int,
+    seed: int,
+) -> Any:
+    """Drop pure ``majority`` tiles with probability ``1 - majority_keep`` (records in, out).
+
+    The decision parses only the small label features (the pixels and the
+    neighbours stay serialized), so a dropped record costs little.
+    """
+    import tensorflow as tf
+
+    small = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    keep = tf.constant(config.majority_keep, tf.float32)
+
+    def kept(record: Any, draw: Any) -> Any:
+        ex = tf.io.parse_single_example(record, small)
+        label = _label(ex, config, split)
+        pixels = _pixel_label(ex, label, spec) if pixel_labels else None
+        prob = tf.where(_pure_class(label, pixels) == majority, keep, 1.0)
+        # Dataset.random gives int64; its low 24 bits make a uniform float in [0, 1).
+        u = tf.cast(draw % (1 << 24), tf.float32) / float(1 << 24)
+        return u < prob
+
+    draws = tf.data.Dataset.random(seed=seed)
+    return tf.data.Dataset.zip((ds, draws)).filter(kept).map(lambda record, _: record)
+
+
+def _with_corrupted_view(
+    ds: Any, spec: TileSpec, names: tuple[str, ...], max_severity: int, seed: int
+) -> Any:
+    """Add ``aug_image``: the example's pixels under one random named corruption."""
+    import tensorflow as tf
+
+    from minewatch.corruptions import corrupt
+
+    dtype = np.dtype(spec.dtype)
+
+    def corrupt_one(image: np.ndarray, draw: np.int64) -> np.ndarray:
+        rng = np.random.default_rng(int(draw) & 0x7FFFFFFF)
+        name = names[int(rng.integers(len(names)))]
+        severity = int(rng.integers(1, max_severity + 1))
+        # Decoded pixels are the stored integers as float32: the cast back is exact.
+        return corrupt(image.astype(dtype), name, severity, rng).astype(np.float32)
+
+    def add(x: dict[str, Any], draw: Any) -> dict[str, Any]:
+        aug = tf.numpy_function(corrupt_one, [x["image"], draw], tf.float32, stateful=False)
+        aug.set_shape(spec.shape)
+        return {**x, "aug_image": aug}
+
+    draws = tf.data.Dataset.random(seed=seed + 1)
+    return tf.data.Dataset.zip((ds, draws)).map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def make_dataset(
     files: Sequence[str],
     spec: TileSpec,
@@ -412,6 +589,9 @@ def make_dataset(
     batch_size: int | None = None,
     pixel_labels: bool = False,
     pixel_class_weight: np.ndarray | None = None,
+    majority_class: int = -1,
+    corruptions: Sequence[str] = (),
+    max_severity: int = 3,
 ) -> Any:
     """Batches of parsed tiles (see the module docstring for the keys).
 
@@ -430,6 +610,17 @@ def make_dataset(
             Default False.
         pixel_class_weight: ``float32[K]`` per-class weights of the pixel loss
             (e.g. :func:`class_weights` of :func:`count_pixels`); default all 1.
+        majority_class: With ``training`` and ``config.majority_keep < 1``, pure
+            tiles of this class (:class:`ClassCounts`) are kept with probability
+            ``majority_keep`` (a seeded ``tf.data.Dataset.random`` stream, so
+            the data iterator checkpoints and resumes). Default -1: no
+            resampling.
+        corruptions: With ``training``, add ``aug_image``: each image under one
+            of these :mod:`minewatch.corruptions` (drawn per example, severity
+            uniform in ``1..max_severity``, seeded by a ``Dataset.random``
+            stream), computed on the host with ``tf.numpy_function``. Default
+            ``()``: no ``aug_image``.
+        max_severity: Highest severity drawn. Default 3.
 
     Returns:
         A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
@@ -479,8 +670,12 @@ def make_dataset(
     if training:
         # Shuffle serialized records (smaller than decoded pixels) before parsing.
         ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        if majority_class >= 0 and config.majority_keep < 1.0:
+            ds = _undersample(ds, spec, config, split, pixel_labels, majority_class, seed)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.filter(_kept).map(_drop_keep)
+    if training and corruptions:
+        ds = _with_corrupted_view(ds, spec, tuple(corruptions), max_severity, seed)
     ds = ds.batch(batch_size or config.batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

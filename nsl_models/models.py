@@ -30,6 +30,10 @@ regularizers in one ``train_step`` that shares the clean forward pass:
    perturbation is computed with the outer tape paused and NSL stops its
    gradient, so it is a constant to the weight update. One more forward pass on
    the adversarial batch gives the adversarial loss with the same weights.
+   With ``adversarial.corruptions`` the batch carries ``aug_image`` (a
+   corrupted view of each image, :func:`nsl_models.data.make_dataset`): the
+   perturbation is then searched around the normalised corrupted view (one
+   extra pass under its own input tape) and only the tile head is scored there.
 6. ``loss = supervised + pixel_loss_weight * pixel + graph.multiplier * graph +
    adversarial.multiplier * adversarial + model regularization losses``; one
    optimizer update.
@@ -219,8 +223,10 @@ def build_pixel_decoder(shape: tuple[int, int, int], config: ModelConfig, num_cl
     pixels = tf.keras.Input(shape=shape, name="normalized")
     embedding = tf.keras.Input(shape=(config.embedding_dim,), name="embedding")
     x = pixels
-    for i in range(2):
-        x = tf.keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+    for i, rate in enumerate((1, config.pixel_dilation)):
+        x = tf.keras.layers.Conv2D(
+            width, 3, padding="same", dilation_rate=rate, use_bias=False, name=f"conv{i}"
+        )(x)
         x = tf.keras.layers.ReLU()(_norm(width)(x))
     # The embedding enters as a per-tile bias of the mixing layer (broadcast over
     # H x W by Add: XLA compiles its gradient, unlike UpSampling's).
@@ -458,12 +464,27 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
                 loss = _weighted_xent(y, out[0], weights)
                 return loss + w_pix * self._pixel_loss(data, out[1]) if use_pixels else loss
 
+            if "aug_image" in data:
+                # Corrupted view (adversarial.corruptions): the perturbation is
+                # searched around it, on the tile head only (a shifted or rotated
+                # image no longer lines up with its pixel labels).
+                use_pixels = False
+
+                def loss_fn(y: Any, out: Any) -> Any:
+                    return _weighted_xent(y, out[0], weights)
+
             with tape.stop_recording():
+                start, start_loss, start_tape = xn, attacked, tape_x
+                if "aug_image" in data:
+                    start = self._normalize(data["aug_image"])
+                    with tf.GradientTape(watch_accessed_variables=False) as start_tape:
+                        start_tape.watch(start)
+                        start_loss = loss_fn(labels, model_fn(start))
                 adv_xn, _ = nsl.lib.gen_adv_neighbor(
-                    xn,
-                    attacked,
+                    start,
+                    start_loss,
                     config=self._adv_neighbor,
-                    gradient_tape=tape_x,
+                    gradient_tape=start_tape,
                     pgd_model_fn=model_fn,
                     pgd_loss_fn=loss_fn,
                     pgd_labels=labels,

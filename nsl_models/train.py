@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -109,19 +110,27 @@ class Trainer:
         self.precision = set_precision(self.hardware, config.train.mixed_precision)
         self.train_files, self.validation_files = datalib.resolve_files(config.data)
         self.spec = datalib.read_tile_spec(config.data.tiles, self.train_files)
-        counts = datalib.count_labels(self.train_files, self.spec, config.data)
+        # One pass counts tiles and pixels; weights and epoch length follow the
+        # counts expected after majority undersampling (data.majority_keep).
+        self.class_counts = datalib.count_classes(
+            self.train_files, self.spec, config.data, pixel_labels=config.model.pixel_head
+        )
+        self.majority_class = self.class_counts.majority
+        counts, pixels = self.class_counts.expected(config.data.majority_keep)
         self.label_counts = counts
         self.class_weight = datalib.class_weights(
             counts[:-1], config.data.class_weighting, config.data.max_class_weight
         )
         self.pixel_class_weight = None
         if config.model.pixel_head:
-            pixels = datalib.count_pixels(self.train_files, self.spec, config.data)
             self.pixel_counts = pixels
             self.pixel_class_weight = datalib.class_weights(
-                pixels, config.data.class_weighting, config.data.max_class_weight
+                pixels,
+                config.data.pixel_class_weighting,
+                config.data.max_pixel_class_weight or config.data.max_class_weight,
             )
-        self.train_examples = int(counts.sum())
+        self.train_examples = round(float(counts.sum()))
+        self._held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.steps_per_epoch = config.train.steps_per_epoch or max(
             1, self.train_examples // config.data.batch_size
         )
@@ -132,6 +141,14 @@ class Trainer:
     def _val_split(self) -> tuple[list[str], str]:
         if self.validation_files:
             return self.validation_files, datalib.Split.ALL
+        data = self.config.data
+        if data.graph and not data.train:
+            # The packed records are the tile records plus their neighbours: the
+            # held-out part of the same hash split reads the plain tile records
+            # (the same tiles, a tenth of the bytes with k=10 neighbours).
+            tiles = sorted(glob.glob(os.path.join(data.tiles, "tiles", "*.tfrecord")))
+            if tiles:
+                return tiles, datalib.Split.VALIDATION
         return self.train_files, datalib.Split.VALIDATION
 
     def _build(self) -> None:
@@ -150,6 +167,9 @@ class Trainer:
             seed=cfg.train.seed,
             pixel_labels=cfg.model.pixel_head,
             pixel_class_weight=self.pixel_class_weight,
+            majority_class=self.majority_class,
+            corruptions=cfg.adversarial.corruptions if cfg.adversarial.enabled else (),
+            max_severity=cfg.adversarial.max_severity,
         )
         val_files, val_split = self._val_split()
         n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
@@ -329,8 +349,11 @@ class Trainer:
         """
         from nsl_models.evaluate import classification_report, pixel_report
 
-        files, split = self._val_split()
-        images, labels, masks = datalib.load_pixel_arrays(files, self.spec, self.config.data, split)
+        if self._held_out is None:
+            # Read once per run: every epoch scores the same tiles.
+            files, split = self._val_split()
+            self._held_out = datalib.load_pixel_arrays(files, self.spec, self.config.data, split)
+        images, labels, masks = self._held_out
         metric = self.config.train.selection_metric.value
         if not len(labels):
             return {"examples": 0, "selection_metric": metric}

@@ -38,6 +38,13 @@ def test_defaults_round_trip():
         ({"graph": {"enabled": "yes"}}, r"graph\.enabled: expected true or false"),
         ({"task": "video"}, r"task: 'video' is not one of tile, frame"),
         ({"model": 3}, r"model: expected a mapping"),
+        ({"data": {"majority_keep": 0}}, r"data\.majority_keep: must be in \(0, 1\]"),
+        ({"data": {"max_pixel_class_weight": 0.5}}, r"data\.max_pixel_class_weight: must be 0"),
+        ({"data": {"pixel_class_weighting": "log"}}, r"data\.pixel_class_weighting: 'log'"),
+        ({"model": {"pixel_dilation": 5}}, r"model\.pixel_dilation: must be in 1\.\.4"),
+        ({"adversarial": {"corruptions": ["shake"]}}, r"adversarial\.corruptions: unknown"),
+        ({"adversarial": {"corruptions": 3}}, r"adversarial\.corruptions: expected a list"),
+        ({"adversarial": {"max_severity": 6}}, r"adversarial\.max_severity: must be in 1\.\.5"),
     ],
 )
 def test_rejects_bad_input_naming_the_key(mapping, message):
@@ -73,3 +80,14 @@ def test_example_configs_are_valid(name):
 def test_make_helpers_take_class_defaults():
     adv = make_adversarial_config(method="pgd")
     assert adv.enabled and adv.epsilon == 0.05 and adv.method is AdversarialMethod.PGD
+
+
+def test_corruption_list_from_yaml_or_comma_string_round_trips():
+    one = config_from_dict(
+        apply_overrides({}, ["adversarial.corruptions=shift,rotation,motion_blur"])
+    )
+    two = config_from_dict({"adversarial": {"corruptions": ["shift", "rotation", "motion_blur"]}})
+    assert one.adversarial.corruptions == ("shift", "rotation", "motion_blur")
+    assert one == two
+    assert config_to_dict(one)["adversarial"]["corruptions"] == ["shift", "rotation", "motion_blur"]
+    assert config_from_dict(config_to_dict(one)) == one

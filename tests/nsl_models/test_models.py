@@ -5,7 +5,13 @@ import pytest
 
 from nsl_models import data as datalib
 from nsl_models.configs import Architecture, ModelConfig, make_adversarial_config, make_graph_config
-from nsl_models.models import Normalization, RegularizedModel, build_base_model, embedding_of
+from nsl_models.models import (
+    Normalization,
+    RegularizedModel,
+    _weighted_xent,
+    build_base_model,
+    embedding_of,
+)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -189,3 +195,32 @@ def test_pixel_head_without_pixel_labels_trains_the_tile_head_only():
     model, data = _pixel_model(adv=False), _batch()
     logs = model.train_step(data)
     assert float(logs["pixel_loss"]) == 0.0 and np.isfinite(float(logs["loss"]))
+
+
+def test_corrupted_view_is_where_the_adversarial_branch_starts():
+    """With ``aug_image`` the perturbation starts from it and scores the tile head only."""
+    model, data = _pixel_model(), _pixel_batch()
+    with tf.GradientTape() as tape:
+        plain = model.compute_losses(data, tape)
+    # The same image as its own "corrupted view": FGSM from the same point, but
+    # only the tile head is attacked and scored, so the pixel term drops out.
+    with tf.GradientTape() as tape:
+        same = model.compute_losses({**data, "aug_image": data["image"]}, tape)
+    xn = model._normalize(data["image"])
+    with tf.GradientTape() as t:
+        t.watch(xn)
+        loss = _weighted_xent(
+            data["label"], model._logits(model._embed(xn, True), True), data["weight"]
+        )
+    adv = xn + 0.1 * tf.sign(t.gradient(loss, xn))
+    expected = _weighted_xent(
+        data["label"], model._logits(model._embed(adv, True), True), data["weight"]
+    )
+    np.testing.assert_allclose(same["adversarial_loss"].numpy(), expected.numpy(), rtol=1e-5)
+    assert float(plain["adversarial_loss"]) > float(same["adversarial_loss"])  # + pixel term
+    # A different view moves the branch; the clean terms do not change.
+    shifted = {**data, "aug_image": tf.roll(data["image"], 1, axis=2)}
+    with tf.GradientTape() as tape:
+        moved = model.compute_losses(shifted, tape)
+    assert abs(float(moved["adversarial_loss"]) - float(same["adversarial_loss"])) > 1e-4
+    np.testing.assert_allclose(moved["pixel_loss"].numpy(), plain["pixel_loss"].numpy())
