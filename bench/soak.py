@@ -14,6 +14,10 @@ Two runs, each a child process whose whole process tree is sampled with psutil
    duplicates none.
 2. ``large-scene``: ``minewatch tile`` on one ``--size`` squared, 3-band uint16
    GeoTIFF written strip by strip, RSS sampled over the run.
+3. ``bare-impulse``: nothing of minewatch, a bare ``PeriodicImpulse | Map`` on
+   the DirectRunner for ``--minutes``, twice: as Beam runs it, then with
+   :func:`pipelines.streaming.bound_local_metrics` (what ``minewatch stream``
+   does); shows that the runner itself grows without the fix.
 
 Memory growth is the least-squares slope of RSS over the second half of the run
 (MB per minute); the first half holds the imports, the model load and warm-up.
@@ -22,6 +26,7 @@ Usage::
 
     .venv/bin/python bench/soak.py stream --minutes 10
     .venv/bin/python bench/soak.py large-scene --size 8000
+    .venv/bin/python bench/soak.py bare-impulse --minutes 1
     .venv/bin/python bench/soak.py stream --minutes 1 --every 2   # a quick look
 
 Writes ``bench/out/soak/<run>.json`` (samples and summary) and prints the summary.
@@ -292,9 +297,67 @@ def run_large_scene(args: argparse.Namespace) -> dict:
     return result
 
 
+def _bare_child(seconds: float, interval: float, bound: bool) -> None:
+    """The bare pipeline (run in a child process by ``bare-impulse``)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    if bound:
+        from pipelines.streaming import bound_local_metrics
+
+        bound_local_metrics()
+    start = time.time() + 1.0
+    options = PipelineOptions(["--streaming", "--direct_num_workers=1"])
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | PeriodicImpulse(
+                start_timestamp=start, stop_timestamp=start + seconds, fire_interval=interval
+            )
+            | beam.Map(lambda t: t)
+        )
+
+
+def run_bare_impulse(args: argparse.Namespace) -> dict:
+    runs = {}
+    for name, extra in (("beam_as_is", []), ("bound_local_metrics", ["--bound"])):
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child-bare",
+            str(args.minutes * 60),
+            str(args.poll),
+            *extra,
+        ]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        sampler = Sampler(proc, args.sample)
+        sampler.start()
+        proc.wait()
+        sampler.join()
+        runs[name] = {
+            "exit_code": proc.returncode,
+            "memory": summarise(sampler.samples),
+            "samples": sampler.samples,
+        }
+    return {
+        "run": "bare-impulse",
+        "command": f"PeriodicImpulse(fire_interval={args.poll}) | Map, {args.minutes} min",
+        "options": vars(args),
+        "load_average": os.getloadavg(),
+        "memory": {k: v["memory"] for k, v in runs.items()},
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child-bare":
+        _bare_child(float(argv[1]), float(argv[2]), "--bound" in argv)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", choices=["stream", "large-scene"])
+    parser.add_argument("run", choices=["stream", "large-scene", "bare-impulse"])
     parser.add_argument("--minutes", type=float, default=10.0, help="arrivals for this long")
     parser.add_argument("--every", type=float, default=3.0, help="seconds between arrivals")
     parser.add_argument("--poll", type=float, default=2.0, help="stream poll interval (s)")
@@ -307,11 +370,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tmp", default=None, help="work folder parent (default: system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args(argv)
-    result = run_stream(args) if args.run == "stream" else run_large_scene(args)
+    runs = {"stream": run_stream, "large-scene": run_large_scene, "bare-impulse": run_bare_impulse}
+    result = runs[args.run](args)
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{args.run}{'-spread' if args.spread else ''}.json"
     path.write_text(json.dumps(result, indent=1))
-    shown = {k: v for k, v in result.items() if k not in ("samples", "options", "output_tail")}
+    hidden = ("samples", "options", "output_tail", "runs")
+    shown = {k: v for k, v in result.items() if k not in hidden}
     print(json.dumps(shown, indent=1))
     print(f"written {path}")
 

@@ -94,6 +94,7 @@ __all__ = [
     "StreamScenes",
     "SummariseFrames",
     "WatchFiles",
+    "bound_local_metrics",
     "compact_ledger",
     "ledger_entries",
     "list_units",
@@ -1362,6 +1363,46 @@ def _counters(result: Any) -> dict[str, int]:
     return dict(out)
 
 
+def bound_local_metrics() -> bool:
+    """Make Beam's local FnApiRunner merge each bundle's metrics at once; True if it did.
+
+    Beam 2.77's DirectRunner runs the stream on the FnApiRunner, whose
+    ``run_stages`` folds each finished bundle's monitoring infos into the
+    earlier ones with ``consolidate(itertools.chain(new, previous))``, a lazy
+    generator that nests one level per bundle and is read only when the
+    pipeline ends. Every bundle's metric protos stay alive until then (memory),
+    and reading them ends in ``RecursionError`` (the run's counters are lost). A
+    ``PeriodicImpulse`` there re-runs its deferred remainder at once, so an idle
+    stream executes hundreds of bundles a second: a bare ``PeriodicImpulse |
+    Map`` grew by 230-450 MB/min (``docs/reliability.md``, section 4). Merging
+    eagerly (``list(...)``) gives the same metrics and holds one merged list per
+    stage. Other runners do not use this function; it is replaced once, in this
+    process, and only where the module still has it.
+
+    Returns:
+        True when the runner now merges eagerly; False when this Beam has no
+        such function (a warning is logged).
+    """
+    try:
+        from apache_beam.metrics import monitoring_infos
+        from apache_beam.runners.portability.fn_api_runner import fn_runner
+    except ImportError:  # pragma: no cover - a Beam without the FnApiRunner
+        return False
+    current = getattr(fn_runner, "consolidate_monitoring_infos", None)
+    if current is None:
+        log.warning("Beam's FnApiRunner changed: its metrics are not bounded here")
+        return False
+    if getattr(current, "_minewatch_eager", False):
+        return True
+
+    def consolidate(infos: Iterable[Any]) -> list[Any]:
+        return list(monitoring_infos.consolidate(infos))
+
+    consolidate._minewatch_eager = True  # type: ignore[attr-defined]
+    fn_runner.consolidate_monitoring_infos = consolidate
+    return True
+
+
 def run_stream(
     config: StreamConfig,
     beam_args: Sequence[str] = (),
@@ -1382,7 +1423,8 @@ def run_stream(
         on a test pipeline); ``latency_s`` is file mtime to ledger entry (rows
         queryable), per unit. The entries and the counts derived from them come
         from the ledger; ``polls``, ``skipped`` and ``counters`` from Beam's
-        counters, which the DirectRunner at times reports empty (then 0).
+        counters (0 where a runner reports none; on the DirectRunner they were
+        lost to a ``RecursionError`` before :func:`bound_local_metrics`).
 
     Raises:
         ValueError: Neither ``max_polls`` nor ``duration`` with a DirectRunner
@@ -1410,6 +1452,8 @@ def run_stream(
     local = "Direct" in str(runner)
     if local and config.max_polls is None and config.duration is None:
         raise ValueError("give max_polls or duration: a local stream would never stop")
+    if local:
+        bound_local_metrics()
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
     if "://" not in config.out:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minewatch.query import open_tables, run_query
-from pipelines.streaming import StreamConfig, ledger_entries, run_stream
+from pipelines.streaming import StreamConfig, bound_local_metrics, ledger_entries, run_stream
 from tests.factories import write_raster
 from tests.pipelines.test_batch_inference import save_oracle
 
@@ -123,6 +123,43 @@ def stream(tmp_path_factory):
         save_main_session=False,
     )
     return {"out": out, "first": first, "second": second}
+
+
+def test_counters_of_a_long_local_stream_are_read_back(stream):
+    # Beam's FnApiRunner nests one lazy generator per bundle over the metrics (thousands
+    # in an 18-poll stream): unbounded memory, and reading them raised RecursionError.
+    first = stream["first"]
+    assert first["polls"] == 18
+    assert first["counters"]["units_labelled"] == first["labelled"] > 0
+    assert first["counters"]["units_dead_lettered"] == first["dead_lettered"] > 0
+
+
+def test_local_runner_merges_each_bundles_metrics_at_once():
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.metrics import monitoring_infos as mi
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+    assert bound_local_metrics() and bound_local_metrics()  # idempotent
+    merged = fn_runner.consolidate_monitoring_infos(
+        iter([mi.int64_user_counter("ns", "c", 2), mi.int64_user_counter("ns", "c", 3)])
+    )
+    assert isinstance(merged, list) and [mi.extract_counter_value(m) for m in merged] == [5]
+    # A real idle stream: its busy-looping impulse runs many bundles, all merged.
+    options = PipelineOptions(["--streaming", "--direct_num_workers=1"])
+    start = time.time() + 0.5
+    pipeline = beam.Pipeline(options=options)
+    _ = (
+        pipeline
+        | PeriodicImpulse(start_timestamp=start, stop_timestamp=start + 1.4, fire_interval=0.5)
+        | beam.Map(lambda t: Metrics.counter("test", "ticks").inc())
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    ticks = result.metrics().query(beam.metrics.MetricsFilter().with_name("ticks"))["counters"]
+    assert [c.committed for c in ticks] == [3]
 
 
 def test_each_good_scene_once_in_tile_labels(stream):
