@@ -35,6 +35,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,15 +146,20 @@ def resolve_files(config: DataConfig) -> tuple[list[str], list[str]]:
 def read_tile_spec(tiles_dir: str, files: Sequence[str]) -> TileSpec:
     """Read shape, dtype and bands from the first record, classes and stats from stats.json.
 
+    Only the first record is read here; :func:`count_classes` and
+    :func:`count_labels` check every other record against the spec.
+
     Args:
         tiles_dir: The tile job's output folder (holds ``stats.json``).
-        files: TFRecord files; the first record of the first one is read.
+        files: TFRecord files; the first record of the first non-empty one is read.
 
     Returns:
         The spec.
 
     Raises:
-        InputError: No ``stats.json``, no record, or a band without statistics.
+        InputError: No ``stats.json``, no record, a first record that is not a
+            tile (missing or inconsistent ``image/*`` features), or a band
+            without statistics.
     """
     use_legacy_keras()
     import tensorflow as tf
@@ -166,19 +172,32 @@ def read_tile_spec(tiles_dir: str, files: Sequence[str]) -> TileSpec:
         raise InputError(
             f"{path} not found: point data.tiles at a `minewatch tile` output"
         ) from None
-    first = next(iter(tf.data.TFRecordDataset(list(files)).take(1)), None)
+    first, source = None, ""
+    try:
+        for source in files:
+            first = next(iter(tf.data.TFRecordDataset(source).take(1)), None)
+            if first is not None:
+                break
+    except tf.errors.DataLossError as err:
+        raise InputError(
+            f"{source}: corrupt or truncated TFRecord file ({_first_line(err)})"
+        ) from None
     if first is None:
         raise InputError(f"no record in {list(files)[:3]}")
-    ex = tf.io.parse_single_example(
-        first,
-        {
-            "image/dtype": tf.io.FixedLenFeature([], tf.string),
-            "image/shape": tf.io.FixedLenFeature([3], tf.int64),
-            "image/bands": tf.io.VarLenFeature(tf.string),
-        },
-    )
-    h, w, c = (int(v) for v in ex["image/shape"].numpy())
-    bands = tuple(b.decode() for b in tf.sparse.to_dense(ex["image/bands"]).numpy())
+    try:
+        ex = tf.io.parse_single_example(first, _check_features())
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as err:
+        raise InputError(
+            f"{source} record 0: not a tf.train.Example with the tile features' types "
+            f"({_first_line(err)})"
+        ) from None
+    tile, problem = _record_problem(ex, None)
+    if problem:
+        raise InputError(f"{source} record 0 (tile/id {tile!r}): {problem}")
+    shape = [int(v) for v in ex["image/shape"].numpy()]
+    dtype = ex["image/dtype"].numpy()[0].decode()
+    bands = tuple(b.decode() for b in ex["image/bands"].numpy())
+    h, w, c = shape
     band_stats = stats.get("bands") or {}
     missing = [b for b in bands if b not in band_stats]
     if missing:
@@ -189,7 +208,7 @@ def read_tile_spec(tiles_dir: str, files: Sequence[str]) -> TileSpec:
         height=h,
         width=w,
         channels=c,
-        dtype=ex["image/dtype"].numpy().decode(),
+        dtype=dtype,
         bands=bands,
         classes=tuple(stats.get("classes") or ()),
         mean=mean,
@@ -299,10 +318,247 @@ def _records(files: Sequence[str]) -> Any:
     return tf.data.TFRecordDataset(list(files), num_parallel_reads=tf.data.AUTOTUNE)
 
 
+# -- record checks -------------------------------------------------------------------
+
+#: Bad records named in full in the error; the rest are counted.
+_SHOWN = 5
+
+
+def _check_features(batched: bool = False) -> dict[str, Any]:
+    """The features every tile record must hold, parsed so that a bad one cannot fail a batch.
+
+    Ragged: a missing feature gives an empty row and a repeated one a longer
+    row, both reported by :func:`_problem` instead of failing ``parse_example``.
+    ``batched`` (the pass over every record) reads ``image/raw`` as one string,
+    missing as empty: a ragged row of large strings costs more to build, and a
+    record holding two of them (which no writer makes) fails its batch, which
+    :func:`_unreadable` then names by file.
+    """
+    import tensorflow as tf
+
+    raw = tf.io.FixedLenFeature([], tf.string, default_value="") if batched else None
+    return {
+        "tile/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "image/raw": raw or tf.io.RaggedFeature(tf.string),
+        "image/shape": tf.io.RaggedFeature(tf.int64),
+        "image/dtype": tf.io.RaggedFeature(tf.string),
+        "image/bands": tf.io.RaggedFeature(tf.string),
+    }
+
+
+def _problem(
+    raw_values: int,
+    raw_bytes: int,
+    shape: list[int],
+    dtype: str,
+    dtype_values: int,
+    bands: Sequence[str],
+    spec: TileSpec | None = None,
+) -> str:
+    """What is wrong with one record's image features, in words; ``""`` when nothing is.
+
+    Args:
+        raw_values: Values of ``image/raw`` (1 in a tile record).
+        raw_bytes: Their total length.
+        shape: ``image/shape``.
+        dtype: ``image/dtype`` (its values joined).
+        dtype_values: Values of ``image/dtype`` (1).
+        bands: ``image/bands``.
+        spec: The spec every record must match; None checks only that the
+            record agrees with itself.
+    """
+    present = {
+        "image/raw": raw_values,
+        "image/shape": len(shape),
+        "image/dtype": dtype_values,
+        "image/bands": len(bands),
+    }
+    missing = [name for name, n in present.items() if n == 0]
+    if missing:
+        return f"missing features {missing}"
+    if raw_values != 1 or dtype_values != 1:
+        return f"image/raw holds {raw_values} values and image/dtype {dtype_values}, not 1 each"
+    if len(shape) != 3 or min(shape) <= 0:
+        return f"image/shape {shape} is not [height, width, bands]"
+    try:
+        itemsize = np.dtype(dtype).itemsize
+    except TypeError:
+        return f"image/dtype {dtype!r} is not a numpy dtype name"
+    need = shape[0] * shape[1] * shape[2] * itemsize
+    if raw_bytes != need:
+        return (
+            f"image/raw holds {raw_bytes} bytes and image/shape {shape} of {dtype} needs "
+            f"{need}: they do not match"
+        )
+    if len(bands) != shape[2]:
+        return f"image/bands {list(bands)} and image/shape {shape} do not match"
+    if spec is None:
+        return ""
+    for name, mine, theirs in (
+        ("image/shape", shape, list(spec.shape)),
+        ("image/dtype", dtype, spec.dtype),
+        ("image/bands", list(bands), list(spec.bands)),
+    ):
+        if mine != theirs:
+            return f"{name} {mine} and the first record's {theirs} do not match"
+    return ""
+
+
+def _bad_records(ex: dict[str, Any], spec: TileSpec) -> Any:
+    """``bool[N]``: records of a parsed batch that do not fit ``spec`` (see :func:`_problem`)."""
+    import tensorflow as tf
+
+    raw, shape, dtype = ex["image/raw"], ex["image/shape"], ex["image/dtype"]
+    bands = ex["image/bands"]
+    nbytes = spec.height * spec.width * spec.channels * np.dtype(spec.dtype).itemsize
+    fixed_shape = shape.to_tensor(default_value=-1, shape=[None, 3])
+    ok = tf.strings.length(raw) == nbytes  # [N] strings, see _check_features(batched=True)
+    ok &= (shape.row_lengths() == 3) & tf.reduce_all(fixed_shape == list(spec.shape), 1)
+    ok &= (dtype.row_lengths() == 1) & (tf.strings.reduce_join(dtype, 1) == spec.dtype)
+    ok &= (bands.row_lengths() == spec.channels) & (
+        tf.strings.reduce_join(bands, 1, separator="\n") == "\n".join(spec.bands)
+    )
+    return tf.logical_not(ok)
+
+
+def _first_line(err: Exception) -> str:
+    """TensorFlow's error message without its op and function names, cut to one line."""
+    if isinstance(err, UnicodeDecodeError):
+        # TensorFlow fails to decode its own message when it quotes the record's bytes.
+        return "TensorFlow's message quotes undecodable bytes of the record"
+    text = getattr(err, "message", None) or str(err)
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "", text).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 300 else line[:300] + "..."
+
+
+def _checked_pass(
+    files: Sequence[str],
+    spec: TileSpec,
+    feats: dict[str, Any],
+    count: Any,
+    size: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Sum ``count(batch)`` over every record and check each record against ``spec``.
+
+    One batched pass. Batches are cut per file (files are read in parallel) so
+    that a bad record is named by its file and index. Every record is counted
+    before the error is raised, so the error gives the full number of bad ones;
+    only the few records it describes are read again.
+
+    Args:
+        files: TFRecord files.
+        spec: The tile spec.
+        feats: Features ``count`` needs (parsed with the checked ones).
+        count: Parsed batch -> ``int64[size]``, summed over the batch.
+        size: Length of the count vector.
+        batch_size: Records per batch.
+
+    Returns:
+        ``int64[size]``, the sum.
+
+    Raises:
+        InputError: A record that does not fit ``spec`` (missing ``image/*``
+            features, pixel bytes that do not match ``image/shape``, another
+            shape, dtype or bands than the first record's), a record that is not
+            a ``tf.train.Example`` of the right feature types, or a corrupt or
+            truncated file; the message names the file (and the record and its
+            ``tile/id`` where the record parses).
+    """
+    import tensorflow as tf
+
+    feats = {**feats, **_check_features(batched=True)}
+
+    def per_file(path: Any) -> Any:
+        batches = tf.data.TFRecordDataset(path).batch(batch_size).enumerate()
+        return batches.map(lambda i, batch: (path, i * batch_size, batch))
+
+    def run(path: Any, first: Any, batch: Any) -> Any:
+        ex = tf.io.parse_example(batch, feats)
+        return count(ex), path, first + tf.where(_bad_records(ex, spec))[:, 0]
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(files), tf.string)).interleave(
+        per_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+    )
+    ds = ds.map(run, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    total = np.zeros(size, np.int64)
+    first_bad: list[tuple[str, int]] = []  # the first _SHOWN, by file and index
+    n_bad, bad_files = 0, set[str]()
+    try:
+        for counts, path, index in ds.as_numpy_iterator():
+            total += counts
+            if len(index):
+                n_bad += len(index)
+                bad_files.add(path.decode())
+                first_bad = sorted(first_bad + [(path.decode(), int(i)) for i in index])
+                del first_bad[_SHOWN:]
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, UnicodeDecodeError) as err:
+        raise InputError(_unreadable(files, feats, err)) from None
+    if n_bad:
+        shown = "\n".join(
+            f"  {path} record {i} {_describe(path, i, spec)}" for path, i in first_bad
+        )
+        more = f"\n  ... and {n_bad - len(first_bad)} more" if n_bad > len(first_bad) else ""
+        raise InputError(
+            f"{n_bad} training record(s) in {len(bad_files)} file(s) are not "
+            f"tiles of the first record's spec ({list(spec.shape)} {spec.dtype}, bands "
+            f"{list(spec.bands)}); the tile and graph jobs dead-letter such records, so these "
+            "files were altered or come from elsewhere: rebuild them with `minewatch tile` / "
+            f"`minewatch graph` or leave them out of data.train:\n{shown}{more}"
+        )
+    return total
+
+
+def _describe(path: str, index: int, spec: TileSpec) -> str:
+    """``(tile/id ...): <problem>`` of record ``index`` of ``path`` (read again: error path)."""
+    import tensorflow as tf
+
+    record = next(iter(tf.data.TFRecordDataset(path).skip(index).take(1)))
+    tile, problem = _record_problem(tf.io.parse_single_example(record, _check_features()), spec)
+    return f"(tile/id {tile!r}): {problem}"
+
+
+def _record_problem(ex: dict[str, Any], spec: TileSpec | None) -> tuple[str, str]:
+    """``(tile id, problem)`` of one record parsed with :func:`_check_features`."""
+    raw = [len(r) for r in ex["image/raw"].numpy()]
+    dtype = [d.decode(errors="replace") for d in ex["image/dtype"].numpy()]
+    problem = _problem(
+        len(raw),
+        sum(raw),
+        [int(v) for v in ex["image/shape"].numpy()],
+        "".join(dtype),
+        len(dtype),
+        [b.decode(errors="replace") for b in ex["image/bands"].numpy()],
+        spec,
+    )
+    return ex["tile/id"].numpy().decode(errors="replace"), problem
+
+
+def _unreadable(files: Sequence[str], feats: dict[str, Any], err: Exception) -> str:
+    """Name the file behind a batch that failed to read or parse (the error path only)."""
+    import tensorflow as tf
+
+    for path in files:
+        try:
+            for batch in tf.data.TFRecordDataset(path).batch(256):
+                tf.io.parse_example(batch, feats)
+        except tf.errors.DataLossError as e:
+            return f"{path}: corrupt or truncated TFRecord file ({_first_line(e)})"
+        except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
+            return (
+                f"{path}: a record is not a tf.train.Example with the tile features' types "
+                f"({_first_line(e)})"
+            )
+    return f"{list(files)[:3]}: {_first_line(err)}"
+
+
 def count_labels(
     files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.TRAIN
 ) -> np.ndarray:
     """Count examples per class in one split, after ``label_fraction`` hiding.
+
+    The same pass checks every record (as :func:`count_classes` does).
 
     Args:
         files: TFRecord files.
@@ -312,6 +568,9 @@ def count_labels(
 
     Returns:
         ``int64[K + 1]``: counts of classes ``0..K-1``, then of unlabelled examples.
+
+    Raises:
+        InputError: A bad record or file, named (see :func:`count_classes`).
     """
     use_legacy_keras()
     import tensorflow as tf
@@ -319,8 +578,7 @@ def count_labels(
     feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
     k = spec.num_classes
 
-    def parse(batch: Any) -> Any:
-        ex = tf.io.parse_example(batch, feats)
+    def count(ex: dict[str, Any]) -> Any:
         # Every op of the split and the label hiding is elementwise: batched is fine.
         label = _label(ex, config, split)
         keep = tf.broadcast_to(_in_split(ex, spec, config, split), tf.shape(label))
@@ -328,10 +586,7 @@ def count_labels(
         label = tf.where(label < 0, k, label)
         return tf.math.bincount(label, minlength=k + 1, maxlength=k + 1, dtype=tf.int64)
 
-    counts = np.zeros(k + 1, np.int64)
-    for c in _records(files).batch(4096).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
-        counts += c.numpy()
-    return counts
+    return _checked_pass(files, spec, feats, count, k + 1, 4096)
 
 
 def count_pixels(
@@ -450,6 +705,15 @@ def count_classes(
 
     Returns:
         The counts.
+
+    Raises:
+        InputError: A record that does not fit ``spec`` (no ``image/raw`` or
+            ``image/shape``, pixel bytes that do not match ``image/shape``, or
+            another shape, dtype or bands than the first record's), a record
+            that does not parse, or a corrupt file; before any training step,
+            naming the file, the record and its ``tile/id``, with the number of
+            bad records. The check rides on this pass, which reads every record
+            anyway: the pixels are not decoded, only their length is compared.
     """
     use_legacy_keras()
     import tensorflow as tf
@@ -457,9 +721,8 @@ def count_classes(
     feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
     k = spec.num_classes
 
-    def parse(batch: Any) -> Any:
+    def count(ex: dict[str, Any]) -> Any:
         # Batched: every op below is elementwise over the records of the batch.
-        ex = tf.io.parse_example(batch, feats)
         label = _label(ex, config, split)
         keep = tf.broadcast_to(_in_split(ex, spec, config, split), tf.shape(label))
         pixels = _pixel_label(ex, label, spec) if pixel_labels else None
@@ -475,9 +738,7 @@ def count_classes(
         rows = tf.concat([pure_one[:, :k], mixed_one, pure_pix, mixed_pix], 1)
         return tf.reduce_sum(tf.where(keep[:, None], rows, 0 * rows), 0)
 
-    total = np.zeros(4 * k + 1, np.int64)
-    for c in _records(files).batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE):
-        total += c.numpy()
+    total = _checked_pass(files, spec, feats, count, 4 * k + 1, 1024)
     return ClassCounts(
         labels_pure=total[:k],
         labels_mixed=total[k : 2 * k + 1],

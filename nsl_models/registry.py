@@ -18,6 +18,15 @@
     ``version`` is ``YYYYmmddTHHMMSSZ-<8 hex>`` (UTC time and a hash of the
     weights and config).
 
+**Export** writes the SavedModel into ``MODEL_DIR/.exporting-<random>/``, then
+removes ``metadata.json``, renames the new folder to ``saved_model/`` (the old
+one moved aside and deleted) and writes ``metadata.json`` last (atomically).
+A process killed while the SavedModel is written leaves the previous model
+whole; one killed during the swap leaves a folder without ``metadata.json``.
+A model folder is whole when it holds ``metadata.json``,
+``saved_model/saved_model.pb`` and ``saved_model/variables/variables.index``;
+:func:`read_metadata`, and so :func:`promote`, refuse any other.
+
 **Registry layout** (``minewatch promote MODEL_DIR --registry DIR``)::
 
     DIR/versions/<version>/    a copy of MODEL_DIR (saved_model/, metadata.json)
@@ -131,10 +140,14 @@ def export_model(
         return {"embedding": embedding_of(base_model, image, training=False)}
 
     module.serve = serve
-    path = os.path.join(model_dir, "saved_model")
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    tf.saved_model.save(module, path, signatures={"serving_default": serve, "embedding": embed})
+    os.makedirs(model_dir, exist_ok=True)
+    for prefix in (_EXPORTING, _REPLACED):  # left by an export that was killed
+        for stale in glob.glob(os.path.join(model_dir, f"{prefix}*")):
+            shutil.rmtree(stale, ignore_errors=True)
+    # Written beside the model, so the folder stays the previous whole model (or
+    # no model) until the swap below; a killed export leaves only this folder.
+    fresh = tempfile.mkdtemp(dir=model_dir, prefix=_EXPORTING)
+    tf.saved_model.save(module, fresh, signatures={"serving_default": serve, "embedding": embed})
 
     weights = hashlib.sha256()
     for w in base_model.get_weights():
@@ -155,8 +168,36 @@ def export_model(
         "metrics": _jsonable(metrics),
         "created": now.isoformat(),
     }
-    _atomic_json(os.path.join(model_dir, "metadata.json"), metadata)
+    _swap_in(model_dir, fresh, metadata)
     return metadata
+
+
+#: Prefix of the folder an export writes before it is renamed to ``saved_model``.
+_EXPORTING = ".exporting-"
+#: Prefix of the previous ``saved_model`` while it is replaced.
+_REPLACED = ".replaced-"
+
+
+def _swap_in(model_dir: str, fresh: str, metadata: dict[str, Any]) -> None:
+    """Replace ``saved_model/`` by ``fresh`` and write ``metadata.json`` last.
+
+    ``metadata.json`` goes first, so from then until it is written again the
+    folder is not a model folder (:func:`read_metadata` refuses it) even if
+    the process is killed between the two renames.
+    """
+    meta_path = os.path.join(model_dir, "metadata.json")
+    path = os.path.join(model_dir, "saved_model")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    if os.path.exists(path):
+        # A non-empty folder cannot be renamed over: move the old one aside first.
+        old = os.path.join(model_dir, _REPLACED + os.path.basename(fresh)[len(_EXPORTING) :])
+        os.replace(path, old)
+        os.replace(fresh, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(fresh, path)
+    _atomic_json(meta_path, metadata)
 
 
 def _jsonable(value: Any) -> Any:
@@ -181,8 +222,16 @@ def _atomic_json(path: str, value: Any) -> None:
     os.replace(tmp, path)
 
 
+#: What a whole model folder holds (``metadata.json`` is written last).
+_REQUIRED = (
+    "saved_model/saved_model.pb",
+    "saved_model/variables/variables.index",
+    "metadata.json",
+)
+
+
 def read_metadata(model_dir: str) -> dict[str, Any]:
-    """Read ``MODEL_DIR/metadata.json``.
+    """Read ``MODEL_DIR/metadata.json`` of a whole model folder.
 
     Args:
         model_dir: A model folder.
@@ -191,13 +240,28 @@ def read_metadata(model_dir: str) -> dict[str, Any]:
         The metadata.
 
     Raises:
-        InputError: No metadata or no ``saved_model/`` there.
+        InputError: The folder lacks ``metadata.json``,
+            ``saved_model/saved_model.pb`` or
+            ``saved_model/variables/variables.index`` (an export that did not
+            finish, or not a model folder), or the metadata is not JSON.
     """
+    missing = [name for name in _REQUIRED if not os.path.isfile(os.path.join(model_dir, name))]
+    if len(missing) == len(_REQUIRED):
+        raise InputError(
+            f"{model_dir} is not a model folder (saved_model/ and metadata.json); "
+            "export one with `minewatch train`"
+        )
+    if missing:
+        raise InputError(
+            f"{model_dir} is not a whole model folder: no {', '.join(missing)} (an export "
+            "that did not finish?); export it again with `minewatch train`"
+        )
     path = os.path.join(model_dir, "metadata.json")
-    if not os.path.isdir(os.path.join(model_dir, "saved_model")) or not os.path.exists(path):
-        raise InputError(f"{model_dir} is not a model folder (saved_model/ and metadata.json)")
-    with open(path) as f:
-        metadata: dict[str, Any] = json.load(f)
+    try:
+        with open(path) as f:
+            metadata: dict[str, Any] = json.load(f)
+    except ValueError as err:
+        raise InputError(f"{path} is not JSON ({err}); export the model again") from None
     return metadata
 
 
@@ -242,17 +306,24 @@ class Decision:
     path: str = ""
 
 
-def _finite_weights(model_dir: str) -> bool:
+def _weights_problem(model_dir: str) -> str:
+    """Why the SavedModel's weights cannot be served (unreadable, NaN or inf); ``""`` if fine."""
     use_legacy_keras()
     import tensorflow as tf
 
-    reader = tf.train.load_checkpoint(
-        os.path.join(model_dir, "saved_model", "variables", "variables")
-    )
-    for name, dtype in reader.get_variable_to_dtype_map().items():
-        if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
-            return False
-    return True
+    try:
+        reader = tf.train.load_checkpoint(
+            os.path.join(model_dir, "saved_model", "variables", "variables")
+        )
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype.is_floating and not np.all(np.isfinite(reader.get_tensor(name))):
+                return "the weights contain NaN or inf"
+    # The checkpoint reader turns a short or corrupt file into any of these.
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError, OSError) as err:
+        text = (getattr(err, "message", None) or str(err) or type(err).__name__).strip()
+        text = text.splitlines()[0][:200]
+        return f"the weights cannot be read ({text}): export the model again"
+    return ""
 
 
 def _score(metadata: dict[str, Any], metric: str) -> float:
@@ -263,7 +334,8 @@ def _score(metadata: dict[str, Any], metric: str) -> float:
 def promote(model_dir: str, registry: str, metric: str | None = None) -> Decision:
     """Copy a model into the registry and make it current if it beats the current one.
 
-    Refuses a model whose weights or held-out metric are NaN/inf, whose task or
+    Refuses a folder whose export did not finish, a model whose weights are
+    unreadable or NaN/inf or whose held-out metric is NaN/inf, whose task or
     classes differ from the current model's, or whose metric is not strictly
     greater than the current one's. The copy is kept either way only when
     promoted (``versions/<version>/``); earlier versions are never removed.
@@ -278,7 +350,8 @@ def promote(model_dir: str, registry: str, metric: str | None = None) -> Decisio
         The :class:`Decision`.
 
     Raises:
-        InputError: ``model_dir`` is not a model folder.
+        InputError: ``model_dir`` is not a whole model folder (see
+            :func:`read_metadata`: an export that did not finish is refused).
         ConfigError: The metric is not in the candidate's metadata.
     """
     meta = read_metadata(model_dir)
@@ -289,8 +362,9 @@ def promote(model_dir: str, registry: str, metric: str | None = None) -> Decisio
     score = _score(meta, metric)
     if not math.isfinite(score):
         return Decision(False, f"refused {version}: held-out {metric} is {score}", version)
-    if not _finite_weights(model_dir):
-        return Decision(False, f"refused {version}: the weights contain NaN or inf", version)
+    weights = _weights_problem(model_dir)
+    if weights:
+        return Decision(False, f"refused {version}: {weights}", version)
     try:
         _, current = load_current(registry)
     except InputError:
@@ -322,6 +396,16 @@ def promote(model_dir: str, registry: str, metric: str | None = None) -> Decisio
         for name in ("saved_model", "metadata.json"):
             src = os.path.join(model_dir, name)
             (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(tmp, name))
+        try:
+            # The source may have been re-exported while it was copied.
+            copied = read_metadata(tmp)["version"]
+        except InputError as err:
+            copied = str(err)
+        if copied != version:
+            shutil.rmtree(tmp)
+            return Decision(
+                False, f"refused {version}: {model_dir} changed while it was copied", version
+            )
         os.replace(tmp, dest)
     _atomic_json(os.path.join(registry, "current.json"), {"version": version, "path": rel})
     why = (

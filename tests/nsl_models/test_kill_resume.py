@@ -162,9 +162,11 @@ def test_sigkill_at_random_points_during_training(tile_data, tmp_path):
 @pytest.mark.slow
 def test_sigkill_during_export_and_promotion(tile_data, tmp_path):
     model_dir, registry = tmp_path / "m", tmp_path / "registry"
-    # 1. killed while the SavedModel is written: no metadata.json, nothing promoted
+    # 1. killed while the SavedModel is written (into .exporting-*, renamed to
+    #    saved_model/ when whole): no saved_model/, no metadata.json, nothing promoted
     proc = _child(tile_data, model_dir, registry)
-    _kill_when(proc, lambda: (model_dir / "saved_model").exists())
+    _kill_when(proc, lambda: any(model_dir.glob(".exporting-*")))
+    assert not (model_dir / "saved_model").exists()
     assert not (model_dir / "metadata.json").exists()
     assert not registry.exists()
     # 2. killed at a random moment of the promotion that follows the export
@@ -183,13 +185,17 @@ def test_sigkill_during_export_and_promotion(tile_data, tmp_path):
     assert (registry / "current.json").exists()
     _registry_is_whole(registry)
     current = json.loads((registry / "current.json").read_text())
-    # 4. the finished run exports again (a rerun): killed while saved_model/ is
-    #    rewritten, the registry still serves its own whole copy ...
+    # 4. the finished run exports again (a rerun): killed while the new SavedModel
+    #    is written, the model folder still holds the previous whole model and the
+    #    registry still serves its own whole copy ...
+    before = json.loads((model_dir / "metadata.json").read_text())
     proc = _child(tile_data, model_dir, registry)
-    _kill_when(proc, lambda: not (model_dir / "saved_model" / "saved_model.pb").exists())
+    _kill_when(proc, lambda: any(model_dir.glob(".exporting-*")))
     _registry_is_whole(registry)
     assert json.loads((registry / "current.json").read_text()) == current
-    # ... and the half-written model folder cannot be promoted
+    assert json.loads((model_dir / "metadata.json").read_text()) == before
+    _serves(model_dir / "saved_model")
+    # ... and promoting that folder again changes nothing
     from nsl_models.registry import promote
 
     try:

@@ -11,7 +11,7 @@ from minewatch.errors import InputError
 from nsl_models import data as datalib
 from nsl_models.configs import ModelConfig
 from nsl_models.models import build_base_model
-from nsl_models.registry import export_model, load_current, promote
+from nsl_models.registry import export_model, load_current, promote, read_metadata
 
 tf = pytest.importorskip("tensorflow")
 
@@ -124,6 +124,66 @@ def test_promote_cli_exit_codes(models, tmp_path):
     assert ok.exit_code == 0, ok.output
     refused = runner.invoke(cli, ["promote", str(models["worse"][0]), "--registry", reg])
     assert refused.exit_code == 1 and "does not beat" in refused.output
+
+
+def test_a_rerun_export_swaps_in_a_whole_model_and_writes_metadata_last(models, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(models["a"][0], path)
+    (path / ".exporting-killed").mkdir()  # what an export killed mid-write leaves
+    (path / ".exporting-killed" / "fingerprint.pb").write_bytes(b"partial")
+    meta = _export(path, 0.8, seed=2)
+    assert meta["version"] != models["a"][1]["version"]
+    assert json.loads((path / "metadata.json").read_text()) == meta
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "saved_model"]
+    serve = tf.saved_model.load(str(path / "saved_model")).signatures["serving_default"]
+    probs = serve(image=tf.constant(np.ones((2, 8, 8, 3), np.float32)))["probabilities"]
+    np.testing.assert_allclose(probs.numpy().sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_an_export_killed_before_the_swap_leaves_the_previous_model_whole(models, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(models["a"][0], path)
+    # killed while the new SavedModel was written: only the side folder is new
+    shutil.copytree(models["a"][0] / "saved_model", path / ".exporting-x1")
+    (path / ".exporting-x1" / "saved_model.pb").unlink()
+    assert read_metadata(str(path)) == models["a"][1]
+    decision = promote(str(path), str(tmp_path / "reg"))
+    assert decision.promoted and decision.version == models["a"][1]["version"]
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [
+        "saved_model/saved_model.pb",
+        "saved_model/variables/variables.index",
+        "metadata.json",
+    ],
+)
+def test_a_model_folder_missing_a_part_is_refused_and_never_promoted(models, tmp_path, gone):
+    path = tmp_path / "m"
+    shutil.copytree(models["better"][0], path)
+    (path / gone).unlink()
+    with pytest.raises(InputError, match=f"not a whole model folder: no {gone}"):
+        read_metadata(str(path))
+    reg = tmp_path / "reg"
+    assert promote(str(models["a"][0]), str(reg)).promoted
+    before = (reg / "current.json").read_text()
+    with pytest.raises(InputError, match="export it again"):
+        promote(str(path), str(reg))
+    assert (reg / "current.json").read_text() == before
+    assert sorted(p.name for p in (reg / "versions").iterdir()) == [models["a"][1]["version"]]
+    with pytest.raises(InputError, match="is not a model folder"):
+        read_metadata(str(tmp_path / "nothing"))
+
+
+def test_unreadable_weights_are_refused(models, tmp_path):
+    path = tmp_path / "m"
+    shutil.copytree(models["better"][0], path)
+    (data,) = (path / "saved_model" / "variables").glob("variables.data-*")
+    data.write_bytes(data.read_bytes()[:16])  # cut short, as by a full disk
+    decision = promote(str(path), str(tmp_path / "reg"))
+    assert not decision.promoted and "the weights cannot be read" in decision.reason
+    assert not (tmp_path / "reg" / "current.json").exists()
 
 
 def test_train_cli_rejects_bad_config(tmp_path):

@@ -247,16 +247,10 @@ def test_two_infer_runs_writing_the_same_tables_at_once(tmp_path, oracle):
 # -- the registry -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nsl_models/registry.py promote() checks only that saved_model/ exists: a model "
-    "folder whose export was killed before saved_model.pb was written is promoted and the "
-    "registry then serves nothing (fix proposed in docs/reliability.md)",
-)
 def test_a_half_exported_model_is_never_promoted(tmp_path, oracle):
     import shutil
 
-    from minewatch.registry import resolve_model
+    from minewatch.errors import InputError
     from nsl_models.registry import promote
 
     half = tmp_path / "half"
@@ -265,10 +259,8 @@ def test_a_half_exported_model_is_never_promoted(tmp_path, oracle):
     (half / "metadata.json").write_text(json.dumps({**meta, "metrics": {"accuracy": 0.9}}))
     os.remove(half / "saved_model" / "saved_model.pb")  # killed between variables and graph
     registry = tmp_path / "registry"
-    try:
-        decision = promote(str(half), str(registry))
-    except Exception:
-        decision = None
-    assert decision is None or not decision.promoted
-    if (registry / "current.json").exists():
-        resolve_model(str(registry))
+    with pytest.raises(
+        InputError, match=r"not a whole model folder: no saved_model/saved_model\.pb"
+    ):
+        promote(str(half), str(registry))
+    assert not registry.exists()  # nothing copied, no current.json
