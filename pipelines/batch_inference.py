@@ -3,11 +3,12 @@
 Graph::
 
     scenes, frames ─ CutScenes ─┐                         ┌─ tile_labels (per scene)
-    tile TFRecords ─ Read ──────┴─ RunInference ─ PerScene ─┼─ frame_labels (camera, day)
+    tile TFRecords ─ ReadShards ┴─ RunInference ─ PerScene ─┼─ frame_labels (camera, day)
                                         │                    ├─ probability COG, quicklook
                                         │                    ├─ vessels (--licensed-ports)
-                                        └─ dead letter       └─ LinkSites (per area): sites,
-                                                                stockpile_series, plots
+                                        │                    └─ LinkSites (per area): sites,
+                                        │                       stockpile_series, plots
+           dead letters, per-input counts ─ WriteDeadLetter (per input: outcome, file)
                                    every table, with --bigquery ─► WriteTablesToBigQuery
 
 The model runs through Beam's ``RunInference`` with :class:`TileModelHandler`,
@@ -35,10 +36,22 @@ across acquisitions like other sites: repeated use of one berth is one site).
 A scene whose vessels cannot be looked for goes to the dead letter (kind
 ``vessels``) with the reason; its other tables are still written.
 
+Accounting (``infer_stats.json``, written atomically)::
+
+    inputs.total = inputs.labelled + inputs.dead_lettered
+    tiles_in     = tiles_labelled + tiles_dead_lettered
+
+An input (scene or frame) is labelled when one of its tiles is; any other has
+one dead-letter row of kind ``input`` (refused, or ``no tile kept (...)``). A
+truncated or corrupt tile shard is dead-lettered (kind ``shard``) from where it
+breaks; the job goes on.
+
 Idempotency: each output file is named by what it holds and the model version
-(``tile_labels/date=D/<scene>__<version>.parquet``), and written atomically, so
+(``tile_labels/date=D/<scene>__<version>.parquet``,
+``dead_letter/<scene>__<version>.parquet``), and written atomically, so
 running a scene again with the same model replaces its rows, and another model
-version adds rows that the ``model_version`` column tells apart.
+version adds rows that the ``model_version`` column tells apart. Rewriting an
+area's sites deletes its files under days that no longer hold a row.
 """
 
 from __future__ import annotations
@@ -52,13 +65,14 @@ import math
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 from affine import Affine
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import (
@@ -77,12 +91,14 @@ from minewatch.tables import (
     INFER_TABLES,
     dead_letter_schema,
     frame_labels_schema,
+    replace_file,
     sites_schema,
     stockpile_series_schema,
     tile_labels_schema,
     vessels_schema,
     write_geoparquet,
 )
+from minewatch.tfrecord import read_records
 from pipelines.options import TileConfig, run_pipeline
 from pipelines.tiling import COUNTS, DEAD, CutScenes, TileBatch, _dead, _SumCounters
 
@@ -331,6 +347,33 @@ def _global(value: Any) -> WindowedValue:
     return WindowedValue(value, window.max_timestamp(), [window])
 
 
+class ReadShards(beam.DoFn):  # type: ignore[misc]
+    """Read one tile TFRecord shard; where it breaks, dead-letter the rest of it.
+
+    A truncated shard or a bad checksum ends the shard, not the job: the records
+    before the break are labelled, and one dead-letter row (kind ``shard``) names
+    the shard, how many records were read and why the rest was not.
+    """
+
+    def __init__(self) -> None:
+        self._corrupt = Metrics.counter(_NS, "shards_dead_lettered")
+
+    def process(self, readable: Any) -> Iterator[Any]:
+        """Yield ``(path, record)``; the rest of a broken shard goes to ``dead``."""
+        path = readable.metadata.path
+        read = 0
+        try:
+            with readable.open(compression_type="uncompressed") as f:
+                for record in read_records(f):
+                    read += 1
+                    yield path, record
+        except (ValueError, OSError) as exc:
+            self._corrupt.inc()
+            reason = f"unreadable TFRecord shard after {read} record(s), the rest not read: {exc}"
+            yield TaggedOutput(DEAD, _dead(path, reason, "shard", stage="read"))
+            yield TaggedOutput(COUNTS, ("", collections.Counter(shards_dead_lettered=1)))
+
+
 class DecodeRecords(beam.DoFn):  # type: ignore[misc]
     """Tile TFRecord records -> TileBatches, decoded in batches; bad records dead-lettered.
 
@@ -402,6 +445,13 @@ def _failed_batch(
         )
 
 
+_TILE_INFO_FIELDS = tuple(f.name for f in fields(TileInfo))
+
+
+def _as_tuple(info: TileInfo) -> tuple[Any, ...]:
+    return tuple(getattr(info, name) for name in _TILE_INFO_FIELDS)
+
+
 def _by_scene(item: tuple[Sequence[TileInfo], PredictionResult]) -> Iterator[Any]:
     """``(infos, inference)`` -> ``(scene_id, (infos, inference))`` per scene.
 
@@ -416,7 +466,8 @@ def _by_scene(item: tuple[Sequence[TileInfo], PredictionResult]) -> Iterator[Any
     for scene_id, index in rows.items():
         part = (out[0][index], out[1][index]) if isinstance(out, tuple) else out[index]
         # Plain tuples: Beam's coder encodes them natively, dataclasses go through pickle.
-        yield scene_id, ([astuple(infos[i]) for i in index], part)
+        # Shallow (the fields are immutable): dataclasses.astuple deep-copies each one.
+        yield scene_id, ([_as_tuple(infos[i]) for i in index], part)
 
 
 #: One prediction: the tile, its probabilities [K], its per-pixel ones [H, W, K] or None.
@@ -578,6 +629,8 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             COUNTS,
             ("", collections.Counter(tiles_labelled=len(rows), **{f"{first.kind}s_labelled": 1})),
         )
+        # Keyed by the input: the input accounting marks it labelled.
+        yield TaggedOutput(COUNTS, (scene_id, collections.Counter(labelled=len(rows))))
         if first.kind == "frame":
             yield TaggedOutput("frames", ((first.camera_id, first.day), self._frame_row(preds)))
             return
@@ -668,13 +721,16 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         judged = bool(self._c.concessions or self._c.protected)
         found = SceneSites(scene_id, first.acquired, first.crs)
         counts: collections.Counter[str] = collections.Counter(sites_found=len(shapes))
+        sun = self._c.sun
+        if sun is None and any(s.kind == "stockpile" for s in shapes):
+            sun = _scene_sun(first.source)  # once, not once per stockpile
         for s in shapes:
             flagged, reason, licence = False, None, None
             if judged and s.kind in self._c.mining_classes:
                 flagged, reason, licence = assess_legality(s.geometry, concessions, protected)
             volume = None
             if s.kind == "stockpile":
-                volume = self._volume(s.geometry, first)
+                volume = self._volume(s.geometry, first, sun)
                 counts[f"volumes_{volume['volume_method']}"] += 1
             found.sites.append(
                 {
@@ -705,13 +761,15 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
         yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)
 
-    def _volume(self, geometry: Any, first: TileInfo) -> dict[str, Any]:
+    def _volume(
+        self, geometry: Any, first: TileInfo, sun: tuple[float, float] | None
+    ) -> dict[str, Any]:
         """``stockpile_series`` volume columns of one stockpile site in this scene."""
         from minewatch.volumes import VolumeResult, measure_volume
 
         when = _ts(first.acquired)
         try:
-            result = measure_volume(geometry, first.crs, first.source, when, self._dsm, self._c.sun)
+            result = measure_volume(geometry, first.crs, first.source, when, self._dsm, sun)
         except Exception as exc:  # measure_volume refuses bad data itself; this is a bug net
             log.warning("volume of a stockpile in %s failed: %s", first.scene_id, exc)
             result = VolumeResult.refused(f"volume failed: {type(exc).__name__}: {exc}")
@@ -838,7 +896,15 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     tmp.set_band_description(k, f"p_{name}")
             with mem.open() as src:
                 _makedirs(posixpath.dirname(path))
-                rasterio.shutil.copy(src, path + ".tmp.tif", driver="COG")
+                # ZSTD with the floating-point predictor: a third smaller than the
+                # default LZW, and written in half the time.
+                rasterio.shutil.copy(
+                    src,
+                    path + ".tmp.tif",
+                    driver="COG",
+                    compress="ZSTD",
+                    predictor="FLOATING_POINT",
+                )
         FileSystems.rename([path + ".tmp.tif"], [path]) if not FileSystems.exists(path) else (
             FileSystems.delete([path]),
             FileSystems.rename([path + ".tmp.tif"], [path]),
@@ -868,6 +934,23 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             scene_quicklook(ref, sites, path)
         except Exception as exc:
             log.warning("no quicklook for %s: %s", first.scene_id, exc)
+
+
+def _scene_sun(source: str) -> tuple[float, float] | None:
+    """The sun angles of a scene's tags, read once per scene; None when it has none.
+
+    None also when the scene cannot be read: :func:`minewatch.volumes.measure_volume`
+    then reads the tags itself and gives each site the reason.
+    """
+    import rasterio
+
+    from minewatch.volumes import sun_from_tags
+
+    try:
+        with rasterio.open(source) as src:
+            return sun_from_tags(src.tags())
+    except Exception:
+        return None
 
 
 #: ``stockpile_series`` volume columns of a site measured by nothing.
@@ -914,8 +997,34 @@ def _write_frames(
     return len(rows)
 
 
+def _remove_stale(folder: str, name: str, days: set[str]) -> None:
+    """Delete ``folder/date=*/name`` files of days not in ``days``.
+
+    An area's ``sites`` rows are split by first sighting: when an earlier scene
+    arrives later, its sites move to an earlier day's file, and the file of the
+    day they were in before would keep a second copy. The new files are written
+    first, so a reader between the two steps sees a site twice for a moment,
+    never not at all.
+    """
+    matched = FileSystems.match([posixpath.join(folder, "date=*", name)])[0].metadata_list
+    stale = [
+        m.path
+        for m in matched
+        if posixpath.basename(posixpath.dirname(m.path)).removeprefix("date=") not in days
+    ]
+    if stale:
+        FileSystems.delete(stale)
+
+
 class LinkSites(beam.DoFn):  # type: ignore[misc]
-    """Link the sites of one area across acquisitions; write sites and stockpile series."""
+    """Link the sites of one area across acquisitions; write sites and stockpile series.
+
+    Each ``(area, scenes)`` element rewrites the area's files for the model
+    version (``sites/date=D/<area>__<version>.parquet``, D the first sighting;
+    ``stockpile_series`` by acquisition day) and deletes the area's files of
+    that version under days that no longer hold a row, so a rerun with more
+    scenes leaves each site once.
+    """
 
     def __init__(self, config: InferConfig) -> None:
         self._c = config
@@ -993,6 +1102,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 write_geoparquet(
                     posixpath.join(self._c.out, table, f"date={day}", name), part, table, schema
                 )
+            _remove_stale(posixpath.join(self._c.out, table), name, set(parts))
         yield TaggedOutput(
             COUNTS,
             (
@@ -1006,6 +1116,158 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
             for row in site_rows:
                 yield TaggedOutput("site_rows", row)
         yield from series_rows
+
+
+# -- input accounting and the dead letter ------------------------------------------------
+
+
+def _split_counts(item: tuple[str, Any]) -> Iterator[Any]:
+    """Job counts (key ``""``) to the main output, per-input counts to ``scene``."""
+    key, counts = item
+    if key:
+        yield TaggedOutput("scene", (("scene", key), counts))
+    else:
+        yield counts
+
+
+def _dead_key(row: dict[str, Any]) -> tuple[tuple[str, str], dict[str, Any]]:
+    """A dead-letter row's file key: its scene (or frame), else the input it names."""
+    if row["scene_id"]:
+        return ("scene", row["scene_id"]), row
+    return ("input", row["input"]), row
+
+
+def _dead_letter_name(key: tuple[str, str], version: str) -> str:
+    kind, name = key
+    if kind == "scene":
+        return f"{_safe(name)}__{_safe(version)}.parquet"
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"input-{_safe(posixpath.basename(name.rstrip('/')))}-{digest}__{_safe(version)}.parquet"
+
+
+def _write_rows(path: str, rows: Iterable[dict[str, Any]], schema: Any, chunk: int = 10_000) -> int:
+    """Stream ``rows`` into one Parquet file, atomically; no row deletes the file.
+
+    Rows are written ``chunk`` at a time, so a scene with a million dead tiles is
+    never in memory at once. Returns the number of rows written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = posixpath.dirname(path)
+    temp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}.parquet")
+    written = 0
+    stream: Any = None
+    writer: Any = None
+    try:
+        it = iter(rows)
+        while part := list(itertools.islice(it, chunk)):
+            if writer is None:
+                _makedirs(folder)
+                stream = FileSystems.create(temp)
+                writer = pq.ParquetWriter(stream, schema)
+            writer.write_table(pa.Table.from_pylist(part, schema=schema))
+            written += len(part)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+            stream.close()
+            FileSystems.delete([temp])
+        raise
+    if writer is not None:
+        writer.close()
+        stream.close()
+        replace_file(temp, path)
+    elif FileSystems.exists(path):
+        FileSystems.delete([path])  # a rerun in which the input has no dead letter left
+    return written
+
+
+class AccountInputs(beam.DoFn):  # type: ignore[misc]
+    """Decide each input's outcome; write its dead-letter file.
+
+    Elements are ``(key, {"counts", "source", "dead"})`` from a ``CoGroupByKey``:
+    ``key`` is ``("scene", scene_id)`` for a scene or frame (its cut counts, a
+    ``labelled`` count from :class:`PerScene`, its path, its dead-letter rows),
+    or ``("input", path)`` for rows that name no scene (inputs refused at
+    discovery, unreadable shards and records).
+
+    A scene is labelled when at least one of its tiles was; otherwise it is
+    dead-lettered, with a row of kind ``input`` (``no tile kept (...)``: the
+    tiles dropped by the cut, refused by the model and failed in inference,
+    by reason) unless the scene was already refused whole when opened.
+
+    The rows of a key go to ``dead_letter/<scene>__<version>.parquet`` (or
+    ``input-<name>-<hash>__<version>.parquet``), written atomically and
+    replaced by a rerun; a key with no row left deletes its old file.
+
+    Args:
+        out: Tables folder.
+        version: Model version (part of the file names).
+    """
+
+    def __init__(self, out: str, version: str) -> None:
+        self._out = out
+        self._version = version
+
+    def process(self, item: tuple[tuple[str, str], dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        """Write the key's dead-letter file; yield job counts, ``rows`` the added rows."""
+        key, groups = item
+        counts: collections.Counter[str] = collections.Counter()
+        for part in groups["counts"]:
+            counts.update(part)
+        sources = sorted(set(groups["source"]))
+        tally: collections.Counter[str] = collections.Counter()
+        refused: collections.Counter[str] = collections.Counter()
+        added: list[dict[str, str]] = []
+
+        def rows() -> Iterator[dict[str, Any]]:
+            for row in groups["dead"]:
+                tally[f"dead_letter.{row['kind']}"] += 1
+                if row["kind"] == "tile" and row["stage"] == "infer":
+                    refused[row["reason"]] += 1
+                yield row
+            outcome = self._outcome(key, counts, refused, sources)
+            if outcome is not None:
+                tally[f"dead_letter.{outcome['kind']}"] += 1
+                added.append(outcome)
+                yield outcome
+
+        _write_rows(
+            posixpath.join(self._out, "dead_letter", _dead_letter_name(key, self._version)),
+            rows(),
+            dead_letter_schema(),
+        )
+        if key[0] == "scene":
+            tally["inputs_labelled" if counts.get("labelled") else "inputs_dead_lettered"] += 1
+        yield tally
+        for row in added:
+            yield TaggedOutput("rows", row)
+
+    @staticmethod
+    def _outcome(
+        key: tuple[str, str],
+        counts: collections.Counter[str],
+        refused: collections.Counter[str],
+        sources: Sequence[str],
+    ) -> dict[str, str] | None:
+        """The ``no tile kept`` row of a scene that was not labelled, else None."""
+        kind, scene_id = key
+        if kind != "scene" or counts.get("labelled") or counts.get("failed"):
+            return None  # labelled, or refused whole by the cut (its row says why)
+        parts = [
+            f"{n} {k.split('.', 1)[1]}"
+            for k, n in sorted(counts.items())
+            if k.startswith("dropped.") and n
+        ]
+        parts += [f"{n} {reason}" for reason, n in refused.most_common(3)]
+        if len(refused) > 3:
+            parts.append(
+                f"{sum(refused.values()) - sum(n for _, n in refused.most_common(3))} other"
+            )
+        detail = ", ".join(parts) or "no tile planned"
+        source = sources[0] if sources else scene_id
+        return _dead(source, f"no tile kept ({detail})", "input", scene_id, stage="account")
 
 
 def _finish(
@@ -1022,20 +1284,32 @@ def _finish(
         if any(r.get("volume_m3") is not None for r in series):
             volume_plot = posixpath.join(out, "plots", f"stockpile_volume__{version}.png")
             plot_stockpile_volumes(series, volume_plot)
-    for table, schema in INFER_TABLES.items():
+    for table, schema in (*INFER_TABLES.items(), ("dead_letter", dead_letter_schema)):
         # A table with no row yet still exists, so queries over it answer "no rows".
         folder = posixpath.join(out, table)
         empty = posixpath.join(folder, "empty.parquet")
         if not FileSystems.exists(folder) and not FileSystems.exists(empty):
             write_geoparquet(empty, [], table, schema())
+    rejected = counts.get("inputs_rejected", 0)
     stats = {
         **header,
+        "inputs": {
+            "total": counts.get("inputs_labelled", 0)
+            + counts.get("inputs_dead_lettered", 0)
+            + rejected,
+            "labelled": counts.get("inputs_labelled", 0),
+            "dead_lettered": counts.get("inputs_dead_lettered", 0) + rejected,
+        },
         "counts": dict(sorted(counts.items())),
         "plot": plot,
         "volume_plot": volume_plot,
     }
-    with FileSystems.create(posixpath.join(out, "infer_stats.json")) as f:
+    # Temporary file, then rename: a reader (or a second run) never sees half a file.
+    path = posixpath.join(out, "infer_stats.json")
+    temp = posixpath.join(out, f".tmp-{uuid.uuid4().hex}.json")
+    with FileSystems.create(temp) as f:
         f.write(json.dumps(stats, indent=2, default=str).encode())
+    replace_file(temp, path)
     return stats
 
 
@@ -1068,7 +1342,7 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
         model = c.model
         tile_dirs = [i for i in c.inputs if is_tile_dir(i)]
         raw = [i for i in c.inputs if i not in tile_dirs]
-        batches, dead, counts = [], [], []
+        batches, dead, counts, scene_sources = [], [], [], []
         if raw:
             size = model.tile_size
             task = model.metadata.get("task", "tile")
@@ -1083,10 +1357,14 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
             cut = pbegin | "Cut" >> CutScenes(tiling)
             batches.append(cut["batches"])
             dead.append(cut["dead"])
+            # Per-scene cut counts feed the input accounting; of the job-level ones,
+            # only the inputs refused at discovery (the other inputs are per scene).
             counts.append(
                 cut["counts"]
-                | "SceneCountsOnly"
-                >> beam.Filter(lambda kv: kv[0] == "" and "inputs_rejected" in kv[1])
+                | "CutCounts" >> beam.Filter(lambda kv: kv[0] != "" or "inputs_rejected" in kv[1])
+            )
+            scene_sources.append(
+                cut["refs"] | "RefSources" >> beam.Map(lambda ref: (ref.scene_id, ref.source))
             )
         sources = pbegin | "NoSources" >> beam.Create([])
         if tile_dirs:
@@ -1098,16 +1376,25 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 | "SceneSource" >> beam.Map(lambda row: (row["scene_id"], row["source"]))
                 | "Distinct" >> beam.Distinct()
             )
-            read = (
+            # Not ReadAllFromTFRecord: it raises on a truncated or corrupt shard and
+            # so fails the job; ReadShards dead-letters the rest of such a shard.
+            shards = (
                 pbegin
                 | "TileShards"
                 >> beam.Create([posixpath.join(d, "tiles", "*.tfrecord") for d in tile_dirs])
-                | "ReadRecords" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-                | "Decode" >> beam.ParDo(DecodeRecords()).with_outputs(DEAD, COUNTS, main="tiles")
+                | "MatchShards" >> fileio.MatchAll()
+                | "SpreadShards" >> beam.Reshuffle()
+                | "OpenShards" >> fileio.ReadMatches()
+                | "ReadShards"
+                >> beam.ParDo(ReadShards()).with_outputs(DEAD, COUNTS, main="records")
+            )
+            read = shards.records | "Decode" >> beam.ParDo(DecodeRecords()).with_outputs(
+                DEAD, COUNTS, main="tiles"
             )
             batches.append(read.tiles)
-            dead.append(read[DEAD])
-            counts.append(read[COUNTS])
+            dead.extend([shards[DEAD], read[DEAD]])
+            counts.extend([shards[COUNTS], read[COUNTS]])
+        scene_sources.append(sources)
         examples = (
             batches
             | "AllTiles" >> beam.Flatten()
@@ -1159,18 +1446,30 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 c.bigquery, run_id=self._header.get("run_id", "")
             )
         dead_rows = dead | "AllDead" >> beam.Flatten()
-        dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
-            posixpath.join(c.out, "dead_letter", f"run-{self._header.get('run_id', 'x')}"),
-            dead_letter_schema(),
-            file_name_suffix=".parquet",
+        split = (
+            counts
+            | "AllCounts" >> beam.Flatten()
+            | "SplitCounts" >> beam.FlatMap(_split_counts).with_outputs("scene", main="job")
         )
-        dead_counts = dead_rows | "CountDead" >> beam.Map(
-            lambda row: ("", collections.Counter({f"dead_letter.{row['kind']}": 1}))
+        by_input = {
+            "counts": split.scene,
+            "source": (
+                scene_sources
+                | "AllSources" >> beam.Flatten()
+                | "KeySources" >> beam.Map(lambda kv: (("scene", kv[0]), kv[1]))
+            ),
+            "dead": dead_rows | "KeyDead" >> beam.Map(_dead_key),
+        }
+        accounted = (
+            by_input
+            | "ByInput" >> beam.CoGroupByKey()
+            # Accounts for each input and writes its dead-letter file.
+            | "WriteDeadLetter"
+            >> beam.ParDo(AccountInputs(c.out, model.version)).with_outputs("rows", main="counts")
         )
         totals = (
-            (*counts, dead_counts)
-            | "AllCounts" >> beam.Flatten()
-            | "Values" >> beam.Values()
+            (split.job, accounted.counts)
+            | "JobCounts" >> beam.Flatten()
             | "Sum" >> beam.CombineGlobally(_SumCounters())
         )
         stats = (
@@ -1185,7 +1484,8 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 header=self._header,
             )
         )
-        return {"stats": stats, "dead_letter": dead_rows}
+        all_dead = (dead_rows, accounted.rows) | "DeadLetterRows" >> beam.Flatten()
+        return {"stats": stats, "dead_letter": all_dead}
 
 
 def run_infer(
@@ -1199,7 +1499,7 @@ def run_infer(
         "run_id": f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
         "model_version": config.model.version,
         "model": config.model.path,
-        "inputs": list(config.inputs),
+        "input_paths": list(config.inputs),
         "classes": list(config.model.classes),
         "site_classes": list(config.positive),
         "pictures": config.pictures,

@@ -271,6 +271,12 @@ def summary(stats: dict[str, Any]) -> str:
     counts = stats["counts"]
     width = max([len(k) for k in counts] + [10])
     lines = [f"model {stats['model_version']}"]
+    inputs = stats.get("inputs")
+    if isinstance(inputs, dict):
+        lines.append(
+            f"inputs {inputs['total']}: {inputs['labelled']} labelled, "
+            f"{inputs['dead_lettered']} dead-lettered"
+        )
     lines += [f"  {k:<{width}}  {v:>8}" for k, v in counts.items()]
     if stats.get("plot"):
         lines.append(f"stockpile plot: {stats['plot']}")

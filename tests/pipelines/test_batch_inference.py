@@ -139,8 +139,11 @@ def run1(setup):
 def test_sites_areas_and_flags(run1):
     out, stats = run1
     assert stats["counts"]["tiles_in"] == stats["counts"]["tiles_labelled"] == 2 * 121
+    assert stats["inputs"] == {"total": 2, "labelled": 2, "dead_lettered": 0}
     con, names = open_tables(str(out))
-    assert {"tile_labels", "sites", "stockpile_series"} <= set(names)
+    assert {"tile_labels", "sites", "stockpile_series", "dead_letter"} <= set(names)
+    # a run without a dead letter still has the table, empty
+    assert run_query(con, "select count(*) n from dead_letter").to_pylist() == [{"n": 0}]
     sites = run_query(con, "select * from sites order by area_m2 desc").to_pylist()
     assert len(sites) == 2
     big, small = sites
@@ -226,9 +229,116 @@ def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
     assert stats["counts"]["dead_letter.tile"] == 1
     # the scene's path comes from the tile job's manifest: its quicklook is drawn
     assert os.listdir(out / "quicklooks") == ["scene_2024-01-01__v1.png"]
+    # inputs of a tile-job folder are the scenes of its records
+    assert stats["inputs"] == {"total": 1, "labelled": 1, "dead_lettered": 0}
     con, _ = open_tables(str(out))
     (row,) = run_query(con, "select reason from dead_letter").to_pylist()
     assert "unreadable tile record" in row["reason"]
+
+
+def test_a_truncated_shard_keeps_its_first_records_and_names_the_rest(setup, tmp_path):
+    from minewatch.cli.tile import launch as tile
+
+    _, scenes, model, _ = setup
+    tiles = tmp_path / "tiles"
+    tile([str(scenes / "scene_2024-01-01.tif"), "--out", str(tiles), "--tile-size", "16"])
+    (shard,) = os.listdir(tiles / "tiles")
+    path = tiles / "tiles" / shard
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])  # the last record is cut short
+    out = tmp_path / "tables"
+    stats = launch([str(tiles), "--model", model, "--out", str(out), "--no-pictures"])
+    assert stats["counts"]["tiles_labelled"] == 35 and stats["counts"]["dead_letter.shard"] == 1
+    con, _ = open_tables(str(out))
+    (row,) = run_query(con, "select input, kind, reason from dead_letter").to_pylist()
+    assert row["input"] == str(path) and row["kind"] == "shard"
+    assert "after 35 record(s)" in row["reason"] and "truncated" in row["reason"]
+
+
+def test_reruns_replace_the_dead_letter_and_a_fixed_input_leaves_it(setup, tmp_path):
+    _, _, model, _ = setup
+    inputs = tmp_path / "scenes"
+    inputs.mkdir()
+    scene(inputs, [(16, 16, 32)], "2024-01-01", size=64)
+    bad = inputs / "scene_2024-03-01.tif"
+    bad.write_text("not a GeoTIFF")
+    # all NaN: every tile dropped by the cut, so no tile kept
+    write_raster(
+        inputs / "scene_2024-04-01.tif",
+        np.full((3, 64, 64), np.nan, np.float32),
+        descriptions=("B02", "B03", "B04"),
+    )
+    out = tmp_path / "tables"
+    args = [str(inputs), "--model", model, "--out", str(out), "--stride", "16", "--no-pictures"]
+
+    def dead_rows():
+        con, _ = open_tables(str(out))
+        return run_query(
+            con, "select input, kind, reason from dead_letter order by input, kind, tile_id"
+        ).to_pylist()
+
+    first = launch(args)
+    assert first["inputs"] == {"total": 3, "labelled": 1, "dead_lettered": 2}
+    rows = dead_rows()
+    inputs_rows = [r for r in rows if r["kind"] == "input"]
+    assert [os.path.basename(r["input"]) for r in inputs_rows] == [
+        "scene_2024-03-01.tif",
+        "scene_2024-04-01.tif",
+    ]
+    assert inputs_rows[1]["reason"] == "no tile kept (16 below_min_valid)"
+    assert launch(args)["inputs"] == first["inputs"]
+    assert dead_rows() == rows  # the same rows once, not twice
+    scene(inputs, [(16, 16, 32)], "2024-03-01", size=64)  # the bad file is replaced
+    assert launch(args)["inputs"] == {"total": 3, "labelled": 2, "dead_lettered": 1}
+    assert {os.path.basename(r["input"]) for r in dead_rows()} == {"scene_2024-04-01.tif"}
+    assert not [p for p in out.rglob(".tmp-*")]
+    assert json.loads((out / "infer_stats.json").read_text())["inputs"]["labelled"] == 2
+
+
+def test_link_sites_moves_a_site_to_its_earlier_first_sighting_without_a_stale_copy(
+    setup, tmp_path
+):
+    from minewatch.registry import resolve_model
+    from pipelines.batch_inference import InferConfig, LinkSites, SceneSites
+
+    model = resolve_model(setup[2])
+    config = InferConfig(inputs=(), out=str(tmp_path), model=model, pictures=False)
+    x, y = ORIGIN.c, ORIGIN.f
+    pile = {
+        "kind": "stockpile",
+        "wkb": bytes(shapely.to_wkb(shapely.box(x + 100, y - 300, x + 300, y - 100))),
+        "area_m2": 40_000.0,
+        "score": 0.9,
+        "flagged": False,
+        "reason": None,
+        "licence_id": None,
+        "volume": None,
+    }
+
+    def sighting(day):
+        return SceneSites(f"scene_{day}", f"{day}T10:00:00+00:00", "EPSG:32633", [dict(pile)])
+
+    def files(table):
+        return sorted(str(p.relative_to(tmp_path / table)) for p in (tmp_path / table).rglob("*"))
+
+    link = LinkSites(config)
+    list(link.process(("other-area", [sighting("2024-02-01")])))
+    list(link.process(("area", [sighting("2024-02-01"), sighting("2024-03-01")])))
+    assert "date=2024-02-01/area__v1.parquet" in files("sites")
+    # an earlier acquisition arrives later: the site is first seen in January now
+    list(link.process(("area", [sighting("2024-01-01"), sighting("2024-02-01")])))
+    assert files("sites") == [
+        "date=2024-01-01",
+        "date=2024-01-01/area__v1.parquet",
+        "date=2024-02-01",
+        "date=2024-02-01/other-area__v1.parquet",  # another area is left alone
+    ]
+    assert "date=2024-03-01/area__v1.parquet" not in files("stockpile_series")
+    con, _ = open_tables(str(tmp_path))
+    sites = run_query(con, "select first_seen, acquisitions from sites").to_pylist()
+    assert len(sites) == 2 and sorted(s["acquisitions"] for s in sites) == [1, 2]
+    series = run_query(con, "select count(*) n from stockpile_series").to_pylist()
+    assert series == [{"n": 3}]  # other-area's one + area's two, none left from March
 
 
 def test_nan_model_dead_letters_every_tile(setup, tmp_path):
@@ -559,3 +669,16 @@ def test_a_tile_only_model_cannot_look_for_vessels_and_says_so(setup, tmp_path):
     (row,) = run_query(con, "select kind, stage, reason from dead_letter").to_pylist()
     assert row["kind"] == "vessels" and "pixel_probabilities" in row["reason"]
     assert run_query(con, "select count(*) n from vessels").to_pylist()[0]["n"] == 0
+
+
+def test_the_summary_shows_the_input_accounting():
+    from minewatch.cli.infer import summary
+
+    text = summary(
+        {
+            "model_version": "v1",
+            "inputs": {"total": 3, "labelled": 2, "dead_lettered": 1},
+            "counts": {"tiles_in": 8},
+        }
+    )
+    assert "inputs 3: 2 labelled, 1 dead-lettered" in text and "tiles_in" in text
