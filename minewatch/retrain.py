@@ -63,14 +63,14 @@ import os
 import posixpath
 import shutil
 import socket
-import typing
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
+from minewatch.dataclass_config import build_dataclass
 from minewatch.errors import ConfigError, InputError, MinewatchError
 
 __all__ = [
@@ -270,54 +270,6 @@ class RetrainConfig:
 
 # -- config --------------------------------------------------------------------
 
-T = TypeVar("T")
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, f"{key}.")  # type: ignore[arg-type]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
-    if typing.get_origin(tp) is tuple:
-        item = typing.get_args(tp)[0]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
-
-
-def _build(cls: type[T], mapping: Mapping[str, Any], prefix: str) -> T:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "base_dir"]  # type: ignore[arg-type]
-    unknown = [k for k in mapping if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s}; known keys here: {', '.join(names)}"
-        )
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in mapping.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}") from None
-
 
 def retrain_config_from_dict(mapping: Mapping[str, Any], base_dir: str = ".") -> RetrainConfig:
     """Validate a mapping (a parsed retrain YAML) into a :class:`RetrainConfig`.
@@ -337,7 +289,7 @@ def retrain_config_from_dict(mapping: Mapping[str, Any], base_dir: str = ".") ->
         raise ConfigError(f"a retrain config is a mapping, got {type(mapping).__name__}")
     if "training" not in mapping:
         raise ConfigError("training: required (training.config names the trainer config)")
-    config = _build(RetrainConfig, mapping, "")
+    config = build_dataclass(RetrainConfig, mapping, hidden=("base_dir",))
     _check_job_args(config)
     return dataclasses.replace(config, base_dir=os.path.abspath(base_dir))
 

@@ -25,12 +25,11 @@ import dataclasses
 import enum
 import os
 import tomllib
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
+from minewatch.dataclass_config import build_dataclass
 from minewatch.errors import ConfigError
 
 __all__ = [
@@ -516,65 +515,6 @@ def make_trainer_config(**sections: Mapping[str, Any] | str) -> TrainerConfig:
     return config_from_dict(sections)
 
 
-T = TypeVar("T")
-
-
-def _convert(tp: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, f"{key}.")  # type: ignore[arg-type]
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            choices = ", ".join(str(m.value) for m in tp)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}") from None
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str | os.PathLike):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return os.fspath(value)
-    if origin is tuple:
-        # tuple[str, ...]: a YAML/TOML list, or one comma-separated string (--set a=x,y).
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item, _) = typing.get_args(tp)
-        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (types.UnionType, typing.Union):  # pragma: no cover - not used yet
-        raise ConfigError(f"{key}: unsupported type {tp}")
-    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
-
-
-def _build(cls: type[T], mapping: Mapping[str, Any], prefix: str) -> T:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = [k for k in mapping if k not in names]
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s}; known keys here: {', '.join(names)}"
-        )
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in mapping.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{prefix}{err}") from None
-
-
 def config_from_dict(mapping: Mapping[str, Any]) -> TrainerConfig:
     """Validate a nested mapping into a :class:`TrainerConfig`.
 
@@ -590,7 +530,7 @@ def config_from_dict(mapping: Mapping[str, Any]) -> TrainerConfig:
     """
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"a config is a mapping of sections, got {type(mapping).__name__}")
-    return _build(TrainerConfig, mapping, "")
+    return build_dataclass(TrainerConfig, mapping)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ MODULES = [
     "minewatch.tables",
     "minewatch.tfrecord",
     "minewatch.corruptions",
+    "minewatch.dataclass_config",
     "minewatch.synth",
     "minewatch.synth.vessels",
     "minewatch.vessels",

@@ -209,7 +209,7 @@ def test_failure_is_recorded(tmp_path, truth):
                 "work": "w",
                 "registry": "r",
                 "training": {"config": "t"},
-                "evaluation": {"epsilons": "0.1"},
+                "evaluation": {"epsilons": {"eps": 0.1}},
             },
             "evaluation.epsilons: expected a list",
         ),
