@@ -474,29 +474,12 @@ def merge_band_stats(parts: Sequence[Mapping[str, Mapping[str, float]]]) -> dict
     Returns:
         The merged ``bands`` section (same keys).
     """
-    acc: dict[str, list[float]] = {}
+    from minewatch.bandstats import BandStats
+
+    merged = BandStats({})
     for bands in parts:
-        for name, s in bands.items():
-            n = float(s["count"])
-            a = acc.setdefault(name, [0.0, 0.0, 0.0, math.inf, -math.inf])
-            a[0] += n
-            a[1] += n * float(s["mean"])
-            a[2] += n * (float(s["std"]) ** 2 + float(s["mean"]) ** 2)
-            a[3] = min(a[3], float(s["min"]))
-            a[4] = max(a[4], float(s["max"]))
-    out = {}
-    for name, (n, total, squares, lo, hi) in sorted(acc.items()):
-        if n <= 0:
-            continue
-        mean = total / n
-        out[name] = {
-            "count": int(n),
-            "mean": mean,
-            "std": math.sqrt(max(squares / n - mean * mean, 0.0)),
-            "min": lo,
-            "max": hi,
-        }
-    return out
+        merged.merge(BandStats.from_summary(bands))
+    return merged.summary()
 
 
 def _read_json(path: str) -> Any:

@@ -42,6 +42,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from minewatch.bandstats import BandStats
 from minewatch.errors import InputError, SceneError
 from minewatch.labels import FrameLabel, FrameLabels, VectorLabels, tile_label, weak_label_mask
 from minewatch.rasters import Block, SceneReader, plan_blocks
@@ -354,7 +355,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         mask = self._pixel_labels(reader, task, data)
         kept: list[Tile] = []
         counts: collections.Counter[str] = collections.Counter()
-        stats = _BandStats.empty(reader.band_names)
+        stats = BandStats.empty(reader.band_names)
         for r in block.row_starts:
             for col in block.col_starts:
                 tile = self._cut(reader, task, data, valid, mask, r, col)
@@ -497,68 +498,21 @@ def _to_wgs84(crs: str, bounds: Sequence[float]) -> tuple[float, ...]:
     return (west, south, east, north)
 
 
-@dataclass
-class _BandStats:
-    """Count, sum, sum of squares, min and max of valid pixels, per band."""
-
-    bands: dict[str, list[float]]
-
-    @classmethod
-    def empty(cls, names: Sequence[str]) -> _BandStats:
-        return cls({n: [0, 0.0, 0.0, math.inf, -math.inf] for n in names})
-
-    def add(self, image: np.ndarray, valid: np.ndarray) -> None:
-        if not valid.any():
-            return
-        pixels = image[valid].astype(np.float64)  # [N, C]
-        for k, acc in enumerate(self.bands.values()):
-            v = pixels[:, k]
-            acc[0] += v.size
-            acc[1] += float(v.sum())
-            acc[2] += float(np.dot(v, v))
-            acc[3] = min(acc[3], float(v.min()))
-            acc[4] = max(acc[4], float(v.max()))
-
-    def merge(self, other: _BandStats) -> None:
-        for name, acc in other.bands.items():
-            mine = self.bands.setdefault(name, [0, 0.0, 0.0, math.inf, -math.inf])
-            mine[0] += acc[0]
-            mine[1] += acc[1]
-            mine[2] += acc[2]
-            mine[3] = min(mine[3], acc[3])
-            mine[4] = max(mine[4], acc[4])
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for name, (n, s, ss, lo, hi) in sorted(self.bands.items()):
-            if n == 0:
-                continue
-            mean = s / n
-            out[name] = {
-                "count": int(n),
-                "mean": mean,
-                "std": math.sqrt(max(ss / n - mean * mean, 0.0)),
-                "min": lo,
-                "max": hi,
-            }
-        return out
-
-
 class _MergeBandStats(beam.CombineFn):  # type: ignore[misc]
-    def create_accumulator(self) -> _BandStats:
-        return _BandStats({})
+    def create_accumulator(self) -> BandStats:
+        return BandStats({})
 
-    def add_input(self, acc: _BandStats, stats: _BandStats) -> _BandStats:
+    def add_input(self, acc: BandStats, stats: BandStats) -> BandStats:
         acc.merge(stats)
         return acc
 
-    def merge_accumulators(self, accs: Iterable[_BandStats]) -> _BandStats:
-        out = _BandStats({})
+    def merge_accumulators(self, accs: Iterable[BandStats]) -> BandStats:
+        out = BandStats({})
         for acc in accs:
             out.merge(acc)
         return out
 
-    def extract_output(self, acc: _BandStats) -> dict[str, dict[str, float]]:
+    def extract_output(self, acc: BandStats) -> dict[str, dict[str, float]]:
         return acc.summary()
 
 

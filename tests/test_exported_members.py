@@ -14,6 +14,7 @@ MODULES = [
     "minewatch.spec",
     "minewatch.tables",
     "minewatch.tfrecord",
+    "minewatch.bandstats",
     "minewatch.corruptions",
     "minewatch.dataclass_config",
     "minewatch.synth",
