@@ -96,6 +96,22 @@ def scene_quicklook(
             dst.write(rgb)
 
 
+def _save_over_time(fig: Any, ax: Any, ylabel: str, title: str, sites: int, path: str) -> None:
+    """Label a per-site time plot, add a legend when it stays readable, save and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel("acquisition")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if 0 < sites <= 12:
+        ax.legend(fontsize="small", ncol=math.ceil(sites / 6))
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_stockpile_series(rows: Sequence[dict[str, Any]], path: str) -> None:
     """Plot stockpile area over time, one line per site, to a PNG.
 
@@ -115,16 +131,9 @@ def plot_stockpile_series(rows: Sequence[dict[str, Any]], path: str) -> None:
     for site_id, points in sorted(series.items()):
         points.sort(key=lambda p: (p[0] is None, p[0]))
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=site_id)
-    ax.set_xlabel("acquisition")
-    ax.set_ylabel("stockpile area (m²)")
-    ax.set_title("Stockpile footprint area over time")
-    if 0 < len(series) <= 12:
-        ax.legend(fontsize="small", ncol=math.ceil(len(series) / 6))
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save_over_time(
+        fig, ax, "stockpile area (m²)", "Stockpile footprint area over time", len(series), path
+    )
 
 
 _METHOD_MARKERS = {"dsm": "o", "shadow": "^"}
@@ -174,14 +183,6 @@ def plot_stockpile_volumes(rows: Sequence[dict[str, Any]], path: str) -> int:
         drawn += len(points)
     if not drawn:
         ax.text(0.5, 0.5, "no stockpile volumes measured", ha="center", transform=ax.transAxes)
-    ax.set_xlabel("acquisition")
-    ax.set_ylabel("stockpile volume (m³)")
-    ax.set_title("Stockpile volume over time (o DSM, ^ shadow; bars: 1 sigma)")
-    if 0 < len(series) <= 12:
-        ax.legend(fontsize="small", ncol=math.ceil(len(series) / 6))
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    title = "Stockpile volume over time (o DSM, ^ shadow; bars: 1 sigma)"
+    _save_over_time(fig, ax, "stockpile volume (m³)", title, len(series), path)
     return drawn
