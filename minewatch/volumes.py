@@ -18,12 +18,14 @@ reason, so a table row can carry it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import glob
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,8 +35,8 @@ import rasterio.features
 import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Proj, Transformer
+from rasterio.enums import MergeAlg
 from rasterio.windows import Window
-from shapely import affinity
 from shapely.geometry import Point, box
 from shapely.geometry.base import BaseGeometry
 
@@ -110,9 +112,40 @@ class VolumeResult:
 
 
 def _pyproj(crs: Any) -> CRS:
+    if isinstance(crs, CRS):
+        return crs
     if hasattr(crs, "to_wkt"):
-        return CRS.from_wkt(crs.to_wkt())
-    return CRS.from_user_input(crs)
+        return _crs_from_wkt(crs.to_wkt())
+    return _crs_from_user(crs) if isinstance(crs, str) else CRS.from_user_input(crs)
+
+
+# A job measures thousands of piles in a handful of CRSs: parse each CRS and
+# build each transformer once per process, not once per pile.
+_crs_from_wkt = functools.lru_cache(maxsize=64)(CRS.from_wkt)
+_crs_from_user = functools.lru_cache(maxsize=64)(CRS.from_user_input)
+
+
+@functools.lru_cache(maxsize=64)
+def _transformer(src: CRS, dst: CRS) -> Transformer:
+    return Transformer.from_crs(src, dst, always_xy=True)
+
+
+_WGS84 = CRS.from_epsg(4326)
+
+
+def _name(raster: str | os.PathLike[str] | Any) -> str:
+    """A raster's path, given the path or an open dataset."""
+    return os.fspath(raster) if isinstance(raster, str | os.PathLike) else str(raster.name)
+
+
+@contextlib.contextmanager
+def _opened(raster: str | os.PathLike[str] | Any) -> Iterator[Any]:
+    """``raster`` opened for the block: a path is opened and closed; an open dataset is lent."""
+    if hasattr(raster, "read") and hasattr(raster, "transform"):
+        yield raster
+        return
+    with rasterio.open(os.fspath(raster)) as src:
+        yield src
 
 
 def _metric_crs(geom: BaseGeometry, crs: CRS) -> tuple[CRS, BaseGeometry]:
@@ -120,7 +153,7 @@ def _metric_crs(geom: BaseGeometry, crs: CRS) -> tuple[CRS, BaseGeometry]:
     axis = crs.axis_info[0] if crs.axis_info else None
     if crs.is_projected and axis is not None and axis.unit_name in ("metre", "meter"):
         return crs, geom
-    to_geo = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    to_geo = _transformer(crs, _WGS84)
     lon, lat = to_geo.transform(geom.centroid.x, geom.centroid.y)
     local = CRS.from_proj4(f"+proj=aeqd +lat_0={lat} +lon_0={lon} +datum=WGS84 +units=m")
     return local, _reproject(geom, crs, local)
@@ -132,7 +165,7 @@ def _reproject(geom: BaseGeometry, src: CRS, dst: CRS, step: float | None = None
     if step is not None:
         # straight edges in one CRS are curves in another: densify before moving
         geom = shapely.segmentize(geom, step)
-    tr = Transformer.from_crs(src, dst, always_xy=True)
+    tr = _transformer(src, dst)
 
     def move(xy: np.ndarray) -> np.ndarray:
         x, y = tr.transform(xy[:, 0], xy[:, 1])
@@ -167,17 +200,27 @@ def _read_window(
     return data, valid
 
 
-def _coverage(geom: BaseGeometry, shape: tuple[int, int], transform: Affine, k: int) -> np.ndarray:
-    """Fraction of each pixel inside ``geom``, from ``k x k`` sub-pixels."""
-    if geom.is_empty:
-        return np.zeros(shape)
+def _coverages(
+    geoms: Sequence[BaseGeometry], shape: tuple[int, int], transform: Affine, k: int
+) -> list[np.ndarray]:
+    """Fraction of each pixel inside each of ``geoms`` (at most 8), from ``k x k`` sub-pixels.
+
+    One rasterisation for all: each shape adds its own bit.
+    """
+    shapes = [(g, 1 << i) for i, g in enumerate(geoms) if not g.is_empty]
+    if not shapes:
+        return [np.zeros(shape) for _ in geoms]
     fine = rasterio.features.rasterize(
-        [geom],
+        shapes,
         out_shape=(shape[0] * k, shape[1] * k),
         transform=transform @ Affine.scale(1.0 / k),
         dtype="uint8",
+        merge_alg=MergeAlg.add,
     )
-    return fine.reshape(shape[0], k, shape[1], k).mean(axis=(1, 3))
+    return [
+        ((fine >> i) & 1).reshape(shape[0], k, shape[1], k).mean(axis=(1, 3))
+        for i in range(len(geoms))
+    ]
 
 
 def _pixel_areas(src_crs: CRS, transform: Affine, win: Window, at: Point) -> np.ndarray:
@@ -206,7 +249,7 @@ def _pixel_areas(src_crs: CRS, transform: Affine, win: Window, at: Point) -> np.
     factor = src_crs.axis_info[0].unit_conversion_factor if src_crs.axis_info else 1.0
     area = abs(transform.a * transform.e - transform.b * transform.d) * factor**2
     try:
-        lon, lat = Transformer.from_crs(src_crs, "EPSG:4326", always_xy=True).transform(at.x, at.y)
+        lon, lat = _transformer(src_crs, _WGS84).transform(at.x, at.y)
         scale = Proj(src_crs).get_factors(lon, lat).areal_scale
         if math.isfinite(scale) and scale > 0:
             area /= scale
@@ -251,7 +294,7 @@ def _robust_plane(
 def volume_from_dsm(
     polygon: BaseGeometry,
     polygon_crs: Any,
-    dsm_path: str | os.PathLike[str],
+    dsm_path: str | os.PathLike[str] | Any,
     *,
     rim_gap_m: float = 10.0,
     rim_width_m: float = 10.0,
@@ -286,7 +329,8 @@ def volume_from_dsm(
     Args:
         polygon: Footprint.
         polygon_crs: CRS of ``polygon`` (anything pyproj or rasterio reads).
-        dsm_path: DSM raster (any CRS, metres).
+        dsm_path: DSM raster (any CRS, metres): a path, or a dataset open for reading
+            (left open; a job measuring many piles opens each raster once).
         rim_gap_m: Growth of the footprint before the rim starts; default 10.
         rim_width_m: Rim width; default 10.
         min_coverage: Fewest fraction of the pile's pixels with data; default 0.98.
@@ -296,7 +340,7 @@ def volume_from_dsm(
         A :class:`VolumeResult` with ``method = "dsm"``, or ``"none"`` and the
         reason (DSM does not reach the pile, nodata over it, no rim, unreadable).
     """
-    source = os.fspath(dsm_path)
+    source = _name(dsm_path)
     if polygon.is_empty or polygon.area <= 0:
         return VolumeResult.refused("empty stockpile footprint", source)
     crs = _pyproj(polygon_crs)
@@ -304,7 +348,7 @@ def volume_from_dsm(
     inner = footprint.buffer(rim_gap_m)
     outer = footprint.buffer(rim_gap_m + rim_width_m)
     try:
-        with rasterio.open(source) as src:
+        with _opened(dsm_path) as src:
             if src.crs is None:
                 return VolumeResult.refused(f"DSM {source} has no CRS", source)
             dsm_crs = _pyproj(src.crs)
@@ -375,6 +419,236 @@ def volume_from_dsm(
 # --------------------------------------------------------------------------- shadow
 
 
+#: Refuse a pile before scanning shadow lengths when no shadow fit could pass
+#: (:meth:`_ShadowScan.gain_bound`). Off only to test that the refusal is sound.
+_PRESCREEN = True
+#: Most numbers the shadow scan holds at once (sub-pixels x tips).
+_CHUNK = 4_000_000
+
+
+def _subpixel_centres(
+    rows: np.ndarray, cols: np.ndarray, transform: Affine, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the ``k x k`` sub-pixels of pixels ``(rows, cols)``, in ``transform``'s CRS.
+
+    Returns:
+        ``x`` and ``y``, each ``len(rows) x k²``.
+    """
+    offsets = (np.arange(k) + 0.5) / k
+    # Nudged a hair left and far less down in the grid, so that a centre on an
+    # edge of a shape counts as GDAL's scanline rasteriser counts it (inside on
+    # a right or top edge, outside on a left or bottom one, rows first):
+    # centres do fall on the edges of a hull of pixel-aligned footprints.
+    c = cols[:, None] + np.tile(offsets, k)[None, :] - 1e-6
+    r = rows[:, None] + np.repeat(offsets, k)[None, :] + 1e-8
+    t = transform
+    return t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f
+
+
+def _shadow_entry(
+    footprint: BaseGeometry,
+    origin: np.ndarray,
+    away: np.ndarray,
+    far: float,
+    x: np.ndarray,
+    y: np.ndarray,
+) -> np.ndarray:
+    """Tip distance at which each point enters a cone's predicted shadow.
+
+    The shadow with its tip ``D`` from ``origin`` along ``away`` is ``hull(footprint
+    + tip) - footprint``. These sets only grow with ``D`` (a nearer tip lies on the
+    segment from the origin, inside the footprint's hull, to a farther one), so a
+    point is in the shadow of every ``D >= entry``: one number per point stands
+    for the shadow at every tip distance. A point ``p`` outside the hull ``H`` is
+    in ``hull(H + t)`` exactly when ``t`` lies in the cone at ``p`` spanned by the
+    directions ``p - v`` over the hull's vertices ``v``; the tip enters that cone
+    where its path crosses one of the cone's two edges, through the vertices
+    seen at the extreme angles from ``p``.
+
+    Args:
+        footprint: The pile, in metres.
+        origin: Apex ``(x, y)``, inside the footprint's hull.
+        away: Unit vector away from the sun.
+        far: Farthest tip distance of interest; points only entering beyond it
+            (or never) get ``inf``, as do points inside the footprint.
+        x: Point eastings, any shape.
+        y: Point northings, same shape.
+
+    Returns:
+        Entry distances, shape of ``x``: 0 inside the hull but outside the footprint.
+    """
+    hull = footprint.convex_hull
+    out = np.full(x.shape, np.inf)
+    reach = shapely.convex_hull(shapely.union(footprint, Point(*(origin + away * far))))
+    maybe = shapely.intersects_xy(reach, x, y)
+    maybe[maybe] = ~shapely.contains_xy(footprint, x[maybe], y[maybe])
+    in_hull = maybe.copy()
+    in_hull[maybe] = shapely.contains_xy(hull, x[maybe], y[maybe])
+    out[in_hull] = 0.0
+    beyond = maybe & ~in_hull
+    if not beyond.any() or not isinstance(hull, shapely.Polygon):
+        return out
+    p = np.column_stack([x[beyond], y[beyond]])
+    verts = np.asarray(hull.exterior.coords)[:-1]
+    to_origin = origin[None, :] - p
+    rel = verts[None, :, :] - p[:, None, :]
+    # angle of each vertex seen from p, measured from the direction to the origin
+    angle = np.arctan2(
+        to_origin[:, None, 0] * rel[..., 1] - to_origin[:, None, 1] * rel[..., 0],
+        to_origin[:, None, 0] * rel[..., 0] + to_origin[:, None, 1] * rel[..., 1],
+    )
+    d = p - origin[None, :]
+    entry = np.full(len(p), np.inf)
+    for pick in (np.argmin(angle, axis=1), np.argmax(angle, axis=1)):
+        b = p - verts[pick]  # edge of the cone: p + mu b, mu >= 0
+        # origin + D away = p + mu b, by Cramer's rule
+        det = b[:, 0] * away[1] - away[0] * b[:, 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = (b[:, 0] * d[:, 1] - d[:, 0] * b[:, 1]) / det
+            mu = (away[0] * d[:, 1] - away[1] * d[:, 0]) / det
+        hit = (np.abs(det) > 1e-12 * np.hypot(b[:, 0], b[:, 1])) & (dist >= 0) & (mu >= 0)
+        entry = np.where(hit, np.minimum(entry, dist), entry)
+    out[beyond] = np.where(entry <= far, entry, np.inf)
+    return out
+
+
+def _huber(u: np.ndarray) -> np.ndarray:
+    return np.where(u <= _HUBER, 0.5 * u**2, _HUBER * u - 0.5 * _HUBER**2)
+
+
+def _huber_fits(a: np.ndarray, y: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Huber fits of ``y`` on each of the designs ``a`` (``m x n x p``), all at once.
+
+    Six reweighted least-squares steps from the least-squares fit; each step
+    solves the weighted normal equations through a pseudo-inverse, which is the
+    minimum-norm least-squares solution also when a column repeats another.
+
+    Returns:
+        Huber losses in noise-sigma units (``m``) and coefficients (``m x p``).
+    """
+    w = np.ones(a.shape[:2])
+    at = a.transpose(0, 2, 1)
+    u = np.zeros(a.shape[:2])
+    coef = np.zeros((a.shape[0], a.shape[2]))
+    for _ in range(6):
+        aw = at * w[:, None, :]
+        gram = aw @ a
+        vals, vecs = np.linalg.eigh(gram)
+        inv = np.where(vals > 1e-12 * vals[:, -1:], 1.0 / np.where(vals > 0, vals, 1.0), 0.0)
+        rhs = (vecs.transpose(0, 2, 1) @ (aw @ y)[..., None])[..., 0]
+        coef = (vecs @ (inv * rhs)[..., None])[..., 0]
+        u = np.abs(y[None, :] - (a @ coef[..., None])[..., 0]) / scale
+        w = np.where(u <= _HUBER, 1.0, _HUBER / np.maximum(u, 1e-12))
+    return _huber(u).sum(axis=1), coef
+
+
+class _ShadowScan:
+    """Fits of ``plane + c edge - k shadow(D)`` to one pile's sample pixels.
+
+    Args:
+        design: Plane and edge columns of the sample pixels (``n x 4``).
+        y: Their brightness, relative to the sunlit ground.
+        scale: Noise sigma of ``y``.
+        enter: Tip distance at which each of each pixel's sub-pixels enters the
+            predicted shadow (``n x supersample²``; :func:`_shadow_entry`).
+    """
+
+    def __init__(self, design: np.ndarray, y: np.ndarray, scale: float, enter: np.ndarray) -> None:
+        self.design, self.y, self.scale, self.enter = design, y, scale, enter
+        self.loss0 = float(_huber_fits(design[None], y, scale)[0][0])
+        self._done: dict[bytes, tuple[float, float]] = {}
+
+    def evaluate(self, tips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Huber loss and shadow depth for each tip distance (``inf``, 0: no shadow)."""
+        # A few million numbers at a time: a pile of a thousand pixels does not
+        # take a gigabyte for its hundreds of tips.
+        step = max(1, _CHUNK // self.enter.size)
+        if tips.size > step:
+            parts = [self.evaluate(tips[i : i + step]) for i in range(0, tips.size, step)]
+            return np.concatenate([q[0] for q in parts]), np.concatenate([q[1] for q in parts])
+        shadow = (self.enter[None, :, :] <= tips[:, None, None]).mean(axis=2)
+        keys = [s.tobytes() for s in shadow]
+        # Tips that shade the same sub-pixels share one fit: equal shadows, equal losses.
+        todo = {k: i for i, k in enumerate(keys) if k not in self._done and shadow[i].any()}
+        if todo:
+            rows = list(todo.values())
+            n, p = self.design.shape
+            a = np.empty((len(rows), n, p + 1))
+            a[:, :, :p] = self.design
+            a[:, :, p] = -shadow[rows]
+            loss, coef = _huber_fits(a, self.y, self.scale)
+            for k, lo, depth in zip(todo, loss, coef[:, p], strict=True):
+                self._done[k] = (float(lo), float(depth))
+        out = [
+            self._done.get(k, (math.inf, 0.0)) if s.any() else (math.inf, 0.0)
+            for k, s in zip(keys, shadow, strict=True)
+        ]
+        return np.array([o[0] for o in out]), np.array([o[1] for o in out])
+
+    def gain_bound(self) -> float:
+        """An upper bound on the loss drop any shadow fit of the scan can reach.
+
+        A shadow only darkens, by ``k s >= 0`` with ``s`` its pixel coverage, and
+        only on pixels some tried tip shades; the fit that may darken each such
+        pixel freely is at least as good as any shadow fit (with ``k > 0``). That
+        relaxed fit is convex: Huber on the other pixels, Huber of the positive
+        part of the residual on these. Its minimum is bounded from below by any
+        feasible point of its dual, ``sum(lambda y) - sum(lambda² sigma²) / 2``
+        with ``A' lambda = 0`` and ``sigma lambda`` in ``[-1.345, 1.345]`` (in
+        ``[0, 1.345]`` on the shadable pixels). The dual point is the loss
+        gradient at a minimiser found by Newton and majorise-minimise steps,
+        corrected onto ``A' lambda = 0`` on the pixels in the quadratic part of
+        the loss: the bound holds however roughly the minimiser was found, and
+        when the corrected point is not feasible it is ``inf`` and nothing is
+        refused.
+
+        Returns:
+            ``loss0`` minus the lower bound, in Huber loss units (noise sigmas² / 2).
+        """
+        shadable = np.isfinite(self.enter).any(axis=1)
+        a, y, sigma = self.design, self.y, self.scale
+        if not shadable.any():
+            return 0.0
+        low = np.where(shadable, 0.0, -_HUBER)
+
+        def relaxed(c: np.ndarray) -> tuple[float, np.ndarray]:
+            u = (y - a @ c) / sigma
+            return float(_huber(np.where(shadable, np.maximum(u, 0.0), np.abs(u))).sum()), u
+
+        coef = np.linalg.lstsq(a, y, rcond=None)[0]
+        loss, u = relaxed(coef)
+        for _ in range(30):
+            # Two candidate steps, the better one taken: Newton's (fast near the
+            # minimum) and a majorise-minimise one (a quadratic above each pixel's
+            # loss touching it at the current residual; it also moves the
+            # coefficients no pixel in the quadratic part constrains).
+            free = (u > low) & (u < _HUBER)
+            grad = a.T @ np.clip(u, low, _HUBER)
+            newton = coef + sigma * np.linalg.lstsq(a[free].T @ a[free], grad, rcond=None)[0]
+            w = np.where(np.abs(u) <= _HUBER, 1.0, _HUBER / np.maximum(np.abs(u), 1e-12))
+            dark = shadable & (u < 0)
+            w[dark] = 1.0
+            sw = np.sqrt(w)
+            target = np.where(dark, a @ coef, y)
+            mm = np.linalg.lstsq(a * sw[:, None], target * sw, rcond=None)[0]
+            (new_loss, new_u), new = min(
+                (relaxed(newton), newton), (relaxed(mm), mm), key=lambda c: c[0][0]
+            )
+            if new_loss > loss:
+                break
+            done = loss - new_loss <= 1e-12 * max(loss, 1.0)
+            coef, loss, u = new, new_loss, new_u
+            if done:
+                break
+        nu = np.clip(u, low, _HUBER)  # sigma x lambda
+        free = (u > low) & (u < _HUBER)
+        nu[free] -= np.linalg.lstsq(a[free].T, a.T @ nu, rcond=None)[0]
+        if (nu < low).any() or (nu > _HUBER).any() or np.abs(a.T @ nu).max() > 1e-9:
+            return math.inf
+        dual = float(nu @ y) / sigma - 0.5 * float(nu @ nu)
+        return self.loss0 - dual
+
+
 def _brightness_bands(src: Any, bands: Sequence[str] | None) -> list[int]:
     names = [d or "" for d in src.descriptions]
     wanted = list(bands) if bands is not None else [b for b in SHADOW_BANDS if b in names]
@@ -390,7 +664,7 @@ def _brightness_bands(src: Any, bands: Sequence[str] | None) -> list[int]:
 def height_from_shadow(
     polygon: BaseGeometry,
     polygon_crs: Any,
-    scene_path: str | os.PathLike[str],
+    scene_path: str | os.PathLike[str] | Any,
     sun_azimuth: float,
     sun_elevation: float,
     *,
@@ -418,9 +692,20 @@ def height_from_shadow(
     where the pile's own material blends into the ground, brighter or darker;
     ``k``: shadow depth) with a Huber loss scaled by the sunlit ground's robust
     spread, so a road or a roof is an outlier, not a shadow. ``shadow(D)`` is
-    the predicted shadow rasterised with ``supersample``² sub-pixels per pixel:
-    partial pixels count, so ``D`` is not quantised to whole pixels. ``D`` is
-    scanned in half-pixel steps, then in 0.1 px steps around the best.
+    the fraction of each pixel's ``supersample``² sub-pixel centres inside the
+    predicted shadow: partial pixels count, so ``D`` is not quantised to whole
+    pixels. ``D`` is scanned in half-pixel steps, then in 0.1 px steps around
+    the best. The predicted shadows only grow with ``D``, so each sub-pixel is
+    given once the ``D`` at which it enters the shadow, and every step of the
+    scan is a comparison, fitted together with the others (the same sub-pixels
+    GDAL's rasteriser would burn for each ``D``).
+
+    Before the scan, a pile is refused when no shadow fit could pass: the fit
+    that may darken every pixel any tried shadow touches by any amount bounds
+    what every shadow fit can gain over no shadow (a dual-feasible point of that
+    convex fit makes the bound exact, not estimated), and if even that is under
+    four noise sigmas the scan could not accept a shadow. Most non-piles (a
+    weak model's false stockpiles) end here.
 
     Uncertainty (one sigma) of ``D``: the range where the loss rises by 0.5
     (one sigma), combined with one pixel for the model (apex off
@@ -430,14 +715,16 @@ def height_from_shadow(
 
     Refusals: sun below the horizon or too high (a cone of this footprint with
     slopes up to ``max_slope_deg`` would cast less than ``min_shadow_px`` pixels
-    of shadow beyond its edge), no shadow found (fitted depth under 0.1, or
-    fitting a shadow does not beat no shadow by four noise sigmas), unreadable
+    of shadow beyond its edge), no shadow found (no fit with a positive depth;
+    fitted depth under 0.1, or fitting a shadow does not beat no shadow by
+    four noise sigmas; or, before the scan, no shadow fit could), unreadable
     scene.
 
     Args:
         polygon: Footprint.
         polygon_crs: CRS of ``polygon``.
-        scene_path: The scene raster (any CRS).
+        scene_path: The scene raster (any CRS): a path, or a dataset open for
+            reading (left open; a job measuring many piles opens the scene once).
         sun_azimuth: Degrees clockwise from north.
         sun_elevation: Degrees above the horizon.
         bands: Band descriptions to average; default B02, B03, B04, B08 or all.
@@ -452,7 +739,7 @@ def height_from_shadow(
     Raises:
         ConfigError: ``bands`` names a band the scene does not have.
     """
-    source = os.fspath(scene_path)
+    source = _name(scene_path)
     if polygon.is_empty or polygon.area <= 0:
         return VolumeResult.refused("empty stockpile footprint", source)
     if not 0.0 < sun_elevation < 90.0:
@@ -470,7 +757,7 @@ def height_from_shadow(
     h_max = r_eq * tan_s
     longest = h_max / tan_e  # apex to shadow tip, m, for the steepest plausible pile
     try:
-        with rasterio.open(source) as src:
+        with _opened(scene_path) as src:
             if src.crs is None:
                 return VolumeResult.refused(f"scene {source} has no CRS", source)
             scene_crs = _pyproj(src.crs)
@@ -489,8 +776,15 @@ def height_from_shadow(
             az = math.radians(sun_azimuth)
             away = np.array([-math.sin(az), -math.cos(az)])  # (east, north), away from the sun
             apex = footprint.centroid
-            reach = footprint.union(affinity.translate(footprint, *(away * longest))).buffer(
-                max(3 * pixel, 0.5 * r_eq)
+            # The pile, its farthest shadow and a margin for the ground's level.
+            left, bottom, right, top = footprint.bounds
+            dx, dy = away * longest
+            grow = max(3 * pixel, 0.5 * r_eq)
+            reach = box(
+                left + min(dx, 0.0) - grow,
+                bottom + min(dy, 0.0) - grow,
+                right + max(dx, 0.0) + grow,
+                top + max(dy, 0.0) + grow,
             )
             reach_s = _reproject(reach, work_crs, scene_crs, pixel)
             win = _window(reach_s.bounds, src.transform, pad=1)
@@ -507,15 +801,16 @@ def height_from_shadow(
     bright = data.mean(axis=0)
     shape = bright.shape
     foot_s = _reproject(footprint, work_crs, scene_crs, pixel)
-    inside = _coverage(foot_s, shape, wt, supersample)
     ring_s = _reproject(footprint.buffer(pixel), work_crs, scene_crs, pixel)
-    edge = (_coverage(ring_s, shape, wt, supersample) > 0) & (inside < 0.5)
+    inside, ring = _coverages([foot_s, ring_s], shape, wt, supersample)
+    edge = (ring > 0) & (inside < 0.5)
     origin = np.array(apex.coords[0])
     longest_hull = shapely.convex_hull(footprint.union(Point(*(origin + away * longest))))
     hull_max = _reproject(longest_hull, work_crs, scene_crs, pixel)
-    maybe_shadow = _coverage(hull_max, shape, wt, 1) > 0
     near_ring = _reproject(longest_hull.buffer(3 * pixel), work_crs, scene_crs, pixel)
-    sample = valid & (inside < 0.5) & (_coverage(near_ring, shape, wt, 1) > 0)
+    in_hull, near = _coverages([hull_max, near_ring], shape, wt, 1)
+    maybe_shadow = in_hull > 0
+    sample = valid & (inside < 0.5) & (near > 0)
     sunlit = sample & ~edge & ~maybe_shadow
     if not (sample & maybe_shadow & ~edge).any():
         return VolumeResult.refused(
@@ -535,52 +830,46 @@ def height_from_shadow(
     y = ratio[sample]
     rows, cols = np.nonzero(sample)
     span = max(float(shape[0]), float(shape[1]))
-    base = np.column_stack([np.ones(y.size), cols / span - 0.5, rows / span - 0.5])
-    # The ring just outside the footprint mixes ground with the pile's own
-    # material (the footprint edge cuts pixels), brighter or darker: one term.
-    e = edge[sample].astype(np.float64)[:, None]
-
-    def fit(shadow: np.ndarray | None) -> tuple[float, float]:
-        """Huber loss (in noise-sigma units) and shadow depth of the best fit."""
-        cols_ = [base, e] if shadow is None else [base, e, -shadow[:, None]]
-        a = np.hstack(cols_)
-        w = np.ones(y.size)
-        coef = np.zeros(a.shape[1])
-        for _ in range(6):
-            sw = np.sqrt(w)
-            coef = np.linalg.lstsq(a * sw[:, None], y * sw, rcond=None)[0]
-            u = np.abs(y - a @ coef) / scale
-            w = np.where(u <= _HUBER, 1.0, _HUBER / np.maximum(u, 1e-12))
-        loss = np.where(u <= _HUBER, 0.5 * u**2, _HUBER * u - 0.5 * _HUBER**2)
-        return float(loss.sum()), float(coef[-1]) if shadow is not None else 0.0
-
-    loss0, _ = fit(None)
-
-    def evaluate(d: float) -> tuple[float, float]:
-        hull = shapely.convex_hull(shapely.union(footprint, Point(*(origin + away * d))))
-        cast = hull.difference(footprint)
-        if cast.is_empty or cast.area < 1e-6 * area:
-            return math.inf, 0.0
-        frac = _coverage(_reproject(cast, work_crs, scene_crs, pixel), shape, wt, supersample)
-        s = frac[sample]
-        if not s.any():
-            return math.inf, 0.0
-        return fit(s)
-
+    # Plane of the ground's brightness, plus the ring just outside the footprint,
+    # which mixes ground with the pile's own material (the footprint edge cuts
+    # pixels), brighter or darker: one term.
+    design = np.column_stack(
+        [np.ones(y.size), cols / span - 0.5, rows / span - 0.5, edge[sample].astype(np.float64)]
+    )
     # Coarse half-pixel steps over every possible tip distance, then 0.1 px
-    # steps within a pixel of the best coarse one.
+    # steps within a pixel of the best coarse one: no tip is tried beyond `far`.
     coarse = np.arange(0.5 * pixel, longest + 0.5 * pixel, 0.5 * pixel)
-    scores = {float(d): evaluate(float(d)) for d in coarse}
-    good = {d: v for d, v in scores.items() if math.isfinite(v[0]) and v[1] > 0}
-    if not good:
+    far = float(coarse[-1]) + 1.5 * pixel
+    sub_x, sub_y = _subpixel_centres(rows, cols, wt, supersample)
+    if scene_crs != work_crs:
+        sub_x, sub_y = map(np.asarray, _transformer(scene_crs, work_crs).transform(sub_x, sub_y))
+    enter = _shadow_entry(footprint, origin, away, far, sub_x, sub_y)
+    scan = _ShadowScan(design, y, scale, enter)
+    loss0 = scan.loss0
+    if _PRESCREEN:
+        bound = scan.gain_bound()
+        if bound < _MIN_GAIN:
+            return VolumeResult.refused(
+                "no shadow found beyond the stockpile's edge (no shadow fit can beat no "
+                f"shadow by more than {math.sqrt(2 * max(bound, 0.0)):.1f} noise sigmas)",
+                source,
+            )
+    loss_c, depth_c = scan.evaluate(coarse)
+    good = np.isfinite(loss_c) & (depth_c > 0)
+    if not good.any():
         return VolumeResult.refused("no shadow found beyond the stockpile's edge", source)
-    d0 = min(good, key=lambda d: good[d][0])
-    for d in np.arange(d0 - pixel, d0 + pixel + 1e-9, 0.1 * pixel):
-        if d > 0 and float(d) not in scores:
-            scores[float(d)] = evaluate(float(d))
-    tips = np.array(sorted(scores))
-    loss = np.array([scores[d][0] for d in tips])
-    depth = np.array([scores[d][1] for d in tips])
+    d0 = float(coarse[good][np.argmin(loss_c[good])])
+    tried = {float(d) for d in coarse}
+    fine = np.array(
+        [d for d in np.arange(d0 - pixel, d0 + pixel + 1e-9, 0.1 * pixel)
+         if d > 0 and float(d) not in tried]
+    )  # fmt: skip
+    loss_f, depth_f = scan.evaluate(fine)
+    tips_all = np.concatenate([coarse, fine])
+    order = np.argsort(tips_all, kind="stable")
+    tips = tips_all[order]
+    loss = np.concatenate([loss_c, loss_f])[order]
+    depth = np.concatenate([depth_c, depth_f])[order]
     ok = np.isfinite(loss) & (depth > 0)
     best = int(np.argmin(np.where(ok, loss, np.inf)))
     gain = loss0 - loss[best]
@@ -782,7 +1071,7 @@ def _overlaps(entry: DsmEntry, geom: BaseGeometry, crs: CRS) -> bool:
 def measure_volume(
     site_geometry: BaseGeometry,
     site_crs: Any,
-    scene_path: str,
+    scene_path: str | Any,
     scene_time: dt.datetime | dt.date | None,
     dsm_index: DsmIndex | None = None,
     sun: tuple[float, float] | None = None,
@@ -805,7 +1094,9 @@ def measure_volume(
     Args:
         site_geometry: Footprint of the site in this scene.
         site_crs: CRS of ``site_geometry``.
-        scene_path: The scene (for the shadow and its sun tags).
+        scene_path: The scene (for the shadow and its sun tags): its path, or the
+            scene open for reading (left open: a job opens each scene once for
+            all its piles).
         scene_time: Acquisition time (matches the DSM).
         dsm_index: DSMs; default none.
         sun: ``(azimuth, elevation)`` in degrees overriding the scene's tags.
@@ -820,10 +1111,11 @@ def measure_volume(
     dsm_opts = {k: v for k, v in options.items() if k in dsm_keys}
     shadow_opts = {k: v for k, v in options.items() if k not in dsm_keys}
     crs = _pyproj(site_crs)
+    path = _name(scene_path)
     reasons: list[str] = []
     if dsm_index is not None:
         found = [
-            e for e in dsm_index.candidates(scene_path, scene_time)
+            e for e in dsm_index.candidates(path, scene_time)
             if _overlaps(e, site_geometry, crs)
         ]  # fmt: skip
         if not found:
@@ -835,19 +1127,19 @@ def measure_volume(
             reasons.append(f"dsm: {result.reason}")
     if sun is None:
         try:
-            with rasterio.open(scene_path) as src:
+            with _opened(scene_path) as src:
                 sun = sun_from_tags(src.tags())
         except rasterio.errors.RasterioError as exc:
-            reasons.append(f"cannot read scene {scene_path}: {exc}")
-            return VolumeResult.refused("; ".join(reasons), scene_path)
+            reasons.append(f"cannot read scene {path}: {exc}")
+            return VolumeResult.refused("; ".join(reasons), path)
     if sun is None:
         reasons.append(
             "no sun angles: the scene has no SUN_AZIMUTH/SUN_ELEVATION tags; pass "
             "--sun-azimuth and --sun-elevation"
         )
-        return VolumeResult.refused("; ".join(reasons), scene_path)
+        return VolumeResult.refused("; ".join(reasons), path)
     result = height_from_shadow(site_geometry, crs, scene_path, sun[0], sun[1], **shadow_opts)
     if result.method == "shadow":
         return replace(result, reason="; ".join(reasons) or None)
     reasons.append(f"shadow: {result.reason}")
-    return VolumeResult.refused("; ".join(reasons), scene_path)
+    return VolumeResult.refused("; ".join(reasons), path)

@@ -7,11 +7,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from pyproj import Transformer
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely import affinity
-from shapely.geometry import Point, shape
+from shapely.geometry import Point, Polygon, box, shape
 
+from minewatch import volumes
 from minewatch.errors import ConfigError
 from minewatch.quicklook import plot_stockpile_volumes
 from minewatch.synth import make_ground_truth
@@ -19,6 +26,10 @@ from minewatch.tables import stockpile_series_schema
 from minewatch.volumes import (
     VOLUME_METHODS,
     DsmIndex,
+    _coverages,
+    _shadow_entry,
+    _ShadowScan,
+    _subpixel_centres,
     height_from_shadow,
     measure_volume,
     sun_from_tags,
@@ -249,3 +260,147 @@ def test_volume_of_a_cone_on_a_tilted_plane(tmp_path):
     assert r.volume_m3 == pytest.approx(truth, rel=0.01)
     assert r.height_m == pytest.approx(20, abs=0.5)  # pixel centres miss the apex
     assert r.uncertainty_m3 < 0.01 * truth  # a noiseless plane fits the rim exactly
+
+
+def _star(cx, cy, radii, phase):
+    angles = phase + np.linspace(0, 2 * np.pi, len(radii), endpoint=False)
+    return Polygon(np.column_stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)]))
+
+
+def _staircase(cx, cy, radius):
+    """A disc as the model's polygonizer gives it: whole 10 m pixels of the grid."""
+    cells = [
+        box(x, y, x + 10, y + 10)
+        for x in range(int(cx - radius) // 10 * 10, int(cx + radius) + 10, 10)
+        for y in range(int(cy - radius) // 10 * 10, int(cy + radius) + 10, 10)
+        if math.hypot(x + 5 - cx, y + 5 - cy) <= radius
+    ]
+    return shapely.union_all(cells)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    centre=st.tuples(st.floats(-30, 30), st.floats(-30, 30)),
+    radii=st.lists(st.floats(12, 60), min_size=5, max_size=12),
+    phase=st.floats(0, 6.3),
+    staircase=st.booleans(),
+    azimuth=st.floats(0, 360),
+    tip=st.floats(1, 90),
+)
+def test_shadow_entry_gives_the_rasterised_cast_shadow(
+    centre, radii, phase, staircase, azimuth, tip
+):
+    """One entry distance per sub-pixel is GDAL's rasterised shadow, sub-pixel for sub-pixel."""
+    cx, cy = 500_000 + centre[0], 4_000_000 + centre[1]
+    foot = _staircase(cx, cy, radii[0]) if staircase else _star(cx, cy, np.array(radii), phase)
+    az = math.radians(azimuth)
+    away = np.array([-math.sin(az), -math.cos(az)])
+    origin = np.array(foot.centroid.coords[0])
+    transform = rasterio.transform.from_origin(499_850, 4_000_150, 10, 10)
+    shape_, k = (30, 30), 5
+    rows, cols = (a.ravel() for a in np.mgrid[0 : shape_[0], 0 : shape_[1]])
+    x, y = _subpixel_centres(rows, cols, transform, k)
+    enter = _shadow_entry(foot, origin, away, tip + 1.0, x, y)
+    ours = (enter <= tip).reshape(*shape_, k, k).transpose(0, 2, 1, 3).reshape(30 * k, 30 * k)
+    hull = shapely.convex_hull(shapely.union(foot, Point(*(origin + away * tip))))
+    cast = hull.difference(foot)
+    fine = transform @ Affine.scale(1 / k)
+    gdal = np.zeros(ours.shape, dtype="uint8")
+    if not cast.is_empty:
+        gdal = rasterio.features.rasterize([cast], out_shape=ours.shape, transform=fine)
+    # Equal but where a sub-pixel centre lies on the shadow's very edge (within
+    # 20 um: a pixel-aligned pile under an axis-aligned sun, or a tip exactly
+    # where a tangent grazes a centre), where two exact computations can part.
+    rows, cols = np.nonzero(gdal != ours)
+    ties = shapely.points(np.column_stack(fine @ (cols + 0.5, rows + 0.5)))
+    assert (shapely.distance(ties, cast.boundary) < 2e-5).all()
+    assert rows.size <= 4
+    (coverage,) = _coverages([cast], shape_, transform, k)
+    assert np.array_equal(coverage, gdal.reshape(30, k, 30, k).mean(axis=(1, 3)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    darkening=st.floats(0.0, 0.6),
+    shadable=st.floats(0.02, 0.5),
+    outliers=st.integers(0, 10),
+)
+def test_shadow_gain_bound_is_above_every_scanned_gain(seed, darkening, shadable, outliers):
+    """The early refusal's bound holds for any shadow family, pile or no pile."""
+    rng = np.random.default_rng(seed)
+    n, k = 160, 5
+    cols, rows = rng.random(n), rng.random(n)
+    edge = (rng.random(n) < 0.2).astype(float)
+    design = np.column_stack([np.ones(n), cols - 0.5, rows - 0.5, edge])
+    enter = np.where(rng.random((n, k * k)) < shadable, rng.uniform(0, 40, (n, k * k)), np.inf)
+    truth = (enter <= rng.uniform(5, 40)).mean(axis=1)
+    y = 1 + 0.03 * (cols - 0.5) + 0.05 * rng.standard_normal(n) - darkening * truth
+    y[rng.choice(n, outliers, replace=False)] += rng.choice([-0.6, 0.6], outliers)  # roads, roofs
+    scan = _ShadowScan(design, y, 0.05, enter)
+    loss, depth = scan.evaluate(np.arange(0.1, 41.0, 0.1))
+    gains = scan.loss0 - loss[np.isfinite(loss) & (depth > 0)]
+    assert gains.max(initial=0.0) <= scan.gain_bound() + 1e-9
+
+
+def _first_scene_polygons(result):
+    manifest = json.loads(result.manifest.read_text())
+    acq = manifest["acquisitions"][0]
+    feats = json.loads(Path(result.truth[0]).read_text())["features"]
+    polys = [(f["properties"]["class"], shape(f["geometry"])) for f in feats]
+    with rasterio.open(result.scenes[0]) as src:
+        left, bottom, right, top = src.bounds
+    # bare ground, fields, forest: whatever lies on a grid of 40 x 60 m boxes
+    polys += [
+        ("box", box(x, y, x + 40, y + 60))
+        for x in np.linspace(left + 200, right - 200, 5)
+        for y in np.linspace(bottom + 200, top - 200, 5)
+    ]
+    return manifest["crs"], acq, result.scenes[0], polys
+
+
+def test_shadow_early_refusal_changes_no_outcome(sun20, monkeypatch):
+    """Piles, roads, scars, water and bare ground, with and without the early refusal."""
+    crs, acq, scene, polys = _first_scene_polygons(sun20)
+    runs = {}
+    with rasterio.open(scene) as src:
+        # the scan with and without the early refusal, and one tip at a time
+        for early, chunk in ((False, volumes._CHUNK), (True, volumes._CHUNK), (True, 1)):
+            monkeypatch.setattr(volumes, "_PRESCREEN", early)
+            monkeypatch.setattr(volumes, "_CHUNK", chunk)
+            runs[early, chunk > 1] = [
+                height_from_shadow(g, crs, src, acq["sun_azimuth_deg"], 20.0) for _, g in polys
+            ]
+    for one, batch in zip(runs[True, False], runs[True, True], strict=True):
+        assert (one.method, one.reason) == (batch.method, batch.reason)
+        assert one.height_m == (batch.height_m and pytest.approx(batch.height_m, rel=1e-9))
+    for (cls, _), full, fast in zip(polys, runs[False, True], runs[True, True], strict=True):
+        assert fast.method == full.method, (cls, full.reason, fast.reason)
+        assert fast.height_m == full.height_m
+        assert fast.height_uncertainty_m == full.height_uncertainty_m
+        if full.method == "none" and full.reason.startswith("no shadow found"):
+            assert fast.reason.startswith("no shadow found")
+        elif full.method == "none":
+            assert fast.reason == full.reason
+    fast_runs = runs[True, True]
+    early = [r for r in fast_runs if "no shadow fit can beat no shadow" in (r.reason or "")]
+    assert len(early) >= 5, [r.reason for r in fast_runs]
+    assert sum(r.method == "shadow" for r in fast_runs) >= 3
+
+
+def test_shadow_of_a_geographic_footprint(sun20):
+    """A footprint in EPSG:4326 over a UTM scene: the same heights within a sigma."""
+    crs, acq, scene, polys = _first_scene_polygons(sun20)
+    to_geo = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    measured = 0
+    for cls, g in polys:
+        if cls != "stockpile":
+            continue
+        geo = shapely.transform(g, lambda xy: np.column_stack(to_geo.transform(*xy.T)))
+        utm = height_from_shadow(g, crs, scene, acq["sun_azimuth_deg"], 20.0)
+        r = height_from_shadow(geo, "EPSG:4326", scene, acq["sun_azimuth_deg"], 20.0)
+        assert r.method == utm.method, (r.reason, utm.reason)
+        if r.method == "shadow":
+            assert abs(r.height_m - utm.height_m) <= utm.height_uncertainty_m
+            measured += 1
+    assert measured >= 3
