@@ -38,6 +38,7 @@ __all__ = [
     "pixel_raster",
     "polygonize",
     "probability_raster",
+    "smooth_probabilities",
 ]
 
 
@@ -105,12 +106,18 @@ def pixel_raster(
     scene_width: int,
     scene_transform: Affine,
     num_classes: int,
+    scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, CellGrid]:
     """Average per-pixel tile probabilities onto the scene grid (cells of 1 pixel).
 
-    A pixel whose probabilities sum to 0 (the inference job zeroes invalid input
+    A pixel whose probabilities are all 0 (the inference job zeroes invalid input
     pixels) does not count; parts of a tile outside the scene are cut off.
     Memory: ``K + 1`` float32/int planes of the scene, one scene at a time.
+
+    Tiles of one size whose offsets agree modulo that size never overlap, so
+    each such set is laid onto the scene in one block copy rather than tile by
+    tile (an inference job cuts a scene into a few such sets: one per phase of
+    its stride, plus the shifted tiles at the edges).
 
     Args:
         tiles: ``(row_off, col_off, probabilities [h, w, K])`` per tile.
@@ -118,25 +125,75 @@ def pixel_raster(
         scene_width: Scene columns.
         scene_transform: Scene affine transform.
         num_classes: ``K``.
+        scale: Probability of one unit of the tiles' values (``1 / 250`` for
+            the job's byte-quantised probabilities). Default 1.
 
     Returns:
         ``probs`` float32 ``[K, H, W]`` (0 where nothing counts), ``count`` int32
         ``[H, W]`` (tiles whose valid pixel covers each pixel), and the grid.
     """
-    total = np.zeros((num_classes, scene_height, scene_width), np.float32)
+    total = np.zeros((scene_height, scene_width, num_classes), np.float32)
     count = np.zeros((scene_height, scene_width), np.int32)
+    sets: dict[tuple[int, ...], list[tuple[int, int, np.ndarray]]] = {}
     for row, col, probs in tiles:
-        p = np.asarray(probs, np.float32)
-        h = min(p.shape[0], scene_height - row)
-        w = min(p.shape[1], scene_width - col)
-        if h <= 0 or w <= 0:
-            continue
-        p = p[:h, :w]
-        valid = p.sum(axis=-1) > 0
-        total[:, row : row + h, col : col + w] += np.moveaxis(p, -1, 0)
-        count[row : row + h, col : col + w] += valid
-    np.divide(total, np.maximum(count, 1), out=total)
-    return total, count, CellGrid(1, scene_height, scene_width, scene_transform)
+        h, w = probs.shape[:2]
+        sets.setdefault((h, w, row % h, col % w), []).append((row, col, probs))
+    for (h, w, r0, c0), members in sets.items():
+        blocks = np.array([((r - r0) // h, (c - c0) // w) for r, c, _ in members])
+        _, first = np.unique(blocks, axis=0, return_index=True)
+        once = np.zeros(len(members), bool)
+        once[first] = True
+        if once.sum() > 1:
+            _add_blocks(total, count, [m for m, o in zip(members, once, strict=True) if o], r0, c0)
+        for (row, col, probs), o in zip(members, once, strict=True):
+            if not o or once.sum() <= 1:  # a repeated position, or a set of one tile
+                _add_tile(total, count, row, col, probs)
+    np.multiply(total, np.float32(scale) / np.maximum(count, 1)[..., None], out=total)
+    return (
+        np.ascontiguousarray(np.moveaxis(total, -1, 0)),
+        count,
+        CellGrid(1, scene_height, scene_width, scene_transform),
+    )
+
+
+def _add_tile(total: np.ndarray, count: np.ndarray, row: int, col: int, probs: Any) -> None:
+    """Add one tile's ``[h, w, K]`` values at ``(row, col)``, cut to the scene."""
+    _add_plane(total, count, np.asarray(probs), row, col)
+
+
+def _add_plane(
+    total: np.ndarray, count: np.ndarray, plane: np.ndarray, top: int, left: int
+) -> None:
+    """Add ``plane`` ``[h, w, K]`` with its corner at ``(top, left)``, cut to the scene."""
+    r_from, c_from = max(0, -top), max(0, -left)
+    r_to = min(plane.shape[0], total.shape[0] - top)
+    c_to = min(plane.shape[1], total.shape[1] - left)
+    if r_to <= r_from or c_to <= c_from:
+        return
+    part = plane[r_from:r_to, c_from:c_to]
+    rows = slice(top + r_from, top + r_to)
+    cols = slice(left + c_from, left + c_to)
+    total[rows, cols] += part
+    count[rows, cols] += (part > 0).any(axis=-1)
+
+
+def _add_blocks(
+    total: np.ndarray,
+    count: np.ndarray,
+    members: Sequence[tuple[int, int, np.ndarray]],
+    r0: int,
+    c0: int,
+) -> None:
+    """Add tiles of one size on one ``(r0, c0)`` phase (so none overlaps) in one copy."""
+    h, w, k = members[0][2].shape
+    br = np.array([(r - r0) // h for r, _, _ in members])
+    bc = np.array([(c - c0) // w for _, c, _ in members])
+    shift_r, shift_c = int(br.min()), int(bc.min())  # offsets may start above/left of 0
+    br, bc = br - shift_r, bc - shift_c
+    grid = np.zeros((int(br.max()) + 1, int(bc.max()) + 1, h, w, k), members[0][2].dtype)
+    grid[br, bc] = np.stack([p for _, _, p in members])
+    plane = grid.transpose(0, 2, 1, 3, 4).reshape(grid.shape[0] * h, grid.shape[1] * w, k)
+    _add_plane(total, count, plane, r0 + shift_r * h, c0 + shift_c * w)
 
 
 @dataclass
@@ -177,6 +234,31 @@ def _area_m2(geoms: Sequence[Any], crs: str) -> list[float]:
     return [float(shapely.transform(g, project).area) for g in geoms]
 
 
+def smooth_probabilities(probs: np.ndarray, covered: np.ndarray, size: int) -> np.ndarray:
+    """``probs`` averaged over ``size`` x ``size`` windows of covered cells.
+
+    Uncovered cells neither count nor change (they stay as they were); each
+    covered cell's probabilities still sum to what they summed to.
+
+    Args:
+        probs: ``[K, h, w]`` probabilities.
+        covered: ``[h, w]`` bool, True where a tile covered the cell.
+        size: Window side in cells (odd sizes centre the window).
+
+    Returns:
+        The smoothed ``[K, h, w]`` array (float32).
+    """
+    from scipy import ndimage
+
+    weight = covered.astype(np.float32)
+    norm = ndimage.uniform_filter(weight, size=size, mode="constant")
+    out = ndimage.uniform_filter(
+        probs.astype(np.float32) * weight, size=(1, size, size), mode="constant"
+    )
+    np.divide(out, norm, out=out, where=norm > 0)
+    return np.where(covered, out, probs).astype(np.float32)
+
+
 def polygonize(
     probs: np.ndarray,
     covered: np.ndarray,
@@ -186,11 +268,17 @@ def polygonize(
     positive: Sequence[str],
     threshold: float = 0.5,
     min_area_m2: float = 0.0,
+    min_score: float = 0.0,
+    smooth: int = 1,
 ) -> list[SiteShape]:
     """Polygons of the connected regions whose winning class is positive.
 
     A cell belongs to class ``k`` when ``k`` has the highest mean probability
     there and that probability reaches ``threshold``. Regions are 4-connected.
+    With ``smooth`` > 1 the probabilities are first averaged over ``smooth`` x
+    ``smooth`` covered cells (a box filter that ignores uncovered cells): a
+    pixel head's isolated speckles and ragged edges stop making sites of their
+    own, at the cost of objects narrower than about ``smooth / 2`` cells.
 
     Args:
         probs: ``[K, h, w]`` mean probabilities.
@@ -201,6 +289,10 @@ def polygonize(
         positive: Names of the classes that make sites.
         threshold: Least probability of the winning class.
         min_area_m2: Smaller regions are dropped.
+        min_score: Regions whose mean probability of their class (their
+            ``score``) is lower are dropped.
+        smooth: Side of the box filter, in cells; 1 (default) leaves the
+            probabilities as they are.
 
     Returns:
         The sites, in class then row order.
@@ -210,6 +302,8 @@ def polygonize(
     from scipy import ndimage
     from shapely.geometry import shape
 
+    if smooth > 1:
+        probs = smooth_probabilities(probs, covered > 0, smooth)
     winner = probs.argmax(axis=0)
     best = probs.max(axis=0)
     ok = (covered > 0) & (best >= threshold)
@@ -234,9 +328,9 @@ def polygonize(
         for (value, geom), area in sorted(
             zip(found, areas, strict=True), key=lambda item: item[0][0]
         ):
-            if area < min_area_m2:
-                continue
             score = float(sums[value] / sizes[value]) if sizes[value] else 0.0
+            if area < min_area_m2 or score < min_score:
+                continue
             out.append(SiteShape(name, shapely.make_valid(geom), area, score))
     return out
 
@@ -295,17 +389,23 @@ def link_series(
         Series, each a list of ``(acquisition, index into that acquisition's
         geometries)`` in time order.
     """
+    import shapely
+
     series: list[list[tuple[str, int]]] = []
     open_ends: dict[int, int] = {}  # index in previous acquisition -> series number
     previous: Sequence[Any] = ()
+    tree: Any = None
     for when, geoms in dated:
         ends: dict[int, int] = {}
         taken: set[int] = set()
         for i, geom in enumerate(geoms):
             best, best_j = 0.0, -1
-            for j, prev in enumerate(previous):
+            # Only the previous sites whose boxes meet this one can overlap it.
+            near = tree.query(geom, predicate="intersects") if tree is not None else ()
+            for j in sorted(int(j) for j in near):
                 if j in taken or j not in open_ends:
                     continue
+                prev = previous[j]
                 smaller = min(geom.area, prev.area) or 1.0
                 overlap = geom.intersection(prev).area / smaller
                 if overlap > best:
@@ -319,6 +419,7 @@ def link_series(
                 series.append([(when, i)])
             ends[i] = number
         open_ends, previous = ends, geoms
+        tree = shapely.STRtree(list(geoms)) if len(geoms) else None
     return series
 
 

@@ -52,6 +52,33 @@ def test_separate_regions_and_min_area():
     )
 
 
+def test_smoothing_and_min_score_drop_speckles_and_keep_the_pile():
+    """A 10 x 10 px pile among one-pixel speckles and a weak blob, on a per-pixel grid."""
+    from minewatch.sites import CellGrid, smooth_probabilities
+
+    probs = np.zeros((3, 40, 40), np.float32)
+    probs[0] = 1.0
+    winner = np.zeros((40, 40), int)
+    winner[5:15, 5:15] = 1  # the pile
+    for r, c in [(25, 5), (30, 30), (5, 30), (35, 12)]:
+        winner[r, c] = 1  # speckles
+    probs[:, winner == 1] = np.array([[0.1], [0.9], [0.0]])
+    probs[:, 22:28, 20:26] = np.array([[0.45], [0.55], [0.0]])[:, :, None]  # a weak blob
+    covered = np.ones((40, 40), np.int32)
+    covered[:, 38:] = 0  # uncovered edge: neither counts nor changes
+    grid = CellGrid(1, 40, 40, T)
+    args = (probs, covered, grid, "EPSG:32633", CLASSES, ["stockpile"])
+    assert len(polygonize(*args)) == 6  # pile, 4 speckles, blob
+    smoothed = polygonize(*args, smooth=3)
+    assert len(smoothed) == 2  # speckles gone
+    (pile,) = polygonize(*args, smooth=3, min_score=0.6)  # and the weak blob
+    # the box filter rounds the corners only: area within a few pixels of 10 x 10
+    assert pile.area_m2 == pytest.approx(100 * 100, rel=0.05)
+    s = smooth_probabilities(probs, covered > 0, 3)
+    np.testing.assert_allclose(s.sum(axis=0)[covered > 0], 1.0, atol=1e-5)
+    np.testing.assert_array_equal(s[:, :, 38:], probs[:, :, 38:])
+
+
 def test_areas_in_a_geographic_crs_use_an_equal_area_projection():
     lonlat = Affine(0.001, 0, 10.0, 0, -0.001, 0.0005)  # about 111 m per cell at the equator
     probs = np.zeros((3, 4, 4), np.float32)
@@ -108,6 +135,35 @@ def test_pixel_raster_averages_overlaps_and_skips_invalid_pixels():
     assert count[4, 0] == 0 and probs[:, 4, 0].sum() == 0  # no tile there
     # (4, 4, a) reaches past the 6 x 6 scene: cut off, not an error
     np.testing.assert_allclose(probs[:, 5, 5], [0.0, 1.0, 0.0])
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(-3, 30), st.integers(-3, 30), st.sampled_from([4, 8])),
+        min_size=1,
+        max_size=40,
+    ),
+    st.integers(0, 2**31 - 1),
+)
+@settings(max_examples=40, deadline=None)
+def test_pixel_raster_block_copies_equal_adding_tile_by_tile(placed, seed):
+    """Any mix of sizes, phases, repeats, edges and byte values: the one-by-one sum."""
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for row, col, size in placed:
+        values = rng.integers(0, 251, (size, size, 3)).astype(np.uint8)
+        values[rng.random((size, size)) < 0.2] = 0  # invalid pixels
+        tiles.append((row, col, values))
+    total = np.zeros((3, 24, 20), np.float64)
+    count = np.zeros((24, 20), np.int64)
+    for row, col, values in tiles:  # the reference: tile by tile, cut to the scene
+        for r, c in np.ndindex(values.shape[:2]):
+            if 0 <= row + r < 24 and 0 <= col + c < 20 and values[r, c].any():
+                total[:, row + r, col + c] += values[r, c] / 250
+                count[row + r, col + c] += 1
+    probs, got, _ = pixel_raster(tiles, 24, 20, T, 3, scale=1 / 250)
+    np.testing.assert_array_equal(got, count)
+    np.testing.assert_allclose(probs, total / np.maximum(count, 1), atol=1e-6)
 
 
 def test_pixel_sites_merge_across_tile_borders_with_exact_areas():
