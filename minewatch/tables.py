@@ -339,7 +339,7 @@ def _geo_metadata(table: str) -> dict[str, Any]:
 
 
 def write_geoparquet(
-    path: str, rows: Sequence[dict[str, Any]], table: str, schema: pa.Schema
+    path: str, rows: Sequence[dict[str, Any]] | pa.Table, table: str, schema: pa.Schema
 ) -> None:
     """Write rows as one Parquet file, atomically (temp file, then rename).
 
@@ -348,14 +348,18 @@ def write_geoparquet(
 
     Args:
         path: Destination file (local or remote).
-        rows: Dicts with the schema's columns.
+        rows: Dicts with the schema's columns, or an Arrow table of them
+            (cast to ``schema``).
         table: Table name (selects the geometry columns).
         schema: Arrow schema.
     """
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
-    data = pa.Table.from_pylist(list(rows), schema=schema)
+    if isinstance(rows, pa.Table):
+        data = rows.select(schema.names).cast(schema)
+    else:
+        data = pa.Table.from_pylist(list(rows), schema=schema)
     if table in GEOMETRY_COLUMNS:
         meta = dict(data.schema.metadata or {})
         meta[b"geo"] = json.dumps(_geo_metadata(table)).encode()

@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -863,7 +863,7 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
                     if out.tag == DEAD:
                         dead.append(out.value)
                 else:
-                    infos.extend(astuple(i) for i in out[0])
+                    infos.extend(out[0])
                     stacks.append(out[1])
         if not stacks:
             reason = dead[0]["reason"] if dead else "no tile to label"

@@ -75,6 +75,28 @@ from minewatch.cli.options import (
     help="Drop sites smaller than this (m²).",
 )
 @click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Drop sites whose mean probability of their class is lower.",
+)
+@click.option(
+    "--smooth",
+    type=click.IntRange(1, 31),
+    default=1,
+    show_default=True,
+    metavar="CELLS",
+    help="Average the probabilities over CELLS x CELLS raster cells before cutting sites "
+    "(1: none); speckles of a per-pixel head stop making sites.",
+)
+@click.option(
+    "--volumes/--no-volumes",
+    default=True,
+    show_default=True,
+    help="Measure each stockpile sighting's volume (DSM, else shadow; docs/volumes.md).",
+)
+@click.option(
     "--pictures/--no-pictures",
     default=True,
     show_default=True,
@@ -197,6 +219,9 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         mining_classes=params["mining_classes"] or ("mining_scar",),
         threshold=params["threshold"],
         min_area_m2=params["min_area"],
+        min_score=params["min_score"],
+        smooth=params["smooth"],
+        volumes=params["volumes"],
         pictures=params["pictures"],
         dsm=dsm or None,
         sun=sun,

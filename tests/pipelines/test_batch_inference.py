@@ -535,6 +535,15 @@ def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(trut
     (name,) = [n for n in os.listdir(out / "rasters") if n.startswith("scene_2024-01-15")]
     with rasterio.open(out / "rasters" / name) as src:
         assert src.shape == (256, 256) and src.res == (10.0, 10.0)
+        # bytes: the class, then probabilities in steps of 1/250 (the bands' scale)
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+        assert src.scales == (1.0,) + (0.004,) * len(CLASSES)
+        data = src.read()
+    covered = data[0] != 255
+    assert covered.mean() > 0.9
+    probs = data[1:, covered].astype(np.float64) * 0.004
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=0.004 * len(CLASSES))
+    np.testing.assert_array_equal(data[0, covered], probs.argmax(axis=0))
 
 
 def test_stockpile_volumes_from_the_dsm_and_a_refusal_where_it_does_not_reach(truth_run):
@@ -629,6 +638,27 @@ def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
     assert sites and all(s["flagged"] for s in sites)
     assert all(s["reason"].startswith("berthed at an unlicensed shore point") for s in sites)
     assert sum(s["acquisitions"] for s in sites) == counts["vessels_flagged"]
+
+
+def test_tile_footprints_are_the_wkb_shapely_writes_and_null_without_bounds():
+    from pipelines.batch_inference import _boxes_wkb
+
+    bounds = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 0, 1, 1], [-75.5, 40.25, -75.4, 40.3]])
+    got = _boxes_wkb(bounds).to_pylist()
+    assert got[1] is None
+    for wkb, row in zip([got[0], got[2]], bounds[[0, 2]], strict=True):
+        assert wkb == shapely.to_wkb(shapely.box(*row))
+
+
+def test_no_volumes_leaves_the_volume_columns_empty(setup, tmp_path):
+    _, scenes, model, _ = setup
+    out = tmp_path / "tables"
+    options = ["--site-classes", "stockpile", "--no-volumes", "--no-pictures", "--stride", "16"]
+    stats = launch([str(scenes), "--model", model, "--out", str(out), *options])
+    assert not any(k.startswith("volumes_") for k in stats["counts"]), stats["counts"]
+    con, _ = open_tables(str(out))
+    rows = run_query(con, "select volume_method, volume_reason from stockpile_series").to_pylist()
+    assert rows and all(r == {"volume_method": None, "volume_reason": None} for r in rows)
 
 
 def test_new_options_are_checked_before_the_job(setup, tmp_path):
