@@ -35,6 +35,7 @@ __all__ = [
     "assess_legality",
     "link_series",
     "match_sites",
+    "pixel_mosaic",
     "pixel_raster",
     "polygonize",
     "probability_raster",
@@ -113,11 +114,7 @@ def pixel_raster(
     A pixel whose probabilities are all 0 (the inference job zeroes invalid input
     pixels) does not count; parts of a tile outside the scene are cut off.
     Memory: ``K + 1`` float32/int planes of the scene, one scene at a time.
-
-    Tiles of one size whose offsets agree modulo that size never overlap, so
-    each such set is laid onto the scene in one block copy rather than tile by
-    tile (an inference job cuts a scene into a few such sets: one per phase of
-    its stride, plus the shifted tiles at the edges).
+    Tiles of one size go to :func:`pixel_mosaic` together.
 
     Args:
         tiles: ``(row_off, col_off, probabilities [h, w, K])`` per tile.
@@ -134,31 +131,87 @@ def pixel_raster(
     """
     total = np.zeros((scene_height, scene_width, num_classes), np.float32)
     count = np.zeros((scene_height, scene_width), np.int32)
-    sets: dict[tuple[int, ...], list[tuple[int, int, np.ndarray]]] = {}
+    by_size: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
     for row, col, probs in tiles:
-        h, w = probs.shape[:2]
-        sets.setdefault((h, w, row % h, col % w), []).append((row, col, probs))
-    for (h, w, r0, c0), members in sets.items():
-        blocks = np.array([((r - r0) // h, (c - c0) // w) for r, c, _ in members])
-        _, first = np.unique(blocks, axis=0, return_index=True)
-        once = np.zeros(len(members), bool)
-        once[first] = True
-        if once.sum() > 1:
-            _add_blocks(total, count, [m for m, o in zip(members, once, strict=True) if o], r0, c0)
-        for (row, col, probs), o in zip(members, once, strict=True):
-            if not o or once.sum() <= 1:  # a repeated position, or a set of one tile
-                _add_tile(total, count, row, col, probs)
-    np.multiply(total, np.float32(scale) / np.maximum(count, 1)[..., None], out=total)
+        by_size.setdefault(probs.shape[:2], []).append((row, col, np.asarray(probs)))
+    for members in by_size.values():
+        rows = np.array([r for r, _, _ in members], np.int64)
+        cols = np.array([c for _, c, _ in members], np.int64)
+        _mosaic(total, count, rows, cols, np.stack([p for _, _, p in members]))
     return (
-        np.ascontiguousarray(np.moveaxis(total, -1, 0)),
+        _averaged(total, count, scale),
         count,
         CellGrid(1, scene_height, scene_width, scene_transform),
     )
 
 
-def _add_tile(total: np.ndarray, count: np.ndarray, row: int, col: int, probs: Any) -> None:
-    """Add one tile's ``[h, w, K]`` values at ``(row, col)``, cut to the scene."""
-    _add_plane(total, count, np.asarray(probs), row, col)
+def pixel_mosaic(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    values: np.ndarray,
+    scene_height: int,
+    scene_width: int,
+    scene_transform: Affine,
+    num_classes: int,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray, CellGrid]:
+    """:func:`pixel_raster` of tiles of one size given as arrays.
+
+    Tiles whose offsets agree modulo the tile size never overlap, so each such
+    set is laid onto the scene in one block copy rather than tile by tile (an
+    inference job cuts a scene into a few such sets: one per phase of its
+    stride, plus the shifted tiles at the edges); tiles repeating a position
+    are added one by one.
+
+    Args:
+        rows: ``[n]`` tile row offsets.
+        cols: ``[n]`` tile column offsets.
+        values: ``[n, h, w, K]`` per-pixel probabilities (in units of ``scale``).
+        scene_height: Scene rows.
+        scene_width: Scene columns.
+        scene_transform: Scene affine transform.
+        num_classes: ``K``.
+        scale: Probability of one unit of ``values``. Default 1.
+
+    Returns:
+        As :func:`pixel_raster`.
+    """
+    total = np.zeros((scene_height, scene_width, num_classes), np.float32)
+    count = np.zeros((scene_height, scene_width), np.int32)
+    if len(values):
+        _mosaic(total, count, np.asarray(rows), np.asarray(cols), values)
+    return (
+        _averaged(total, count, scale),
+        count,
+        CellGrid(1, scene_height, scene_width, scene_transform),
+    )
+
+
+def _averaged(total: np.ndarray, count: np.ndarray, scale: float) -> np.ndarray:
+    """``[H, W, K]`` sums -> ``[K, H, W]`` means times ``scale``."""
+    np.multiply(total, np.float32(scale) / np.maximum(count, 1)[..., None], out=total)
+    return np.ascontiguousarray(np.moveaxis(total, -1, 0))
+
+
+def _mosaic(
+    total: np.ndarray, count: np.ndarray, rows: np.ndarray, cols: np.ndarray, values: np.ndarray
+) -> None:
+    """Add ``[n, h, w, K]`` tiles at ``(rows, cols)`` into ``total`` and ``count``."""
+    h, w = values.shape[1:3]
+    phase_r, phase_c = rows % h, cols % w
+    block_r, block_c = (rows - phase_r) // h, (cols - phase_c) // w
+    phases, which = np.unique(np.stack([phase_r, phase_c], 1), axis=0, return_inverse=True)
+    for p, (r0, c0) in enumerate(phases):
+        members = np.flatnonzero(which.ravel() == p)
+        blocks = np.stack([block_r[members], block_c[members]], 1)
+        _, first = np.unique(blocks, axis=0, return_index=True)
+        once = members[np.sort(first)]
+        if len(once) > 1:
+            _add_blocks(total, count, block_r[once], block_c[once], values[once], int(r0), int(c0))
+        else:
+            once = members[:0]
+        for i in np.setdiff1d(members, once):  # repeated positions, or a set of one tile
+            _add_plane(total, count, values[i], int(rows[i]), int(cols[i]))
 
 
 def _add_plane(
@@ -180,18 +233,18 @@ def _add_plane(
 def _add_blocks(
     total: np.ndarray,
     count: np.ndarray,
-    members: Sequence[tuple[int, int, np.ndarray]],
+    block_r: np.ndarray,
+    block_c: np.ndarray,
+    values: np.ndarray,
     r0: int,
     c0: int,
 ) -> None:
-    """Add tiles of one size on one ``(r0, c0)`` phase (so none overlaps) in one copy."""
-    h, w, k = members[0][2].shape
-    br = np.array([(r - r0) // h for r, _, _ in members])
-    bc = np.array([(c - c0) // w for _, c, _ in members])
-    shift_r, shift_c = int(br.min()), int(bc.min())  # offsets may start above/left of 0
-    br, bc = br - shift_r, bc - shift_c
-    grid = np.zeros((int(br.max()) + 1, int(bc.max()) + 1, h, w, k), members[0][2].dtype)
-    grid[br, bc] = np.stack([p for _, _, p in members])
+    """Add tiles at distinct blocks of one ``(r0, c0)`` phase (so none overlaps) in one copy."""
+    h, w, k = values.shape[1:]
+    shift_r, shift_c = int(block_r.min()), int(block_c.min())  # may start above/left of 0
+    br, bc = block_r - shift_r, block_c - shift_c
+    grid = np.zeros((int(br.max()) + 1, int(bc.max()) + 1, h, w, k), values.dtype)
+    grid[br, bc] = values
     plane = grid.transpose(0, 2, 1, 3, 4).reshape(grid.shape[0] * h, grid.shape[1] * w, k)
     _add_plane(total, count, plane, r0 + shift_r * h, c0 + shift_c * w)
 
@@ -215,17 +268,24 @@ class SiteShape:
     properties: dict[str, Any] = field(default_factory=dict)
 
 
+def _planar_metres(crs: str) -> bool:
+    """Whether areas in ``crs`` are planar square metres (or there is no CRS)."""
+    from pyproj import CRS
+
+    if not crs:
+        return True
+    src = CRS.from_user_input(crs)
+    return bool(src.is_projected and src.axis_info[0].unit_name in ("metre", "meter"))
+
+
 def _area_m2(geoms: Sequence[Any], crs: str) -> list[float]:
     """Areas in m²: planar in a projected CRS in metres, else in an equal-area CRS."""
     import shapely
-    from pyproj import CRS, Transformer
+    from pyproj import Transformer
 
-    src = CRS.from_user_input(crs) if crs else None
-    if src is None:
+    if _planar_metres(crs):
         return [float(g.area) for g in geoms]
-    if src.is_projected and src.axis_info[0].unit_name in ("metre", "meter"):
-        return [float(g.area) for g in geoms]
-    t = Transformer.from_crs(src, "EPSG:6933", always_xy=True)  # WGS 84 / NSIDC EASE-Grid 2.0
+    t = Transformer.from_crs(crs, "EPSG:6933", always_xy=True)  # WGS 84 / NSIDC EASE-Grid 2.0
 
     def project(xy: np.ndarray) -> np.ndarray:
         x, y = t.transform(xy[:, 0], xy[:, 1])
@@ -252,11 +312,13 @@ def smooth_probabilities(probs: np.ndarray, covered: np.ndarray, size: int) -> n
 
     weight = covered.astype(np.float32)
     norm = ndimage.uniform_filter(weight, size=size, mode="constant")
+    everywhere = bool(covered.all())  # the usual case: no weighting pass, no masking pass
+    data = probs.astype(np.float32, copy=False)
     out = ndimage.uniform_filter(
-        probs.astype(np.float32) * weight, size=(1, size, size), mode="constant"
+        data if everywhere else data * weight, size=(1, size, size), mode="constant"
     )
     np.divide(out, norm, out=out, where=norm > 0)
-    return np.where(covered, out, probs).astype(np.float32)
+    return out if everywhere else np.where(covered, out, data)
 
 
 def polygonize(
@@ -307,6 +369,9 @@ def polygonize(
     winner = probs.argmax(axis=0)
     best = probs.max(axis=0)
     ok = (covered > 0) & (best >= threshold)
+    planar = _planar_metres(crs)
+    t = grid.transform
+    cell_area = abs(t.a * t.e - t.b * t.d)
     out: list[SiteShape] = []
     for name in positive:
         if name not in classes:
@@ -320,6 +385,17 @@ def polygonize(
         regions, n = ndimage.label(mask)
         sums = np.bincount(regions.ravel(), weights=probs[k].ravel(), minlength=n + 1)
         sizes = np.bincount(regions.ravel(), minlength=n + 1)
+        # Regions that cannot pass are dropped before they are traced: the score
+        # is known per label, and so is the area where the CRS is planar metres.
+        slack = 1.0 - 1e-9  # rounding must never drop what the exact test below keeps
+        keep = sums >= min_score * sizes * slack
+        if planar:
+            keep &= sizes * cell_area >= min_area_m2 * slack
+        keep[0] = False
+        if not keep[1:].all():
+            mask = keep[regions]
+            if not mask.any():
+                continue
         found = [
             (int(value), shape(geom))
             for geom, value in shapes(regions.astype(np.int32), mask=mask, transform=grid.transform)

@@ -57,6 +57,7 @@ area's sites deletes its files under days that no longer hold a row.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -508,17 +509,60 @@ def _by_scene(item: tuple[Sequence[tuple[Any, ...]], PredictionResult]) -> Itera
         yield scene_id, ([infos[i] for i in index], part)
 
 
-#: One prediction: the tile, its probabilities [K], its per-pixel ones [H, W, K] or None.
-Prediction = tuple[TileInfo, np.ndarray, np.ndarray | None]
+_FIELD = {f.name: i for i, f in enumerate(fields(TileInfo))}
 
 
-def _predictions(groups: Iterable[tuple[Sequence[tuple[Any, ...]], Any]]) -> list[Prediction]:
-    out: list[Prediction] = []
-    for infos, inference in groups:
-        probs, pixels = inference if isinstance(inference, tuple) else (inference, None)
-        for i, info in enumerate(infos):
-            out.append((TileInfo(*info), probs[i], None if pixels is None else pixels[i]))
-    return out
+@dataclass
+class ScenePredictions:
+    """Everything the model said about one scene's tiles, column by column.
+
+    Attributes:
+        infos: :class:`TileInfo` tuples, in (row, column) order.
+        probs: ``[n, K]`` tile probabilities.
+        pixels: ``[n, H, W, K]`` per-pixel probabilities (bytes, steps of
+            ``1 / PROBABILITY_STEPS``), or None for a tile-only model.
+        rows: ``[n]`` tile row offsets.
+        cols: ``[n]`` tile column offsets.
+        first: The first tile's :class:`TileInfo` (what the scene's tiles share).
+    """
+
+    infos: list[tuple[Any, ...]]
+    probs: np.ndarray
+    pixels: np.ndarray | None
+    rows: np.ndarray
+    cols: np.ndarray
+    first: TileInfo
+
+    @classmethod
+    def gather(cls, groups: Iterable[tuple[Sequence[tuple[Any, ...]], Any]]) -> ScenePredictions:
+        """Join the scene's ``(infos, inference)`` groups and sort them by tile position."""
+        infos: list[tuple[Any, ...]] = []
+        probs, pixels = [], []
+        for group_infos, inference in groups:
+            p, q = inference if isinstance(inference, tuple) else (inference, None)
+            infos.extend(group_infos)
+            probs.append(p)
+            pixels.append(q)
+        rows = np.fromiter((i[_FIELD["row_off"]] for i in infos), np.int64, len(infos))
+        cols = np.fromiter((i[_FIELD["col_off"]] for i in infos), np.int64, len(infos))
+        order = np.lexsort((cols, rows))
+        with_pixels = all(q is not None for q in pixels)
+        return cls(
+            infos=[infos[i] for i in order],
+            probs=np.concatenate(probs)[order],
+            pixels=np.concatenate(pixels)[order] if with_pixels else None,
+            rows=rows[order],
+            cols=cols[order],
+            first=TileInfo(*infos[order[0]]),
+        )
+
+    def column(self, name: str) -> list[Any]:
+        """One :class:`TileInfo` field of every tile."""
+        k = _FIELD[name]
+        return [info[k] for info in self.infos]
+
+    def __len__(self) -> int:
+        return len(self.infos)
 
 
 # -- per scene: tables, probability raster, sites ------------------------------------
@@ -664,6 +708,27 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             from minewatch.vessels import PortRegistry
 
             self._ports = PortRegistry.from_file(self._c.licensed_ports)
+        # A scene's raster and quicklook are written on this thread while the
+        # sites of the scene, and of the next scenes, are cut (GDAL's compression
+        # and PNG writing do not hold the GIL): half a second a scene.
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pictures")
+        self._pending: list[concurrent.futures.Future[None]] = []
+
+    def finish_bundle(self) -> None:
+        """Wait for the bundle's rasters and quicklooks; a failed write fails the bundle."""
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for the files written in the background; raise the first error."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def teardown(self) -> None:
+        """Stop the writer."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.shutdown(wait=True)
 
     def process(
         self,
@@ -678,13 +743,12 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         records do not carry the path).
         """
         scene_id, groups = item
-        preds = sorted(_predictions(groups), key=lambda p: (p[0].row_off, p[0].col_off))
-        first = preds[0][0]
+        preds = ScenePredictions.gather(groups)
+        first = preds.first
         if sources and first.source in sources:
             # Tiles of one scene share its source: the first tile stands for all.
-            first = replace(first, source=sources[first.source])
-            preds[0] = (first, *preds[0][1:])
-        table = self._tile_table(preds, first.source)
+            first = preds.first = replace(first, source=sources[first.source])
+        table = self._tile_table(preds)
         name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
         write_geoparquet(
             posixpath.join(self._c.out, "tile_labels", f"date={first.day}", name),
@@ -706,28 +770,28 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             return
         yield from self._sites(scene_id, preds)
 
-    def _tile_table(self, preds: Sequence[Prediction], source: str) -> Any:
+    def _tile_table(self, preds: ScenePredictions) -> Any:
         """The scene's ``tile_labels`` rows as an Arrow table, built column by column."""
         import pyarrow as pa
 
-        infos = [info for info, _, _ in preds]
-        probs = np.stack([p for _, p, _ in preds]).astype(np.float32, copy=False)
+        probs = preds.probs.astype(np.float32, copy=False)
         label = probs.argmax(axis=1)
         names = np.array([*self._classes, *map(str, range(len(self._classes), probs.shape[1]))])
-        bounds = np.array([info.bounds_wgs84 for info in infos], np.float64).reshape(-1, 4)
-        n, first = len(infos), infos[0]
-        when = {a: _ts(a) for a in {info.acquired for info in infos}}
+        bounds = np.array(preds.column("bounds_wgs84"), np.float64).reshape(-1, 4)
+        n, first = len(preds), preds.first
+        acquired = preds.column("acquired")
+        when = {a: _ts(a) for a in set(acquired)}
         return pa.table(
             {
-                "tile_id": [info.tile_id for info in infos],
+                "tile_id": preds.column("tile_id"),
                 "scene_id": pa.repeat(first.scene_id, n),
                 "kind": pa.repeat(first.kind, n),
-                "source": pa.repeat(source, n),
-                "camera_id": [info.camera_id for info in infos],
-                "acquired": [when.get(info.acquired) for info in infos],
-                "crs": [info.crs for info in infos],
-                "row_off": np.array([info.row_off for info in infos], np.int64),
-                "col_off": np.array([info.col_off for info in infos], np.int64),
+                "source": pa.repeat(first.source, n),
+                "camera_id": preds.column("camera_id"),
+                "acquired": [when[a] for a in acquired],
+                "crs": preds.column("crs"),
+                "row_off": preds.rows,
+                "col_off": preds.cols,
                 "label": label.astype(np.int32),
                 "label_name": names[label],
                 "score": probs[np.arange(n), label],
@@ -739,9 +803,9 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             }
         )
 
-    def _frame_row(self, preds: Sequence[Prediction]) -> dict[str, Any]:
-        info = preds[0][0]
-        mean = np.mean([p for _, p, _ in preds], axis=0)
+    def _frame_row(self, preds: ScenePredictions) -> dict[str, Any]:
+        info = preds.first
+        mean = preds.probs.mean(axis=0)
         k = int(np.argmax(mean))
         return {
             "frame_id": info.scene_id,
@@ -756,22 +820,24 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "model_version": self._version,
         }
 
-    def _sites(self, scene_id: str, preds: Sequence[Prediction]) -> Iterator[Any]:
+    def _sites(self, scene_id: str, preds: ScenePredictions) -> Iterator[Any]:
         import shapely
 
-        from minewatch.sites import pixel_raster, polygonize, probability_raster
+        from minewatch.sites import pixel_mosaic, polygonize, probability_raster
 
-        first = preds[0][0]
+        first = preds.first
         size = first.size
         transform = Affine(*first.transform[:6]) @ Affine.translation(
             -first.col_off, -first.row_off
         )
-        height = max(p[0].row_off for p in preds) + size
-        width = max(p[0].col_off for p in preds) + size
-        per_pixel = all(q is not None for _, _, q in preds)
-        if per_pixel:
-            probs, count, grid = pixel_raster(
-                ((i.row_off, i.col_off, q) for i, _, q in preds if q is not None),
+        height = int(preds.rows.max()) + size
+        width = int(preds.cols.max()) + size
+        per_pixel = preds.pixels is not None
+        if preds.pixels is not None:
+            probs, count, grid = pixel_mosaic(
+                preds.rows,
+                preds.cols,
+                preds.pixels,
                 height,
                 width,
                 transform,
@@ -779,9 +845,9 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 scale=1.0 / PROBABILITY_STEPS,
             )
         else:
-            cell = _cell_size(size, [p[0].row_off for p in preds] + [p[0].col_off for p in preds])
+            cell = _cell_size(size, [*preds.rows.tolist(), *preds.cols.tolist()])
             probs, count, grid = probability_raster(
-                ((i.row_off, i.col_off, p) for i, p, _ in preds),
+                zip(preds.rows.tolist(), preds.cols.tolist(), preds.probs, strict=True),
                 height,
                 width,
                 transform,
@@ -789,7 +855,9 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 cell,
                 len(self._classes),
             )
-        self._write_raster(scene_id, probs, count, grid, first.crs)
+        self._pending.append(
+            self._writer.submit(self._write_raster, scene_id, probs, count, grid, first.crs)
+        )
         shapes = polygonize(
             probs,
             count,
@@ -828,7 +896,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
                 )
         if self._c.pictures:
-            self._quicklook(first, found)
+            self._pending.append(self._writer.submit(self._quicklook, first, found))
         yield TaggedOutput(COUNTS, ("", counts))
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
         yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)
