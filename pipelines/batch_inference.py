@@ -57,7 +57,6 @@ area's sites deletes its files under days that no longer hold a row.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -708,27 +707,6 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             from minewatch.vessels import PortRegistry
 
             self._ports = PortRegistry.from_file(self._c.licensed_ports)
-        # A scene's raster and quicklook are written on this thread while the
-        # sites of the scene, and of the next scenes, are cut (GDAL's compression
-        # and PNG writing do not hold the GIL): half a second a scene.
-        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pictures")
-        self._pending: list[concurrent.futures.Future[None]] = []
-
-    def finish_bundle(self) -> None:
-        """Wait for the bundle's rasters and quicklooks; a failed write fails the bundle."""
-        self.flush()
-
-    def flush(self) -> None:
-        """Wait for the files written in the background; raise the first error."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def teardown(self) -> None:
-        """Stop the writer."""
-        writer = getattr(self, "_writer", None)
-        if writer is not None:
-            writer.shutdown(wait=True)
 
     def process(
         self,
@@ -855,9 +833,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 cell,
                 len(self._classes),
             )
-        self._pending.append(
-            self._writer.submit(self._write_raster, scene_id, probs, count, grid, first.crs)
-        )
+        self._write_raster(scene_id, probs, count, grid, first.crs)
         shapes = polygonize(
             probs,
             count,
@@ -896,7 +872,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
                 )
         if self._c.pictures:
-            self._pending.append(self._writer.submit(self._quicklook, first, found))
+            self._quicklook(first, found)
         yield TaggedOutput(COUNTS, ("", counts))
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
         yield (_area_key(first.crs, centre.centroid, self._c.area_cell_m), found)

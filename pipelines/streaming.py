@@ -900,11 +900,6 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
         self._models: dict[str, ModelRef] = {}
         self._per_scene: dict[str, PerScene] = {}
 
-    def teardown(self) -> None:
-        """Stop the PerScene steps' writers."""
-        for per_scene in getattr(self, "_per_scene", {}).values():
-            per_scene.teardown()
-
     def process(self, item: tuple[dict[str, Any], PredictionResult]) -> Iterator[Any]:
         """Write the unit's files; yield what follows."""
         entry, result = item
@@ -925,7 +920,6 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
                         frame = out.value[1]
                 else:
                     area, found = out
-            per_scene.flush()  # the unit's raster and quicklook are on disk before it is done
         except Exception as exc:
             entry.pop("infos", None)
             entry.update(status="dead", reason=f"{type(exc).__name__}: {exc}", tiles=0)
