@@ -138,11 +138,7 @@ def pixel_raster(
         rows = np.array([r for r, _, _ in members], np.int64)
         cols = np.array([c for _, c, _ in members], np.int64)
         _mosaic(total, count, rows, cols, np.stack([p for _, _, p in members]))
-    return (
-        _averaged(total, count, scale),
-        count,
-        CellGrid(1, scene_height, scene_width, scene_transform),
-    )
+    return _averaged(total, count, scale, scene_transform)
 
 
 def pixel_mosaic(
@@ -180,17 +176,16 @@ def pixel_mosaic(
     count = np.zeros((scene_height, scene_width), np.int32)
     if len(values):
         _mosaic(total, count, np.asarray(rows), np.asarray(cols), values)
-    return (
-        _averaged(total, count, scale),
-        count,
-        CellGrid(1, scene_height, scene_width, scene_transform),
-    )
+    return _averaged(total, count, scale, scene_transform)
 
 
-def _averaged(total: np.ndarray, count: np.ndarray, scale: float) -> np.ndarray:
-    """``[H, W, K]`` sums -> ``[K, H, W]`` means times ``scale``."""
+def _averaged(
+    total: np.ndarray, count: np.ndarray, scale: float, transform: Affine
+) -> tuple[np.ndarray, np.ndarray, CellGrid]:
+    """``[H, W, K]`` sums -> ``([K, H, W]`` means times ``scale``, count, pixel grid)."""
     np.multiply(total, np.float32(scale) / np.maximum(count, 1)[..., None], out=total)
-    return np.ascontiguousarray(np.moveaxis(total, -1, 0))
+    probs = np.ascontiguousarray(np.moveaxis(total, -1, 0))
+    return probs, count, CellGrid(1, count.shape[0], count.shape[1], transform)
 
 
 def _mosaic(
