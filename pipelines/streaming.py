@@ -130,6 +130,11 @@ class StreamConfig:
         concessions: Polygons of licensed areas, or None.
         protected: Polygons of protected areas, or None.
         threshold: Least probability of a cell's winning class. Default 0.5.
+        min_area_m2: Smaller sites are dropped. Default 0.
+        min_score: Sites whose mean probability of their class is lower are
+            dropped. Default 0.
+        smooth: Box filter side, in raster cells, before sites are cut; 1
+            (default) is none. As ``minewatch infer``'s options of the same names.
         pictures: Draw a quicklook PNG per scene. Default True.
         frame_window: Seconds of the event-time windows frames are summarised
             over, per camera. Default 60.
@@ -154,6 +159,9 @@ class StreamConfig:
     concessions: str | None = None
     protected: str | None = None
     threshold: float = 0.5
+    min_area_m2: float = 0.0
+    min_score: float = 0.0
+    smooth: int = 1
     pictures: bool = True
     frame_window: float = 60.0
     allowed_lateness: float = 600.0
@@ -179,6 +187,9 @@ class StreamConfig:
             stride=self.stride,
             batch_size=self.batch_size,
             threshold=self.threshold,
+            min_area_m2=self.min_area_m2,
+            min_score=self.min_score,
+            smooth=self.smooth,
             pictures=self.pictures,
         )
 

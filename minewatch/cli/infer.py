@@ -15,6 +15,8 @@ from minewatch.cli.options import (
     comma_list,
     job_inputs,
     profile_opt,
+    site_opts,
+    site_params,
     with_profile,
 )
 
@@ -60,36 +62,7 @@ from minewatch.cli.options import (
     metavar="NAMES",
     help="Site classes judged against concessions [default: mining_scar].",
 )
-@click.option(
-    "--threshold",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Least probability of a cell's winning class.",
-)
-@click.option(
-    "--min-area",
-    type=click.FloatRange(0),
-    default=0.0,
-    show_default=True,
-    help="Drop sites smaller than this (m²).",
-)
-@click.option(
-    "--min-score",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="Drop sites whose mean probability of their class is lower.",
-)
-@click.option(
-    "--smooth",
-    type=click.IntRange(1, 31),
-    default=1,
-    show_default=True,
-    metavar="CELLS",
-    help="Average the probabilities over CELLS x CELLS raster cells before cutting sites "
-    "(1: none); speckles of a per-pixel head stop making sites.",
-)
+@site_opts
 @click.option(
     "--volumes/--no-volumes",
     default=True,
@@ -217,10 +190,7 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         batch_size=params["batch_size"],
         site_classes=params["site_classes"],
         mining_classes=params["mining_classes"] or ("mining_scar",),
-        threshold=params["threshold"],
-        min_area_m2=params["min_area"],
-        min_score=params["min_score"],
-        smooth=params["smooth"],
+        **site_params(params),
         volumes=params["volumes"],
         pictures=params["pictures"],
         dsm=dsm or None,

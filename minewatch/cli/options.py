@@ -16,6 +16,8 @@ __all__ = [
     "overwrite_opt",
     "profile_opt",
     "rows_table",
+    "site_opts",
+    "site_params",
     "with_profile",
 ]
 
@@ -44,6 +46,55 @@ def overwrite_opt(f: F) -> F:
     return click.option(
         "--overwrite", is_flag=True, help="Replace outputs of an earlier run in --out."
     )(f)
+
+
+def site_opts(f: F) -> F:
+    """``--threshold --min-area --min-score --smooth``: how sites are cut (infer, stream)."""
+    options = [
+        click.option(
+            "--threshold",
+            type=click.FloatRange(0, 1),
+            default=0.5,
+            show_default=True,
+            help="Least probability of a cell's winning class.",
+        ),
+        click.option(
+            "--min-area",
+            type=click.FloatRange(0),
+            default=0.0,
+            show_default=True,
+            help="Drop sites smaller than this (m²).",
+        ),
+        click.option(
+            "--min-score",
+            type=click.FloatRange(0, 1),
+            default=0.0,
+            show_default=True,
+            help="Drop sites whose mean probability of their class is lower.",
+        ),
+        click.option(
+            "--smooth",
+            type=click.IntRange(1, 31),
+            default=1,
+            show_default=True,
+            metavar="CELLS",
+            help="Average the probabilities over CELLS x CELLS raster cells before cutting "
+            "sites (1: none); speckles of a per-pixel head stop making sites.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def site_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`site_opts` values as ``InferConfig`` / ``StreamConfig`` fields."""
+    return {
+        "threshold": params["threshold"],
+        "min_area_m2": params["min_area"],
+        "min_score": params["min_score"],
+        "smooth": params["smooth"],
+    }
 
 
 def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:

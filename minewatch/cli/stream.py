@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import abs_path, check_model_and_areas, profile_opt, with_profile
+from minewatch.cli.options import (
+    abs_path,
+    check_model_and_areas,
+    profile_opt,
+    site_opts,
+    site_params,
+    with_profile,
+)
 
 
 @click.command(
@@ -47,6 +54,7 @@ from minewatch.cli.options import abs_path, check_model_and_areas, profile_opt, 
 @click.option(
     "--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True, help="Tiles/call."
 )
+@site_opts
 @click.option(
     "--pictures/--no-pictures", default=True, show_default=True, help="Quicklook PNG per scene."
 )
@@ -144,6 +152,7 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         batch_size=params["batch_size"],
         concessions=abs_path(params["concessions"]) if params["concessions"] else None,
         protected=abs_path(params["protected"]) if params["protected"] else None,
+        **site_params(params),
         pictures=params["pictures"],
         frame_window=params["frame_window"],
         allowed_lateness=params["allowed_lateness"],

@@ -280,6 +280,21 @@ def test_cli_labels_files_present_at_start(tmp_path):
     assert rows == [{"n": 25}]
 
 
+def test_cli_site_options_reach_the_per_scene_step(tmp_path):
+    from minewatch.cli.stream import build
+    from minewatch.cli.stream import stream as stream_cmd
+    from minewatch.registry import resolve_model
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    _promote(registry, "v1")
+    args = ["--watch", str(tmp_path), "--model", str(registry), "--out", str(tmp_path / "t")]
+    args += ["--max-polls", "1", "--smooth", "3", "--min-score", "0.6", "--min-area", "500"]
+    config, _ = build(stream_cmd.make_context("stream", args).params)
+    infer = config.infer_config(resolve_model(str(registry)), str(tmp_path / "a.tif"))
+    assert (infer.smooth, infer.min_score, infer.min_area_m2) == (3, 0.6, 500.0)
+
+
 # -- camera frames -----------------------------------------------------------------
 
 
