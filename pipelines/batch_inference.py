@@ -727,9 +727,8 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             # Tiles of one scene share its source: the first tile stands for all.
             first = preds.first = replace(first, source=sources[first.source])
         table = self._tile_table(preds)
-        name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
         write_geoparquet(
-            posixpath.join(self._c.out, "tile_labels", f"date={first.day}", name),
+            self._scene_file("tile_labels", scene_id, ".parquet", first.day),
             table,
             "tile_labels",
             tile_labels_schema(),
@@ -747,6 +746,11 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             yield TaggedOutput("frames", ((first.camera_id, first.day), self._frame_row(preds)))
             return
         yield from self._sites(scene_id, preds)
+
+    def _scene_file(self, table: str, scene_id: str, ext: str, day: str | None = None) -> str:
+        """``OUT/table[/date=day]/<scene_id>__<model_version><ext>``."""
+        folder = posixpath.join(self._c.out, table, *([f"date={day}"] if day else []))
+        return posixpath.join(folder, f"{_safe(scene_id)}__{_safe(self._version)}{ext}")
 
     def _tile_table(self, preds: ScenePredictions) -> Any:
         """The scene's ``tile_labels`` rows as an Arrow table, built column by column."""
@@ -997,9 +1001,8 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
             )
             return
-        name = f"{_safe(scene_id)}__{_safe(self._version)}.parquet"
         write_geoparquet(
-            posixpath.join(self._c.out, "vessels", f"date={first.day}", name),
+            self._scene_file("vessels", scene_id, ".parquet", first.day),
             rows,
             "vessels",
             vessels_schema(),
@@ -1048,9 +1051,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         }
         if crs:
             profile["crs"] = crs
-        path = posixpath.join(
-            self._c.out, "rasters", f"{_safe(scene_id)}__{_safe(self._version)}.tif"
-        )
+        path = self._scene_file("rasters", scene_id, ".tif")
         with MemoryFile() as mem:
             with mem.open(**profile) as tmp:
                 tmp.write(data)
@@ -1088,9 +1089,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         ref = next((r for r in refs if r.scene_id == first.scene_id), refs[0] if refs else None)
         if ref is None or ref.kind != "scene":
             return
-        path = posixpath.join(
-            self._c.out, "quicklooks", f"{_safe(first.scene_id)}__{_safe(self._version)}.png"
-        )
+        path = self._scene_file("quicklooks", first.scene_id, ".png")
         _makedirs(posixpath.dirname(path))
         sites = [(shapely.from_wkb(s["wkb"]), s["flagged"]) for s in found.sites]
         try:
