@@ -275,18 +275,12 @@ def _planar_metres(crs: str) -> bool:
 
 def _area_m2(geoms: Sequence[Any], crs: str) -> list[float]:
     """Areas in m²: planar in a projected CRS in metres, else in an equal-area CRS."""
-    import shapely
-    from pyproj import Transformer
+    from minewatch.geo import reproject
 
     if _planar_metres(crs):
         return [float(g.area) for g in geoms]
-    t = Transformer.from_crs(crs, "EPSG:6933", always_xy=True)  # WGS 84 / NSIDC EASE-Grid 2.0
-
-    def project(xy: np.ndarray) -> np.ndarray:
-        x, y = t.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    return [float(shapely.transform(g, project).area) for g in geoms]
+    # EPSG:6933: WGS 84 / NSIDC EASE-Grid 2.0, equal-area
+    return [float(reproject(g, crs, "EPSG:6933").area) for g in geoms]
 
 
 def smooth_probabilities(probs: np.ndarray, covered: np.ndarray, size: int) -> np.ndarray:

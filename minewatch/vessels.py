@@ -62,6 +62,7 @@ import numpy as np
 from affine import Affine
 
 from minewatch.errors import ConfigError, InputError
+from minewatch.geo import reproject
 
 __all__ = [
     "Detection",
@@ -546,26 +547,11 @@ class PortRegistry:
                     p.name,
                     p.licence_id,
                     p.radius_m,
-                    _reproject(p.geometry, self.crs, crs),
+                    reproject(p.geometry, self.crs, crs),
                 )
                 for p in self.ports
             ]
         return self._by_crs[crs]
-
-
-def _reproject(geom: Any, src: str, dst: str) -> Any:
-    import shapely
-    from pyproj import CRS, Transformer
-
-    if CRS.from_user_input(src).equals(CRS.from_user_input(dst)):
-        return geom
-    t = Transformer.from_crs(src, dst, always_xy=True)
-
-    def project(xy: np.ndarray) -> np.ndarray:
-        x, y = t.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    return shapely.transform(geom, project)
 
 
 def _timestamp(when: str | datetime | None) -> datetime | None:
@@ -650,7 +636,7 @@ def judge_vessels(
                         else "berthed at a shore point; the registry holds no licensed port"
                     )
         digest = hashlib.sha1(f"{scene_id}|{d.x:.1f}|{d.y:.1f}".encode()).hexdigest()[:12]
-        rect_wgs84 = _reproject(d.rectangle, crs, "EPSG:4326")
+        rect_wgs84 = reproject(d.rectangle, crs, "EPSG:4326")
         rows.append(
             {
                 "vessel_id": f"vessel-{digest}",

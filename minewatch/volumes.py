@@ -34,13 +34,14 @@ import rasterio
 import rasterio.features
 import shapely
 from affine import Affine
-from pyproj import CRS, Geod, Proj, Transformer
+from pyproj import CRS, Geod, Proj
 from rasterio.enums import MergeAlg
 from rasterio.windows import Window
 from shapely.geometry import Point, box
 from shapely.geometry.base import BaseGeometry
 
 from minewatch.errors import ConfigError
+from minewatch.geo import reproject, transformer
 
 __all__ = [
     "VOLUME_METHODS",
@@ -119,15 +120,10 @@ def _pyproj(crs: Any) -> CRS:
     return _crs_from_user(crs) if isinstance(crs, str) else CRS.from_user_input(crs)
 
 
-# A job measures thousands of piles in a handful of CRSs: parse each CRS and
-# build each transformer once per process, not once per pile.
+# A job measures thousands of piles in a handful of CRSs: parse each CRS once
+# per process, not once per pile (minewatch.geo builds each transformer once).
 _crs_from_wkt = functools.lru_cache(maxsize=64)(CRS.from_wkt)
 _crs_from_user = functools.lru_cache(maxsize=64)(CRS.from_user_input)
-
-
-@functools.lru_cache(maxsize=64)
-def _transformer(src: CRS, dst: CRS) -> Transformer:
-    return Transformer.from_crs(src, dst, always_xy=True)
 
 
 _WGS84 = CRS.from_epsg(4326)
@@ -153,25 +149,10 @@ def _metric_crs(geom: BaseGeometry, crs: CRS) -> tuple[CRS, BaseGeometry]:
     axis = crs.axis_info[0] if crs.axis_info else None
     if crs.is_projected and axis is not None and axis.unit_name in ("metre", "meter"):
         return crs, geom
-    to_geo = _transformer(crs, _WGS84)
+    to_geo = transformer(crs, _WGS84)
     lon, lat = to_geo.transform(geom.centroid.x, geom.centroid.y)
     local = CRS.from_proj4(f"+proj=aeqd +lat_0={lat} +lon_0={lon} +datum=WGS84 +units=m")
-    return local, _reproject(geom, crs, local)
-
-
-def _reproject(geom: BaseGeometry, src: CRS, dst: CRS, step: float | None = None) -> BaseGeometry:
-    if src == dst:
-        return geom
-    if step is not None:
-        # straight edges in one CRS are curves in another: densify before moving
-        geom = shapely.segmentize(geom, step)
-    tr = _transformer(src, dst)
-
-    def move(xy: np.ndarray) -> np.ndarray:
-        x, y = tr.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    return shapely.transform(geom, move)
+    return local, reproject(geom, crs, local)
 
 
 def _window(bounds: tuple[float, float, float, float], transform: Affine, pad: int) -> Window:
@@ -249,7 +230,7 @@ def _pixel_areas(src_crs: CRS, transform: Affine, win: Window, at: Point) -> np.
     factor = src_crs.axis_info[0].unit_conversion_factor if src_crs.axis_info else 1.0
     area = abs(transform.a * transform.e - transform.b * transform.d) * factor**2
     try:
-        lon, lat = _transformer(src_crs, _WGS84).transform(at.x, at.y)
+        lon, lat = transformer(src_crs, _WGS84).transform(at.x, at.y)
         scale = Proj(src_crs).get_factors(lon, lat).areal_scale
         if math.isfinite(scale) and scale > 0:
             area /= scale
@@ -353,8 +334,8 @@ def volume_from_dsm(
                 return VolumeResult.refused(f"DSM {source} has no CRS", source)
             dsm_crs = _pyproj(src.crs)
             step = max(1.0, rim_width_m / 4)
-            inner_d = _reproject(inner, work_crs, dsm_crs, step)
-            outer_d = _reproject(outer, work_crs, dsm_crs, step)
+            inner_d = reproject(inner, work_crs, dsm_crs, step)
+            outer_d = reproject(outer, work_crs, dsm_crs, step)
             win = _window(outer_d.bounds, src.transform, pad=1)
             if win.width * win.height > _MAX_WINDOW_PIXELS:
                 return VolumeResult.refused(
@@ -761,7 +742,7 @@ def height_from_shadow(
             if src.crs is None:
                 return VolumeResult.refused(f"scene {source} has no CRS", source)
             scene_crs = _pyproj(src.crs)
-            centre = _reproject(footprint.centroid, work_crs, scene_crs)
+            centre = reproject(footprint.centroid, work_crs, scene_crs)
             pixel_area = _pixel_areas(scene_crs, src.transform, Window(0, 0, 1, 1), centre)
             pixel = math.sqrt(float(pixel_area[0]))
             beyond = max(0.0, h_max * (1.0 / tan_e - 1.0 / tan_s))
@@ -786,7 +767,7 @@ def height_from_shadow(
                 right + max(dx, 0.0) + grow,
                 top + max(dy, 0.0) + grow,
             )
-            reach_s = _reproject(reach, work_crs, scene_crs, pixel)
+            reach_s = reproject(reach, work_crs, scene_crs, pixel)
             win = _window(reach_s.bounds, src.transform, pad=1)
             if win.width * win.height > _MAX_WINDOW_PIXELS:
                 return VolumeResult.refused("stockpile shadow window too large", source)
@@ -800,14 +781,14 @@ def height_from_shadow(
     valid &= (data > 0).all(axis=0)
     bright = data.mean(axis=0)
     shape = bright.shape
-    foot_s = _reproject(footprint, work_crs, scene_crs, pixel)
-    ring_s = _reproject(footprint.buffer(pixel), work_crs, scene_crs, pixel)
+    foot_s = reproject(footprint, work_crs, scene_crs, pixel)
+    ring_s = reproject(footprint.buffer(pixel), work_crs, scene_crs, pixel)
     inside, ring = _coverages([foot_s, ring_s], shape, wt, supersample)
     edge = (ring > 0) & (inside < 0.5)
     origin = np.array(apex.coords[0])
     longest_hull = shapely.convex_hull(footprint.union(Point(*(origin + away * longest))))
-    hull_max = _reproject(longest_hull, work_crs, scene_crs, pixel)
-    near_ring = _reproject(longest_hull.buffer(3 * pixel), work_crs, scene_crs, pixel)
+    hull_max = reproject(longest_hull, work_crs, scene_crs, pixel)
+    near_ring = reproject(longest_hull.buffer(3 * pixel), work_crs, scene_crs, pixel)
     in_hull, near = _coverages([hull_max, near_ring], shape, wt, 1)
     maybe_shadow = in_hull > 0
     sample = valid & (inside < 0.5) & (near > 0)
@@ -842,7 +823,7 @@ def height_from_shadow(
     far = float(coarse[-1]) + 1.5 * pixel
     sub_x, sub_y = _subpixel_centres(rows, cols, wt, supersample)
     if scene_crs != work_crs:
-        sub_x, sub_y = map(np.asarray, _transformer(scene_crs, work_crs).transform(sub_x, sub_y))
+        sub_x, sub_y = map(np.asarray, transformer(scene_crs, work_crs).transform(sub_x, sub_y))
     enter = _shadow_entry(footprint, origin, away, far, sub_x, sub_y)
     scan = _ShadowScan(design, y, scale, enter)
     loss0 = scan.loss0
@@ -1062,7 +1043,7 @@ def _overlaps(entry: DsmEntry, geom: BaseGeometry, crs: CRS) -> bool:
     if not entry.crs:
         return True  # let volume_from_dsm say what is wrong with it
     try:
-        moved = _reproject(geom, crs, CRS.from_wkt(entry.crs))
+        moved = reproject(geom, crs, CRS.from_wkt(entry.crs))
     except Exception:
         return True
     return bool(moved.intersects(box(*entry.bounds)))

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import hashlib
 import itertools
 import json
@@ -87,6 +86,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from minewatch.geo import reproject
 from minewatch.registry import ModelRef
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tables import (
@@ -645,32 +645,11 @@ class _Polygons:
             self._load()
         assert self._raw is not None
         if crs not in self._by_crs:
-            self._by_crs[crs] = [(i, _reproject(g, self._crs, crs)) for i, g in self._raw]
+            # A scene without a CRS gets the polygons as they are.
+            self._by_crs[crs] = [
+                (i, reproject(g, self._crs, crs) if crs else g) for i, g in self._raw
+            ]
         return self._by_crs[crs]
-
-
-def _reproject(geom: Any, src: str, dst: str) -> Any:
-    import shapely
-
-    t = _transformer(src, dst)
-    if t is None:
-        return geom
-
-    def project(xy: np.ndarray) -> np.ndarray:
-        x, y = t.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    return shapely.transform(geom, project)
-
-
-@functools.lru_cache(maxsize=64)
-def _transformer(src: str, dst: str) -> Any:
-    """The transformer from ``src`` to ``dst``, built once per pair; None when they are equal."""
-    from pyproj import CRS, Transformer
-
-    if not dst or CRS.from_user_input(src).equals(CRS.from_user_input(dst)):
-        return None
-    return Transformer.from_crs(src, dst, always_xy=True)
 
 
 def _cell_size(size: int, offsets: Iterable[int]) -> int:
@@ -1238,7 +1217,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                         "site_id": site_id,
                         "kind": kind,
                         "commodity": None,
-                        "geometry": bytes(shapely.to_wkb(_reproject(geom, crs, "EPSG:4326"))),
+                        "geometry": bytes(shapely.to_wkb(reproject(geom, crs, "EPSG:4326"))),
                         "source_crs": crs,
                         "geometry_source": last["wkb"],
                         "area_m2": last["area_m2"],

@@ -8,6 +8,7 @@ MODULES = [
     "minewatch",
     "minewatch.compat",
     "minewatch.errors",
+    "minewatch.geo",
     "minewatch.labels",
     "minewatch.rasters",
     "minewatch.scenes",
