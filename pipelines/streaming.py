@@ -19,7 +19,7 @@ Graph::
   run; the durable ledger (checked in Prepare) skips, after a restart or a
   copy of the same bytes, every unit already labelled or dead-lettered.
 * **Label**: the batch job's per-scene code tiles the unit (:class:`PlanScene`,
-  :class:`CutTiles`, :class:`ToExamples`); Beam's ``RunInference`` runs the
+  :class:`CutTiles`, :class:`ExampleMaker`); Beam's ``RunInference`` runs the
   SavedModel the unit was tiled for (:class:`StreamModelHandler`); the batch
   job's :class:`PerScene` writes the same files as ``minewatch infer``.
 * **Sites**: :class:`LinkArea` is keyed by area: Beam runs one key at a time, so
@@ -71,12 +71,12 @@ from minewatch.tables import (
     write_geoparquet,
 )
 from pipelines.batch_inference import (
+    ExampleMaker,
     InferConfig,
     LinkSites,
     PerScene,
     SceneSites,
     TileModelHandler,
-    ToExamples,
     _safe,
 )
 from pipelines.options import TileConfig
@@ -864,18 +864,15 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
                         batches.append(out)
         finally:
             cutter.teardown()
-        examples = ToExamples(model)
-        examples.start_bundle()
+        make = ExampleMaker(model)
         infos: list[tuple[Any, ...]] = []
         stacks: list[np.ndarray] = []
         for batch in batches:
-            for out in examples.process(batch):
-                if isinstance(out, TaggedOutput):
-                    if out.tag == DEAD:
-                        dead.append(out.value)
-                else:
-                    infos.extend(out[0])
-                    stacks.append(out[1])
+            example, refused = make(batch)
+            dead.extend(refused)
+            if example is not None:
+                infos.extend(example[0])
+                stacks.append(example[1])
         if not stacks:
             reason = dead[0]["reason"] if dead else "no tile to label"
             return {"status": "dead", "reason": reason, "scene_id": ref.scene_id}

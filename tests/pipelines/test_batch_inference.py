@@ -56,7 +56,8 @@ def save_oracle(
                 per_pixel = tf.one_hot(index, k, on_value=0.9, off_value=0.1 / (k - 1))
                 return {
                     "probabilities": tf.reduce_mean(per_pixel, axis=[1, 2]),
-                    "pixel_probabilities": per_pixel,
+                    # broken: NaN per pixel, the tile probabilities still finite
+                    "pixel_probabilities": per_pixel * np.nan if broken else per_pixel,
                     "embedding": tf.reduce_mean(image, axis=[1, 2]),
                 }
             mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
@@ -350,6 +351,26 @@ def test_nan_model_dead_letters_every_tile(setup, tmp_path):
     )
     assert stats["counts"]["tiles_in"] == 36 == stats["counts"]["dead_letter.tile"]
     assert "tiles_labelled" not in stats["counts"]
+    con, _ = open_tables(str(out))
+    reasons = run_query(con, "select distinct reason from dead_letter where kind = 'tile'")
+    (reason,) = reasons.to_pylist()
+    assert "ValueError: the model returned non-finite probabilities" in reason["reason"]
+
+
+def test_nan_pixel_probabilities_dead_letter_every_tile(tmp_path):
+    bands = ("B02", "B03", "B04")
+    scene = write_raster(
+        tmp_path / "scene_2024-01-01.tif", np.ones((3, 48, 48), np.float32), descriptions=bands
+    )
+    bad = save_oracle(tmp_path / "bad", bands=bands, broken=True, pixels=True)
+    out = tmp_path / "tables"
+    stats = launch([str(scene), "--model", bad, "--out", str(out), "--stride", "16"])
+    assert stats["counts"]["tiles_in"] == 9 == stats["counts"]["dead_letter.tile"]
+    con, _ = open_tables(str(out))
+    (row,) = run_query(
+        con, "select distinct reason from dead_letter where kind = 'tile'"
+    ).to_pylist()
+    assert "the model returned non-finite pixel probabilities" in row["reason"]
 
 
 def test_missing_or_broken_model_is_a_clear_error(setup, tmp_path):
@@ -712,3 +733,60 @@ def test_the_summary_shows_the_input_accounting():
         }
     )
     assert "inputs 3: 2 labelled, 1 dead-lettered" in text and "tiles_in" in text
+
+
+def test_probability_cog_overviews_keep_class_and_probabilities_together(tmp_path):
+    import rasterio
+
+    from pipelines.batch_inference import write_probability_cog
+
+    rng = np.random.default_rng(7)
+    probs = rng.dirichlet(np.ones(3), size=(96, 80)).transpose(2, 0, 1).astype(np.float32)
+    count = np.ones((96, 80), np.int32)
+    count[:10, :] = 0  # an uncovered strip
+    path = str(tmp_path / "scene__v1.tif")
+    write_probability_cog(path, probs, count, ORIGIN, "EPSG:32633", ("a", "b", "c"), blocksize=16)
+    with rasterio.open(path) as src:
+        assert src.overviews(1), "expected overviews at a 16 px block size"
+        assert src.profile["compress"].lower() == "zstd"
+        full = src.read()
+        for factor in src.overviews(1):
+            shape = (src.count, src.height // factor, src.width // factor)
+            small = src.read(out_shape=shape)
+            covered = small[0] != 255
+            assert covered.any() and (~covered).any()
+            # nearest neighbour: the class pixel is a real pixel's class, the
+            # highest of that same pixel's probabilities; no blended indices
+            assert set(np.unique(small[0][covered])) <= {0, 1, 2}
+            best = small[1:, covered].max(axis=0)
+            chosen = np.take_along_axis(small[1:, covered], small[0][covered][None], 0)[0]
+            np.testing.assert_array_equal(chosen, best)
+            assert (small[1:, ~covered] == 255).all()
+    covered = count > 0
+    np.testing.assert_array_equal(full[0, covered], probs[:, covered].argmax(axis=0))
+    assert (full[:, ~covered] == 255).all()
+
+
+def test_served_model_runs_batches_in_one_call_like_the_signature(tmp_path):
+    """Padding to whole batches, byte rounding and masking equal per-batch signature calls."""
+    import tensorflow as tf
+
+    from pipelines.batch_inference import PROBABILITY_STEPS, ServedModel
+
+    bands = ("B02", "B03", "B04")
+    model = save_oracle(tmp_path / "m", bands=bands, pixels=True)
+    loaded = tf.saved_model.load(os.path.join(model, "saved_model"))
+    served = ServedModel(loaded, batch_size=16)
+    rng = np.random.default_rng(3)
+    images = np.zeros((37, TILE, TILE, 3), np.float32)  # 37: two whole batches and 5 over
+    images[..., 0] = rng.integers(1, 3, size=(37, TILE, TILE))
+    images[..., 1:] = 7.0
+    images[5, :4, :4] = 0.0  # invalid pixels (all bands 0)
+    probabilities, pixels = served(images)
+    signature = loaded.signatures["serving_default"]
+    want = signature(image=tf.constant(images))
+    np.testing.assert_allclose(probabilities, want["probabilities"].numpy(), rtol=1e-6)
+    expected = np.rint(np.clip(want["pixel_probabilities"].numpy(), 0, 1) * PROBABILITY_STEPS)
+    expected[5, :4, :4] = 0
+    assert pixels is not None and pixels.dtype == np.uint8 and pixels.shape == (37, TILE, TILE, 2)
+    np.testing.assert_array_equal(pixels, expected.astype(np.uint8))
