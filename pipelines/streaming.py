@@ -682,7 +682,7 @@ def ledger_entries(out: str) -> list[dict[str, Any]]:
 
 
 class _Models:
-    """Loaded serving signatures by SavedModel path, the most recent few kept."""
+    """Loaded models (:class:`~pipelines.batch_inference.ServedModel`) by path, a few kept."""
 
     def __init__(self, batch_size: int, keep: int) -> None:
         self._batch_size = batch_size
@@ -749,9 +749,9 @@ class StreamModelHandler(TileModelHandler):
             by_path[path or self._saved_model].append(i)
         results: list[PredictionResult | None] = [None] * len(examples)
         for path, index in by_path.items():
-            signature = model.get(path)
+            served = model.get(path)
             stacks = [examples[i][1] for i in index]
-            for i, r in zip(index, super().run_inference(stacks, signature), strict=True):
+            for i, r in zip(index, super().run_inference(stacks, served), strict=True):
                 results[i] = PredictionResult(None, r.inference, path)
         return [r for r in results if r is not None]
 
