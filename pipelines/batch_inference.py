@@ -494,14 +494,14 @@ def _global(value: Any) -> WindowedValue:
 
 
 def _decode_chunk(
-    path: str, records: Sequence[bytes], make: ExampleMaker | None = None
+    path: str, records: Sequence[bytes], make: ExampleMaker
 ) -> tuple[list[Any], collections.Counter[str]]:
     """Decode a chunk of tile records; return what to emit, and the tile counts.
 
     tfx-bsl decodes the chunk in one call (per-record calls cost more than the
     model here); a chunk that fails is decoded record by record so that only
-    its bad records are dead-lettered. Emits one TileBatch per scene in the
-    chunk, or with ``make`` that batch's example and refusals (as
+    its bad records are dead-lettered. Emits, per scene in the chunk, the
+    example ``make`` makes of its tiles and their refusals (as
     :class:`ToExamples` would). Pure: it runs on :class:`ReadShards`' decoding
     thread, which must not touch Beam's state.
     """
@@ -523,11 +523,7 @@ def _decode_chunk(
         by_scene[tile.scene_id].append(tile)
     for scene_id, scene_tiles in by_scene.items():
         # The record does not carry its scene's path: PerScene looks it up by id.
-        batch = TileBatch(scene_tiles, scene_id, scene_tiles[0].image.dtype.name)
-        if make is None:
-            out.append(batch)
-            continue
-        example, refused = make(batch)
+        example, refused = make(TileBatch(scene_tiles, scene_id, scene_tiles[0].image.dtype.name))
         counts.update(tiles_in=len(scene_tiles), tiles_dead_lettered=len(refused))
         out.extend(TaggedOutput(DEAD, row) for row in refused)
         if example is not None:
@@ -538,13 +534,12 @@ def _decode_chunk(
 class ReadShards(beam.DoFn):  # type: ignore[misc]
     """Read and decode one tile TFRecord shard; where it breaks, dead-letter the rest of it.
 
-    Yields one :class:`~pipelines.tiling.TileBatch` per scene per chunk of
-    records, or with ``make`` its ``(infos, stack)`` example (refused tiles to
-    ``dead``, tile counts to ``counts``). Bad records are dead-lettered one by
-    one (:func:`_decode_chunk`). A truncated shard or a bad checksum ends the
-    shard, not the job: the records before the break are labelled, and one
-    dead-letter row (kind ``shard``) names the shard, how many records were
-    read and why the rest was not.
+    Yields, per scene per chunk of records, the model's ``(infos, stack)``
+    example (refused tiles to ``dead``, tile counts to ``counts``). Bad
+    records are dead-lettered one by one (:func:`_decode_chunk`). A truncated
+    shard or a bad checksum ends the shard, not the job: the records before
+    the break are labelled, and one dead-letter row (kind ``shard``) names the
+    shard, how many records were read and why the rest was not.
 
     Chunks are decoded (and made into examples) on a thread of their own, up
     to ``ahead`` chunks ahead of what the stage downstream (the model, fused
@@ -554,14 +549,13 @@ class ReadShards(beam.DoFn):  # type: ignore[misc]
     and counted, from the bundle's own thread, in shard order.
 
     Args:
-        make: Turns decoded batches into the model's examples; None yields
-            the TileBatches.
+        make: Turns decoded batches into the model's examples.
         chunk: Records per decoded chunk.
         ahead: Most chunks decoded ahead of the one being emitted (0: decode
             in the bundle's thread, one chunk at a time).
     """
 
-    def __init__(self, make: ExampleMaker | None = None, chunk: int = 256, ahead: int = 2) -> None:
+    def __init__(self, make: ExampleMaker, chunk: int = 256, ahead: int = 2) -> None:
         self._make = make
         self._chunk = chunk
         self._ahead = ahead
@@ -592,7 +586,7 @@ class ReadShards(beam.DoFn):  # type: ignore[misc]
             yield TaggedOutput(COUNTS, ("", +counts))
 
     def process(self, readable: Any) -> Iterator[Any]:
-        """Yield the shard's batches or examples; the rest of a broken shard goes to ``dead``."""
+        """Yield the shard's examples; the rest of a broken shard goes to ``dead``."""
         path = readable.metadata.path
         pending: collections.deque[Any] = collections.deque()
 
@@ -1225,7 +1219,7 @@ def write_probability_cog(
 
     covered = count > 0
     winner = np.where(covered, probs.argmax(axis=0), RASTER_NODATA).astype(np.uint8)
-    scaled = np.where(covered, np.rint(np.clip(probs, 0.0, 1.0) * PROBABILITY_STEPS), 255)
+    scaled = np.where(covered, np.rint(np.clip(probs, 0.0, 1.0) * PROBABILITY_STEPS), RASTER_NODATA)
     data = np.concatenate([winner[None], scaled.astype(np.uint8)])
     profile = {
         "driver": "GTiff",
