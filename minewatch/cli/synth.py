@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 _SIZES = ("tiny", "demo", "coast", "large")
+_WORLDS = ("flat", "realistic")
 
 
 @click.command(short_help="Write synthetic scenes, truth polygons and belt frames.")
@@ -46,6 +47,15 @@ _SIZES = ("tiny", "demo", "coast", "large")
     "(about 35 deg) piles cast shadows.",
 )
 @click.option(
+    "--world",
+    type=click.Choice(_WORLDS),
+    default="flat",
+    show_default=True,
+    help="flat: idealised blobs in table colours; realistic: windrows, kidney and conical "
+    "piles, benched pits, surfaces from the scene's bare ground, roads from every pit to a "
+    "pile, feathered clouds (same files and properties).",
+)
+@click.option(
     "--dsm-crs",
     default=None,
     metavar="CRS",
@@ -58,6 +68,7 @@ def synth(
     background: str | None,
     sun_azimuth: float | None,
     sun_elevation: float | None,
+    world: str,
     dsm_crs: str | None,
 ) -> None:
     r"""Write seeded synthetic ground truth for scenes and conveyor-belt frames.
@@ -75,6 +86,7 @@ def synth(
         $ minewatch synth --out out/gt --size demo --seed 7
         $ minewatch synth --out out/mine --background T18SVF_stack.tif
         $ minewatch synth --out out/low-sun --sun-azimuth 150 --sun-elevation 20
+        $ minewatch synth --out out/real --size demo --world realistic
     """
     from minewatch.errors import MinewatchError
     from minewatch.synth import make_ground_truth
@@ -93,8 +105,9 @@ def synth(
             raise click.BadParameter(f"not a CRS: {exc}", param_hint="--dsm-crs") from exc
     try:
         result = make_ground_truth(
-            out_dir, size=size, seed=seed, background=background, sun=sun, dsm_crs=dsm_crs
-        )
+            out_dir, size=size, seed=seed, background=background, sun=sun, dsm_crs=dsm_crs,
+            world=world,
+        )  # fmt: skip
     except MinewatchError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

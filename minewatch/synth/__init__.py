@@ -11,7 +11,7 @@ from minewatch.synth.background import Background, open_background
 from minewatch.synth.frames import GRADES, make_frame
 from minewatch.synth.ground_truth import SynthResult, make_ground_truth
 from minewatch.synth.materials import BAND_NAMES, REFLECTANCE, signature
-from minewatch.synth.scenes import CLASSES, assess_legality
+from minewatch.synth.scenes import CLASSES
 from minewatch.synth.sizes import SIZES, SizeSpec
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "Background",
     "SizeSpec",
     "SynthResult",
-    "assess_legality",
     "make_frame",
     "make_ground_truth",
     "open_background",

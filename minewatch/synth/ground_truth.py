@@ -15,7 +15,7 @@ from rasterio.errors import CRSError
 from minewatch.errors import ConfigError
 from minewatch.synth.background import open_background
 from minewatch.synth.frames import write_frames
-from minewatch.synth.scenes import write_scenes
+from minewatch.synth.scenes import WORLDS, write_scenes
 from minewatch.synth.sizes import SIZES
 
 __all__ = ["SynthResult", "make_ground_truth"]
@@ -67,13 +67,14 @@ def make_ground_truth(
     sun: tuple[float, float] | None = None,
     dsm_crs: str | None = None,
     frames: bool = True,
+    world: str = "flat",
 ) -> SynthResult:
     """Write seeded synthetic scenes, truth polygons and belt frames.
 
-    The same ``size``, ``seed`` and ``background`` give byte-identical files.
-    Layout under ``out_dir``::
+    The same ``size``, ``seed``, ``background`` and ``world`` give
+    byte-identical files. Layout under ``out_dir``::
 
-        manifest.json                       seed, size, grid, bands, per-date parameters
+        manifest.json                       seed, size, world, grid, bands, per-date parameters
         concessions.geojson                 licensed areas, property licence_id
         protected_areas.geojson             protected areas, property name
         licensed_ports.geojson              licensed loading points (EPSG:4326): port_id, radius_m
@@ -104,17 +105,24 @@ def make_ground_truth(
         dsm_crs: CRS of the DSM files, e.g. ``"EPSG:4326"``; default the
             scene CRS.
         frames: Also write the belt frames; default ``True``.
+        world: ``"flat"`` (idealised star-shaped objects in table colours) or
+            ``"realistic"`` (windrows, kidney and conical piles, benched pits,
+            surfaces from the scene's own bare ground, curved roads from every
+            pit to a pile, feathered clouds); same files and properties either
+            way. Default ``"flat"``. See ``docs/ground-truth.md``.
 
     Returns:
         A :class:`SynthResult` listing the files.
 
     Raises:
-        ConfigError: Unknown ``size``, negative ``seed``, a sun elevation
-            outside (0, 90] or an unreadable ``dsm_crs``.
+        ConfigError: Unknown ``size`` or ``world``, negative ``seed``, a sun
+            elevation outside (0, 90] or an unreadable ``dsm_crs``.
         SceneError: The background cannot be used.
     """
     if size not in SIZES:
         raise ConfigError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    if world not in WORLDS:
+        raise ConfigError(f"unknown world {world!r}; choose one of {', '.join(WORLDS)}")
     if seed < 0:
         raise ConfigError(f"seed must be >= 0, got {seed}")
     if sun is not None and not 0.0 < sun[1] <= 90.0:
@@ -129,13 +137,15 @@ def make_ground_truth(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     bg = open_background(background)
-    outputs, scene_manifest = write_scenes(root, bg, spec, seed, sun, dsm_crs)
+    outputs, scene_manifest = write_scenes(root, bg, spec, seed, sun, dsm_crs, world)
     frames_manifest = write_frames(root, spec, seed) if frames else None
-    manifest = {"size": size, "seed": seed, **scene_manifest, "frames": frames_manifest}
+    manifest = {
+        "size": size, "seed": seed, "world": world, **scene_manifest, "frames": frames_manifest,
+    }  # fmt: skip
     manifest_path = root / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
     seconds = time.perf_counter() - start
-    log.info("wrote %s ground truth to %s in %.1f s", size, root, seconds)
+    log.info("wrote %s %s ground truth to %s in %.1f s", size, world, root, seconds)
     return SynthResult(
         out_dir=root,
         scenes=[o.scene for o in outputs],

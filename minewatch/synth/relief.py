@@ -13,14 +13,26 @@ the ellipsoid, made up), seeded separately from the scene layout so adding it
 changed no layout. A survey DSM covers the concessions (a drone flight over the
 licence areas) plus :data:`DSM_MARGIN_M`; everything else is nodata, so piles
 outside every concession have no elevation data, as in the field.
+
+The realistic world (``make_ground_truth(world="realistic")``) adds *ridges*
+(:class:`Ridge`): piles whose crest is a curve, the spine, rather than a point.
+The surface falls linearly from the spine to the footprint edge at
+``half_width`` pixels, so every cross-section across the spine is the same
+triangle. A straight spine is a windrow (a triangular prism with half-cone
+ends), a spine bent into a circular arc a kidney-shaped pile. By Pappus's
+theorem the swept triangle has volume ``height_m x half_width x length`` for
+either spine (the triangle's centroid lies on the spine), and the two ends add
+half a cone each, so the volume is exact in closed form too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 import rasterio
@@ -39,6 +51,8 @@ __all__ = [
     "DSM_NOISE_M",
     "REPOSE_DEG",
     "Cone",
+    "Pile",
+    "Ridge",
     "Terrain",
     "write_dsm",
 ]
@@ -53,6 +67,55 @@ DSM_NOISE_M = 0.10
 #: How far the survey reaches beyond the concessions, metres.
 DSM_MARGIN_M = 60.0
 _SAMPLES = 4096
+
+
+class Pile(Protocol):
+    """What the DSM, the shadows and the truth need of a stockpile's shape.
+
+    Coordinates are crop pixels (continuous); heights are metres above the
+    local ground.
+    """
+
+    @property
+    def row(self) -> float:
+        """Crest centre row (the apex of a cone)."""
+        ...
+
+    @property
+    def col(self) -> float:
+        """Crest centre column."""
+        ...
+
+    @property
+    def height_m(self) -> float:
+        """Crest height above the ground, metres."""
+        ...
+
+    @property
+    def form(self) -> str:
+        """Name of the shape, written as the truth's ``shape`` property."""
+        ...
+
+    @property
+    def reach(self) -> float:
+        """Largest distance from ``(row, col)`` to the footprint edge, pixels."""
+        ...
+
+    def height(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Pile height in metres at crop pixel coordinates (0 off the footprint)."""
+        ...
+
+    def crest(self) -> np.ndarray:
+        """``(n, 2)`` rows and columns of points at the full height ``height_m``."""
+        ...
+
+    def area_m2(self, pixel_size: float) -> float:
+        """Exact footprint area, m²."""
+        ...
+
+    def volume_m3(self, pixel_size: float) -> float:
+        """Exact volume, m³."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,6 +137,8 @@ class Cone:
     amps: np.ndarray
     phases: np.ndarray
     height_m: float
+    #: Truth ``shape`` of every cone.
+    form: ClassVar[str] = "cone"
 
     def rad(self, theta: np.ndarray) -> np.ndarray:
         """Footprint radius in pixels along direction ``theta`` (atan2(drow, dcol))."""
@@ -93,6 +158,10 @@ class Cone:
         rad = self.rad(np.arctan2(dy, dx))
         return self.height_m * np.clip(1.0 - np.hypot(dy, dx) / rad, 0.0, None)
 
+    def crest(self) -> np.ndarray:
+        """The apex, as a ``(1, 2)`` array of row and column."""
+        return np.array([[self.row, self.col]])
+
     def area_m2(self, pixel_size: float) -> float:
         """Exact footprint area (the continuous outline), m²."""
         theta = np.linspace(0.0, 2 * math.pi, _SAMPLES, endpoint=False)
@@ -101,6 +170,113 @@ class Cone:
     def volume_m3(self, pixel_size: float) -> float:
         """Exact volume: apex height x footprint area / 3, m³."""
         return self.height_m * self.area_m2(pixel_size) / 3.0
+
+
+@dataclass(frozen=True)
+class Ridge:
+    """A pile along a spine: a windrow (straight spine) or kidney (arc), in pixels.
+
+    The spine is a circular arc of length ``length`` through ``(row, col)``
+    (its midpoint), heading ``angle`` there and turning through ``bend``
+    radians in all (0: a straight segment). The height falls linearly from
+    ``height_m`` on the spine to 0 at distance ``half_width``, so the side
+    slope across the spine is ``height_m / (half_width x pixel size)``.
+
+    Example:
+        >>> windrow = Ridge(50.0, 50.0, 3.0, 12.0, 0.0, 0.0, 23.0, "windrow")
+        >>> round(windrow.volume_m3(10.0))  # 23 x (3 x 12 + pi x 9 / 3) x 100
+        104477
+
+    Attributes:
+        row: Spine midpoint row (crop pixels, continuous).
+        col: Spine midpoint column.
+        half_width: Distance from the spine to the footprint edge, pixels.
+        length: Spine length, pixels.
+        angle: Spine direction at the midpoint, ``atan2(drow, dcol)``, radians.
+        bend: Angle the spine turns through, radians; ``|bend| x half_width``
+            must stay below ``length`` (the inner edge keeps clear of the arc's
+            centre) and ``|bend|`` below pi.
+        height_m: Crest height above the ground, metres.
+        form: ``"windrow"`` or ``"kidney"`` (the truth's ``shape``).
+    """
+
+    row: float
+    col: float
+    half_width: float
+    length: float
+    angle: float
+    bend: float
+    height_m: float
+    form: str = "windrow"
+
+    def __post_init__(self) -> None:
+        if abs(self.bend) * self.half_width >= self.length or abs(self.bend) >= math.pi:
+            raise ValueError(
+                f"a ridge needs |bend| x half_width < length and |bend| < pi, got bend "
+                f"{self.bend}, half_width {self.half_width}, length {self.length}"
+            )
+
+    @property
+    def reach(self) -> float:
+        """Bound on the distance from the midpoint to the footprint edge, pixels."""
+        return self.length / 2 + self.half_width
+
+    @property
+    def straight(self) -> bool:
+        """Whether the spine is a segment (a bend under a microradian counts as none)."""
+        return abs(self.bend) < 1e-6
+
+    def crest(self, n: int = 17) -> np.ndarray:
+        """``(n, 2)`` rows and columns along the spine, ends included."""
+        s = np.linspace(-0.5, 0.5, n) * self.length
+        if self.straight:
+            return np.column_stack(
+                [self.row + s * math.sin(self.angle), self.col + s * math.cos(self.angle)]
+            )
+        radius = self.length / self.bend  # signed: the spine turns towards +normal
+        phi = self.angle + s / radius  # heading along the arc
+        # centre = midpoint + radius x normal, normal = heading turned +90 degrees
+        c_row = self.row + radius * math.cos(self.angle)
+        c_col = self.col - radius * math.sin(self.angle)
+        return np.column_stack([c_row - radius * np.cos(phi), c_col + radius * np.sin(phi)])
+
+    def spine_distance(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Distance in pixels from crop pixel coordinates to the spine."""
+        ends = self.crest(2)
+        if self.straight:
+            (ar, ac), (br, bc) = ends
+            vr, vc = br - ar, bc - ac
+            u = np.clip(((rows - ar) * vr + (cols - ac) * vc) / (vr * vr + vc * vc), 0.0, 1.0)
+            return np.hypot(rows - ar - u * vr, cols - ac - u * vc)
+        radius = self.length / self.bend
+        c_row = self.row + radius * math.cos(self.angle)
+        c_col = self.col - radius * math.sin(self.angle)
+        dr, dc = rows - c_row, cols - c_col
+        # angle of each point around the centre, relative to the midpoint's
+        mid = math.atan2(self.row - c_row, self.col - c_col)
+        rel = (np.arctan2(dr, dc) - mid + math.pi) % (2 * math.pi) - math.pi
+        on_arc = np.abs(rel) <= abs(self.bend) / 2
+        to_arc = np.abs(np.hypot(dr, dc) - abs(radius))
+        to_ends = np.minimum(
+            np.hypot(rows - ends[0, 0], cols - ends[0, 1]),
+            np.hypot(rows - ends[1, 0], cols - ends[1, 1]),
+        )
+        return np.where(on_arc, to_arc, to_ends)
+
+    def height(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Pile height in metres at crop pixel coordinates (0 off the footprint)."""
+        d = self.spine_distance(rows, cols)
+        return self.height_m * np.clip(1.0 - d / self.half_width, 0.0, None)
+
+    def area_m2(self, pixel_size: float) -> float:
+        """Exact footprint area: a band ``2 half_width`` wide plus a disc, m²."""
+        w = self.half_width
+        return (2 * w * self.length + math.pi * w * w) * pixel_size**2
+
+    def volume_m3(self, pixel_size: float) -> float:
+        """Exact volume: swept triangle (Pappus) plus one cone, m³."""
+        w = self.half_width
+        return self.height_m * (w * self.length + math.pi * w * w / 3) * pixel_size**2
 
 
 @dataclass(frozen=True)
@@ -167,7 +343,7 @@ def write_dsm(
     scene_crs: CRS,
     scene_transform: Affine,
     coverage: BaseGeometry,
-    cones: list[Cone],
+    cones: Sequence[Pile],
     terrain: Terrain,
     res_m: float,
     rng: np.random.Generator,

@@ -20,6 +20,21 @@ standing in for atmospheric path radiance, so that surface reflectances from
 :mod:`minewatch.synth.materials` sit plausibly in a top-of-atmosphere scene.
 ``manifest.json`` records ``path_b``, ``gain`` and ``season_b`` so tests can
 invert the model.
+
+Two worlds share this code (:data:`WORLDS`). ``"flat"`` is the model above.
+``"realistic"`` keeps the files and the truth schema but draws windrows and
+kidney piles besides cones (:class:`~minewatch.synth.relief.Ridge`), benched
+pits, surfaces cut from the scene's own bare ground
+(:mod:`minewatch.synth.surfaces`: ``rho_b`` becomes a per-pixel, per-band
+field), a curved road from every pit to a pile, and feathered clouds whose
+softened shadows take 65 % of the light.
+
+Pit legality in the truth is by construction: each pit is placed with a
+status (inside one concession, clear of all concessions and protected areas,
+or inside a protected area) in a disc that covers its widest outline of all
+dates, and the truth's ``illegal``, ``reason`` and ``licence_id`` say that
+status. The inference job's legality rule is neither imported nor called
+here; ``tests/minewatch/test_synth_legality.py`` checks that it agrees.
 """
 
 from __future__ import annotations
@@ -47,11 +62,11 @@ from shapely.geometry import Point, Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from minewatch.sites import assess_legality
 from minewatch.synth.background import Background
 from minewatch.synth.materials import QUANTIFICATION, signature
-from minewatch.synth.relief import DSM_MARGIN_M, REPOSE_DEG, Cone, Terrain, write_dsm
+from minewatch.synth.relief import DSM_MARGIN_M, REPOSE_DEG, Cone, Pile, Ridge, Terrain, write_dsm
 from minewatch.synth.sizes import SizeSpec
+from minewatch.synth.surfaces import Swatches, bench_shade, find_swatches, slope_shade
 from minewatch.synth.vessels import (
     Berth,
     VesselTruth,
@@ -65,10 +80,12 @@ from minewatch.synth.vessels import (
 __all__ = [
     "CLASSES",
     "EDGE_PX",
+    "WORLDS",
     "Acquisition",
     "Layout",
-    "assess_legality",
+    "ScenePlan",
     "plan_layout",
+    "plan_scenes",
     "render_acquisition",
     "write_scenes",
 ]
@@ -88,6 +105,24 @@ CLOUD_HEIGHT_M = 1500.0
 #: Sentinel-2 overpass, local solar time (10:30).
 OVERPASS_HOURS = 10.5
 _FIRST_DATE = dt.date(2024, 1, 15)
+#: Realistic world: share of the ground's light a full cloud shadow takes away
+#: (direct sun blocked, sky light left), its penumbra (pixels) and the width
+#: of the feathered cloud edge (in standard deviations of the cloud field).
+_CLOUD_SHADOW_REALISTIC = 0.65
+_PENUMBRA_PX = 1.5
+_FEATHER = 1.0
+#: Ground-truth worlds: today's idealised one and the realistic one.
+WORLDS: tuple[str, ...] = ("flat", "realistic")
+#: Realistic pits: harmonic amplitudes x this (rougher, often non-convex outlines).
+_PIT_ROUGHNESS = 2.0
+#: Realistic stockpile shapes, in turn.
+_PILE_KINDS = ("star", "windrow", "kidney")
+#: ``(illegal, reason)`` of a pit by its placement status.
+_LEGALITY: dict[str, tuple[bool, str | None]] = {
+    "legal": (False, None),
+    "outside": (True, "outside_concession"),
+    "protected": (True, "protected_area"),
+}
 # Phenology amplitude per band: reflectance of vegetation rises in the red edge
 # and NIR in summer and falls a little in the red (chlorophyll absorption).
 _SEASON_AMPLITUDE = {"B04": -0.10, "B05": 0.05, "B06": 0.15, "B07": 0.20, "B08": 0.20}
@@ -99,7 +134,13 @@ _SEASON_AMPLITUDE |= {"B8A": 0.20, "B09": 0.10}
 
 @dataclass
 class Blob:
-    """A star-shaped object: radius modulated by a few harmonics."""
+    """A star-shaped object (radius modulated by a few harmonics) or a ridge pile.
+
+    ``kind`` ``"star"`` is the star shape of every flat-world object; the
+    realistic world adds stockpiles of kind ``"windrow"`` and ``"kidney"``
+    (:class:`~minewatch.synth.relief.Ridge`), whose ``radius`` is the half
+    width and ``spine``, ``bend`` and ``angle`` give the crest line.
+    """
 
     oid: str
     cls: str
@@ -112,23 +153,45 @@ class Blob:
     phases: np.ndarray
     radius_by_date: list[float | None]
     parent: str | None = None
+    #: Pits: where placement put it, ``legal`` (inside a concession), ``outside``
+    #: (clear of every concession and protected area) or ``protected``.
+    status: str | None = None
+    #: Pits: the concession it was placed in (``legal`` only).
+    licence_id: str | None = None
+    #: ``"star"``, or for realistic stockpiles ``"windrow"`` / ``"kidney"``.
+    kind: str = "star"
+    #: Ridges: spine length in half widths.
+    spine: float = 0.0
+    #: Ridges: angle the spine turns through, radians.
+    bend: float = 0.0
+    #: Ridges: spine direction at its midpoint, ``atan2(drow, dcol)``.
+    angle: float = 0.0
+    #: Realistic pits: number of benches (0: a flat pit).
+    benches: int = 0
 
     def max_extent(self) -> float:
         """Largest distance from the centre over all dates, in pixels."""
         radii = [r for r in self.radius_by_date if r is not None]
+        if self.kind != "star":
+            return max(radii) * (self.spine / 2 + 1.0) + EDGE_PX
         return max(radii) * (1.0 + float(np.abs(self.amps).sum())) + EDGE_PX
 
-    def cone(self, t: int, pixel_size: float) -> Cone | None:
+    def pile(self, t: int, pixel_size: float) -> Pile | None:
         """The pile's shape on date ``t`` (stockpiles only; ``None`` if absent).
 
-        The apex height is ``tan(repose) x radius``, so the nominal side slope
-        is the commodity's angle of repose.
+        The crest height is ``tan(repose) x radius`` (the half width of a
+        ridge), so the nominal side slope is the commodity's angle of repose.
         """
         radius = self.radius_by_date[t]
         if self.cls != "stockpile" or radius is None:
             return None
         slope = math.tan(math.radians(REPOSE_DEG.get(self.material, 37.0)))
         height = slope * radius * pixel_size
+        if self.kind != "star":
+            return Ridge(
+                self.row, self.col, radius, self.spine * radius, self.angle, self.bend, height,
+                self.kind,
+            )  # fmt: skip
         return Cone(self.row, self.col, radius, self.amps, self.phases, height)
 
 
@@ -155,6 +218,7 @@ class Layout:
         blobs: Stockpiles, scars and pit water in paint order.
         roads: Haul roads.
         dates: Acquisition dates.
+        world: ``"flat"`` or ``"realistic"`` (:data:`WORLDS`).
     """
 
     width: int
@@ -165,6 +229,7 @@ class Layout:
     blobs: list[Blob]
     roads: list[Road]
     dates: list[dt.date]
+    world: str = "flat"
 
 
 class _LandMask:
@@ -261,12 +326,19 @@ def plan_layout(
     land_mask: np.ndarray,
     land_factor: int,
     rng: np.random.Generator,
+    world: str = "flat",
 ) -> Layout:
     """Place concessions, protected areas, pits, stockpiles and roads.
 
     Placement is by rejection sampling; an object that finds no room after a
     few hundred tries is left out (logged), so the counts in ``spec`` are
     upper bounds.
+
+    The realistic world places concessions, protected areas and pits by the
+    same rules, with rougher pit outlines and 3-5 benches; its stockpiles are
+    cones, windrows and kidneys in turn (every fifth beside an illegal pit
+    rather than anywhere), and every pit gets a curved haul road to a pile
+    (``spec.n_roads`` is not used).
 
     Args:
         spec: Size specification (counts, radius ranges, dates).
@@ -276,10 +348,12 @@ def plan_layout(
         land_mask: Boolean land mask of the crop, decimated by ``land_factor``.
         land_factor: Decimation of ``land_mask``.
         rng: Random generator (the layout stream).
+        world: ``"flat"`` or ``"realistic"``; default ``"flat"``.
 
     Returns:
         The :class:`Layout`.
     """
+    realistic = world == "realistic"
     land = _LandMask(land_mask, land_factor)
     dates = [_FIRST_DATE + dt.timedelta(days=spec.date_step_days * t) for t in range(spec.n_dates)]
     concessions, protected = _place_regions(rng, spec, width, height, land)
@@ -305,6 +379,8 @@ def plan_layout(
         first = 0 if k < n_early or spec.n_dates == 1 else int(rng.integers(1, spec.n_dates))
         radius = float(rng.uniform(*spec.scar_radius))
         amps, phases = harmonics()
+        if realistic:
+            amps = amps * _PIT_ROUGHNESS
         radii: list[float | None] = [
             None if t < first else radius * (1.0 + 0.08 * (t - first)) for t in range(spec.n_dates)
         ]
@@ -319,13 +395,18 @@ def plan_layout(
             amps,
             phases,
             radii,
+            status=status,
+            benches=int(rng.integers(3, 6)) if realistic else 0,
         )
+        # ``extent`` covers the pit's largest radius over all dates, so the widening
+        # pit stays where it was placed: the legality truth holds on every date.
         extent = blob.max_extent()
         for _ in range(800):
             col = float(rng.uniform(extent + 2, width - extent - 2))
             row = float(rng.uniform(extent + 2, height - extent - 2))
             disc = Point(col, row).buffer(extent + 3)
-            if status == "legal" and not any(disc.within(p) for _, p in concessions):
+            holder = next((lid for lid, p in concessions if disc.within(p)), None)
+            if status == "legal" and holder is None:
                 continue
             if status == "outside" and (disc.intersects(conc_union) or disc.intersects(prot_union)):
                 continue
@@ -333,7 +414,7 @@ def plan_layout(
                 continue
             if not free(row, col, extent) or not land.disc_on_land(row, col, extent):
                 continue
-            blob.row, blob.col = row, col
+            blob.row, blob.col, blob.licence_id = row, col, holder
             taken.append((row, col, extent))
             scars.append(blob)
             blobs.append(blob)
@@ -382,11 +463,24 @@ def plan_layout(
             phases,
             [radius * math.sqrt(f) for f in factors],
         )
+        if realistic:
+            _shape_pile(blob, k, rng)
         extent = blob.max_extent()
         in_yard = concessions and k % 5 != 4
-        for _ in range(800):
+        # Realistic: the odd pile out lies beside an illegal pit, not just anywhere.
+        rogue = [s for s in scars if s.status != "legal"] if realistic and not in_yard else []
+        beside = rogue[(k // 5) % len(rogue)] if rogue else None
+        for attempt in range(800):
             col = float(rng.uniform(extent + 2, width - extent - 2))
             row = float(rng.uniform(extent + 2, height - extent - 2))
+            if beside is not None and attempt < 400:
+                ang = float(rng.uniform(0, 2 * math.pi))
+                gap = beside.max_extent() + extent + float(rng.uniform(3, 15))
+                row, col = beside.row + gap * math.sin(ang), beside.col + gap * math.cos(ang)
+                if not (extent + 2 < row < height - extent - 2):
+                    continue
+                if not (extent + 2 < col < width - extent - 2):
+                    continue
             if in_yard and not conc_union.contains(Point(col, row).buffer(extent)):
                 continue
             if not free(row, col, extent) or not land.disc_on_land(row, col, extent):
@@ -398,6 +492,11 @@ def plan_layout(
             break
         else:
             log.info("no room for %s; left out", blob.oid)
+    if realistic:
+        pit_roads = _pit_roads(scars, stockpiles, concessions, width, height, rng)
+        return Layout(
+            width, height, transform, concessions, protected, blobs, pit_roads, dates, world
+        )
     # Haul roads: from a pit to the nearest stockpile (legal) or to the crop edge.
     roads: list[Road] = []
     for k in range(min(spec.n_roads, len(scars))):
@@ -408,13 +507,7 @@ def plan_layout(
             dest = min(yard, key=lambda s: math.hypot(s.row - pit.row, s.col - pit.col))
             end = (dest.row, dest.col)
         else:
-            edges = [
-                (0.0, pit.col),
-                (float(height), pit.col),
-                (pit.row, 0.0),
-                (pit.row, float(width)),
-            ]
-            end = min(edges, key=lambda e: math.hypot(e[0] - pit.row, e[1] - pit.col))
+            end = _nearest_edge(pit, width, height)
         mid = (
             (start[0] + end[0]) / 2 + float(rng.normal(0, 6)),
             (start[1] + end[1]) / 2 + float(rng.normal(0, 6)),
@@ -424,6 +517,82 @@ def plan_layout(
             Road(f"road-{k + 1:03d}", [start, mid, end], float(rng.uniform(2.0, 3.0)), first)
         )
     return Layout(width, height, transform, concessions, protected, blobs, roads, dates)
+
+
+def _nearest_edge(pit: Blob, width: int, height: int) -> tuple[float, float]:
+    """The point of the crop's edge nearest a pit's centre (where its road leaves)."""
+    edges = [(0.0, pit.col), (float(height), pit.col), (pit.row, 0.0), (pit.row, float(width))]
+    return min(edges, key=lambda e: math.hypot(e[0] - pit.row, e[1] - pit.col))
+
+
+def _shape_pile(blob: Blob, k: int, rng: np.random.Generator) -> None:
+    """Make a realistic stockpile a cone, windrow or kidney (in turn, by ``k``).
+
+    Windrows and kidneys are drawn narrower than the cone of the same radius,
+    so that their footprints stay comparable in area.
+    """
+    kind = _PILE_KINDS[k % len(_PILE_KINDS)]
+    if kind == "star":
+        return
+    if kind == "windrow":
+        scale, spine = 0.7, float(rng.uniform(3.0, 4.5))
+        bend = float(rng.uniform(-0.35, 0.35))
+    else:
+        scale = 0.65
+        bend = float(rng.uniform(2.3, 2.8)) * (1.0 if rng.random() < 0.5 else -1.0)
+        # Arc radius 1.6-2 half widths: a bean whose hollow stays open (it must
+        # exceed 1, the inner edge reaching the arc's centre).
+        spine = abs(bend) * float(rng.uniform(1.6, 2.0))
+    blob.kind, blob.spine, blob.bend = kind, spine, bend
+    blob.angle = float(rng.uniform(0, math.pi))
+    blob.radius *= scale
+    blob.radius_by_date = [None if r is None else r * scale for r in blob.radius_by_date]
+
+
+def _curved(
+    start: tuple[float, float], end: tuple[float, float], rng: np.random.Generator, n: int = 12
+) -> list[tuple[float, float]]:
+    """A gently curved polyline: a quadratic Bezier bowed sideways by ~15 % of its length."""
+    (r0, c0), (r1, c1) = start, end
+    length = math.hypot(r1 - r0, c1 - c0) or 1.0
+    bow = float(rng.normal(0.0, 0.15)) * length
+    ctrl = ((r0 + r1) / 2 + bow * (c1 - c0) / length, (c0 + c1) / 2 - bow * (r1 - r0) / length)
+    out = []
+    for u in np.linspace(0.0, 1.0, n + 1):
+        a, b, c = (1 - u) ** 2, 2 * u * (1 - u), u**2
+        out.append((a * r0 + b * ctrl[0] + c * r1, a * c0 + b * ctrl[1] + c * c1))
+    return out
+
+
+def _pit_roads(
+    scars: list[Blob],
+    stockpiles: list[Blob],
+    concessions: list[tuple[str, Polygon]],
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+) -> list[Road]:
+    """Realistic haul roads: every pit to a pile, slightly curved.
+
+    A legal pit's road goes to the nearest pile of its own concession, any
+    other to the nearest pile; with no pile at all, to the nearest crop edge.
+    """
+    roads: list[Road] = []
+    holders = dict(concessions)
+    for k, pit in enumerate(scars):
+        start = (pit.row, pit.col)
+        own = holders.get(pit.licence_id or "")
+        yard = [s for s in stockpiles if own is not None and own.contains(Point(s.col, s.row))]
+        piles = yard or stockpiles
+        if piles:
+            dest = min(piles, key=lambda s: math.hypot(s.row - pit.row, s.col - pit.col))
+            end = (dest.row, dest.col)
+        else:
+            end = _nearest_edge(pit, width, height)
+        first = next(t for t, r in enumerate(pit.radius_by_date) if r is not None)
+        points = _curved(start, end, rng)
+        roads.append(Road(f"road-{k + 1:03d}", points, float(rng.uniform(2.0, 3.5)), first))
+    return roads
 
 
 # --------------------------------------------------------------------------- rendering
@@ -442,6 +611,17 @@ class _Sprite:
     alpha: np.ndarray
     texture: np.ndarray
     parent: str | None = None
+    #: Realistic world: per-band reflectance ``(bands, h, w)`` that replaces the
+    #: material's table spectrum (``NaN`` in bands left to the background).
+    surface: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What the realistic world paints with."""
+
+    swatches: Swatches
+    pixel_size: float
 
 
 @dataclass
@@ -460,10 +640,13 @@ class Acquisition:
         cloud: Cloud opacity (H, W) or ``None``.
         cloud_shadow: Cloud-shadow opacity (H, W) or ``None``.
         labels: Top-most object per pixel (0 = none), indexes ``sprites`` + 1.
-        cones: Stockpile shapes by object id.
+        cones: Stockpile shapes (cones, and ridges in the realistic world) by
+            object id.
         vessels: Ships on the water (painted over everything but clouds).
         transform: Crop transform (where ``vessels`` are painted); ``None``
             when there are none.
+        cloud_shadow_strength: Share of the ground's light a full cloud
+            shadow takes away.
     """
 
     index: int
@@ -477,9 +660,10 @@ class Acquisition:
     cloud: np.ndarray | None = None
     cloud_shadow: np.ndarray | None = None
     labels: np.ndarray | None = None
-    cones: dict[str, Cone] = field(default_factory=dict)
+    cones: dict[str, Pile] = field(default_factory=dict)
     vessels: list[VesselTruth] = field(default_factory=list)
     transform: Affine | None = None
+    cloud_shadow_strength: float = 0.5
 
 
 def _season(date: dt.date, band_names: tuple[str, ...]) -> dict[str, float]:
@@ -533,35 +717,69 @@ def sun_position(lat: float, lon: float, date: dt.date) -> tuple[float, float]:
 
 
 def _blob_sprite(
-    blob: Blob, t: int, width: int, height: int, rng: np.random.Generator, sun: tuple[float, float]
+    blob: Blob,
+    t: int,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    sun: tuple[float, float],
+    pile: Pile | None = None,
+    look: _Look | None = None,
 ) -> _Sprite | None:
+    """Alpha and texture of one object on date ``t``.
+
+    ``pile`` is the stockpile's shape (a ridge's footprint comes from it);
+    with ``look`` (the realistic world) the surface comes from real bare
+    ground, piles are lit by their slopes and pits show their benches.
+    """
     radius = blob.radius_by_date[t]
     if radius is None:
         return None
-    reach = radius * (1.0 + float(np.abs(blob.amps).sum())) + EDGE_PX + 1
+    ridge = pile if isinstance(pile, Ridge) else None
+    if ridge is not None:
+        reach = ridge.reach + EDGE_PX + 1
+    else:
+        reach = radius * (1.0 + float(np.abs(blob.amps).sum())) + EDGE_PX + 1
     r0, r1 = max(0, int(blob.row - reach)), min(height, math.ceil(blob.row + reach) + 1)
     c0, c1 = max(0, int(blob.col - reach)), min(width, math.ceil(blob.col + reach) + 1)
     rr, cc = np.mgrid[r0:r1, c0:c1].astype(np.float64) + 0.5
     dy, dx = rr - blob.row, cc - blob.col
-    dist = np.hypot(dy, dx)
-    theta = np.arctan2(dy, dx)
-    k = np.arange(2, 2 + len(blob.amps))[:, None, None]
-    modulation = 1.0 + (
-        blob.amps[:, None, None] * np.cos(k * theta + blob.phases[:, None, None])
-    ).sum(0)
-    rad = radius * modulation
+    if ridge is not None:
+        # Signed distance to the footprint edge, as ``rad - dist`` is for a star.
+        inside = ridge.half_width - ridge.spine_distance(rr, cc)
+        dist, rad = ridge.half_width - inside, np.full(rr.shape, ridge.half_width)
+    else:
+        dist = np.hypot(dy, dx)
+        theta = np.arctan2(dy, dx)
+        k = np.arange(2, 2 + len(blob.amps))[:, None, None]
+        modulation = 1.0 + (
+            blob.amps[:, None, None] * np.cos(k * theta + blob.phases[:, None, None])
+        ).sum(0)
+        rad = radius * modulation
     alpha = np.clip((rad - dist) / EDGE_PX + 0.5, 0.0, 1.0)
     strength = 0.05 if blob.cls == "stockpile" else 0.10
     noise = ndimage.gaussian_filter(rng.normal(size=alpha.shape), 1.0)
     texture = 1.0 + strength * noise / max(float(noise.std()), 1e-6)
-    if blob.cls == "stockpile":
-        # Slopes facing the sun are brighter: shade follows the radial direction.
-        az = math.radians(sun[0])
-        to_sun = (-math.cos(az), math.sin(az))  # (row, col) towards the sun
-        with np.errstate(invalid="ignore", divide="ignore"):
-            facing = np.where(dist > 0, (dy * to_sun[0] + dx * to_sun[1]) / dist, 0.0)
-        texture = texture * np.clip(1.0 + 0.25 * (dist / rad) * facing, 0.7, 1.3)
-    texture = np.clip(texture, 0.6, 1.4)
+    surface = None
+    if look is not None:
+        # The swatch brings the texture; a little grain on top, then the relief.
+        texture = 1.0 + 0.03 * noise / max(float(noise.std()), 1e-6)
+        if pile is not None:
+            heights = pile.height(rr, cc)
+            texture = texture * slope_shade(heights, look.pixel_size, *sun)
+        if blob.benches:
+            texture = texture * bench_shade(dist, rad, dy, dx, blob.benches, sun[0])
+        texture = np.clip(texture, 0.2, 1.8)
+        surface = look.swatches.surface(blob.material, alpha.shape, rng)
+    else:
+        if blob.cls == "stockpile":
+            # Slopes facing the sun are brighter: shade follows the radial direction.
+            az = math.radians(sun[0])
+            to_sun = (-math.cos(az), math.sin(az))  # (row, col) towards the sun
+            with np.errstate(invalid="ignore", divide="ignore"):
+                facing = np.where(dist > 0, (dy * to_sun[0] + dx * to_sun[1]) / dist, 0.0)
+            texture = texture * np.clip(1.0 + 0.25 * (dist / rad) * facing, 0.7, 1.3)
+        texture = np.clip(texture, 0.6, 1.4)
     return _Sprite(
         blob.oid,
         blob.cls,
@@ -572,10 +790,13 @@ def _blob_sprite(
         alpha.astype(np.float32),
         texture.astype(np.float32),
         blob.parent,
+        surface,
     )
 
 
-def _road_sprite(road: Road, width: int, height: int, rng: np.random.Generator) -> _Sprite:
+def _road_sprite(
+    road: Road, width: int, height: int, rng: np.random.Generator, look: _Look | None = None
+) -> _Sprite:
     pts = np.array(road.points)
     reach = road.width / 2 + EDGE_PX + 1
     r0 = max(0, int(pts[:, 0].min() - reach))
@@ -592,17 +813,18 @@ def _road_sprite(road: Road, width: int, height: int, rng: np.random.Generator) 
     alpha = np.clip((road.width / 2 - dist) / EDGE_PX + 0.5, 0.0, 1.0)
     noise = ndimage.gaussian_filter(rng.normal(size=alpha.shape), 1.0)
     texture = np.clip(1.0 + 0.05 * noise / max(float(noise.std()), 1e-6), 0.6, 1.4)
+    surface = None if look is None else look.swatches.surface("haul_road", alpha.shape, rng)
     return _Sprite(
         road.oid, "haul_road", "haul_road", None, r0, c0, alpha.astype(np.float32),
-        texture.astype(np.float32),
+        texture.astype(np.float32), surface=surface,
     )  # fmt: skip
 
 
 def _cone_shadow(
-    cone: Cone, width: int, height: int, sun: tuple[float, float], pixel_size: float,
+    cone: Pile, width: int, height: int, sun: tuple[float, float], pixel_size: float,
     slope_to_sun: float,
 ) -> tuple[int, int, np.ndarray] | None:  # fmt: skip
-    """Cast shadow of a star cone: the fraction of each pixel's ground in shadow.
+    """Cast shadow of a pile: the fraction of each pixel's ground in shadow.
 
     A ground point is in shadow when some point of the pile towards the sun
     rises above the ray from it to the sun. The ground is the local terrain
@@ -617,11 +839,12 @@ def _cone_shadow(
     az = math.radians(azimuth)
     away = (math.cos(az), -math.sin(az))  # (row, col) away from the sun
     reach = cone.reach + 1.0
-    tip = (cone.row + length * away[0], cone.col + length * away[1])
-    r0 = max(0, math.floor(min(cone.row - reach, tip[0] - 1)))
-    r1 = min(height, math.ceil(max(cone.row + reach, tip[0] + 1)))
-    c0 = max(0, math.floor(min(cone.col - reach, tip[1] - 1)))
-    c1 = min(width, math.ceil(max(cone.col + reach, tip[1] + 1)))
+    # Shadow tips of the crest (the apex of a cone, the spine of a ridge).
+    tips = cone.crest() + length * np.array(away)
+    r0 = max(0, math.floor(min(cone.row - reach, tips[:, 0].min() - 1)))
+    r1 = min(height, math.ceil(max(cone.row + reach, tips[:, 0].max() + 1)))
+    c0 = max(0, math.floor(min(cone.col - reach, tips[:, 1].min() - 1)))
+    c1 = min(width, math.ceil(max(cone.col + reach, tips[:, 1].max() + 1)))
     if r0 >= r1 or c0 >= c1:
         return None
     f = SHADOW_SUPERSAMPLE
@@ -639,13 +862,31 @@ def _cone_shadow(
     return r0, c0, frac.astype(np.float32)
 
 
-def _clouds(rng: np.random.Generator, width: int, height: int, cover: float) -> np.ndarray:
+def _clouds(
+    rng: np.random.Generator, width: int, height: int, cover: float, feather: bool = False
+) -> np.ndarray:
+    """Cloud opacity: a smooth random field above its ``1 - cover`` quantile.
+
+    With ``feather`` (realistic world) finer billows are added and the edge
+    ramp is several times wider and eased, so clouds thin out over tens of
+    metres instead of ending at a hard rim; opacity >= 0.5 still covers
+    ``cover`` of the crop.
+    """
     coarse = (max(4, height // 8), max(4, width // 8))
     field_ = ndimage.gaussian_filter(rng.normal(size=coarse), 2.5, mode="wrap")
     field_ = ndimage.zoom(field_, (height / coarse[0], width / coarse[1]), order=1)[:height, :width]
+    if feather:
+        fine_shape = (max(4, height // 3), max(4, width // 3))
+        fine = ndimage.gaussian_filter(rng.normal(size=fine_shape), 1.5, mode="wrap")
+        fine = ndimage.zoom(fine, (height / fine_shape[0], width / fine_shape[1]), order=1)
+        fine = fine[:height, :width]
+        field_ = field_ + 0.3 * float(field_.std()) / max(float(fine.std()), 1e-9) * fine
     threshold = float(np.quantile(field_, 1.0 - cover))
-    soft = 0.25 * float(field_.std())
-    return np.clip((field_ - threshold) / soft + 0.5, 0.0, 1.0).astype(np.float32)
+    soft = (_FEATHER if feather else 0.25) * float(field_.std())
+    alpha = np.clip((field_ - threshold) / soft + 0.5, 0.0, 1.0)
+    if feather:
+        alpha = alpha * alpha * (3.0 - 2.0 * alpha)  # smoothstep: no kink at either end
+    return alpha.astype(np.float32)
 
 
 def render_acquisition(
@@ -657,6 +898,7 @@ def render_acquisition(
     rng: np.random.Generator,
     sun: tuple[float, float] | None = None,
     terrain: Terrain | None = None,
+    swatches: Swatches | None = None,
 ) -> Acquisition:
     """Draw every object of one date on the crop grid (no background yet).
 
@@ -671,6 +913,8 @@ def render_acquisition(
             position at the overpass; default ``None``.
         terrain: Terrain under the stockpiles (their shadows fall on it);
             default flat.
+        swatches: Real bare ground to texture objects with; needed, and only
+            used, when ``layout.world`` is ``"realistic"``.
 
     Returns:
         The :class:`Acquisition` with sprites, shadows, clouds and labels.
@@ -681,17 +925,23 @@ def render_acquisition(
     gain = 1.0 if t == 0 else float(rng.uniform(0.9, 1.1))
     acq = Acquisition(t, date, azimuth, elevation, gain, season)
     width, height = layout.width, layout.height
+    look = None
+    if layout.world == "realistic":
+        if swatches is None:
+            raise ValueError("the realistic world needs swatches of real bare ground")
+        look = _Look(swatches, pixel_size)
+        acq.cloud_shadow_strength = _CLOUD_SHADOW_REALISTIC
     for road in layout.roads:
         if t >= road.first_date:
-            acq.sprites.append(_road_sprite(road, width, height, rng))
+            acq.sprites.append(_road_sprite(road, width, height, rng, look))
     tan_el = math.tan(math.radians(max(elevation, 5.0)))
     az = math.radians(azimuth)
     for blob in layout.blobs:
-        sprite = _blob_sprite(blob, t, width, height, rng, (azimuth, elevation))
+        cone = blob.pile(t, pixel_size)
+        sprite = _blob_sprite(blob, t, width, height, rng, (azimuth, elevation), cone, look)
         if sprite is None:
             continue
         acq.sprites.append(sprite)
-        cone = blob.cone(t, pixel_size)
         if cone is None:
             continue
         acq.cones[blob.oid] = cone
@@ -710,12 +960,17 @@ def render_acquisition(
     acq.labels = labels
     if t > 0:
         cover = float(rng.uniform(0.05, 0.2))
-        acq.cloud = _clouds(rng, width, height, cover)
+        acq.cloud = _clouds(rng, width, height, cover, feather=look is not None)
         length = CLOUD_HEIGHT_M / tan_el / pixel_size
         az = math.radians(azimuth)
-        shifted = ndimage.shift(
-            acq.cloud, (length * math.cos(az), -length * math.sin(az)), order=0, mode="constant"
-        )
+        offset = (length * math.cos(az), -length * math.sin(az))
+        if look is None:
+            shifted = ndimage.shift(acq.cloud, offset, order=0, mode="constant")
+        else:
+            # Sub-pixel displacement and a penumbra: the sun is half a degree wide
+            # and thin cloud edges pass some direct light.
+            shifted = ndimage.shift(acq.cloud, offset, order=1, mode="constant")
+            shifted = ndimage.gaussian_filter(shifted, _PENUMBRA_PX)
         acq.cloud_shadow = (shifted * (1.0 - acq.cloud)).astype(np.float32)
     return acq
 
@@ -770,7 +1025,8 @@ def compose_block(
         for b, rho in enumerate(sig):
             if np.isnan(rho):
                 continue
-            target = path[b] + QUANTIFICATION * float(rho) * tex
+            refl = float(rho) if sp.surface is None else sp.surface[b, pr, pc]
+            target = path[b] + QUANTIFICATION * refl * tex
             x[b, tr, tc] = x[b, tr, tc] * (1.0 - a) + a * target
     for row0, col0, sa in acq.shadows:
         sl = _clip_paste(x, row_lo, row0, col0, sa)
@@ -789,7 +1045,7 @@ def compose_block(
     rows = x.shape[1]
     if acq.cloud_shadow is not None:
         cs = acq.cloud_shadow[row_lo : row_lo + rows]
-        x = p + (x - p) * (1.0 - 0.5 * cs)
+        x = p + (x - p) * (1.0 - acq.cloud_shadow_strength * cs)
     x *= np.float32(acq.gain)
     if acq.cloud is not None:
         c = acq.cloud[row_lo : row_lo + rows]
@@ -872,6 +1128,95 @@ def _pixel_to_map(geom: BaseGeometry, transform: Affine) -> BaseGeometry:
     )
 
 
+@dataclass
+class ScenePlan:
+    """What is decided once for every acquisition of one ground-truth set.
+
+    Attributes:
+        layout: The objects, in crop pixels.
+        transform: Crop transform.
+        factor: Decimation of ``overview``.
+        overview: Decimated read of the crop, ``(bands, rows, cols)``.
+        path: Dark-object value per band.
+        latlon: Crop centre, degrees.
+        terrain: Terrain model of the DSMs.
+        date_seeds: Seed of each acquisition's rendering stream.
+        dsm_rngs: Noise generator of each acquisition's DSM.
+        swatches: Real bare ground the realistic world paints with; ``None``
+            in the flat world.
+    """
+
+    layout: Layout
+    transform: Affine
+    factor: int
+    overview: np.ndarray
+    path: np.ndarray
+    latlon: tuple[float, float]
+    terrain: Terrain
+    date_seeds: list[np.random.SeedSequence]
+    dsm_rngs: list[np.random.Generator]
+    swatches: Swatches | None = None
+
+
+def plan_scenes(
+    background: Background, spec: SizeSpec, seed: int, world: str = "flat"
+) -> ScenePlan:
+    """Crop the background and plan the layout, terrain and rendering streams.
+
+    Args:
+        background: The background scene.
+        spec: Size specification.
+        seed: Random seed.
+        world: ``"flat"`` or ``"realistic"``; default ``"flat"``.
+
+    Returns:
+        The :class:`ScenePlan`; :func:`render_acquisition` with
+        ``np.random.default_rng(plan.date_seeds[t])`` draws date ``t`` as
+        :func:`write_scenes` does.
+    """
+    # The crop keeps its size where the background allows and moves inwards
+    # (a user scene smaller than the default offsets is used from its corner).
+    width = min(spec.width or background.width, background.width)
+    height = min(spec.height or background.height, background.height)
+    col_off = min(spec.col_off, background.width - width)
+    row_off = min(spec.row_off, background.height - height)
+    transform = background.transform @ Affine.translation(col_off, row_off)
+    bands = background.band_names
+
+    # Decimated read: dark-object values and a land mask for placement.
+    factor = max(1, math.ceil(max(width, height) / 512))
+    dshape = (math.ceil(height / factor), math.ceil(width / factor))
+    overview = background.read(transform @ Affine.scale(factor), dshape)
+    path = np.percentile(overview.reshape(len(bands), -1), 0.5, axis=1).astype(np.float32)
+    green, nir = overview[bands.index("B03")], overview[bands.index("B08")]
+    ndwi = (green - nir) / np.maximum(green + nir, 1.0)
+    land = ndimage.binary_erosion(ndwi < 0.0, iterations=1)
+
+    seq = np.random.SeedSequence([seed, 1])
+    layout_seed, *date_seeds = seq.spawn(1 + spec.n_dates)
+    layout_rng = np.random.default_rng(layout_seed)
+    layout = plan_layout(spec, width, height, transform, land, factor, layout_rng, world)
+
+    cx, cy = transform @ (width / 2, height / 2)
+    to_geo = Transformer.from_crs(
+        ProjCRS.from_wkt(background.crs.to_wkt()), "EPSG:4326", always_xy=True
+    )
+    lon, lat = to_geo.transform(cx, cy)
+
+    # Heights come from their own stream so that they leave the layout as it was.
+    relief_rng, *dsm_rngs = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, 2]).spawn(1 + spec.n_dates)
+    )
+    terrain = Terrain.random(relief_rng, cx, cy)
+    swatches = None
+    if world == "realistic":
+        swatches = find_swatches(background, transform, overview, factor, path)
+    return ScenePlan(
+        layout, transform, factor, overview, path, (lat, lon), terrain, date_seeds, dsm_rngs,
+        swatches,
+    )  # fmt: skip
+
+
 def write_scenes(
     out_dir: Path,
     background: Background,
@@ -879,6 +1224,7 @@ def write_scenes(
     seed: int,
     sun: tuple[float, float] | None = None,
     dsm_crs: str | None = None,
+    world: str = "flat",
 ) -> tuple[list[SceneOutput], dict[str, Any]]:
     """Plan, render and write every acquisition of one size.
 
@@ -897,44 +1243,19 @@ def write_scenes(
             sun at the overpass; default ``None``.
         dsm_crs: CRS of the DSM files (anything pyproj reads); default the
             scene CRS.
+        world: ``"flat"`` or ``"realistic"`` (:func:`plan_layout`,
+            :mod:`minewatch.synth.surfaces`); default ``"flat"``.
 
     Returns:
         Per-acquisition outputs and the scene part of the manifest.
     """
-    # The crop keeps its size where the background allows and moves inwards
-    # (a user scene smaller than the default offsets is used from its corner).
-    width = min(spec.width or background.width, background.width)
-    height = min(spec.height or background.height, background.height)
-    col_off = min(spec.col_off, background.width - width)
-    row_off = min(spec.row_off, background.height - height)
-    transform = background.transform @ Affine.translation(col_off, row_off)
+    plan = plan_scenes(background, spec, seed, world)
+    layout, transform, terrain = plan.layout, plan.transform, plan.terrain
+    width, height = layout.width, layout.height
+    overview, path, factor = plan.overview, plan.path, plan.factor
+    lat, lon = plan.latlon
     bands = background.band_names
     pixel_area = abs(transform.a * transform.e)
-
-    # Decimated read: dark-object values and a land mask for placement.
-    factor = max(1, math.ceil(max(width, height) / 512))
-    dshape = (math.ceil(height / factor), math.ceil(width / factor))
-    overview = background.read(transform @ Affine.scale(factor), dshape)
-    path = np.percentile(overview.reshape(len(bands), -1), 0.5, axis=1).astype(np.float32)
-    green, nir = overview[bands.index("B03")], overview[bands.index("B08")]
-    ndwi = (green - nir) / np.maximum(green + nir, 1.0)
-    land = ndimage.binary_erosion(ndwi < 0.0, iterations=1)
-
-    seq = np.random.SeedSequence([seed, 1])
-    layout_rng, *date_seeds = (np.random.default_rng(s) for s in seq.spawn(1 + spec.n_dates))
-    layout = plan_layout(spec, width, height, transform, land, factor, layout_rng)
-
-    cx, cy = transform @ (width / 2, height / 2)
-    to_geo = Transformer.from_crs(
-        ProjCRS.from_wkt(background.crs.to_wkt()), "EPSG:4326", always_xy=True
-    )
-    lon, lat = to_geo.transform(cx, cy)
-
-    # Heights come from their own stream so that they leave the layout as it was.
-    relief_rng, *dsm_seeds = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([seed, 2]).spawn(1 + spec.n_dates)
-    )
-    terrain = Terrain.random(relief_rng, cx, cy)
     dsm_out_crs = rasterio.crs.CRS.from_user_input(dsm_crs) if dsm_crs else background.crs
 
     # Vessels too: berths are planned once on the background's water (NDWI >= 0 on
@@ -972,12 +1293,16 @@ def write_scenes(
     )  # fmt: skip
 
     outputs: list[SceneOutput] = []
+    blobs_by_id = {b.oid: b for b in layout.blobs}
     previous_area: dict[str, float] = {}
     previous_volume: dict[str, float] = {}
     first_seen: dict[str, str] = {}
     px = background.pixel_size
-    for t, (date_rng, dsm_rng) in enumerate(zip(date_seeds, dsm_seeds, strict=True)):
-        acq = render_acquisition(layout, t, (lat, lon), px, bands, date_rng, sun, terrain)
+    for t, (date_seed, dsm_rng) in enumerate(zip(plan.date_seeds, plan.dsm_rngs, strict=True)):
+        date_rng = np.random.default_rng(date_seed)
+        acq = render_acquisition(
+            layout, t, (lat, lon), px, bands, date_rng, sun, terrain, plan.swatches
+        )
         acq.transform = transform
         acq.vessels, _ = place_vessels(water, water_tf, background.crs, vessel_seeds[t], t, berths)
         if acq.cloud is not None:
@@ -1034,7 +1359,7 @@ def write_scenes(
                 volume = cone.volume_m3(px)
                 apex = Point(*(transform @ (cone.col, cone.row)))
                 props.update(
-                    shape="cone",
+                    shape=cone.form,
                     height_m=round(cone.height_m, 3),
                     side_slope_deg=REPOSE_DEG.get(sp.material, 37.0),
                     volume_m3=round(volume, 1),
@@ -1049,8 +1374,12 @@ def write_scenes(
                 )
                 previous_volume[sp.oid] = volume
             if sp.cls == "mining_scar":
-                bad, reason, licence = assess_legality(geom, conc_map, prot_map)
-                props.update(illegal=bad, reason=reason, licence_id=licence)
+                # By construction, not by the inference job's rule: placement put
+                # the pit (at its widest) inside a concession, clear of all, or in a
+                # protected area.
+                pit = blobs_by_id[sp.oid]
+                bad, reason = _LEGALITY[str(pit.status)]
+                props.update(illegal=bad, reason=reason, licence_id=pit.licence_id)
                 if bad:
                     illegal.append((geom, props))
             else:
@@ -1121,6 +1450,12 @@ def write_scenes(
         ],
         "acquisitions": [o.meta for o in outputs],
     }
+    if plan.swatches is not None:
+        side = int(plan.swatches.patches.shape[-1])
+        manifest["swatches"] = [
+            {"row": r, "col": c, "side": side, "bare_fraction": f}
+            for (r, c), f in zip(plan.swatches.origins, plan.swatches.bare_fraction, strict=True)
+        ]
     return outputs, manifest
 
 
