@@ -549,7 +549,10 @@ def sync_dataset(work: str, batches: Sequence[str]) -> dict[str, Any]:
             for name in sorted(os.listdir(src_dir)) if os.path.isdir(src_dir) else ():
                 if name.startswith(".") or name == "part-empty.parquet":
                     continue
-                _link(os.path.join(src_dir, name), os.path.join(dst_dir, name))
+                # Shard names are derived from each batch's own inputs
+                # (tiles-00000-of-00001.tfrecord in every small batch): the batch
+                # id keeps one batch's files from standing in for another's.
+                _link(os.path.join(src_dir, name), os.path.join(dst_dir, f"{batch}__{name}"))
     merged = {
         "label_source": "retrain",
         "classes": classes or [],

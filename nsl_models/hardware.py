@@ -8,6 +8,10 @@ more than one GPU          ``MirroredStrategy``         ``mixed_float16``
 one GPU                    ``OneDeviceStrategy(gpu:0)`` ``mixed_float16``
 CPU only                   default strategy             none (float32)
 =========================  ===========================  ==================
+
+:func:`make_deterministic` seeds every generator and, on CPU, makes TensorFlow's
+ops deterministic, so the same command on the same inputs trains the same
+weights (``docs/training.md``, "Reproducible training").
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 from minewatch.compat import use_legacy_keras
 
-__all__ = ["Hardware", "detect", "set_precision"]
+__all__ = ["Hardware", "detect", "make_deterministic", "set_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +103,42 @@ def set_precision(hardware: Hardware, mixed: bool) -> str:
         policy = "mixed_float16"
     tf.keras.mixed_precision.set_global_policy(policy)
     return policy
+
+
+def make_deterministic(seed: int, ops: bool | None = None) -> bool:
+    """Seed Python, NumPy and TensorFlow; make TensorFlow's ops deterministic.
+
+    Call it first, before any dataset, model or strategy is built: kernels
+    and ``tf.data`` pipelines read the setting when they are made. Op
+    determinism is process-wide and stays on. It also makes every ``tf.data``
+    map, interleave and batch keep its order (whatever their ``deterministic``
+    argument) and runs a map with stateful ops serially.
+
+    Args:
+        seed: Seed of Python's ``random``, NumPy's global generator, TensorFlow's
+            global seed and Keras's layer seeds (``tf.keras.utils.set_random_seed``).
+        ops: Enable ``tf.config.experimental.enable_op_determinism()``. Default
+            None: on when no GPU is visible and no TPU is likely, or when
+            ``TF_DETERMINISTIC_OPS`` is ``1``/``true`` (TensorFlow reads that
+            variable itself too). On GPUs it slows some ops and makes others
+            raise ``UnimplementedError``, so it is opt-in there.
+
+    Returns:
+        Whether it enabled op determinism (``TF_DETERMINISTIC_OPS=1`` turns it
+        on in TensorFlow even when ``ops`` is False).
+
+    Example:
+        >>> make_deterministic(0)  # doctest: +SKIP
+        True
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    if ops is None:
+        requested = os.environ.get("TF_DETERMINISTIC_OPS", "").lower() in ("1", "true")
+        accelerated = bool(tf.config.list_physical_devices("GPU")) or _tpu_likely()
+        ops = requested or not accelerated
+    if ops:
+        tf.config.experimental.enable_op_determinism()
+    return bool(ops)

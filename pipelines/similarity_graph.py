@@ -27,6 +27,12 @@ Packing follows NSL's ``pack_nbrs`` (see :mod:`minewatch.packing`): seeds are
 the labelled tiles, neighbours any tile; the neighbour features are joined by
 ``CoGroupByKey`` on the neighbour id, never from a side input of all tiles.
 
+The packed records go to ``packed/packed-SSSSS-of-NNNNN.tfrecord``
+(:class:`WritePackedShards`): ``NNNNN`` follows from the number and bytes of the
+records, a record's shard from a hash of its tile id, and each shard's records
+are sorted by tile id, so the files and their order do not depend on how the
+runner cut bundles (the trainer's input order is then the same in every run).
+
 Accounting (``stats.json``, checked by the tests)::
 
     tiles.read = tiles.embedded + sum(tiles.dead_lettered.values())
@@ -35,10 +41,13 @@ Accounting (``stats.json``, checked by the tests)::
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import math
+import os
 import posixpath
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -74,7 +83,7 @@ from minewatch.neighbours import (
 from minewatch.packing import pack_example
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tables import dead_letter_schema
-from minewatch.tfrecord import read_records
+from minewatch.tfrecord import read_records, write_record
 from pipelines.options import run_pipeline
 
 __all__ = [
@@ -83,6 +92,7 @@ __all__ = [
     "SimilarityEdges",
     "SpatialEdges",
     "TemporalEdges",
+    "WritePackedShards",
     "edges_schema",
     "output_paths",
     "run",
@@ -125,6 +135,9 @@ class GraphConfig:
         undirected: Treat every edge as bi-directional when packing
             (``pack_nbrs --add_undirected_edges``). Default False.
         batch_size: Tiles per embedding batch. Default 256.
+        records_per_shard: Packed records per ``packed/`` file, on average
+            (records are dealt to files by a hash of the tile id; files are
+            also kept to about 256 MB). Default 4096.
     """
 
     tiles: str
@@ -142,6 +155,7 @@ class GraphConfig:
     bounds_decimals: int = 2
     undirected: bool = False
     batch_size: int = 256
+    records_per_shard: int = 4096
 
 
 def output_paths(out: str) -> dict[str, str]:
@@ -895,12 +909,127 @@ class PackNeighbours(beam.DoFn):  # type: ignore[misc]
         self._max = max_nbrs
         self._packed = Metrics.counter(_NS, "examples_packed")
 
-    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[bytes]:
-        """Yield the packed record of a seed."""
-        _, groups = item
+    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, bytes]]:
+        """Yield ``(tile id, packed record)`` of a seed."""
+        seed_id, groups = item
         for record in groups["seed"]:
             self._packed.inc()
-            yield pack_example(record, groups["nbr"], self._max)
+            yield seed_id, pack_example(record, groups["nbr"], self._max)
+
+
+#: Bytes of packed records per file, on average: a shard is sorted in memory.
+_PACKED_SHARD_BYTES = 256 << 20
+
+
+def _stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text``, the same in every process (``hash`` is salted)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class _SumSizes(beam.CombineFn):  # type: ignore[misc]
+    """``(records, bytes)`` of the packed records."""
+
+    def create_accumulator(self) -> tuple[int, int]:
+        return 0, 0
+
+    def add_input(self, acc: tuple[int, int], item: tuple[str, bytes]) -> tuple[int, int]:
+        return acc[0] + 1, acc[1] + len(item[1])
+
+    def merge_accumulators(self, accs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+        n = b = 0
+        for a in accs:
+            n, b = n + a[0], b + a[1]
+        return n, b
+
+    def extract_output(self, acc: tuple[int, int]) -> tuple[int, int]:
+        return acc
+
+
+def _packed_shard_count(size: tuple[int, int], records_per_shard: int, shard_bytes: int) -> int:
+    """Files for ``size = (records, bytes)`` of packed records (at least 1)."""
+    records, nbytes = size
+    return max(1, math.ceil(records / records_per_shard), math.ceil(nbytes / shard_bytes))
+
+
+def _key_by_shard(
+    item: tuple[str, bytes], shards: int
+) -> tuple[tuple[int, int], tuple[str, bytes]]:
+    return (_stable_hash(item[0]) % shards, shards), item
+
+
+def _packed_name(index: int, shards: int) -> str:
+    return f"packed-{index:05d}-of-{shards:05d}.tfrecord"
+
+
+class _WritePackedShard(beam.DoFn):  # type: ignore[misc]
+    """Write one shard's records, sorted by tile id, under the bundle attempt's folder."""
+
+    def __init__(self, temp_dir: str) -> None:
+        self._temp_dir = temp_dir
+
+    def start_bundle(self) -> None:
+        """A folder per bundle attempt: a retry never writes into a file a failed one holds."""
+        self._attempt = uuid.uuid4().hex[:12]
+
+    def process(self, item: tuple[tuple[int, int], Iterable[tuple[str, bytes]]]) -> Iterator[str]:
+        """Yield the file's path relative to the temporary folder."""
+        (index, shards), records = item
+        name = _packed_name(index, shards)
+        folder = posixpath.join(self._temp_dir, "packed", self._attempt)
+        if "://" not in folder:
+            os.makedirs(folder, exist_ok=True)
+        with FileSystems.create(posixpath.join(folder, name)) as f:
+            for _, record in sorted(records):
+                write_record(f, record)
+        yield f"packed/{self._attempt}/{name}"
+
+
+class WritePackedShards(beam.PTransform):  # type: ignore[misc]
+    """``(tile id, record)`` pairs into TFRecord files whose content and order are reproducible.
+
+    The number of files follows from the records' count and bytes
+    (:func:`_packed_shard_count`), a record's file from a hash of its tile id,
+    and each file holds its records sorted by tile id: the same records give
+    the same files, whatever the runner's bundles. A file's records are grouped
+    and sorted in one worker, so a file is kept to about ``shard_bytes``.
+    Files are written under ``temp_dir`` per bundle attempt; the job's
+    finalize step moves the committed ones into place.
+
+    Args:
+        temp_dir: The job's temporary folder.
+        records_per_shard: Records per file, on average.
+        shard_bytes: Bytes per file, on average. Default :data:`_PACKED_SHARD_BYTES`.
+
+    Returns (from ``expand``):
+        A dict: ``files`` (paths relative to ``temp_dir``, ``packed/<attempt>/<name>``)
+        and ``shards`` (one element: the number of files).
+    """
+
+    def __init__(
+        self, temp_dir: str, records_per_shard: int, shard_bytes: int = _PACKED_SHARD_BYTES
+    ) -> None:
+        super().__init__()
+        self._temp_dir = temp_dir
+        self._records = records_per_shard
+        self._bytes = shard_bytes
+
+    def expand(self, packed: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Size the records, key each by its shard, group, write sorted."""
+        shards = (
+            packed
+            | "PackedSize" >> beam.CombineGlobally(_SumSizes())
+            | "ShardCount"
+            >> beam.Map(
+                _packed_shard_count, records_per_shard=self._records, shard_bytes=self._bytes
+            )
+        )
+        files = (
+            packed
+            | "KeyByShard" >> beam.Map(_key_by_shard, beam.pvalue.AsSingleton(shards))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.ParDo(_WritePackedShard(self._temp_dir))
+        )
+        return {"files": files, "shards": shards}
 
 
 class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
@@ -985,10 +1114,11 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         adjacency[LINES] | "WriteGraphTsv" >> beam.io.WriteToText(
             paths["graph"], num_shards=1, shard_name_template=""
         )
-        packed = self._pack(checked[EXAMPLES], adjacency.adjacency)
-        packed | "WritePacked" >> beam.io.WriteToTFRecord(
-            posixpath.join(paths["packed"], "packed"), file_name_suffix=".tfrecord"
-        )
+        keyed = self._pack(checked[EXAMPLES], adjacency.adjacency)
+        packed = keyed | "PackedRecords" >> beam.Values()
+        # Temporary files of the packed shards; only the job's finalize moves them.
+        temp_dir = posixpath.join(c.out, f".tmp-{uuid.uuid4().hex[:12]}")
+        written = keyed | "WritePacked" >> WritePackedShards(temp_dir, c.records_per_shard)
 
         dead_rows = dead | "AllDeadLetters" >> beam.Flatten()
         dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
@@ -1016,6 +1146,10 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
                 counts=beam.pvalue.AsSingleton(totals),
                 stats_path=paths["stats"],
                 header={**self._header, "options": _options(c)},
+                packed_files=beam.pvalue.AsList(written["files"]),
+                packed_shards=beam.pvalue.AsSingleton(written["shards"]),
+                packed_dir=paths["packed"],
+                temp_dir=temp_dir,
             )
         )
         return {"edges": edges, "dead_letter": dead_rows, "packed": packed, "stats": stats}
@@ -1075,9 +1209,42 @@ def _options(c: GraphConfig) -> dict[str, Any]:
 
 
 def _finalize(
-    _: Any, counts: dict[str, int], stats_path: str, header: dict[str, Any]
+    _: Any,
+    counts: dict[str, int],
+    stats_path: str,
+    header: dict[str, Any],
+    packed_files: list[str],
+    packed_shards: int,
+    packed_dir: str,
+    temp_dir: str,
 ) -> dict[str, Any]:
-    """Write ``stats.json``: tiles in = embedded + dead-lettered; edges by kind."""
+    """Move the packed shards into place, then write ``stats.json``.
+
+    ``packed_files`` are the committed shards, ``packed/<attempt>/<name>``
+    relative to ``temp_dir``; a shard number that no record hashed to gets an
+    empty file, so ``packed-*-of-NNNNN`` is complete. ``stats.json``: tiles in =
+    embedded + dead-lettered; edges by kind.
+    """
+    if "://" not in packed_dir:
+        os.makedirs(packed_dir, exist_ok=True)
+    written = set()
+    for rel in sorted(set(packed_files)):
+        name = rel.rsplit("/", 1)[1]
+        src, dst = posixpath.join(temp_dir, rel), posixpath.join(packed_dir, name)
+        if name in written:
+            raise RuntimeError(f"two committed bundles wrote packed shard {name}")
+        written.add(name)
+        if FileSystems.exists(src):
+            FileSystems.rename([src], [dst])
+        elif not FileSystems.exists(dst):  # a retried finalize already moved it
+            raise OSError(f"{src} of a committed bundle is missing")
+    for index in range(packed_shards):
+        name = _packed_name(index, packed_shards)
+        if name not in written:
+            with FileSystems.create(posixpath.join(packed_dir, name)):
+                pass
+    if FileSystems.exists(temp_dir):
+        FileSystems.delete([temp_dir])
     dead = {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dead.")}
     files_corrupt = dead.pop("read", 0)
     edges = {kind: counts.get(f"edges.{kind}", 0) for kind in (SIMILARITY, SPATIAL, TEMPORAL)}

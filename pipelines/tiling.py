@@ -2,17 +2,26 @@
 
 Graph (every step labelled)::
 
-    inputs ─ Discover ─┬─ (frames CSV join) ─ Plan ─ Reshuffle ─ Cut ─ Write ─ manifest
-                       └─ dead letter         │                   │      └─ shards ─┐
+    inputs ─ Discover ─┬─ (frames CSV join) ─ Plan ─ Shards ─ Cut ─ Write ─ manifest
+                       └─ dead letter         │                 │      └─ shards ─┐
                                               └─ per-scene counts ┴─ band stats ─ Finalize
-                                                                                  (stats.json,
-                                                                                   shard rename)
+                                                                                (stats.json,
+                                                                                 shard rename)
 
-Scale: a scene is split into blocks of tiles (``--block-tiles``) that are
-reshuffled across workers; each worker reads only its block's windows, cuts the
-tiles, and writes them to its own TFRecord shard inside the same fused stage,
-so tile pixels never pass through a shuffle and no process holds a scene.
-Only small records (counts, statistics, shard names) are grouped.
+Scale: a scene is split into blocks of tiles (``--block-tiles``); blocks are
+dealt into shards by a hash of their scene and position (about 80% of
+``--records-per-shard`` planned tiles per shard, so scenes mix within a shard
+and a big scene spreads over many), and the shards go to the workers. A worker
+reads its shard's blocks one at a time, in a fixed order, cuts the tiles and
+writes them to the shard's TFRecord file inside the same fused stage, so tile
+pixels never pass through a shuffle and no process holds a scene. Only small
+records (block tasks, counts, statistics, file names) are grouped.
+
+Reproducible: a shard's name (``tiles-SSSSS-of-NNNNN.tfrecord``), its tiles and
+their order follow from the inputs and the options alone, not from how the
+runner cuts bundles or how many workers there are. The manifest and dead-letter
+parts are named by a hash of their bytes, rows sorted (which rows share a part
+follows the bundles).
 
 Accounting (written to ``stats.json`` and checked by the tests)::
 
@@ -23,6 +32,7 @@ Accounting (written to ``stats.json`` and checked by the tests)::
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +62,15 @@ from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
 from pipelines.options import TileConfig, run_pipeline
 
-__all__ = ["AccountScenes", "CutScenes", "TileBatch", "TileScenes", "run", "run_tile"]
+__all__ = [
+    "AccountScenes",
+    "CutScenes",
+    "GroupBlocksIntoShards",
+    "TileBatch",
+    "TileScenes",
+    "run",
+    "run_tile",
+]
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +225,20 @@ def _iso_or(text: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class BlockTask:
-    """A block of one scene to read and cut; small, so it can be shuffled."""
+    """A block of one scene to read and cut; small, so it can be shuffled.
+
+    Attributes:
+        ref: The scene.
+        label: Its frames-CSV row, if any.
+        block: The block of tiles.
+        shard: Name (without extension) of the tile shard the block's tiles go
+            to; ``""`` outside the Tile job (see :class:`GroupBlocksIntoShards`).
+    """
 
     ref: SceneRef
     label: FrameLabel | None
     block: Block
+    shard: str = ""
 
 
 def _reader(ref: SceneRef, config: TileConfig) -> SceneReader:
@@ -257,16 +284,93 @@ class PlanScene(beam.DoFn):  # type: ignore[misc]
             yield BlockTask(ref, label, block)
 
 
+#: Planned tiles per shard, as a share of ``--records-per-shard``. Blocks land in
+#: shards by a hash, so shard sizes scatter around the mean; a mean below the cap
+#: keeps most shards in one file (a shard that reaches the cap rolls over into a
+#: part file, so the cap always holds).
+_SHARD_FILL = 0.8
+
+
+def _stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and run.
+
+    Python's ``hash`` of a string is salted per process, so it cannot place
+    records in files.
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _shard_count(planned: int, records_per_shard: int) -> int:
+    """Tile shards of a job that plans ``planned`` tiles (at least 1)."""
+    return max(1, math.ceil(planned / (_SHARD_FILL * records_per_shard)))
+
+
+def _key_by_shard(task: BlockTask, planned: int, records_per_shard: int) -> tuple[int, BlockTask]:
+    n = _shard_count(planned, records_per_shard)
+    index = _stable_hash(f"{task.ref.scene_id}:{task.block.row}:{task.block.col}") % n
+    return index, replace(task, shard=f"tiles-{index:05d}-of-{n:05d}")
+
+
+def _blocks_in_order(item: tuple[int, Iterable[BlockTask]]) -> Iterator[BlockTask]:
+    """A shard's blocks by scene and position: the order its tiles are written in."""
+    _, tasks = item
+    yield from sorted(tasks, key=lambda t: (t.ref.scene_id, t.block.row, t.block.col))
+
+
+class GroupBlocksIntoShards(beam.PTransform):  # type: ignore[misc]
+    """Deal block tasks into tile shards; emit each shard's blocks together, in order.
+
+    The number of shards follows from the planned tiles of the whole job
+    (:func:`_shard_count`), and a block's shard from a hash of its scene id and
+    position, so the same inputs and options give the same shards, each with
+    the same blocks, whatever the runner's bundles. Only the small block tasks
+    are grouped; the blocks of one shard come out of one element, consecutively,
+    so the cut and write steps fused after it see them in that order.
+
+    Args:
+        records_per_shard: Most tiles per shard file.
+
+    Returns (from ``expand``):
+        The block tasks with :attr:`BlockTask.shard` set.
+    """
+
+    def __init__(self, records_per_shard: int) -> None:
+        super().__init__()
+        self._max = records_per_shard
+
+    def expand(self, tasks: beam.PCollection) -> beam.PCollection:
+        """Count the planned tiles, key each block by its shard, group, sort."""
+        planned = (
+            tasks
+            | "PlannedTiles" >> beam.Map(lambda t: t.block.num_tiles)
+            | "SumPlanned" >> beam.CombineGlobally(sum)
+        )
+        return (
+            tasks
+            | "KeyByShard" >> beam.Map(_key_by_shard, beam.pvalue.AsSingleton(planned), self._max)
+            | "GroupShards" >> beam.GroupByKey()
+            | "BlocksInOrder" >> beam.FlatMap(_blocks_in_order)
+        )
+
+
 # -- reading and cutting ---------------------------------------------------------
 
 
 @dataclass
 class TileBatch:
-    """The kept tiles of one block, passed within a fused stage (never shuffled)."""
+    """The kept tiles of one block, passed within a fused stage (never shuffled).
+
+    Attributes:
+        tiles: The kept tiles, row-major within the block.
+        source: The scene's source path.
+        dtype: numpy dtype name of the pixels.
+        shard: The block's :attr:`BlockTask.shard`.
+    """
 
     tiles: list[Tile]
     source: str
     dtype: str
+    shard: str = ""
 
 
 class CutTiles(beam.DoFn):  # type: ignore[misc]
@@ -383,7 +487,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         yield TaggedOutput(COUNTS, (ref.scene_id, counts))
         if kept:
             yield TaggedOutput(BAND_STATS, stats)
-            yield TileBatch(kept, ref.source, reader.dtype.name)
+            yield TileBatch(kept, ref.source, reader.dtype.name, task.shard)
 
     def _drop_all(self, task: BlockTask, reason: str, key: str) -> Iterator[Any]:
         ref = task.ref
@@ -563,53 +667,86 @@ def _scene_outcome(item: tuple[str, dict[str, int]]) -> Iterator[Any]:
 
 
 class WriteShards(beam.DoFn):  # type: ignore[misc]
-    """Write tiles to TFRecord shards inside the fused stage; yield manifest rows.
+    """Write each shard's tiles to its TFRecord file inside the fused stage; yield manifest rows.
 
-    Each bundle writes its own temporary shard(s) under ``.tmp-<job>/tiles/``;
-    :func:`_finalize` moves the files of committed bundles into place and deletes
-    what failed or retried bundles left, so a retry never duplicates a tile and a
-    reader never sees a half-written shard. Yields the shards' paths relative to
-    the temporary folder on ``shards``.
+    The batches come from :class:`GroupBlocksIntoShards` through the cut step:
+    a shard's batches arrive consecutively, in a fixed order, so the file is
+    ``<batch.shard>.tfrecord`` and its records are the same in every run. A
+    shard that reaches ``records_per_shard`` tiles rolls over into
+    ``<batch.shard>-1.tfrecord``, ``-2``, ...
+
+    Each bundle attempt writes under its own folder ``.tmp-<job>/tiles/<attempt>/``,
+    so a retried bundle, which writes files of the same names, never writes into
+    a file a failed attempt still holds open; :func:`_finalize` moves the files
+    of committed bundles into place and deletes the rest. Yields the files'
+    paths relative to the temporary folder on ``shards``.
+
+    Args:
+        temp_dir: The job's temporary folder.
+        records_per_shard: Most tiles per file.
     """
 
     def __init__(self, temp_dir: str, records_per_shard: int) -> None:
-        self._temp_dir = posixpath.join(temp_dir, "tiles")
+        self._temp_dir = temp_dir
         self._max = records_per_shard
         self._bytes = Metrics.counter(_NS, "bytes_written")
 
     def start_bundle(self) -> None:
+        """Start the bundle attempt's folder and forget the last file."""
+        self._attempt = uuid.uuid4().hex[:12]
         self._file: Any = None
+        self._shard: str | None = None
         self._name = ""
+        self._part = 0
         self._count = 0
+        self._closed: set[str] = set()
 
-    def _roll(self) -> str | None:
-        done = self._close()
-        self._name = f"tiles-{uuid.uuid4().hex[:16]}.tfrecord"
-        if "://" not in self._temp_dir:
-            os.makedirs(self._temp_dir, exist_ok=True)
-        self._file = FileSystems.create(posixpath.join(self._temp_dir, self._name))
+    def _open(self, name: str) -> None:
+        folder = posixpath.join(self._temp_dir, "tiles", self._attempt)
+        if "://" not in folder:
+            os.makedirs(folder, exist_ok=True)
+        self._file = FileSystems.create(posixpath.join(folder, name))
+        self._name = name
         self._count = 0
-        return done
 
     def _close(self) -> str | None:
         if self._file is None:
             return None
         self._file.close()
         self._file = None
-        return f"tiles/{self._name}"
+        return f"tiles/{self._attempt}/{self._name}"
 
     def process(self, batch: TileBatch) -> Iterator[Any]:
-        """Append a batch's tiles; yield one manifest row per tile."""
+        """Append a batch's tiles to its shard; yield one manifest row per tile."""
+        if not batch.shard:
+            raise ValueError("WriteShards needs batches of GroupBlocksIntoShards (a shard name)")
+        if batch.shard != self._shard:
+            if batch.shard in self._closed:
+                # Writing on would replace the shard's first file: tiles would be lost.
+                raise RuntimeError(
+                    f"the blocks of tile shard {batch.shard} did not arrive together; "
+                    "the cut and write steps must run fused after GroupBlocksIntoShards"
+                )
+            done = self._close()
+            if done:
+                yield TaggedOutput(SHARDS, done)
+            if self._shard is not None:
+                self._closed.add(self._shard)
+            self._shard, self._part = batch.shard, 0
+            self._open(f"{batch.shard}.tfrecord")
         for tile, record in zip(batch.tiles, encode_tiles(batch.tiles), strict=True):
-            if self._file is None or self._count >= self._max:
-                done = self._roll()
+            if self._count >= self._max:
+                done = self._close()
                 if done:
                     yield TaggedOutput(SHARDS, done)
+                self._part += 1
+                self._open(f"{self._shard}-{self._part}.tfrecord")
             self._bytes.inc(write_record(self._file, record))
             self._count += 1
             yield _manifest_row(tile, batch, self._name)
 
     def finish_bundle(self) -> Iterator[TaggedOutput]:
+        """Close the last file; yield its path on ``shards``."""
         done = self._close()
         if done:
             window = GlobalWindow()
@@ -620,7 +757,10 @@ class WriteParquetParts(beam.DoFn):  # type: ignore[misc]
     """Write rows to Parquet part files per bundle, committed like the tile shards.
 
     One step instead of Beam's file sink (a dozen), which matters for the job's
-    fixed cost; rows are buffered per bundle up to ``max_rows``.
+    fixed cost; rows are buffered per bundle up to ``max_rows``, sorted (by the
+    schema's string columns, in order) and written as ``part-<hash>.parquet``,
+    the hash being of the file's bytes: the same rows give the same file and
+    name. Each bundle attempt writes under ``.tmp-<job>/<table>/<attempt>/``.
 
     Args:
         temp_dir: The job's temporary folder.
@@ -630,12 +770,15 @@ class WriteParquetParts(beam.DoFn):  # type: ignore[misc]
     """
 
     def __init__(self, temp_dir: str, table: str, schema: Any, max_rows: int = 50_000) -> None:
-        self._dir = posixpath.join(temp_dir, table)
+        self._temp_dir = temp_dir
         self._table = table
         self._schema = schema
         self._max = max_rows
+        self._sort_by = [f.name for f in schema if str(f.type) == "string"]
 
     def start_bundle(self) -> None:
+        """Start the bundle attempt's folder and row buffer."""
+        self._attempt = uuid.uuid4().hex[:12]
         self._rows: list[dict[str, Any]] = []
 
     def _flush(self) -> str | None:
@@ -644,13 +787,19 @@ class WriteParquetParts(beam.DoFn):  # type: ignore[misc]
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        name = f"part-{uuid.uuid4().hex[:16]}.parquet"
-        if "://" not in self._dir:
-            os.makedirs(self._dir, exist_ok=True)
-        with FileSystems.create(posixpath.join(self._dir, name)) as f:
-            pq.write_table(pa.Table.from_pylist(self._rows, schema=self._schema), f)
+        keys = self._sort_by
+        rows = sorted(self._rows, key=lambda row: [row[k] or "" for k in keys])
         self._rows = []
-        return f"{self._table}/{name}"
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=self._schema), sink)
+        data = sink.getvalue().to_pybytes()
+        name = f"part-{hashlib.blake2b(data, digest_size=8).hexdigest()}.parquet"
+        folder = posixpath.join(self._temp_dir, self._table, self._attempt)
+        if "://" not in folder:
+            os.makedirs(folder, exist_ok=True)
+        with FileSystems.create(posixpath.join(folder, name)) as f:
+            f.write(data)
+        return f"{self._table}/{self._attempt}/{name}"
 
     def process(self, row: dict[str, Any]) -> Iterator[str]:
         """Buffer a row; yield a part's relative path when one is written."""
@@ -661,6 +810,7 @@ class WriteParquetParts(beam.DoFn):  # type: ignore[misc]
                 yield done
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
+        """Write the buffered rows; yield the part's relative path."""
         done = self._flush()
         if done:
             window = GlobalWindow()
@@ -715,24 +865,30 @@ def _finalize(
 ) -> dict[str, Any]:
     """Move committed files into place, delete leftovers, write ``stats.json``.
 
-    ``files`` are paths relative to ``temp_dir`` (``tiles/…``, ``manifest/…``,
-    ``dead_letter/…``) of bundles that committed. A table without any part gets
-    an empty Parquet file, so readers always find its schema.
+    ``files`` are paths relative to ``temp_dir``, ``<table>/<attempt>/<name>``
+    (``tiles``, ``manifest``, ``dead_letter``), of bundles that committed; each
+    goes to ``<out>/<table>/<name>``. A table without any part gets an empty
+    Parquet file, so readers always find its schema.
+
+    Raises:
+        RuntimeError: Two committed bundles wrote the same tile shard (its
+            blocks were split between bundles: tiles would be lost).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    committed = sorted(set(files))
-    for rel in committed:
-        src, dst = posixpath.join(temp_dir, rel), posixpath.join(out, rel)
+    committed = _final_names(sorted(set(files)))
+    for rel, final in committed.items():
+        src, dst = posixpath.join(temp_dir, rel), posixpath.join(out, final)
         if "://" not in dst:
             os.makedirs(posixpath.dirname(dst), exist_ok=True)
         if FileSystems.exists(src):
             FileSystems.rename([src], [dst])
         elif not FileSystems.exists(dst):  # a retried finalize already moved it
             raise OSError(f"{src} of a committed bundle is missing")
+    finals = sorted(committed.values())
     for table, schema in (("manifest", manifest_schema()), ("dead_letter", dead_letter_schema())):
-        if not any(rel.startswith(f"{table}/") for rel in committed):
+        if not any(rel.startswith(f"{table}/") for rel in finals):
             folder = posixpath.join(out, table)
             if "://" not in folder:
                 os.makedirs(folder, exist_ok=True)
@@ -756,12 +912,40 @@ def _finalize(
             "written": counts.get("written", 0),
             "dropped": dropped,
         },
-        "shards": [rel.split("/", 1)[1] for rel in committed if rel.startswith("tiles/")],
+        "shards": [rel.split("/", 1)[1] for rel in finals if rel.startswith("tiles/")],
         "bands": band_stats,
     }
     with FileSystems.create(posixpath.join(out, "stats.json")) as f:
         f.write(json.dumps(stats, indent=2, default=str).encode())
     return stats
+
+
+def _final_names(committed: list[str]) -> dict[str, str]:
+    """``{<table>/<attempt>/<name>: <table>/<name>}`` of the committed files.
+
+    Two committed Parquet parts can share a name only by holding the same rows
+    (the name is a hash of the bytes): the second becomes ``part-<hash>-1``, so
+    neither copy's rows are lost. Two tile shards must never share one.
+    """
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for rel in committed:
+        table, _, name = rel.split("/")
+        final = f"{table}/{name}"
+        if final in taken and table == "tiles":
+            raise RuntimeError(
+                f"two committed bundles wrote tile shard {name}: its blocks were split "
+                "between bundles; the cut and write steps must run fused after "
+                "GroupBlocksIntoShards"
+            )
+        stem, ext = posixpath.splitext(name)
+        i = 0
+        while final in taken:
+            i += 1
+            final = f"{table}/{stem}-{i}{ext}"
+        taken.add(final)
+        out[rel] = final
+    return out
 
 
 # -- the job -----------------------------------------------------------------------
@@ -786,6 +970,10 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
     Args:
         config: The job's options.
         label_rejections: ``(feature, reason)`` of label features refused at launch.
+        records_per_shard: Group the blocks into tile shards of at most this
+            many tiles (:class:`GroupBlocksIntoShards`; the Tile job), so each
+            batch names its shard and a shard's batches come consecutively.
+            Default None: blocks are spread one by one (the inference job).
 
     Returns (from ``expand``):
         A dict of PCollections: ``batches`` (:class:`TileBatch`), ``dead``
@@ -794,11 +982,15 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
     """
 
     def __init__(
-        self, config: TileConfig, label_rejections: Sequence[tuple[str, str]] = ()
+        self,
+        config: TileConfig,
+        label_rejections: Sequence[tuple[str, str]] = (),
+        records_per_shard: int | None = None,
     ) -> None:
         super().__init__()
         self._config = config
         self._label_rejections = list(label_rejections)
+        self._records_per_shard = records_per_shard
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         """Build discovery, planning and cutting."""
@@ -831,14 +1023,13 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
         )
         dead.append(planned[DEAD])
         counts.append(planned[COUNTS])
-        cut = (
-            planned.tasks
+        if self._records_per_shard:
+            tasks = planned.tasks | "Shards" >> GroupBlocksIntoShards(self._records_per_shard)
+        else:
             # Blocks of one scene spread over all workers; only block tasks are shuffled.
-            | "Spread" >> beam.Reshuffle()
-            | "Cut"
-            >> beam.ParDo(CutTiles(c)).with_outputs(
-                DEAD, COUNTS, BAND_STATS, LABEL_HITS, main="batches"
-            )
+            tasks = planned.tasks | "Spread" >> beam.Reshuffle()
+        cut = tasks | "Cut" >> beam.ParDo(CutTiles(c)).with_outputs(
+            DEAD, COUNTS, BAND_STATS, LABEL_HITS, main="batches"
         )
         dead.append(cut[DEAD])
         counts.append(cut[COUNTS])
@@ -954,7 +1145,7 @@ class TileScenes(beam.PTransform):  # type: ignore[misc]
         """Build the job; return the manifest rows, dead-letter rows and stats."""
         c = self._config
         temp_dir = posixpath.join(c.out, f".tmp-{uuid.uuid4().hex[:12]}")
-        cut = pbegin | "Cut" >> CutScenes(c, self._label_rejections)
+        cut = pbegin | "Cut" >> CutScenes(c, self._label_rejections, c.records_per_shard)
         written = cut["batches"] | "WriteTiles" >> beam.ParDo(
             WriteShards(temp_dir, c.records_per_shard)
         ).with_outputs(SHARDS, main="rows")
