@@ -46,6 +46,10 @@ cross-entropy on ``label/mask`` (``pixel_label``/``pixel_weight`` of the batch;
 unknown, invalid and unlabelled-tile pixels weigh 0) is added to the loss that
 the adversarial perturbation of step 5 climbs, and the adversarial pass scores
 both heads. The graph term is unchanged (it acts on the shared embedding).
+With ``model.pixel_decoder: unet`` the decoder also takes the encoder's feature
+map of every resolution (skip connections): the encoder's convolutions then sit
+in a nested ``encoder_features`` model shared by ``encoder`` and
+``pixel_decoder``, and :func:`forward` runs them once per pass for both heads.
 
 Each term is switched by its config (``enabled`` and ``multiplier > 0``); the
 graph term also needs neighbour features in the batch.
@@ -77,12 +81,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from minewatch.compat import import_nsl
+from minewatch.errors import ConfigError
 from nsl_models.configs import (
     AdversarialConfig,
     AdversarialMethod,
     Architecture,
     GraphConfig,
     ModelConfig,
+    PixelDecoder,
 )
 from nsl_models.data import TileSpec
 
@@ -94,8 +100,10 @@ __all__ = [
     "RegularizedModel",
     "build_base_model",
     "build_encoder",
+    "build_encoder_features",
     "build_pixel_decoder",
     "embedding_of",
+    "forward",
     "has_pixel_head",
     "pixel_xent",
     "tile_logits",
@@ -141,14 +149,22 @@ def _norm(filters: int) -> Any:
     return tf.keras.layers.GroupNormalization(groups=min(8, filters // 4) or 1)
 
 
-def _small_cnn(x: Any, config: ModelConfig) -> Any:
+def _small_cnn_maps(x: Any, config: ModelConfig) -> list[Any]:
+    # Block i: a 3 x 3 convolution at 1/2**i resolution (its output is map i),
+    # then a stride-2 one; the last entry is the coarsest map, at 1/2**depth.
+    maps = []
     for i in range(config.depth):
         filters = config.width * 2**i
         x = tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = tf.keras.layers.ReLU()(_norm(filters)(x))
+        maps.append(x)
         x = tf.keras.layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
         x = tf.keras.layers.ReLU()(_norm(filters)(x))
-    return tf.keras.layers.GlobalAveragePooling2D()(x)
+    return [*maps, x]
+
+
+def _small_cnn(x: Any, config: ModelConfig) -> Any:
+    return tf.keras.layers.GlobalAveragePooling2D()(_small_cnn_maps(x, config)[-1])
 
 
 def _frame_cnn(x: Any, config: ModelConfig) -> Any:
@@ -179,8 +195,52 @@ def _application(x: Any, config: ModelConfig, shape: tuple[int, int, int]) -> An
     return backbone(x)
 
 
+def _uses_unet(config: ModelConfig) -> bool:
+    return config.pixel_head and config.pixel_decoder is PixelDecoder.UNET
+
+
+def build_encoder_features(shape: tuple[int, int, int], config: ModelConfig) -> Any:
+    """The ``small_cnn`` encoder's feature maps, one per resolution (U-Net skips).
+
+    Args:
+        shape: ``(H, W, C)``; ``H`` and ``W`` divisible by ``2**depth``.
+        config: ``small_cnn`` width and depth.
+
+    Returns:
+        A functional ``tf.keras.Model`` named ``encoder_features``: normalised
+        pixels -> ``depth + 1`` maps; map ``i < depth`` is
+        ``[H / 2**i, W / 2**i, width * 2**i]`` (block ``i`` before its stride-2
+        convolution), the last is the coarsest, ``[H / 2**depth, W / 2**depth,
+        width * 2**(depth - 1)]``, which the encoder pools into the embedding.
+
+    Raises:
+        ConfigError: Another architecture, or a tile side the maps cannot halve
+            ``depth`` times.
+    """
+    if config.architecture is not Architecture.SMALL_CNN:
+        raise ConfigError(
+            f"model.pixel_decoder: unet needs architecture small_cnn, got "
+            f"{config.architecture.value}; use pixel_decoder: flat"
+        )
+    h, w, _ = shape
+    step = 2**config.depth
+    if h % step or w % step:
+        raise ConfigError(
+            f"model.depth: a {h} x {w} tile cannot be halved {config.depth} times "
+            f"for the unet decoder; use a tile side divisible by {step} or a smaller depth"
+        )
+    inputs = tf.keras.Input(shape=shape, name="normalized")
+    return tf.keras.Model(inputs, _small_cnn_maps(inputs, config), name="encoder_features")
+
+
 def build_encoder(shape: tuple[int, int, int], config: ModelConfig) -> Any:
     """The encoder: normalised ``[H, W, C]`` pixels -> ``[embedding_dim]`` embedding.
+
+    With the U-Net pixel decoder (``pixel_head`` and ``pixel_decoder: unet``)
+    the convolutions sit in a nested model, ``encoder_features``
+    (:func:`build_encoder_features`), that the decoder shares, followed by
+    ``encoder_top`` (pooling and the ``embedding`` layer); the function is the
+    same.
 
     Args:
         shape: ``(H, W, C)``; any channel count.
@@ -190,6 +250,15 @@ def build_encoder(shape: tuple[int, int, int], config: ModelConfig) -> Any:
         A functional ``tf.keras.Model`` named ``encoder``.
     """
     inputs = tf.keras.Input(shape=shape, name="normalized")
+    if _uses_unet(config):
+        maps = build_encoder_features(shape, config)(inputs)
+        bottom = tf.keras.Input(shape=maps[-1].shape[1:], name="coarsest")
+        pooled = tf.keras.layers.GlobalAveragePooling2D()(bottom)
+        emb = tf.keras.layers.Dense(config.embedding_dim, activation="relu", name="embedding")(
+            pooled
+        )
+        top = tf.keras.Model(bottom, emb, name="encoder_top")
+        return tf.keras.Model(inputs, top(maps[-1]), name="encoder")
     if config.architecture is Architecture.SMALL_CNN:
         x = _small_cnn(inputs, config)
     elif config.architecture is Architecture.FRAME_CNN:
@@ -200,25 +269,55 @@ def build_encoder(shape: tuple[int, int, int], config: ModelConfig) -> Any:
     return tf.keras.Model(inputs, x, name="encoder")
 
 
-def build_pixel_decoder(shape: tuple[int, int, int], config: ModelConfig, num_classes: int) -> Any:
+def build_pixel_decoder(
+    shape: tuple[int, int, int], config: ModelConfig, num_classes: int, encoder: Any = None
+) -> Any:
     """The per-pixel head: ``(normalised pixels, embedding) -> [H, W, K]`` logits.
 
-    Two 3 x 3 convolutions at full tile resolution see each pixel's spectrum and
-    its 5 x 5 neighbourhood; the shared embedding, projected and added to every
-    pixel's features (a per-tile bias), brings what the encoder learnt about the
-    whole tile; a 1 x 1 convolution then maps them to class logits (float32,
-    also under mixed precision). Nothing is downsampled, so outlines keep the
-    pixel grid.
+    Either decoder takes ``[normalised pixels, embedding]`` and returns
+    ``[H, W, K]`` float32 logits (also under mixed precision), so the exported
+    signature is the same for both.
+
+    ``pixel_decoder: flat``: two 3 x 3 convolutions at full tile resolution see
+    each pixel's spectrum and its 5 x 5 neighbourhood; the shared embedding,
+    projected and added to every pixel's features (a per-tile bias), brings what
+    the encoder learnt about the whole tile; a 1 x 1 convolution then maps them
+    to class logits. Nothing is downsampled, so outlines keep the pixel grid.
+
+    ``pixel_decoder: unet``: the trainable part, ``pixel_unet``, takes
+    ``[normalised pixels, map_0 .. map_depth, embedding]`` (the maps of
+    :func:`build_encoder_features`, shared with ``encoder``). The embedding,
+    projected, is added to the coarsest map as a per-tile bias; then, per level
+    from coarse to fine, a 2 x 2 stride-2 transposed convolution doubles the
+    resolution, the encoder's map of that resolution is concatenated (skip
+    connection; at full resolution the normalised pixels too, so each pixel's
+    own spectrum is one convolution from the logits) and a 3 x 3 convolution
+    (GroupNorm, ReLU, ``pixel_width`` filters; the coarsest one dilated by
+    ``pixel_dilation``) mixes them; a 1 x 1 convolution gives the logits.
+    ``pixel_decoder`` wraps it as ``pixel_unet([pixels,
+    *encoder_features(pixels), embedding])``, so called on its own it runs the
+    encoder's convolutions again; :func:`forward` calls the parts on a
+    single encoder pass.
 
     Args:
         shape: ``(H, W, C)``.
-        config: ``pixel_width`` and ``embedding_dim``.
+        config: ``pixel_width``, ``pixel_dilation``, ``pixel_decoder`` and
+            ``embedding_dim``.
         num_classes: ``K``.
+        encoder: The encoder from :func:`build_encoder` with the same config;
+            required by ``unet``, whose skips are its ``encoder_features``.
 
     Returns:
         A functional ``tf.keras.Model`` named ``pixel_decoder`` with inputs
         ``normalized`` ``[None, H, W, C]`` and ``embedding`` ``[None, D]``.
+
+    Raises:
+        ValueError: ``unet`` without ``encoder``.
     """
+    if config.pixel_decoder is PixelDecoder.UNET:
+        if encoder is None:
+            raise ValueError("the unet pixel decoder needs the encoder (encoder=...)")
+        return _unet_decoder(shape, config, num_classes, encoder)
     width = config.pixel_width
     pixels = tf.keras.Input(shape=shape, name="normalized")
     embedding = tf.keras.Input(shape=(config.embedding_dim,), name="embedding")
@@ -238,6 +337,39 @@ def build_pixel_decoder(shape: tuple[int, int, int], config: ModelConfig, num_cl
     return tf.keras.Model([pixels, embedding], logits, name="pixel_decoder")
 
 
+def _unet_decoder(
+    shape: tuple[int, int, int], config: ModelConfig, num_classes: int, encoder: Any
+) -> Any:
+    """The ``unet`` pixel decoder of :func:`build_pixel_decoder`."""
+    # Transposed convolutions rather than UpSampling2D: XLA compiles their gradient.
+    features = encoder.get_layer("encoder_features")
+    width = config.pixel_width
+    pixels = tf.keras.Input(shape=shape, name="normalized")
+    embedding = tf.keras.Input(shape=(config.embedding_dim,), name="embedding")
+    skips = [
+        tf.keras.Input(shape=t.shape[1:], name=f"map{i}") for i, t in enumerate(features.outputs)
+    ]
+    x = skips[-1]
+    channels = x.shape[-1]
+    context = tf.keras.layers.Dense(channels, name="context")(embedding)
+    context = tf.keras.layers.Reshape((1, 1, channels))(context)
+    x = tf.keras.layers.ReLU()(tf.keras.layers.Add(name="add_context")([x, context]))
+    for i in reversed(range(config.depth)):
+        x = tf.keras.layers.Conv2DTranspose(width, 2, strides=2, name=f"up{i}")(x)
+        parts = [x, skips[i], *([pixels] if i == 0 else [])]
+        x = tf.keras.layers.Concatenate(name=f"skip{i}")(parts)
+        rate = config.pixel_dilation if i == config.depth - 1 else 1
+        x = tf.keras.layers.Conv2D(
+            width, 3, padding="same", dilation_rate=rate, use_bias=False, name=f"conv{i}"
+        )(x)
+        x = tf.keras.layers.ReLU()(_norm(width)(x))
+    logits = tf.keras.layers.Conv2D(num_classes, 1, dtype="float32", name="pixel_logits")(x)
+    tail = tf.keras.Model([pixels, *skips, embedding], logits, name="pixel_unet")
+    p = tf.keras.Input(shape=shape, name="normalized")
+    e = tf.keras.Input(shape=(config.embedding_dim,), name="embedding")
+    return tf.keras.Model([p, e], tail([p, *features(p), e]), name="pixel_decoder")
+
+
 def build_base_model(spec: TileSpec, config: ModelConfig) -> Any:
     """The base classifier ``image -> logits`` with normalisation inside.
 
@@ -255,13 +387,50 @@ def build_base_model(spec: TileSpec, config: ModelConfig) -> Any:
     """
     image = tf.keras.Input(shape=spec.shape, name="image", dtype=tf.float32)
     xn = Normalization(spec.mean, spec.std, name="normalize")(image)
-    emb = build_encoder(spec.shape, config)(xn)
+    encoder = build_encoder(spec.shape, config)
+    emb = encoder(xn)
     x = tf.keras.layers.Dropout(config.dropout, name="dropout")(emb)
     logits = tf.keras.layers.Dense(spec.num_classes, dtype="float32", name="logits")(x)
     if not config.pixel_head:
         return tf.keras.Model(image, logits, name="base_model")
-    pixel = build_pixel_decoder(spec.shape, config, spec.num_classes)([xn, emb])
+    # unet: this graph (and the exported signature, which calls the encoder and
+    # the decoder in turn) runs the shared encoder_features twice; the train step
+    # runs it once (forward).
+    pixel = build_pixel_decoder(spec.shape, config, spec.num_classes, encoder)([xn, emb])
     return tf.keras.Model(image, [logits, pixel], name="base_model")
+
+
+def forward(
+    base_model: Any, xn: Any, training: bool = False, pixels: bool = True
+) -> tuple[Any, Any]:
+    """Embedding and per-pixel logits of normalised pixels, on one encoder pass.
+
+    Calling the base model's ``encoder`` and then its ``pixel_decoder`` gives the
+    same values, but with the U-Net decoder that runs the encoder's
+    convolutions twice (the decoder recomputes the maps it needs); this calls
+    ``encoder_features`` once and feeds its maps to both ``encoder_top`` and
+    ``pixel_unet``. The train step uses it; an export can too.
+
+    Args:
+        base_model: From :func:`build_base_model`.
+        xn: Normalised pixels ``[B, H, W, C]`` (the ``normalize`` layer's output).
+        training: Keras training flag.
+        pixels: Also run the pixel decoder (when the base model has one).
+
+    Returns:
+        ``(embedding, pixel_logits)``: float32 ``[B, D]`` and ``[B, H, W, K]``
+        (``None`` without the pixel head or with ``pixels=False``).
+    """
+    encoder = base_model.get_layer("encoder")
+    decoder = base_model.get_layer("pixel_decoder") if has_pixel_head(base_model) else None
+    if decoder is None or not pixels:
+        return tf.cast(encoder(xn, training=training), tf.float32), None
+    if not any(layer.name == "pixel_unet" for layer in decoder.layers):
+        emb = tf.cast(encoder(xn, training=training), tf.float32)
+        return emb, decoder([xn, emb], training=training)
+    maps = encoder.get_layer("encoder_features")(xn, training=training)
+    emb = tf.cast(encoder.get_layer("encoder_top")(maps[-1], training=training), tf.float32)
+    return emb, decoder.get_layer("pixel_unet")([xn, *maps, emb], training=training)
 
 
 def has_pixel_head(base_model: Any) -> bool:
@@ -391,6 +560,19 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
     def _embed(self, xn: Any, training: bool) -> Any:
         return tf.cast(self._encoder(xn, training=training), tf.float32)
 
+    def forward(self, xn: Any, training: bool = False, pixels: bool = True) -> tuple[Any, Any]:
+        """Embedding and per-pixel logits of normalised pixels, on one encoder pass.
+
+        Args:
+            xn: Normalised pixels ``[B, H, W, C]`` (the ``normalize`` layer's output).
+            training: Keras training flag.
+            pixels: Also run the pixel decoder (when the base model has one).
+
+        Returns:
+            :func:`forward` of the base model.
+        """
+        return forward(self.base_model, xn, training=training, pixels=pixels)
+
     def uses_pixels(self, data: dict[str, Any]) -> bool:
         """Whether the per-pixel term is on for batches like ``data``."""
         return self._pixel is not None and "pixel_label" in data
@@ -429,13 +611,13 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         xn = self._normalize(image)
         with tf.GradientTape(watch_accessed_variables=False) as tape_x:
             tape_x.watch(xn)
-            emb = self._embed(xn, training=True)
+            # Same pass, same embedding: the decoder adds one branch.
+            emb, pixel_logits = self.forward(xn, training=True, pixels=use_pixels)
             logits = self._logits(emb, training=True)
             supervised = _weighted_xent(labels, logits, weights)
             attacked = supervised
             if use_pixels:
-                # Same pass, same embedding: the decoder adds one cheap branch.
-                pixel_loss = self._pixel_loss(data, self._pixel([xn, emb], training=True))
+                pixel_loss = self._pixel_loss(data, pixel_logits)
                 attacked = supervised + w_pix * pixel_loss
         if use_graph:
             # Outside tape_x: the input gradient for the adversarial step then
@@ -457,8 +639,9 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         if self.uses_adversarial:
 
             def model_fn(z: Any) -> Any:
-                e = self._embed(z, True)
-                return (self._logits(e, True), self._pixel([z, e], True) if use_pixels else None)
+                # Reads use_pixels when called: the corrupted-view branch below clears it.
+                e, p = self.forward(z, True, pixels=use_pixels)
+                return (self._logits(e, True), p)
 
             def loss_fn(y: Any, out: Any) -> Any:
                 loss = _weighted_xent(y, out[0], weights)
@@ -514,11 +697,14 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
 
     def test_step(self, data: dict[str, Any]) -> dict[str, Any]:
         """Supervised (and pixel) loss and accuracy of the clean batch in inference mode."""
-        outputs = self.base_model(data["image"], training=False)
-        logits = tile_logits(outputs)
+        use_pixels = self.uses_pixels(data)
+        emb, pixel_logits = self.forward(
+            self._normalize(data["image"]), training=False, pixels=use_pixels
+        )
+        logits = self._logits(emb, training=False)
         supervised = _weighted_xent(data["label"], logits, data["weight"])
         zero = tf.constant(0.0)
-        pixel_loss = self._pixel_loss(data, outputs[1]) if self.uses_pixels(data) else zero
+        pixel_loss = self._pixel_loss(data, pixel_logits) if use_pixels else zero
         out = {
             "loss": supervised + self.pixel_loss_weight * pixel_loss,
             "supervised_loss": supervised,

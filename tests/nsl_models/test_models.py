@@ -3,14 +3,22 @@
 import numpy as np
 import pytest
 
+from minewatch.errors import ConfigError
 from nsl_models import data as datalib
-from nsl_models.configs import Architecture, ModelConfig, make_adversarial_config, make_graph_config
+from nsl_models.configs import (
+    Architecture,
+    ModelConfig,
+    PixelDecoder,
+    make_adversarial_config,
+    make_graph_config,
+)
 from nsl_models.models import (
     Normalization,
     RegularizedModel,
     _weighted_xent,
     build_base_model,
     embedding_of,
+    pixel_xent,
 )
 
 tf = pytest.importorskip("tensorflow")
@@ -224,3 +232,108 @@ def test_corrupted_view_is_where_the_adversarial_branch_starts():
         moved = model.compute_losses(shifted, tape)
     assert abs(float(moved["adversarial_loss"]) - float(same["adversarial_loss"])) > 1e-4
     np.testing.assert_allclose(moved["pixel_loss"].numpy(), plain["pixel_loss"].numpy())
+
+
+def _unet_spec(side, channels=5):
+    bands = tuple("abcde"[:channels])
+    return datalib.TileSpec(
+        side, side, channels, "uint16", bands, ("bg", "pile", "road"), (10.0,) * channels,
+        (2.0,) * channels,
+    )  # fmt: skip
+
+
+def _unet_config(**kwargs):
+    fields = {"width": 4, "depth": 2, "embedding_dim": 6, "dropout": 0.0, "pixel_width": 4}
+    return ModelConfig(
+        **{"pixel_head": True, "pixel_decoder": PixelDecoder.UNET, **fields, **kwargs}
+    )
+
+
+@pytest.mark.parametrize("side", [16, 32])
+def test_unet_decoder_shapes_dtype_and_one_pass_equals_the_base_model(side):
+    tf.keras.utils.set_random_seed(0)
+    base = build_base_model(_unet_spec(side), _unet_config())
+    x = np.random.default_rng(0).uniform(0, 30, (2, side, side, 5)).astype(np.float32)
+    logits, pixel = base(x)
+    assert logits.shape == (2, 3) and logits.dtype == tf.float32
+    assert pixel.shape == (2, side, side, 3) and pixel.dtype == tf.float32
+    maps = base.get_layer("encoder").get_layer("encoder_features")(x)
+    assert [tuple(m.shape[1:3]) for m in maps] == [(side, side), (side // 2,) * 2, (side // 4,) * 2]
+    # The train step's single encoder pass computes what the base model's graph does.
+    emb, one_pass = RegularizedModel(base).forward(base.get_layer("normalize")(x))
+    np.testing.assert_allclose(one_pass.numpy(), pixel.numpy(), atol=1e-6)
+    np.testing.assert_allclose(emb.numpy(), embedding_of(base, x).numpy(), atol=1e-6)
+
+
+def test_unet_pixel_loss_reaches_every_encoder_layer_through_the_skips():
+    tf.keras.utils.set_random_seed(0)
+    base = build_base_model(_unet_spec(16), _unet_config())
+    model = RegularizedModel(base)
+    features = base.get_layer("encoder").get_layer("encoder_features")
+    x = np.random.default_rng(1).uniform(0, 30, (2, 16, 16, 5)).astype(np.float32)
+    labels = tf.constant(np.random.default_rng(2).integers(0, 3, (2, 16, 16)), tf.int32)
+    xn = base.get_layer("normalize")(x)
+    with tf.GradientTape(persistent=True) as tape:
+        maps = features(xn)
+        tape.watch(maps)
+        emb = tf.cast(base.get_layer("encoder").get_layer("encoder_top")(maps[-1]), tf.float32)
+        pixel = base.get_layer("pixel_decoder").get_layer("pixel_unet")([xn, *maps, emb])
+        loss = pixel_xent(labels, pixel, tf.ones([2, 16, 16]))
+    # Each resolution's map feeds the decoder directly (a skip), not only via the bottom.
+    for i, g in enumerate(tape.gradient(loss, maps)):
+        assert g is not None and float(tf.reduce_max(tf.abs(g))) > 0, f"map{i} unused"
+    # ... and the pixel loss alone trains every convolution of the encoder.
+    grads = tape.gradient(loss, features.trainable_variables)
+    assert grads and all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+    assert len(model.trainable_variables) == len(base.trainable_variables)  # shared, not copied
+
+
+def test_xla_compiled_step_with_unet_decoder_graph_and_pgd():
+    tf.keras.utils.set_random_seed(0)
+    base = build_base_model(SPEC, _unet_config(depth=1, embedding_dim=3))
+    model = RegularizedModel(
+        base,
+        make_graph_config(multiplier=0.5),
+        make_adversarial_config(enabled=True, multiplier=0.3, method="pgd", epsilon=0.1),
+        pixel_loss_weight=2.0,
+    )
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01))
+    data = _pixel_batch()
+    before = [v.numpy() for v in base.get_layer("pixel_decoder").trainable_variables]
+    logs = tf.function(model.train_step, jit_compile=True)(data)
+    assert all(np.isfinite(float(v)) for v in logs.values())
+    assert float(logs["pixel_loss"]) > 0 and float(logs["adversarial_loss"]) > 0
+    after = base.get_layer("pixel_decoder").trainable_variables
+    assert all(not np.allclose(a, b.numpy()) for a, b in zip(before, after, strict=True))
+    assert float(model.test_step(data)["pixel_loss"]) > 0
+
+
+@pytest.mark.parametrize("decoder", [PixelDecoder.FLAT, PixelDecoder.UNET])
+def test_export_serves_the_same_signature_with_either_decoder(decoder, tmp_path):
+    from nsl_models.registry import export_model
+
+    spec = _unet_spec(16)
+    tf.keras.utils.set_random_seed(0)
+    base = build_base_model(spec, _unet_config(pixel_decoder=decoder))
+    meta = export_model(
+        base, spec, str(tmp_path), task="tile", config={}, metrics={}, data_hash="sha256:0"
+    )
+    assert meta["outputs"] == ["probabilities", "embedding", "pixel_probabilities"]
+    serve = tf.saved_model.load(str(tmp_path / "saved_model")).signatures["serving_default"]
+    outputs = {k: (v.shape.as_list(), v.dtype) for k, v in serve.structured_outputs.items()}
+    assert outputs == {
+        "probabilities": ([None, 3], tf.float32),
+        "embedding": ([None, 6], tf.float32),
+        "pixel_probabilities": ([None, 16, 16, 3], tf.float32),
+    }
+    x = np.random.default_rng(0).uniform(0, 30, (3, 16, 16, 5)).astype(np.float32)
+    _, pixel = base(x)
+    served = serve(image=tf.constant(x))["pixel_probabilities"].numpy()
+    np.testing.assert_allclose(served, tf.nn.softmax(pixel).numpy(), atol=1e-6)
+
+
+def test_unet_decoder_refuses_what_it_cannot_build():
+    with pytest.raises(ConfigError, match=r"pixel_decoder: unet needs architecture small_cnn"):
+        ModelConfig(architecture=Architecture.FRAME_CNN, pixel_decoder=PixelDecoder.UNET)
+    with pytest.raises(ConfigError, match=r"a 12 x 12 tile cannot be halved 3 times"):
+        build_base_model(_unet_spec(12), _unet_config(depth=3))
