@@ -15,7 +15,7 @@ Two measurements, in one run (numbers go to ``docs/benchmarks.md``, section Infe
    the benchmark weighs on all of them alike; each row reports its best and
    median wall clock and the ratios of bare to job for both.
 2. **Sites against the ground truth**: ``minewatch demo``'s own scoring
-   (:func:`minewatch.cli.demo.truth_report`: each site at its last sighting
+   (:func:`minewatch.scoring.truth_report`: each site at its last sighting
    matched one to one to the truth polygons of that date at IoU >= 0.3 with
    :func:`minewatch.sites.match_sites`): precision and recall per class, the
    stockpile area error of matched sightings, and the flagged sites against the
@@ -125,11 +125,11 @@ def interleaved(repeat: int, runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def site_accuracy(demo: str, tables: str) -> dict[str, Any]:
     """The demo's own scoring of the tables against its ground truth.
 
-    :func:`minewatch.cli.demo.truth_report` (one-to-one IoU matching with
+    :func:`minewatch.scoring.truth_report` (one-to-one IoU matching with
     :func:`minewatch.sites.match_sites`, each site at its ``last_seen`` date), so
     these numbers are the ones ``minewatch demo`` prints for the same tables.
     """
-    from minewatch.cli.demo import truth_report
+    from minewatch.scoring import truth_report
 
     report = truth_report(tables, os.path.join(demo, "gt"), min_iou=IOU)
     errors = [abs(a["error"]) for a in report["stockpile_areas"]]

@@ -14,6 +14,9 @@ The pure functions the inference job composes, each testable on its own:
    protected one, with the reason.
 4. :func:`link_series` matches sites of one kind across acquisitions by overlap
    into a time series with area change.
+5. :class:`SiteRules` holds how sites are cut and judged per kind (the model's
+   calibrated operating points, or the command's options) and decides a
+   site's ``status`` (``confirmed`` or ``candidate``).
 
 :func:`match_sites` scores found sites against known polygons (recall and
 precision at an IoU threshold), for tests and ``bench/seg_truth.py``.
@@ -22,7 +25,7 @@ precision at an IoU threshold), for tests and ``bench/seg_truth.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +34,8 @@ from affine import Affine
 
 __all__ = [
     "CellGrid",
+    "KindRule",
+    "SiteRules",
     "SiteShape",
     "assess_legality",
     "link_series",
@@ -39,8 +44,121 @@ __all__ = [
     "pixel_raster",
     "polygonize",
     "probability_raster",
+    "reweight",
     "smooth_probabilities",
 ]
+
+
+#: A site seen on at least this many acquisitions is confirmed whatever its score.
+CONFIRM_ACQUISITIONS = 2
+#: Mean score at which a site seen once is confirmed, where the model states none.
+DEFAULT_CONFIRM_SCORE = 0.8
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """How sites of one kind are kept and judged.
+
+    Attributes:
+        min_score: Regions whose mean probability of the kind is lower are dropped.
+        min_area_m2: Smaller regions are dropped.
+        confirm_score: A site seen on one acquisition only is ``confirmed``
+            when its mean score reaches this, else a ``candidate``.
+    """
+
+    min_score: float = 0.0
+    min_area_m2: float = 0.0
+    confirm_score: float = DEFAULT_CONFIRM_SCORE
+
+
+@dataclass(frozen=True)
+class SiteRules:
+    """How sites are cut from probabilities and which are confirmed.
+
+    Built by :meth:`from_operating_points` from a model's ``operating_points``
+    (chosen on the training world's validation split, ``docs/training.md``)
+    with the command's options on top: an option that is given wins for every
+    kind, one that is not falls back to the model's value, then to the built-in
+    default.
+
+    A site's ``status`` (:meth:`status`) is ``confirmed`` when it was seen on
+    :data:`CONFIRM_ACQUISITIONS` acquisitions or more, or once with a mean
+    score of at least its kind's ``confirm_score``; otherwise ``candidate``:
+    one sighting with a modest score is what false sites look like.
+
+    Attributes:
+        threshold: Least probability of a cell's winning class. Default 0.5.
+        smooth: Box filter side in cells before sites are cut. Default 1.
+        kinds: Per-kind rules; kinds not listed get ``default``.
+        default: The rule of unlisted kinds.
+        class_weights: Per class (model order), factors the probabilities are
+            multiplied by (and renormalised) before the winning class is
+            taken: a prior chosen for the decision, apart from the calibrated
+            probabilities the model serves; None (default) leaves them.
+    """
+
+    threshold: float = 0.5
+    smooth: int = 1
+    kinds: Mapping[str, KindRule] = field(default_factory=dict)
+    default: KindRule = KindRule()
+    class_weights: tuple[float, ...] | None = None
+
+    def rule(self, kind: str) -> KindRule:
+        """The rule of ``kind``."""
+        return self.kinds.get(kind, self.default)
+
+    def status(self, kind: str, acquisitions: int, score: float) -> str:
+        """``confirmed`` or ``candidate`` for a site of ``kind`` (see the class)."""
+        if acquisitions >= CONFIRM_ACQUISITIONS or score >= self.rule(kind).confirm_score:
+            return "confirmed"
+        return "candidate"
+
+    @classmethod
+    def from_operating_points(
+        cls,
+        points: Mapping[str, Any] | None,
+        *,
+        threshold: float | None = None,
+        smooth: int | None = None,
+        min_score: float | None = None,
+        min_area_m2: float | None = None,
+    ) -> SiteRules:
+        """The model's operating points with the given options on top.
+
+        Args:
+            points: A model's ``metadata.json`` ``operating_points``
+                (``{"threshold", "smooth", "class_weights", "kinds": {kind:
+                {"min_score", "min_area_m2", "confirm_score"}}}``), or None.
+            threshold: Overrides the threshold when not None.
+            smooth: Overrides the smoothing when not None.
+            min_score: Overrides every kind's ``min_score`` when not None.
+            min_area_m2: Overrides every kind's ``min_area_m2`` when not None.
+
+        Returns:
+            The rules.
+        """
+        points = points or {}
+
+        def rule(values: Mapping[str, Any]) -> KindRule:
+            base = KindRule(
+                min_score=float(values.get("min_score", 0.0)),
+                min_area_m2=float(values.get("min_area_m2", 0.0)),
+                confirm_score=float(values.get("confirm_score", DEFAULT_CONFIRM_SCORE)),
+            )
+            return KindRule(
+                min_score=base.min_score if min_score is None else min_score,
+                min_area_m2=base.min_area_m2 if min_area_m2 is None else min_area_m2,
+                confirm_score=base.confirm_score,
+            )
+
+        weights = points.get("class_weights")
+        return cls(
+            threshold=float(points.get("threshold", 0.5)) if threshold is None else threshold,
+            smooth=int(points.get("smooth", 1)) if smooth is None else smooth,
+            kinds={k: rule(v) for k, v in (points.get("kinds") or {}).items()},
+            default=rule({}),
+            class_weights=tuple(float(w) for w in weights) if weights else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -310,6 +428,18 @@ def smooth_probabilities(probs: np.ndarray, covered: np.ndarray, size: int) -> n
     return out if everywhere else np.where(covered, out, data)
 
 
+def reweight(probs: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """``[K, h, w]`` probabilities times per-class ``weights``, renormalised per cell.
+
+    Cells whose probabilities are all 0 (uncovered) stay 0.
+    """
+    w = np.asarray(weights, np.float32).reshape(-1, *([1] * (probs.ndim - 1)))
+    out = probs.astype(np.float32) * w
+    total = out.sum(axis=0, keepdims=True)
+    np.divide(out, total, out=out, where=total > 0)
+    return out
+
+
 def polygonize(
     probs: np.ndarray,
     covered: np.ndarray,
@@ -318,9 +448,10 @@ def polygonize(
     classes: Sequence[str],
     positive: Sequence[str],
     threshold: float = 0.5,
-    min_area_m2: float = 0.0,
-    min_score: float = 0.0,
+    min_area_m2: float | Mapping[str, float] = 0.0,
+    min_score: float | Mapping[str, float] = 0.0,
     smooth: int = 1,
+    class_weights: Sequence[float] | None = None,
 ) -> list[SiteShape]:
     """Polygons of the connected regions whose winning class is positive.
 
@@ -339,11 +470,15 @@ def polygonize(
         classes: Class names, index order.
         positive: Names of the classes that make sites.
         threshold: Least probability of the winning class.
-        min_area_m2: Smaller regions are dropped.
+        min_area_m2: Smaller regions are dropped; one value, or one per class
+            name (classes not named: 0).
         min_score: Regions whose mean probability of their class (their
-            ``score``) is lower are dropped.
+            ``score``) is lower are dropped; one value, or one per class name.
         smooth: Side of the box filter, in cells; 1 (default) leaves the
             probabilities as they are.
+        class_weights: Per class, factors applied to the (smoothed)
+            probabilities, renormalised per cell, before classes win and
+            scores are taken (:attr:`SiteRules.class_weights`); default none.
 
     Returns:
         The sites, in class then row order.
@@ -355,6 +490,8 @@ def polygonize(
 
     if smooth > 1:
         probs = smooth_probabilities(probs, covered > 0, smooth)
+    if class_weights is not None:
+        probs = reweight(probs, class_weights)
     winner = probs.argmax(axis=0)
     best = probs.max(axis=0)
     ok = (covered > 0) & (best >= threshold)
@@ -366,6 +503,8 @@ def polygonize(
         if name not in classes:
             continue
         k = list(classes).index(name)
+        least_area = _per_kind(min_area_m2, name)
+        least_score = _per_kind(min_score, name)
         mask = ok & (winner == k)
         if not mask.any():
             continue
@@ -377,9 +516,9 @@ def polygonize(
         # Regions that cannot pass are dropped before they are traced: the score
         # is known per label, and so is the area where the CRS is planar metres.
         slack = 1.0 - 1e-9  # rounding must never drop what the exact test below keeps
-        keep = sums >= min_score * sizes * slack
+        keep = sums >= least_score * sizes * slack
         if planar:
-            keep &= sizes * cell_area >= min_area_m2 * slack
+            keep &= sizes * cell_area >= least_area * slack
         keep[0] = False
         if not keep[1:].all():
             mask = keep[regions]
@@ -394,10 +533,14 @@ def polygonize(
             zip(found, areas, strict=True), key=lambda item: item[0][0]
         ):
             score = float(sums[value] / sizes[value]) if sizes[value] else 0.0
-            if area < min_area_m2 or score < min_score:
+            if area < least_area or score < least_score:
                 continue
             out.append(SiteShape(name, shapely.make_valid(geom), area, score))
     return out
+
+
+def _per_kind(value: float | Mapping[str, float], kind: str) -> float:
+    return float(value.get(kind, 0.0)) if isinstance(value, Mapping) else float(value)
 
 
 def assess_legality(
@@ -411,7 +554,8 @@ def assess_legality(
     is illegal with reason ``protected_area``; otherwise one with more than half
     of its area outside every concession is illegal with reason
     ``outside_concession``; otherwise it is legal. The ground truth
-    (:mod:`minewatch.synth`) and the inference job use this one rule.
+    (:mod:`minewatch.synth`) does not call it: it says which pits are illegal
+    by where it placed them, and a test shows the two agree on its worlds.
 
     Args:
         geom: The site polygon.

@@ -26,6 +26,7 @@ __all__ = [
     "frame_summaries_schema",
     "manifest_schema",
     "replace_file",
+    "site_observations_schema",
     "sites_schema",
     "stockpile_series_schema",
     "tile_labels_schema",
@@ -180,6 +181,35 @@ def sites_schema() -> pa.Schema:
             ("licence_id", pa.string()),
             ("model_version", pa.string()),
             ("scene_ids", pa.list_(pa.string())),
+            ("status", pa.string()),
+        ]
+    )
+
+
+def site_observations_schema() -> pa.Schema:
+    """One row per site and acquisition it was seen in: its outline and score that day.
+
+    ``site_id`` is the ``sites`` row the observation belongs to; ``status`` is
+    the site's (``confirmed`` or ``candidate``, see ``docs/tables.md``), so a
+    query for what to act on is ``where status = 'confirmed'``. Vessel sites
+    (flagged berths) have one observation per sighting.
+    """
+    return pa.schema(
+        [
+            ("site_id", pa.string()),
+            ("kind", pa.string()),
+            ("scene_id", pa.string()),
+            ("acquired", _TS),
+            ("geometry", pa.binary()),
+            ("source_crs", pa.string()),
+            ("geometry_source", pa.binary()),
+            ("area_m2", pa.float64()),
+            ("score", pa.float32()),
+            ("flagged", pa.bool_()),
+            ("reason", pa.string()),
+            ("licence_id", pa.string()),
+            ("status", pa.string()),
+            ("model_version", pa.string()),
         ]
     )
 
@@ -315,6 +345,7 @@ INFER_TABLES = {
     "tile_labels": tile_labels_schema,
     "frame_labels": frame_labels_schema,
     "sites": sites_schema,
+    "site_observations": site_observations_schema,
     "stockpile_series": stockpile_series_schema,
     "vessels": vessels_schema,
 }
@@ -323,6 +354,7 @@ INFER_TABLES = {
 GEOMETRY_COLUMNS: dict[str, dict[str, str | None]] = {
     "tile_labels": {"geometry": "OGC:CRS84"},
     "sites": {"geometry": "OGC:CRS84", "geometry_source": None},
+    "site_observations": {"geometry": "OGC:CRS84", "geometry_source": None},
     "vessels": {"geometry": "OGC:CRS84", "geometry_source": None},
 }
 

@@ -702,6 +702,7 @@ def flagged_site_rows(vessel_rows: Sequence[Mapping[str, Any]]) -> list[dict[str
             "licence_id": None,
             "model_version": r["model_version"],
             "scene_ids": [r["scene_id"]],
+            "status": "confirmed",
         }
         for r in vessel_rows
         if r["flagged"]

@@ -43,6 +43,7 @@ __all__ = [
     "ModelConfig",
     "NormType",
     "OptimizerName",
+    "PixelDecoder",
     "SelectionMetric",
     "SplitKey",
     "Task",
@@ -127,6 +128,18 @@ class SplitKey(enum.Enum):
     LOCATION = "location"
     """Blocks of ``split_block`` x ``split_block`` tiles at the same grid position in
     every scene, so a place seen on two dates is never in both splits."""
+
+
+class PixelDecoder(enum.Enum):
+    """How the per-pixel head (``model.pixel_head``) turns features into pixel logits."""
+
+    FLAT = "flat"
+    """Two 3 x 3 convolutions over the normalised pixels at full resolution, plus
+    the embedding as a per-tile bias; does not see the encoder's feature maps."""
+    UNET = "unet"
+    """U-Net: upsamples the encoder's coarsest map back to full resolution,
+    concatenating the encoder's map of each resolution on the way up (skip
+    connections); ``small_cnn`` only."""
 
 
 class OptimizerName(enum.Enum):
@@ -257,7 +270,13 @@ class ModelConfig(_Checked):
         pixel_width: Filters of the per-pixel decoder's convolutions. Default 16.
         pixel_dilation: Dilation of the decoder's second 3 x 3 convolution: 1
             sees a 5 x 5 neighbourhood per pixel, 2 a 7 x 7 one (a 70 m pile and
-            its rim at 10 m) for the same cost. Default 1.
+            its rim at 10 m) for the same cost. With ``pixel_decoder: unet`` it
+            is the dilation of the decoder's coarsest 3 x 3 convolution instead.
+            Default 1.
+        pixel_decoder: ``flat`` (two full-resolution convolutions over the
+            pixels) or ``unet`` (skip connections from every resolution of the
+            encoder; ``small_cnn`` only). Both serve the same outputs
+            (``docs/training.md``, Pixel decoder). Default ``flat``.
     """
 
     architecture: Architecture = Architecture.SMALL_CNN
@@ -268,6 +287,7 @@ class ModelConfig(_Checked):
     pixel_head: bool = False
     pixel_width: int = 16
     pixel_dilation: int = 1
+    pixel_decoder: PixelDecoder = PixelDecoder.FLAT
 
     def __post_init__(self) -> None:
         self._require(self.width >= 4, "width", "must be >= 4")
@@ -276,6 +296,12 @@ class ModelConfig(_Checked):
         self._require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
         self._require(self.pixel_width >= 2, "pixel_width", "must be >= 2")
         self._require(1 <= self.pixel_dilation <= 4, "pixel_dilation", "must be in 1..4")
+        self._require(
+            self.pixel_decoder is PixelDecoder.FLAT or self.architecture is Architecture.SMALL_CNN,
+            "pixel_decoder",
+            f"unet needs architecture small_cnn (its feature maps), got "
+            f"{self.architecture.value}; use pixel_decoder: flat",
+        )
 
 
 @dataclass(frozen=True)
@@ -380,6 +406,11 @@ class TrainConfig(_Checked):
         jit_compile: Compile the train step with XLA. Default False.
         pixel_loss_weight: Weight of the per-pixel cross-entropy (``label/mask``)
             in the loss, when ``model.pixel_head`` is on. Default 1.0.
+        calibrate: Undo the prior shift of undersampling and class weights in
+            the exported model (logit adjustment, :mod:`nsl_models.calibration`)
+            and, with the pixel head, choose each site kind's operating point on
+            the validation split (``metadata.json`` ``operating_points``).
+            Default True.
     """
 
     epochs: int = 10
@@ -395,6 +426,7 @@ class TrainConfig(_Checked):
     mixed_precision: bool = False
     jit_compile: bool = False
     pixel_loss_weight: float = 1.0
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         self._require(self.pixel_loss_weight >= 0.0, "pixel_loss_weight", "must be >= 0")

@@ -51,6 +51,7 @@ __all__ = [
     "NBR_PREFIX",
     "ClassCounts",
     "Split",
+    "TilePlaces",
     "TileSpec",
     "class_weights",
     "count_classes",
@@ -58,6 +59,7 @@ __all__ = [
     "count_pixels",
     "load_arrays",
     "load_pixel_arrays",
+    "load_pixel_tiles",
     "make_dataset",
     "read_tile_spec",
     "resolve_files",
@@ -312,10 +314,24 @@ def _label(ex: dict[str, Any], config: DataConfig, split: str) -> Any:
     return label
 
 
+#: Files read at once, each giving the next record in turn. A constant: the
+#: cycle length decides the record order, and ``num_parallel_reads=AUTOTUNE``
+#: sets it from the machine's cores, so the order would change with the machine.
+_READ_CYCLE = 8
+
+
 def _records(files: Sequence[str]) -> Any:
+    """The records of ``files``, interleaved in an order that depends only on the list."""
     import tensorflow as tf
 
-    return tf.data.TFRecordDataset(list(files), num_parallel_reads=tf.data.AUTOTUNE)
+    files = list(files)
+    return tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(_READ_CYCLE, len(files))),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 # -- record checks -------------------------------------------------------------------
@@ -478,10 +494,12 @@ def _checked_pass(
         ex = tf.io.parse_example(batch, feats)
         return count(ex), path, first + tf.where(_bad_records(ex, spec))[:, 0]
 
+    # The sums do not depend on the order; no step of the input pipeline trades
+    # order for speed, so that op determinism (on CPU) changes nothing here.
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(files), tf.string)).interleave(
-        per_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False
+        per_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
-    ds = ds.map(run, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.map(run, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     total = np.zeros(size, np.int64)
     first_bad: list[tuple[str, int]] = []  # the first _SHOWN, by file and index
     n_bad, bad_files = 0, set[str]()
@@ -965,10 +983,45 @@ def load_pixel_arrays(
         ``(images, labels, pixel_labels[N, H, W]`` int32, -1 where unknown or
         invalid, as the pixel loss ignores them).
     """
+    images, labels, masks, _ = load_pixel_tiles(files, spec, config, split)
+    return images, labels, masks
+
+
+@dataclass
+class TilePlaces:
+    """Where tiles lie: per tile its scene and pixel offsets; per scene its grid.
+
+    Attributes:
+        scene_ids: Per tile.
+        rows: Per tile, ``window/row``.
+        cols: Per tile, ``window/col``.
+        transforms: Per scene, the affine ``(a, b, c, d, e, f)`` of its grid.
+        crs: Per scene, its CRS.
+    """
+
+    scene_ids: list[str]
+    rows: np.ndarray
+    cols: np.ndarray
+    transforms: dict[str, tuple[float, ...]]
+    crs: dict[str, str]
+
+
+def load_pixel_tiles(
+    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.ALL
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, TilePlaces]:
+    """:func:`load_pixel_arrays` plus where each tile lies (:class:`TilePlaces`).
+
+    The scene grid of a tile is its ``geo/transform`` moved back by its window
+    offsets, so tiles of one scene can be laid back onto it.
+    """
     use_legacy_keras()
     import tensorflow as tf
 
-    feats = _features(spec, 0)
+    feats = {
+        **_features(spec, 0),
+        "geo/crs": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "geo/transform": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    }
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
@@ -979,19 +1032,48 @@ def load_pixel_arrays(
             ex["label/class"],
             _pixel_label(ex, label, spec),
             _in_split(ex, spec, config, split),
+            ex["scene/id"],
+            ex["window/row"],
+            ex["window/col"],
+            ex["geo/crs"],
+            ex["geo/transform"],
         )
 
-    images, labels, masks = [], [], []
+    images, labels, masks, scenes, rows, cols = [], [], [], [], [], []
+    transforms: dict[str, tuple[float, ...]] = {}
+    crs: dict[str, str] = {}
     ds = _records(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    for image, label, mask, keep in ds.batch(1024).as_numpy_iterator():
+    for image, label, mask, keep, sid, row, col, crs_b, tr_b in ds.batch(1024).as_numpy_iterator():
         sel = keep & (label >= 0)
         images.append(image[sel])
         labels.append(label[sel])
         masks.append(mask[sel])
+        rows.append(row[sel])
+        cols.append(col[sel])
+        for i in np.flatnonzero(sel):
+            name = sid[i].decode()
+            scenes.append(name)
+            if name not in transforms and len(tr_b[i]) == 48:
+                a, b, c, d, e, f = np.frombuffer(tr_b[i], "<f8").tolist()
+                # back from the tile's corner to the scene's
+                c -= a * float(col[i]) + b * float(row[i])
+                f -= d * float(col[i]) + e * float(row[i])
+                transforms[name] = (a, b, c, d, e, f)
+                crs[name] = crs_b[i].decode()
+    for name in set(scenes) - set(transforms):  # frames: pixel grid, no CRS
+        transforms[name], crs[name] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), ""
+    places = TilePlaces(
+        scenes,
+        np.concatenate(rows) if rows else np.zeros(0, np.int64),
+        np.concatenate(cols) if cols else np.zeros(0, np.int64),
+        transforms,
+        crs,
+    )
     if not images:
         return (
             np.zeros((0, *spec.shape), spec.dtype),
             np.zeros(0, np.int64),
             np.zeros((0, spec.height, spec.width), np.int32),
+            places,
         )
-    return np.concatenate(images), np.concatenate(labels), np.concatenate(masks)
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(masks), places

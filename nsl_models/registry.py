@@ -98,6 +98,8 @@ def export_model(
     config: dict[str, Any],
     metrics: dict[str, Any],
     data_hash: str,
+    logit_adjustment: dict[str, list[float]] | None = None,
+    operating_points: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``MODEL_DIR/saved_model/`` and ``MODEL_DIR/metadata.json`` (the contract above).
 
@@ -109,6 +111,12 @@ def export_model(
         config: The training config as a dict.
         metrics: Held-out metrics.
         data_hash: :func:`data_manifest_hash` of the training data.
+        logit_adjustment: Per output (``probabilities``,
+            ``pixel_probabilities``), offsets added to the logits before the
+            softmax in the serving signature (:mod:`nsl_models.calibration`);
+            recorded in ``metadata.json`` ``calibration``. Default none.
+        operating_points: Per-kind site cuts for ``metadata.json``
+            (``operating_points``; :class:`minewatch.sites.SiteRules`). Default none.
 
     Returns:
         The metadata written.
@@ -122,6 +130,10 @@ def export_model(
     module.model = base_model
     spec_in = tf.TensorSpec([None, *spec.shape], tf.float32, name="image")
     pixel_head = has_pixel_head(base_model)
+    adjust = {
+        name: tf.constant(values, tf.float32) for name, values in (logit_adjustment or {}).items()
+    }
+    zero = tf.constant(0.0, tf.float32)
 
     @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
     def serve(image: Any) -> dict[str, Any]:
@@ -129,10 +141,12 @@ def export_model(
         raw = base_model.get_layer("encoder")(xn, training=False)
         embedding = tf.cast(raw, tf.float32)
         logits = base_model.get_layer("logits")(embedding)
-        out = {"probabilities": tf.nn.softmax(tf.cast(logits, tf.float32)), "embedding": embedding}
+        tile = tf.cast(logits, tf.float32) + adjust.get("probabilities", zero)
+        out = {"probabilities": tf.nn.softmax(tile), "embedding": embedding}
         if pixel_head:
             pixel = base_model.get_layer("pixel_decoder")([xn, raw], training=False)
-            out["pixel_probabilities"] = tf.nn.softmax(tf.cast(pixel, tf.float32), axis=-1)
+            pixel = tf.cast(pixel, tf.float32) + adjust.get("pixel_probabilities", zero)
+            out["pixel_probabilities"] = tf.nn.softmax(pixel, axis=-1)
         return out
 
     @tf.function(input_signature=[spec_in])  # type: ignore[untyped-decorator]
@@ -153,6 +167,7 @@ def export_model(
     for w in base_model.get_weights():
         weights.update(np.ascontiguousarray(w).tobytes())
     weights.update(json.dumps(config, sort_keys=True).encode())
+    weights.update(json.dumps(logit_adjustment or {}, sort_keys=True).encode())
     now = datetime.now(UTC).replace(microsecond=0)
     metadata = {
         "version": f"{now:%Y%m%dT%H%M%SZ}-{weights.hexdigest()[:8]}",
@@ -168,6 +183,10 @@ def export_model(
         "metrics": _jsonable(metrics),
         "created": now.isoformat(),
     }
+    if logit_adjustment:
+        metadata["calibration"] = {"logit_adjustment": logit_adjustment}
+    if operating_points:
+        metadata["operating_points"] = _jsonable(operating_points)
     _swap_in(model_dir, fresh, metadata)
     return metadata
 

@@ -42,7 +42,7 @@ import numpy as np
 from minewatch.compat import import_nsl
 from nsl_models import data as datalib
 from nsl_models.configs import OptimizerName, TrainerConfig, config_to_dict
-from nsl_models.hardware import Hardware, detect, set_precision
+from nsl_models.hardware import Hardware, detect, make_deterministic, set_precision
 
 __all__ = ["StepHook", "TrainResult", "Trainer", "train_from_config"]
 
@@ -105,7 +105,7 @@ class Trainer:
         import tensorflow as tf
 
         self._tf = tf
-        tf.keras.utils.set_random_seed(config.train.seed)
+        make_deterministic(config.train.seed)  # seeds; op determinism on CPU
         self.hardware = hardware or detect()
         self.precision = set_precision(self.hardware, config.train.mixed_precision)
         self.train_files, self.validation_files = datalib.resolve_files(config.data)
@@ -129,14 +129,38 @@ class Trainer:
                 config.data.pixel_class_weighting,
                 config.data.max_pixel_class_weight or config.data.max_class_weight,
             )
+        self.logit_adjustment = self._logit_adjustment()
         self.train_examples = round(float(counts.sum()))
-        self._held_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._held_out: tuple[np.ndarray, np.ndarray, np.ndarray, datalib.TilePlaces] | None = None
         self.steps_per_epoch = config.train.steps_per_epoch or max(
             1, self.train_examples // config.data.batch_size
         )
         self._build()
 
     # -- setup ---------------------------------------------------------------
+
+    def _logit_adjustment(self) -> dict[str, list[float]]:
+        """Offsets that undo undersampling and class weights (``train.calibrate``).
+
+        Returns:
+            ``{"probabilities": [K], "pixel_probabilities": [K]}`` (the latter
+            with the pixel head); empty when ``train.calibrate`` is off.
+        """
+        from nsl_models.calibration import logit_adjustment
+
+        if not self.config.train.calibrate:
+            return {}
+        full_labels, full_pixels = self.class_counts.expected(1.0)
+        out = {
+            "probabilities": logit_adjustment(
+                full_labels[:-1], self.label_counts[:-1], self.class_weight
+            ).tolist()
+        }
+        if self.config.model.pixel_head:
+            out["pixel_probabilities"] = logit_adjustment(
+                full_pixels, self.pixel_counts, self.pixel_class_weight
+            ).tolist()
+        return out
 
     def _val_split(self) -> tuple[list[str], str]:
         if self.validation_files:
@@ -332,7 +356,7 @@ class Trainer:
         )
         if export:
             result.metrics = self.held_out_metrics()
-            result.metadata = self.export(result.metrics)
+            result.metadata = self.export(result.metrics, self.operating_points())
         return result
 
     # -- evaluation and export ----------------------------------------------
@@ -349,11 +373,7 @@ class Trainer:
         """
         from nsl_models.evaluate import classification_report, pixel_report
 
-        if self._held_out is None:
-            # Read once per run: every epoch scores the same tiles.
-            files, split = self._val_split()
-            self._held_out = datalib.load_pixel_arrays(files, self.spec, self.config.data, split)
-        images, labels, masks = self._held_out
+        images, labels, masks, _ = self._validation_tiles()
         metric = self.config.train.selection_metric.value
         if not len(labels):
             return {"examples": 0, "selection_metric": metric}
@@ -362,14 +382,68 @@ class Trainer:
         report = classification_report(labels, np.argmax(logits, -1), self.spec.classes)
         if isinstance(outputs, list):
             report["pixels"] = pixel_report(masks, np.argmax(outputs[1], -1), self.spec.classes)
+            adjust = self.logit_adjustment.get("pixel_probabilities")
+            if adjust:
+                # What the exported model serves: the data's prior restored.
+                report["pixels_calibrated"] = pixel_report(
+                    masks, np.argmax(outputs[1] + np.asarray(adjust), -1), self.spec.classes
+                )
         report["selection_metric"] = metric
         return report
 
-    def export(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _validation_tiles(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, datalib.TilePlaces]:
+        if self._held_out is None:
+            # Read once per run: every epoch scores the same tiles.
+            files, split = self._val_split()
+            self._held_out = datalib.load_pixel_tiles(files, self.spec, self.config.data, split)
+        return self._held_out
+
+    def operating_points(self) -> dict[str, Any] | None:
+        """Each site kind's cut, chosen on the validation split (see :mod:`nsl_models.calibration`).
+
+        Returns:
+            The ``operating_points`` for ``metadata.json``, or None without the
+            pixel head, with ``train.calibrate`` off, for frames, or without
+            validation tiles.
+        """
+        from nsl_models.calibration import ValidationScenes, choose_operating_points
+
+        cfg = self.config
+        if not (cfg.train.calibrate and cfg.model.pixel_head) or self.config.task.value != "tile":
+            return None
+        images, _, masks, places = self._validation_tiles()
+        if not len(images):
+            return None
+        outputs = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
+        logits = outputs[1] + np.asarray(self.logit_adjustment["pixel_probabilities"])
+        logits -= logits.max(axis=-1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        scenes = ValidationScenes.mosaic(
+            probs.astype(np.float32),
+            masks,
+            places.scene_ids,
+            places.rows,
+            places.cols,
+            places.transforms,
+            places.crs,
+        )
+        skip = ("background", "other", "vessel")
+        positive = [c for c in self.spec.classes if c not in skip]
+        return choose_operating_points(
+            scenes, self.spec.classes, positive, self.logit_adjustment["pixel_probabilities"]
+        )
+
+    def export(
+        self, metrics: dict[str, Any], operating_points: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Write ``saved_model/`` and ``metadata.json`` (see :mod:`nsl_models.registry`).
 
         Args:
             metrics: Held-out metrics to store.
+            operating_points: Per-kind site cuts for ``metadata.json``, or None.
 
         Returns:
             The metadata written.
@@ -384,6 +458,8 @@ class Trainer:
             config=config_to_dict(self.config),
             metrics=metrics,
             data_hash=data_manifest_hash(self.config.data.tiles, self.train_files),
+            logit_adjustment=self.logit_adjustment,
+            operating_points=operating_points,
         )
 
 

@@ -91,12 +91,14 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.geo import reproject
 from minewatch.registry import ModelRef
+from minewatch.sites import SiteRules
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tables import (
     INFER_TABLES,
     dead_letter_schema,
     frame_labels_schema,
     replace_file,
+    site_observations_schema,
     sites_schema,
     stockpile_series_schema,
     tile_labels_schema,
@@ -139,13 +141,15 @@ class InferConfig:
         batch_size: Most tiles per model call. Default 64.
         site_classes: Classes that make sites; all but background/other when empty.
         mining_classes: Site classes judged for legality. Default ``mining_scar``.
-        threshold: Least probability of a cell's winning class. Default 0.5.
-        min_area_m2: Smaller sites are dropped. Default 0.
+        threshold: Least probability of a cell's winning class; None (default):
+            the model's operating point, else 0.5.
+        min_area_m2: Smaller sites are dropped, every kind; None (default):
+            each kind's operating point from the model, else 0.
         min_score: Sites whose mean probability of their class is lower are
-            dropped. Default 0.
+            dropped, every kind; None (default): the model's per-kind value, else 0.
         smooth: Box filter side, in raster cells, applied to the probabilities
             before sites are cut (:func:`minewatch.sites.smooth_probabilities`);
-            1 (default) is none.
+            None (default): the model's operating point, else 1 (none).
         volumes: Measure each stockpile sighting's volume (DSM, else shadow).
             Default True.
         area_cell_m: Side of the square cells sites are grouped by for linking
@@ -170,10 +174,10 @@ class InferConfig:
     batch_size: int = 64
     site_classes: tuple[str, ...] = ()
     mining_classes: tuple[str, ...] = ("mining_scar",)
-    threshold: float = 0.5
-    min_area_m2: float = 0.0
-    min_score: float = 0.0
-    smooth: int = 1
+    threshold: float | None = None
+    min_area_m2: float | None = None
+    min_score: float | None = None
+    smooth: int | None = None
     volumes: bool = True
     area_cell_m: float = 20_000.0
     pictures: bool = True
@@ -181,6 +185,17 @@ class InferConfig:
     sun: tuple[float, float] | None = None
     licensed_ports: str | None = None
     bigquery: str = ""
+
+    @property
+    def rules(self) -> SiteRules:
+        """How sites are cut and confirmed: the model's operating points, options on top."""
+        return SiteRules.from_operating_points(
+            self.model.metadata.get("operating_points"),
+            threshold=self.threshold,
+            smooth=self.smooth,
+            min_score=self.min_score,
+            min_area_m2=self.min_area_m2,
+        )
 
     @property
     def positive(self) -> tuple[str, ...]:
@@ -819,6 +834,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         self._c = config
         self._version = config.model.version
         self._classes = config.model.classes
+        self._rules = config.rules
 
     def setup(self) -> None:
         """Load the area polygons lazily; index the DSMs and read the ports, once per worker."""
@@ -965,6 +981,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 len(self._classes),
             )
         self._write_raster(scene_id, probs, count, grid, first.crs)
+        rules = self._rules
         shapes = polygonize(
             probs,
             count,
@@ -972,10 +989,11 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             first.crs,
             self._classes,
             self._c.positive,
-            self._c.threshold,
-            self._c.min_area_m2,
-            self._c.min_score,
-            self._c.smooth,
+            rules.threshold,
+            {k: rules.rule(k).min_area_m2 for k in self._c.positive},
+            {k: rules.rule(k).min_score for k in self._c.positive},
+            rules.smooth,
+            rules.class_weights,
         )
         concessions = self._concessions.in_crs(first.crs)
         protected = self._protected.in_crs(first.crs)
@@ -1365,9 +1383,10 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
     def __init__(self, config: InferConfig) -> None:
         self._c = config
         self._version = config.model.version
+        self._rules = config.rules
 
     def process(self, item: tuple[str, Iterable[SceneSites]]) -> Iterator[Any]:
-        """Write the area's ``sites`` and ``stockpile_series`` files; yield series rows."""
+        """Write the area's sites, site observations and stockpile series; yield series rows."""
         import shapely
 
         from minewatch.sites import link_series
@@ -1376,6 +1395,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
         ordered = sorted(scenes, key=lambda s: (s.acquired, s.scene_id))
         crs = ordered[0].crs
         site_rows: list[dict[str, Any]] = []
+        observation_rows: list[dict[str, Any]] = []
         series_rows: list[dict[str, Any]] = []
         kinds = sorted({s["kind"] for sc in ordered for s in sc.sites})
         for kind in kinds:
@@ -1391,6 +1411,31 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 members = [(by_scene[sid][0], by_scene[sid][1][i]) for sid, i in chain]
                 last_scene, last = members[-1]
                 geom = shapely.from_wkb(last["wkb"])
+                score = float(np.mean([m["score"] for _, m in members]))
+                status = self._rules.status(kind, len(members), score)
+                for sc, m in members:
+                    observation_rows.append(
+                        {
+                            "site_id": site_id,
+                            "kind": kind,
+                            "scene_id": sc.scene_id,
+                            "acquired": _ts(sc.acquired),
+                            "geometry": bytes(
+                                shapely.to_wkb(
+                                    reproject(shapely.from_wkb(m["wkb"]), crs, "EPSG:4326")
+                                )
+                            ),
+                            "source_crs": crs,
+                            "geometry_source": m["wkb"],
+                            "area_m2": m["area_m2"],
+                            "score": m["score"],
+                            "flagged": bool(m["flagged"]),
+                            "reason": m["reason"],
+                            "licence_id": m["licence_id"],
+                            "status": status,
+                            "model_version": self._version,
+                        }
+                    )
                 site_rows.append(
                     {
                         "site_id": site_id,
@@ -1400,7 +1445,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                         "source_crs": crs,
                         "geometry_source": last["wkb"],
                         "area_m2": last["area_m2"],
-                        "score": float(np.mean([m["score"] for _, m in members])),
+                        "score": score,
                         "first_seen": _ts(members[0][0].acquired),
                         "last_seen": _ts(last_scene.acquired),
                         "acquisitions": len(members),
@@ -1409,6 +1454,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                         "licence_id": last["licence_id"],
                         "model_version": self._version,
                         "scene_ids": [sc.scene_id for sc, _ in members],
+                        "status": status,
                     }
                 )
                 if kind == "stockpile":
@@ -1429,6 +1475,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
         name = f"{_safe(key)}__{_safe(self._version)}.parquet"
         for table, rows, when, schema in (
             ("sites", site_rows, "first_seen", sites_schema()),
+            ("site_observations", observation_rows, "acquired", site_observations_schema()),
             ("stockpile_series", series_rows, "acquired", stockpile_series_schema()),
         ):
             parts: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -1444,13 +1491,17 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
             (
                 "",
                 collections.Counter(
-                    sites=len(site_rows), sites_flagged=sum(r["flagged"] for r in site_rows)
+                    sites=len(site_rows),
+                    sites_flagged=sum(r["flagged"] for r in site_rows),
+                    sites_candidate=sum(r["status"] == "candidate" for r in site_rows),
                 ),
             ),
         )
         if self._c.bigquery:
             for row in site_rows:
                 yield TaggedOutput("site_rows", row)
+            for row in observation_rows:
+                yield TaggedOutput("observation_rows", row)
         yield from series_rows
 
 
@@ -1777,7 +1828,9 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
             per_scene.sites
             | "GroupArea" >> beam.GroupByKey()
             | "LinkSites"
-            >> beam.ParDo(LinkSites(c)).with_outputs(COUNTS, "site_rows", main="series")
+            >> beam.ParDo(LinkSites(c)).with_outputs(
+                COUNTS, "site_rows", "observation_rows", main="series"
+            )
         )
         counts.append(linked[COUNTS])
         if c.bigquery:
@@ -1787,6 +1840,7 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 "tile_labels": per_scene.tile_rows,
                 "frame_labels": per_scene.frames | "FrameRowValues" >> beam.Values(),
                 "sites": linked.site_rows,
+                "site_observations": linked.observation_rows,
                 "stockpile_series": linked.series,
                 "vessels": per_scene.vessel_rows,
             }

@@ -70,6 +70,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "tile_labels": ("tile_id", "model_version"),
     "frame_labels": ("frame_id", "model_version"),
     "sites": ("site_id", "model_version"),
+    "site_observations": ("site_id", "scene_id", "model_version"),
     "stockpile_series": ("site_id", "scene_id", "model_version"),
     "vessels": ("vessel_id", "model_version"),
 }
@@ -79,6 +80,7 @@ PARTITION_FIELDS: dict[str, str] = {
     "tile_labels": "acquired",
     "frame_labels": "acquired",
     "sites": "first_seen",
+    "site_observations": "acquired",
     "stockpile_series": "acquired",
     "vessels": "acquired",
 }

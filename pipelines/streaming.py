@@ -129,12 +129,13 @@ class StreamConfig:
         batch_size: Most tiles per model call. Default 64.
         concessions: Polygons of licensed areas, or None.
         protected: Polygons of protected areas, or None.
-        threshold: Least probability of a cell's winning class. Default 0.5.
-        min_area_m2: Smaller sites are dropped. Default 0.
+        threshold: Least probability of a cell's winning class.
+        min_area_m2: Smaller sites are dropped.
         min_score: Sites whose mean probability of their class is lower are
-            dropped. Default 0.
-        smooth: Box filter side, in raster cells, before sites are cut; 1
-            (default) is none. As ``minewatch infer``'s options of the same names.
+            dropped.
+        smooth: Box filter side, in raster cells, before sites are cut. As
+            ``minewatch infer``'s options of the same names: None (default) takes
+            the served model's operating points (``minewatch.sites.SiteRules``).
         pictures: Draw a quicklook PNG per scene. Default True.
         frame_window: Seconds of the event-time windows frames are summarised
             over, per camera. Default 60.
@@ -158,10 +159,10 @@ class StreamConfig:
     batch_size: int = 64
     concessions: str | None = None
     protected: str | None = None
-    threshold: float = 0.5
-    min_area_m2: float = 0.0
-    min_score: float = 0.0
-    smooth: int = 1
+    threshold: float | None = None
+    min_area_m2: float | None = None
+    min_score: float | None = None
+    smooth: int | None = None
     pictures: bool = True
     frame_window: float = 60.0
     allowed_lateness: float = 600.0

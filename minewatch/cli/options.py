@@ -49,37 +49,41 @@ def overwrite_opt(f: F) -> F:
 
 
 def site_opts(f: F) -> F:
-    """``--threshold --min-area --min-score --smooth``: how sites are cut (infer, stream)."""
+    """``--threshold --min-area --min-score --smooth``: how sites are cut (infer, stream).
+
+    Each defaults to the model's calibrated operating points (``metadata.json``
+    ``operating_points``, chosen per kind on the training world's validation
+    split), else to the built-in value shown; a given option applies to every kind.
+    """
     options = [
         click.option(
             "--threshold",
             type=click.FloatRange(0, 1),
-            default=0.5,
-            show_default=True,
-            help="Least probability of a cell's winning class.",
+            default=None,
+            help="Least probability of a cell's winning class "
+            "[default: the model's operating point, else 0.5].",
         ),
         click.option(
             "--min-area",
             type=click.FloatRange(0),
-            default=0.0,
-            show_default=True,
-            help="Drop sites smaller than this (m²).",
+            default=None,
+            help="Drop sites smaller than this (m²), every kind "
+            "[default: each kind's operating point, else 0].",
         ),
         click.option(
             "--min-score",
             type=click.FloatRange(0, 1),
-            default=0.0,
-            show_default=True,
-            help="Drop sites whose mean probability of their class is lower.",
+            default=None,
+            help="Drop sites whose mean probability of their class is lower, every kind "
+            "[default: each kind's operating point, else 0].",
         ),
         click.option(
             "--smooth",
             type=click.IntRange(1, 31),
-            default=1,
-            show_default=True,
+            default=None,
             metavar="CELLS",
             help="Average the probabilities over CELLS x CELLS raster cells before cutting "
-            "sites (1: none); speckles of a per-pixel head stop making sites.",
+            "sites (1: none) [default: the model's operating point, else 1].",
         ),
     ]
     for option in reversed(options):

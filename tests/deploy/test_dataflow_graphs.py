@@ -205,7 +205,7 @@ def test_infer_job_graph_with_bigquery_output(scenes, model, tmp_path, no_networ
     job = dry_run(launch, [str(scenes), "--model", model, "--out", str(tmp_path / "tables"), *bq])
     steps = {"Infer", "Infer/RunInference"}
     assert set(INFER_TABLES) == {
-        "tile_labels", "frame_labels", "sites", "stockpile_series", "vessels"
+        "tile_labels", "frame_labels", "sites", "site_observations", "stockpile_series", "vessels"
     }  # fmt: skip
     for table in INFER_TABLES:
         steps |= {f"Infer/BigQuery/{table}/{s}" for s in ("ToJson", "Load", "Merge")}

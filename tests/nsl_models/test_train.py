@@ -100,7 +100,10 @@ def test_short_run_lowers_loss_and_exports(tile_data, tmp_path):
     x[0, :4] = 0.0  # invalid pixels
     out = serve(image=tf.constant(x))
     assert out["probabilities"].dtype == tf.float32 and out["probabilities"].shape == (5, 5)
-    expected = tf.nn.softmax(trainer.base_model(x)).numpy()
+    # The serving signature adds the calibration offsets (train.calibrate) to the logits.
+    adjust = np.asarray(meta["calibration"]["logit_adjustment"]["probabilities"], np.float32)
+    assert adjust.shape == (5,) and np.ptp(adjust) > 0  # undersampled, weighted: a real shift
+    expected = tf.nn.softmax(trainer.base_model(x) + adjust).numpy()
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-6)
     emb = loaded.signatures["embedding"](image=tf.constant(x))
     assert list(emb) == ["embedding"] and emb["embedding"].shape == (5, 16)
@@ -329,11 +332,27 @@ def test_pixel_head_trains_exports_and_reloads(tile_data, tmp_path):
     x = np.random.default_rng(0).uniform(0, 3000, (5, 16, 16, 5)).astype(np.float32)
     out = serve(image=tf.constant(x))
     logits, pixel = trainer.base_model(x)
+    adjust = result.metadata["calibration"]["logit_adjustment"]
     assert out["pixel_probabilities"].shape == (5, 16, 16, 5)
     np.testing.assert_allclose(
-        out["pixel_probabilities"].numpy(), tf.nn.softmax(pixel).numpy(), atol=1e-6
+        out["pixel_probabilities"].numpy(),
+        tf.nn.softmax(pixel + np.float32(adjust["pixel_probabilities"])).numpy(),
+        atol=1e-6,
     )
-    np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(logits), atol=1e-6)
+    np.testing.assert_allclose(
+        out["probabilities"].numpy(),
+        tf.nn.softmax(logits + np.float32(adjust["probabilities"])),
+        atol=1e-6,
+    )
+    # calibrated pixel scores and per-kind operating points from the validation split
+    assert result.metrics["pixels_calibrated"]["pixels"] == pixels["pixels"]
+    points = result.metadata["operating_points"]
+    assert points["smooth"] in (1, 3) and set(points["kinds"]) <= {
+        "stockpile",
+        "mining_scar",
+        "haul_road",
+        "pit_water",
+    }
     # `minewatch evaluate` adds per-pixel scores for a model that serves them
     from nsl_models.evaluate import evaluate_models
 

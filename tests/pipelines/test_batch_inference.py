@@ -534,7 +534,7 @@ def truth_run(tmp_path_factory):
 
 
 def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(truth_run):
-    from minewatch.cli.demo import truth_report
+    from minewatch.scoring import truth_report
 
     gt, out, stats, _ = truth_run
     assert stats["counts"]["tiles_in"] == stats["counts"]["tiles_labelled"] == 2 * 31 * 31
@@ -568,7 +568,8 @@ def test_pixel_model_finds_the_truth_sites_their_areas_and_the_illegal_pits(trut
 
 
 def test_stockpile_volumes_from_the_dsm_and_a_refusal_where_it_does_not_reach(truth_run):
-    from minewatch.cli.demo import _truth, truth_report
+    from minewatch.scoring import load_truth as _truth
+    from minewatch.scoring import truth_report
 
     gt, out, stats, (cut_date, (left, bottom, right, top)) = truth_run
     volumes = truth_report(str(out), str(gt), min_iou=0.3)["stockpile_volumes"]
@@ -630,7 +631,7 @@ def coast_run(tmp_path_factory):
 
 
 def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
-    from minewatch.cli.demo import truth_report
+    from minewatch.scoring import truth_report
 
     gt, out, stats = coast_run
     report = truth_report(str(out), str(gt), min_iou=0.3)
@@ -790,3 +791,49 @@ def test_served_model_runs_batches_in_one_call_like_the_signature(tmp_path):
     expected[5, :4, :4] = 0
     assert pixels is not None and pixels.dtype == np.uint8 and pixels.shape == (37, TILE, TILE, 2)
     np.testing.assert_array_equal(pixels, expected.astype(np.uint8))
+
+
+def test_the_models_operating_points_cut_sites_and_the_options_override(setup, tmp_path):
+    """``operating_points`` in metadata.json decide the cuts and statuses by default."""
+    import shutil
+
+    _, scenes, _, _ = setup
+    model = save_oracle(tmp_path / "model")
+    meta_path = tmp_path / "model" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["operating_points"] = {
+        "threshold": 0.5,
+        "smooth": 1,
+        # the small square (16 px of 10 m) cannot pass; the stockpile (32 -> 48 px) can
+        "kinds": {"stockpile": {"min_score": 0.0, "min_area_m2": 80_000.0, "confirm_score": 1.0}},
+    }
+    meta_path.write_text(json.dumps(meta))
+
+    def sites(inputs, *options):
+        out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
+        argv = [*inputs, "--model", model, "--out", str(out), "--site-classes", "stockpile"]
+        launch([*argv, "--stride", "8", "--no-pictures", *options])
+        con, _ = open_tables(str(out))
+        rows = run_query(
+            con, "select site_id, area_m2, acquisitions, status from sites order by area_m2"
+        ).to_pylist()
+        seen = run_query(
+            con, "select site_id, status, count(*) n from site_observations group by all"
+        ).to_pylist()
+        return rows, {r["site_id"]: (r["status"], r["n"]) for r in seen}
+
+    rows, seen = sites([str(scenes)])
+    assert len(rows) == 1 and rows[0]["area_m2"] >= 80_000
+    # seen on both dates: confirmed, one observation a date
+    assert rows[0]["status"] == "confirmed" and seen[rows[0]["site_id"]] == ("confirmed", 2)
+    # one acquisition only: a single sighting under confirm_score is a candidate
+    first = tmp_path / "first"
+    first.mkdir()
+    shutil.copy(scenes / "scene_2024-01-01.tif", first)
+    rows, seen = sites([str(first)])
+    assert [r["status"] for r in rows] == ["candidate"] and list(seen.values()) == [
+        ("candidate", 1)
+    ]
+    # the option wins over the model's point: the small square is back
+    rows, _ = sites([str(scenes)], "--min-area", "0")
+    assert len(rows) == 2 and rows[0]["area_m2"] < 80_000
