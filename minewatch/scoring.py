@@ -196,17 +196,10 @@ def score_sites(
         report["kinds"][kind] = score.as_dict()
     illegal = {(d, t["id"]) for d, objs in truth.items() for t in objs if t.get("illegal")}
     flagged = [o for o in obs if o.get("flagged") and o["kind"] != "vessel"]
-    hits = {
-        (o["date"], matched[(o["site_id"], o["date"])])
-        for o in flagged
-        if (o["site_id"], o["date"]) in matched
-        and (o["date"], matched[(o["site_id"], o["date"])]) in illegal
-    }
-    right = sum(
-        (o["site_id"], o["date"]) in matched
-        and (o["date"], matched[(o["site_id"], o["date"])]) in illegal
-        for o in flagged
-    )
+    # The illegal (date, truth id) each flagged observation matched; None when none.
+    targets = [(o["date"], matched.get((o["site_id"], o["date"]))) for o in flagged]
+    hits = [t for t in targets if t in illegal]
+    right = len(hits)
     report["flagged"] = {
         "truth": sorted({i for _, i in illegal}),
         "found": sorted({i for _, i in hits}),
@@ -214,7 +207,7 @@ def score_sites(
         "truth_pairs": len(illegal),
         "flagged_pairs": len(flagged),
         "precision": _ratio(right, len(flagged)),
-        "recall": _ratio(len(hits), len(illegal)),
+        "recall": _ratio(len(set(hits)), len(illegal)),
     }
     report["matched"] = matched
     return report
