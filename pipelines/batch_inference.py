@@ -1412,7 +1412,13 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 last_scene, last = members[-1]
                 geom = shapely.from_wkb(last["wkb"])
                 score = float(np.mean([m["score"] for _, m in members]))
-                status = self._rules.status(kind, len(members), score)
+                # A vessel site is one sighting of a moving ship at an unlicensed
+                # berth: there is no second date to wait for.
+                status = (
+                    "confirmed"
+                    if kind == "vessel"
+                    else self._rules.status(kind, len(members), score)
+                )
                 for sc, m in members:
                     observation_rows.append(
                         {

@@ -655,9 +655,11 @@ def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
         assert r["port_id"] in ("port-01", "port-02")
     # the flagged vessels are sites too, with the reason; vessels make no other sites
     sites = run_query(
-        con, "select kind, flagged, reason, acquisitions from sites where kind = 'vessel'"
+        con,
+        "select kind, flagged, reason, acquisitions, status from sites where kind = 'vessel'",
     ).to_pylist()
     assert sites and all(s["flagged"] for s in sites)
+    assert all(s["status"] == "confirmed" for s in sites)  # one sighting is the whole story
     assert all(s["reason"].startswith("berthed at an unlicensed shore point") for s in sites)
     assert sum(s["acquisitions"] for s in sites) == counts["vessels_flagged"]
 
