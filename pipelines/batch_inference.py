@@ -1410,7 +1410,6 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 site_id = f"{kind}-{digest}"
                 members = [(by_scene[sid][0], by_scene[sid][1][i]) for sid, i in chain]
                 last_scene, last = members[-1]
-                geom = shapely.from_wkb(last["wkb"])
                 score = float(np.mean([m["score"] for _, m in members]))
                 # A vessel site is one sighting of a moving ship at an unlicensed
                 # berth: there is no second date to wait for.
@@ -1447,7 +1446,8 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                         "site_id": site_id,
                         "kind": kind,
                         "commodity": None,
-                        "geometry": bytes(shapely.to_wkb(reproject(geom, crs, "EPSG:4326"))),
+                        # the last sighting's outline, reprojected once above
+                        "geometry": observation_rows[-1]["geometry"],
                         "source_crs": crs,
                         "geometry_source": last["wkb"],
                         "area_m2": last["area_m2"],
