@@ -406,6 +406,9 @@ class TrainConfig(_Checked):
         jit_compile: Compile the train step with XLA. Default False.
         pixel_loss_weight: Weight of the per-pixel cross-entropy (``label/mask``)
             in the loss, when ``model.pixel_head`` is on. Default 1.0.
+        pixel_focal_gamma: Focal exponent of the per-pixel loss
+            (:func:`nsl_models.models.pixel_xent`); 0 is plain cross-entropy.
+            Default 0 (measured: docs/results.md, "Held-out quality").
         calibrate: Undo the prior shift of undersampling and class weights in
             the exported model (logit adjustment, :mod:`nsl_models.calibration`)
             and, with the pixel head, choose each site kind's operating point on
@@ -426,10 +429,12 @@ class TrainConfig(_Checked):
     mixed_precision: bool = False
     jit_compile: bool = False
     pixel_loss_weight: float = 1.0
+    pixel_focal_gamma: float = 0.0
     calibrate: bool = True
 
     def __post_init__(self) -> None:
         self._require(self.pixel_loss_weight >= 0.0, "pixel_loss_weight", "must be >= 0")
+        self._require(self.pixel_focal_gamma >= 0.0, "pixel_focal_gamma", "must be >= 0")
         self._require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
         self._require(0.0 < self.learning_rate < 10.0, "learning_rate", "must be in (0, 10)")

@@ -468,19 +468,32 @@ def _weighted_xent(labels: Any, logits: Any, weights: Any) -> Any:
     return tf.reduce_sum(per_example * weights) / tf.maximum(labelled, 1.0)
 
 
-def pixel_xent(labels: Any, logits: Any, weights: Any) -> Any:
+def pixel_xent(labels: Any, logits: Any, weights: Any, focal_gamma: float = 0.0) -> Any:
     """Weighted per-pixel cross-entropy, averaged over the pixels that count.
+
+    With ``focal_gamma`` > 0 each pixel's term is multiplied by
+    ``(1 - p_true) ** focal_gamma`` (the focal loss of Lin et al., 2017): pixels
+    the head already gets right weigh less, hard ones (a pile's edge, bare soil
+    that looks like ore) more.
 
     Args:
         labels: int ``[B, H, W]``; -1 (any negative) where ignored.
         logits: ``[B, H, W, K]``.
         weights: ``[B, H, W]``; 0 where ignored (unknown class 255, invalid
             pixel, unlabelled tile), else the pixel's class weight.
+        focal_gamma: Focusing exponent; 0 (default) is plain cross-entropy.
 
     Returns:
-        ``sum(weight * xent) / #(weight > 0)``; 0 when no pixel counts.
+        ``sum(weight * focal * xent) / #(weight > 0)``; 0 when no pixel counts.
     """
-    return _weighted_xent(labels, logits, weights)
+    if focal_gamma <= 0.0:
+        return _weighted_xent(labels, logits, weights)
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
+    )
+    focal = tf.pow(1.0 - tf.exp(-xent), focal_gamma)  # exp(-xent) = p of the true class
+    labelled = tf.reduce_sum(tf.cast(weights > 0, tf.float32))
+    return tf.reduce_sum(focal * xent * weights) / tf.maximum(labelled, 1.0)
 
 
 class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
@@ -504,6 +517,8 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         graph: Graph regularization; default off.
         adversarial: Adversarial regularization; default off.
         pixel_loss_weight: Weight of the per-pixel loss (pixel head only). Default 1.
+        pixel_focal_gamma: Focal exponent of the per-pixel loss
+            (:func:`pixel_xent`); 0 (default) is plain cross-entropy.
     """
 
     def __init__(
@@ -512,10 +527,12 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         graph: GraphConfig | None = None,
         adversarial: AdversarialConfig | None = None,
         pixel_loss_weight: float = 1.0,
+        pixel_focal_gamma: float = 0.0,
     ) -> None:
         super().__init__(name="regularized_model")
         self.base_model = base_model
         self.pixel_loss_weight = float(pixel_loss_weight)
+        self.pixel_focal_gamma = float(pixel_focal_gamma)
         self._pixel: Any = (
             base_model.get_layer("pixel_decoder") if has_pixel_head(base_model) else None
         )
@@ -578,7 +595,9 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         return self._pixel is not None and "pixel_label" in data
 
     def _pixel_loss(self, data: dict[str, Any], pixel_logits: Any) -> Any:
-        return pixel_xent(data["pixel_label"], pixel_logits, data["pixel_weight"])
+        return pixel_xent(
+            data["pixel_label"], pixel_logits, data["pixel_weight"], self.pixel_focal_gamma
+        )
 
     @property
     def uses_adversarial(self) -> bool:

@@ -214,7 +214,11 @@ class Trainer:
         with strategy.scope():
             self.base_model = build_base_model(self.spec, cfg.model)
             self.model = RegularizedModel(
-                self.base_model, cfg.graph, cfg.adversarial, cfg.train.pixel_loss_weight
+                self.base_model,
+                cfg.graph,
+                cfg.adversarial,
+                cfg.train.pixel_loss_weight,
+                cfg.train.pixel_focal_gamma,
             )
             opt_cls = (
                 tf.keras.optimizers.Adam

@@ -337,3 +337,20 @@ def test_unet_decoder_refuses_what_it_cannot_build():
         ModelConfig(architecture=Architecture.FRAME_CNN, pixel_decoder=PixelDecoder.UNET)
     with pytest.raises(ConfigError, match=r"a 12 x 12 tile cannot be halved 3 times"):
         build_base_model(_unet_spec(12), _unet_config(depth=3))
+
+
+def test_pixel_focal_term_by_hand_and_zero_is_plain_cross_entropy():
+    """One pixel per class of confidence: the focal factor is (1 - p_true) ** gamma."""
+    from nsl_models.models import pixel_xent
+
+    p = np.array([0.9, 0.5, 0.2], np.float32)  # probability of the true class (class 0)
+    logits = np.log(np.stack([p, 1.0 - p], axis=-1)).reshape(1, 1, 3, 2)
+    labels = np.zeros((1, 1, 3), np.int32)
+    weights = np.array([[[1.0, 2.0, 0.0]]], np.float32)  # the third pixel is ignored
+    xent = -np.log(p)
+    plain = float(pixel_xent(labels, logits, weights))
+    assert plain == pytest.approx((xent[0] + 2 * xent[1]) / 2, rel=1e-5)
+    assert float(pixel_xent(labels, logits, weights, 0.0)) == pytest.approx(plain)
+    focal = float(pixel_xent(labels, logits, weights, 2.0))
+    expected = (0.1**2 * xent[0] + 2 * 0.5**2 * xent[1]) / 2
+    assert focal == pytest.approx(expected, rel=1e-4)
