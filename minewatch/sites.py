@@ -122,6 +122,7 @@ class SiteRules:
         smooth: int | None = None,
         min_score: float | None = None,
         min_area_m2: float | None = None,
+        classes: Sequence[str] | None = None,
     ) -> SiteRules:
         """The model's operating points with the given options on top.
 
@@ -133,9 +134,13 @@ class SiteRules:
             smooth: Overrides the smoothing when not None.
             min_score: Overrides every kind's ``min_score`` when not None.
             min_area_m2: Overrides every kind's ``min_area_m2`` when not None.
+            classes: The model's classes, to check ``class_weights`` against.
 
         Returns:
             The rules.
+
+        Raises:
+            ConfigError: ``class_weights`` does not have one value per class.
         """
         points = points or {}
 
@@ -152,6 +157,13 @@ class SiteRules:
             )
 
         weights = points.get("class_weights")
+        if weights and classes is not None and len(weights) != len(classes):
+            from minewatch.errors import ConfigError
+
+            raise ConfigError(
+                f"operating_points.class_weights has {len(weights)} values for the model's "
+                f"{len(classes)} classes {list(classes)}: export the model again"
+            )
         return cls(
             threshold=float(points.get("threshold", 0.5)) if threshold is None else threshold,
             smooth=int(points.get("smooth", 1)) if smooth is None else smooth,

@@ -195,6 +195,7 @@ class InferConfig:
             smooth=self.smooth,
             min_score=self.min_score,
             min_area_m2=self.min_area_m2,
+            classes=self.model.classes,
         )
 
     @property

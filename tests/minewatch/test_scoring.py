@@ -164,3 +164,10 @@ def test_class_weights_move_the_winner_and_leave_uncovered_cells():
     assert out[:, 0, 1].tolist() == [0.0, 0.0]
     rules = SiteRules.from_operating_points({"class_weights": [1.0, 3.0]})
     assert rules.class_weights == (1.0, 3.0)
+
+
+def test_class_weights_that_do_not_fit_the_model_are_refused():
+    from minewatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="2 values for the model's 3 classes"):
+        SiteRules.from_operating_points({"class_weights": [1.0, 2.0]}, classes=("a", "b", "c"))
