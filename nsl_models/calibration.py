@@ -146,35 +146,55 @@ class ValidationScenes:
 _Shapes = dict[str, dict[str, list[Any]]]
 
 
-def _shapes(
+def _grid(scenes: ValidationScenes, sid: str) -> Any:
+    from affine import Affine
+
+    from minewatch.sites import CellGrid
+
+    probs = scenes.probs[sid]
+    return CellGrid(1, probs.shape[1], probs.shape[2], Affine(*scenes.transforms[sid][:6]))
+
+
+def _found(
     scenes: ValidationScenes,
     classes: Sequence[str],
     positive: Sequence[str],
     smooth: int,
     weights: Sequence[float] | None = None,
-) -> tuple[_Shapes, _Shapes]:
-    """Found shapes (no score or area cut) and truth shapes, per kind and scene."""
-    from affine import Affine
+) -> _Shapes:
+    """Shapes found (no score or area cut), per kind and scene."""
+    from minewatch.sites import polygonize
 
-    from minewatch.sites import CellGrid, polygonize
-
-    found: dict[str, dict[str, list[Any]]] = {k: {} for k in positive}
-    known: dict[str, dict[str, list[Any]]] = {k: {} for k in positive}
+    found: _Shapes = {k: {} for k in positive}
     for sid, probs in scenes.probs.items():
-        covered = scenes.covered[sid]
-        grid = CellGrid(1, probs.shape[1], probs.shape[2], Affine(*scenes.transforms[sid][:6]))
-        crs = scenes.crs[sid]
         for s in polygonize(
-            probs, covered, grid, crs, classes, positive, 0.5, 0.0, 0.0, smooth, weights
+            probs,
+            scenes.covered[sid],
+            _grid(scenes, sid),
+            scenes.crs[sid],
+            classes,
+            positive,
+            0.5,
+            0.0,
+            0.0,
+            smooth,
+            weights,
         ):
             found[s.kind].setdefault(sid, []).append(s)
-        onehot = np.zeros_like(probs)
-        t = scenes.truth[sid]
-        for k in range(len(classes)):
-            onehot[k] = t == k
-        for s in polygonize(onehot, t >= 0, grid, crs, classes, positive, 0.5):
+    return found
+
+
+def _known(scenes: ValidationScenes, classes: Sequence[str], positive: Sequence[str]) -> _Shapes:
+    """Truth shapes (connected regions of each kind's pixels), per kind and scene."""
+    from minewatch.sites import polygonize
+
+    known: _Shapes = {k: {} for k in positive}
+    for sid, truth in scenes.truth.items():
+        onehot = np.stack([truth == k for k in range(len(classes))]).astype(np.float32)
+        grid = _grid(scenes, sid)
+        for s in polygonize(onehot, truth >= 0, grid, scenes.crs[sid], classes, positive, 0.5):
             known[s.kind].setdefault(sid, []).append(s)
-    return found, known
+    return known
 
 
 def _f1(matched: int, found: int, truth: int) -> float:
@@ -214,6 +234,7 @@ def choose_operating_points(
 
     adjust = None if adjustment is None else np.asarray(adjustment, np.float64)
     strengths = (1.0,) if adjust is None else STRENGTH_GRID
+    known = _known(scenes, classes, positive)  # the truth does not move with the cut
     best: tuple[float, int, float, dict[str, Any]] | None = None
     for strength, smooth in itertools.product(strengths, SMOOTH_GRID):
         weights = (
@@ -221,7 +242,7 @@ def choose_operating_points(
             if adjust is None or strength == 1.0
             else np.exp((strength - 1.0) * adjust).tolist()
         )
-        found, known = _shapes(scenes, classes, positive, smooth, weights)
+        found = _found(scenes, classes, positive, smooth, weights)
         kinds: dict[str, Any] = {}
         f1s: list[float] = []
         for kind in positive:
