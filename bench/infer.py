@@ -14,12 +14,11 @@ Two measurements, in one run (numbers go to ``docs/benchmarks.md``, section Infe
    variants, then again) so that a machine that slows down or speeds up during
    the benchmark weighs on all of them alike; each row reports its best and
    median wall clock and the ratios of bare to job for both.
-2. **Sites against the ground truth**: ``minewatch demo``'s own scoring
-   (:func:`minewatch.scoring.truth_report`: each site at its last sighting
-   matched one to one to the truth polygons of that date at IoU >= 0.3 with
-   :func:`minewatch.sites.match_sites`): precision and recall per class, the
-   stockpile area error of matched sightings, and the flagged sites against the
-   truth's illegal ones.
+2. **Sites against the ground truth** of the demo's training world (the
+   scenes timed here; a check that the job still answers, not a quality
+   claim: ``bench/quality.py`` scores held-out worlds):
+   :func:`minewatch.scoring.truth_report`, confirmed sites per (object, date)
+   matched one to one at IoU >= 0.3, the flagged set, area and volume errors.
 
 The data is ``minewatch demo``'s output folder (``--demo``; the demo is run first
 when it is missing): its ground-truth scenes and promoted model.
@@ -123,17 +122,14 @@ def interleaved(repeat: int, runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def site_accuracy(demo: str, tables: str) -> dict[str, Any]:
-    """The demo's own scoring of the tables against its ground truth.
+    """The tables scored against the demo's training-world truth (a check, not a claim).
 
-    :func:`minewatch.scoring.truth_report` (one-to-one IoU matching with
-    :func:`minewatch.sites.match_sites`, each site at its ``last_seen`` date), so
-    these numbers are the ones ``minewatch demo`` prints for the same tables.
+    :func:`minewatch.scoring.truth_report` (confirmed sites per (object, date),
+    one-to-one IoU matching); the demo itself scores its held-out world.
     """
     from minewatch.scoring import truth_report
 
     report = truth_report(tables, os.path.join(demo, "gt"), min_iou=IOU)
-    errors = [abs(a["error"]) for a in report["stockpile_areas"]]
-    report["stockpile_median_area_error"] = float(np.median(errors)) if errors else None
     return report
 
 
@@ -200,25 +196,10 @@ def main() -> None:
     print(f"load average at the end: {os.getloadavg()}")
 
     accuracy = site_accuracy(args.demo, tables)
-    print(f"\nSites against the truth (minewatch demo's truth_report), IoU >= {IOU}")
-    print(
-        f"{'class':12s} {'sites':>6s} {'truth':>5s} {'match':>5s} {'precision':>9s} {'recall':>7s}"
-    )
-    fmt = lambda v: "-" if v is None or v != v else f"{v:.2f}"  # noqa: E731
-    for kind, c in accuracy["kinds"].items():
-        print(
-            f"{kind:12s} {c['sites']:6d} {c['truth']:5d} {c['matched']:5d} "
-            f"{fmt(c['precision']):>9s} {fmt(c['recall']):>7s}"
-        )
-    print(
-        f"stockpile area, median |found/true - 1| over {len(accuracy['stockpile_areas'])} "
-        f"matched sightings: {fmt(accuracy['stockpile_median_area_error'])}"
-    )
-    f = accuracy["flagged"]
-    print(
-        f"flagged: {len(f['truth'])} illegal in the truth, {len(f['found'])} of them found, "
-        f"{f['unmatched']} flagged sites matching nothing"
-    )
+    from minewatch.scoring import format_truth_report
+
+    print(f"\nSites against the truth of the scenes the model trained on (world 7), IoU >= {IOU}")
+    print(format_truth_report(accuracy))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "infer.json"), "w") as fh:
         json.dump(
