@@ -42,6 +42,15 @@ Physical meaning of severity ``k`` (``1..5``):
                      and column striping (per-column gain sd ``0.002k``).
 ===================  ==========================================================
 
+Belt-camera faults: the physical faults of a conveyor-belt camera (mount tilt,
+lateral shift, belt motion blur, defocus, clipped exposure, white-balance
+drift, glare, lens smear, noise and JPEG, and random combinations of 2 or 3)
+live in :mod:`minewatch.camera_faults`, each with a physical magnitude (degrees,
+px, EV, ...) and a calibrated severity ladder. They are registered here under
+their names (:data:`BELT_SUITE`: the nine :data:`BELT_FAULTS` and the two
+:data:`BELT_COMBOS`), so ``corrupt(frame, "tilt", 3, rng)`` works like any other
+corruption.
+
 Example:
     >>> import numpy as np
     >>> from minewatch.corruptions import CORRUPTIONS
@@ -58,9 +67,14 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
+from minewatch.camera_faults import BELT_COMBOS, BELT_FAULTS, BELT_SUITE
+from minewatch.camera_faults import fault as _belt_fault
 from minewatch.errors import ConfigError, InputError
 
 __all__ = [
+    "BELT_COMBOS",
+    "BELT_FAULTS",
+    "BELT_SUITE",
     "CORRUPTIONS",
     "FRAME_CORRUPTIONS",
     "SATELLITE_CORRUPTIONS",
@@ -415,7 +429,25 @@ def sensor_noise(image: np.ndarray, severity: int, rng: np.random.Generator) -> 
     return _finish(data * column_gain + noise, image.dtype)
 
 
-#: Every corruption by name.
+class _BeltCorruption:
+    """One belt-camera fault as a corruption: :func:`minewatch.camera_faults.fault` by name.
+
+    A module-level class rather than a closure, so the registry's entries pickle
+    like the plain functions beside them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__name__ = name
+
+    def __call__(self, image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+        return _belt_fault(image, self.name, severity, rng)
+
+    def __repr__(self) -> str:
+        return f"<belt fault {self.name!r}>"
+
+
+#: Every corruption by name (the belt-camera faults of :data:`BELT_SUITE` last).
 CORRUPTIONS: dict[str, Corruption] = {
     "shift": shift,
     "rotation": rotation,
@@ -427,6 +459,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "misregistration": misregistration,
     "haze": haze,
     "sensor_noise": sensor_noise,
+    **{name: _BeltCorruption(name) for name in BELT_SUITE},
 }
 
 #: Corruptions that matter for conveyor-belt cameras (written by ``minewatch synth``).
