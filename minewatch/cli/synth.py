@@ -61,6 +61,28 @@ _WORLDS = ("flat", "realistic")
     metavar="CRS",
     help="CRS of the DSM files, e.g. EPSG:4326 [default: the scene CRS].",
 )
+@click.option(
+    "--belt-frames",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Write only N conveyor-belt frames to DIR/frames (labels.csv and PNGs), from "
+    "--belt-cameras cameras of their own (ids carry the seed, so two seeds share no camera).",
+)
+@click.option(
+    "--belt-cameras",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Cameras of --belt-frames.",
+)
+@click.option(
+    "--frame-size",
+    type=click.IntRange(min=32, max=512),
+    default=128,
+    show_default=True,
+    help="Frame side in pixels (with --belt-frames).",
+)
 def synth(
     out_dir: str,
     size: str,
@@ -70,6 +92,9 @@ def synth(
     sun_elevation: float | None,
     world: str,
     dsm_crs: str | None,
+    belt_frames: int | None,
+    belt_cameras: int,
+    frame_size: int,
 ) -> None:
     r"""Write seeded synthetic ground truth for scenes and conveyor-belt frames.
 
@@ -87,9 +112,31 @@ def synth(
         $ minewatch synth --out out/mine --background T18SVF_stack.tif
         $ minewatch synth --out out/low-sun --sun-azimuth 150 --sun-elevation 20
         $ minewatch synth --out out/real --size demo --world realistic
+        $ minewatch synth --out out/belt --belt-frames 2000 --belt-cameras 8 --seed 11
     """
     from minewatch.errors import MinewatchError
     from minewatch.synth import make_ground_truth
+
+    if belt_frames is not None:
+        from pathlib import Path
+
+        from minewatch.synth.frames import write_belt_set
+
+        if belt_frames < belt_cameras:
+            raise click.BadParameter(
+                f"{belt_frames} frames for {belt_cameras} cameras", param_hint="--belt-frames"
+            )
+        made = write_belt_set(
+            Path(out_dir) / "frames",
+            frames=belt_frames,
+            cameras=belt_cameras,
+            seed=seed,
+            frame_size=frame_size,
+        )
+        click.echo(
+            f"wrote {made['frames']} belt frames from {belt_cameras} cameras to {out_dir}/frames"
+        )
+        return
 
     if (sun_azimuth is None) != (sun_elevation is None):
         missing = "--sun-elevation" if sun_elevation is None else "--sun-azimuth"

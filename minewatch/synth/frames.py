@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,16 @@ from scipy import ndimage
 from minewatch.corruptions import CORRUPTIONS, FRAME_CORRUPTIONS, SEVERITIES
 from minewatch.synth.sizes import SizeSpec
 
-__all__ = ["GRADES", "LABELS_HEADER", "ORE_SHARE", "make_frame", "write_frames"]
+__all__ = [
+    "GRADES",
+    "LABELS_HEADER",
+    "ORE_SHARE",
+    "CameraLook",
+    "camera_look",
+    "make_frame",
+    "write_belt_set",
+    "write_frames",
+]
 
 #: Grade classes, best first.
 GRADES: tuple[str, ...] = ("high", "medium", "low", "waste")
@@ -46,6 +56,46 @@ _GANGUE_RGB = np.array([176.0, 168.0, 150.0])
 _BELT_RGB = np.array([38.0, 38.0, 41.0])
 _START = dt.datetime(2024, 1, 15, 8, 0, 0)
 _INTERVAL = dt.timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class CameraLook:
+    """How one installed camera sees the belt: lamp, lens and mount, fixed per camera.
+
+    Two cameras of a site differ in these small ways; a model that learned one
+    camera's look and is tested on another's meets them as an unseen installation.
+
+    Attributes:
+        gain: Lamp brightness relative to the reference camera.
+        tint: Per-channel (R, G, B) gain of the lamp's colour.
+        falloff: Brightness lost at the frame corners (lamp and lens vignetting).
+        margin: Range of the rubber margin at each side, as a fraction of the width
+            (where the camera is mounted over the belt).
+    """
+
+    gain: float = 1.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    falloff: float = 0.25
+    margin: tuple[float, float] = (0.08, 0.14)
+
+
+def camera_look(rng: np.random.Generator) -> CameraLook:
+    """Draw one camera's look.
+
+    Gain 1 +- 6 %, tint 1 +- 3 % per channel, falloff 0.15-0.35, rubber margin
+    centred at 8-14 % of the width.
+
+    Args:
+        rng: Random generator.
+
+    Returns:
+        A :class:`CameraLook`.
+    """
+    gain = float(rng.uniform(0.94, 1.06))
+    tint = tuple(float(t) for t in rng.uniform(0.97, 1.03, size=3))
+    falloff = float(rng.uniform(0.15, 0.35))
+    centre = float(rng.uniform(0.08, 0.14))
+    return CameraLook(gain, tint, falloff, (centre - 0.02, centre + 0.02))  # type: ignore[arg-type]
 
 
 def _textures() -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +120,7 @@ def make_frame(
     size: int,
     rng: np.random.Generator,
     textures: tuple[np.ndarray, np.ndarray] | None = None,
+    look: CameraLook | None = None,
 ) -> np.ndarray:
     """Draw one belt frame of a grade.
 
@@ -79,6 +130,8 @@ def make_frame(
         rng: Random generator.
         textures: ``(ore, gangue)`` normalised textures; loaded from
             ``skimage.data`` when ``None``.
+        look: The camera's look (:func:`camera_look`); ``None`` is the
+            reference camera (:class:`CameraLook` defaults).
 
     Returns:
         ``(size, size, 3)`` uint8 RGB frame.
@@ -95,14 +148,17 @@ def make_frame(
     rock += (1.0 - ore) * _GANGUE_RGB * _crop(gangue_tex, size, rng)[..., None]
     # The rock bed covers the belt's middle; rubber shows at both sides.
     cols = np.arange(size)
-    margin = size * rng.uniform(0.08, 0.14)
+    look = look or CameraLook()
+    margin = size * rng.uniform(*look.margin)
     bed = ((cols > margin) & (cols < size - margin)).astype(np.float64)
     bed = ndimage.gaussian_filter1d(bed, 1.5)[None, :, None]
     belt = _BELT_RGB * (1.0 + 0.05 * rng.normal(size=(size, size, 1)))
     img = bed * rock + (1.0 - bed) * belt
     # Lamp fall-off towards the frame corners.
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-    img *= (1.0 - 0.25 * (xx**2 + yy**2))[..., None]
+    img *= (1.0 - look.falloff * (xx**2 + yy**2))[..., None]
+    if look != CameraLook():
+        img *= look.gain * np.asarray(look.tint)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
@@ -179,4 +235,71 @@ def write_frames(out_dir: Path, spec: SizeSpec, seed: int) -> dict[str, object]:
         "corruptions": list(FRAME_CORRUPTIONS),
         "severities": list(SEVERITIES),
         "corrupted_frames_per_severity": len(selected),
+    }
+
+
+def write_belt_set(
+    out_dir: Path | str,
+    *,
+    frames: int,
+    cameras: int,
+    seed: int,
+    frame_size: int = 128,
+) -> dict[str, object]:
+    """Write a set of belt frames from cameras of their own (for training or a hold-out).
+
+    Camera ids carry the seed (``s<seed>-belt<i>``), so sets of different seeds
+    share no camera; each camera has its own :func:`camera_look`. Frames are
+    spread evenly over the cameras, 30 s apart, grades balanced per camera and
+    shuffled. Layout as ``frames/`` of :func:`write_frames` (no corrupted copies:
+    faults are applied when evaluating, ``minewatch evaluate``)::
+
+        out_dir/labels.csv
+        out_dir/<camera_id>/<YYYYmmddTHHMMSS>.png
+
+    Args:
+        out_dir: Output folder (created).
+        frames: Number of frames (at least ``cameras``).
+        cameras: Number of cameras.
+        seed: Random seed (layout, looks, frames).
+        frame_size: Frame side in pixels.
+
+    Returns:
+        A manifest: cameras, frames, per-grade counts, frame size, seed.
+
+    Raises:
+        ValueError: ``frames < cameras`` or ``cameras < 1``.
+    """
+    if cameras < 1 or frames < cameras:
+        raise ValueError(f"need cameras >= 1 and frames >= cameras, got {frames=} {cameras=}")
+    out = Path(out_dir)
+    textures = _textures()
+    seq = np.random.SeedSequence([seed, 5])
+    look_seq, frame_seq = seq.spawn(2)
+    look_rng = np.random.default_rng(look_seq)
+    frame_rng = np.random.default_rng(frame_seq)
+    rows: list[tuple[str, str, str, str]] = []
+    counts = dict.fromkeys(GRADES, 0)
+    ids = []
+    for cam in range(cameras):
+        camera = f"s{seed}-belt{cam + 1}"
+        ids.append(camera)
+        look = camera_look(look_rng)
+        n = frames // cameras + (1 if cam < frames % cameras else 0)
+        grades = [GRADES[i % len(GRADES)] for i in range(n)]
+        order = frame_rng.permutation(n)
+        for i in range(n):
+            grade = grades[int(order[i])]
+            when = _START + i * _INTERVAL
+            rel = f"{camera}/{when.strftime('%Y%m%dT%H%M%S')}.png"
+            _save_png(out / rel, make_frame(grade, frame_size, frame_rng, textures, look))
+            rows.append((rel, camera, when.isoformat(), grade))
+            counts[grade] += 1
+    _write_labels(out / "labels.csv", rows)
+    return {
+        "cameras": ids,
+        "frames": len(rows),
+        "grades": counts,
+        "frame_size": frame_size,
+        "seed": seed,
     }
