@@ -36,9 +36,12 @@ __all__ = [
     "AdversarialConfig",
     "AdversarialMethod",
     "Architecture",
+    "AugmentConfig",
     "ClassWeighting",
+    "ConsistencyConfig",
     "DataConfig",
     "DistanceType",
+    "FaultAdversaryConfig",
     "GraphConfig",
     "ModelConfig",
     "NormType",
@@ -49,6 +52,7 @@ __all__ = [
     "Task",
     "TrainConfig",
     "TrainerConfig",
+    "ViewDistance",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
@@ -103,6 +107,17 @@ class DistanceType(enum.Enum):
     L2 = "l2"
     L1 = "l1"
     COSINE = "cosine"
+
+
+class ViewDistance(enum.Enum):
+    """Distance between the predicted class distributions of an image and its fault views."""
+
+    JENSEN_SHANNON = "jensen_shannon_divergence"
+    """Symmetric and bounded (by ln 2); gradients reach both sides."""
+    KL = "kl_divergence"
+    """``KL(clean || view)``."""
+    L2 = "l2"
+    """Squared L2 between the probability vectors."""
 
 
 class ClassWeighting(enum.Enum):
@@ -381,6 +396,106 @@ class AdversarialConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class AugmentConfig(_Checked):
+    """Fault views of each training example: what every arm of a comparison sees.
+
+    With ``views > 0`` each training example carries ``views`` copies of its
+    image under a random fault (one of ``faults``, severity uniform in
+    ``min_severity..max_severity``, drawn per view from a seeded stream and made
+    on the host, :func:`nsl_models.data.make_dataset`). The views are the same
+    whatever regularizer reads them, so a plain model trained with
+    ``supervised: true`` and a regularized one see the same pixels.
+
+    Attributes:
+        faults: Names from :data:`minewatch.corruptions.CORRUPTIONS` (YAML list
+            or ``tilt,defocus``); ``belt`` stands for the nine belt-camera faults
+            (:data:`minewatch.corruptions.BELT_FAULTS`). Default ``()``.
+        views: Views per example (0 = off). Default 0.
+        min_severity: Lowest severity drawn (1..5). Default 1.
+        max_severity: Highest severity drawn (1..5). Default 5.
+        supervised: Cross-entropy on every view too (the supervised loss is the
+            mean over the image and its views): plain training with fault
+            augmentation. Default True.
+    """
+
+    faults: tuple[str, ...] = ()
+    views: int = 0
+    min_severity: int = 1
+    max_severity: int = 5
+    supervised: bool = True
+
+    def __post_init__(self) -> None:
+        from minewatch.corruptions import CORRUPTIONS
+
+        if "belt" in self.faults:
+            from minewatch.corruptions import BELT_FAULTS
+
+            expanded = [
+                f for name in self.faults for f in (BELT_FAULTS if name == "belt" else (name,))
+            ]
+            object.__setattr__(self, "faults", tuple(dict.fromkeys(expanded)))
+        unknown = [c for c in self.faults if c not in CORRUPTIONS]
+        self._require(
+            not unknown, "faults", f"unknown {unknown}; choose from belt, {', '.join(CORRUPTIONS)}"
+        )
+        self._require(0 <= self.views <= 8, "views", "must be in 0..8")
+        self._require(not self.views or self.faults, "faults", "views need at least one fault")
+        self._require(1 <= self.min_severity <= 5, "min_severity", "must be in 1..5")
+        self._require(
+            self.min_severity <= self.max_severity <= 5,
+            "max_severity",
+            "must be in min_severity..5",
+        )
+
+
+@dataclass(frozen=True)
+class ConsistencyConfig(_Checked):
+    """Graph regularization whose neighbours are the fault views of the same image.
+
+    NSL's graph term (``nsl.lib.pairwise_distance_wrapper``) between the
+    predicted class distribution of each image and those of its
+    ``augment.views`` views, made on the fly: the "graph" joins every image to
+    corrupted copies of itself. Unlabelled examples take part too.
+
+    Attributes:
+        enabled: Add the term (needs ``augment.views >= 1``). Default False.
+        multiplier: Weight of the term. Default 4.0.
+        distance: ``jensen_shannon_divergence``, ``kl_divergence`` or ``l2``
+            between probability vectors. Default ``jensen_shannon_divergence``.
+    """
+
+    enabled: bool = False
+    multiplier: float = 4.0
+    distance: ViewDistance = ViewDistance.JENSEN_SHANNON
+
+    def __post_init__(self) -> None:
+        self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FaultAdversaryConfig(_Checked):
+    """Adversarial regularization over camera-fault parameters (worst of k).
+
+    Of each labelled example's ``augment.views`` fault views, the one the model
+    currently gets most wrong (highest cross-entropy) is the adversarial
+    neighbour: the worst plausible camera fault among ``k = views`` sampled
+    ones. Its cross-entropy, times ``multiplier``, is added to the loss. The
+    views' logits are already computed for the other terms, so the search costs
+    no extra pass.
+
+    Attributes:
+        enabled: Add the term (needs ``augment.views >= 1``). Default False.
+        multiplier: Weight of the term. Default 1.0.
+    """
+
+    enabled: bool = False
+    multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class TrainConfig(_Checked):
     """The optimisation loop.
 
@@ -455,6 +570,9 @@ class TrainerConfig(_Checked):
         model: :class:`ModelConfig`.
         graph: :class:`GraphConfig`.
         adversarial: :class:`AdversarialConfig`.
+        augment: :class:`AugmentConfig` (fault views of each example).
+        consistency: :class:`ConsistencyConfig` (graph term over the views).
+        fault_adversary: :class:`FaultAdversaryConfig` (worst of the views).
         train: :class:`TrainConfig`.
     """
 
@@ -463,9 +581,20 @@ class TrainerConfig(_Checked):
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
+    fault_adversary: FaultAdversaryConfig = field(default_factory=FaultAdversaryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        for name, term in (
+            ("consistency", self.consistency),
+            ("fault_adversary", self.fault_adversary),
+        ):
+            if term.enabled and not self.augment.views:
+                raise ConfigError(
+                    f"{name}.enabled needs fault views: set augment.views >= 1 and augment.faults"
+                )
         if self.data.split_by is SplitKey.AUTO:
             key = SplitKey.LOCATION if self.task is Task.TILE else SplitKey.SCENE
             # Frozen: resolve the automatic choice once, so config.yaml records it.

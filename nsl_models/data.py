@@ -23,6 +23,8 @@ key             shape / dtype          meaning
                                        0 where ``pixel_label`` is -1
 ``aug_image``   ``[B, H, W, C]`` f32   the image under a random corruption (training
                                        with ``corruptions`` only)
+``views``       ``[B, V, H, W, C]``    ``V`` copies under random faults (training
+                f32                    with ``fault_views`` only; ``augment``)
 ==============  =====================  ==============================================
 
 Plain tile records read with ``max_neighbors > 0`` give all-zero neighbour
@@ -845,6 +847,41 @@ def _with_corrupted_view(
     return tf.data.Dataset.zip((ds, draws)).map(add, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _with_fault_views(
+    ds: Any,
+    spec: TileSpec,
+    names: tuple[str, ...],
+    views: int,
+    severities: tuple[int, int],
+    seed: int,
+) -> Any:
+    """Add ``views``: ``[V, H, W, C]`` copies of the example's pixels under random faults."""
+    import tensorflow as tf
+
+    from minewatch.corruptions import corrupt
+
+    dtype = np.dtype(spec.dtype)
+    low, high = severities
+
+    def make_views(image: np.ndarray, draw: np.int64) -> np.ndarray:
+        rng = np.random.default_rng(int(draw) & 0x7FFFFFFF)
+        stored = image.astype(dtype)  # decoded pixels are the stored integers: exact
+        out = np.empty((views, *image.shape), np.float32)
+        for v in range(views):
+            name = names[int(rng.integers(len(names)))]
+            severity = int(rng.integers(low, high + 1))
+            out[v] = corrupt(stored, name, severity, rng)
+        return out
+
+    def add(x: dict[str, Any], draw: Any) -> dict[str, Any]:
+        made = tf.numpy_function(make_views, [x["image"], draw], tf.float32, stateful=False)
+        made.set_shape((views, *spec.shape))
+        return {**x, "views": made}
+
+    draws = tf.data.Dataset.random(seed=seed + 2)
+    return tf.data.Dataset.zip((ds, draws)).map(add, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def make_dataset(
     files: Sequence[str],
     spec: TileSpec,
@@ -861,6 +898,9 @@ def make_dataset(
     majority_class: int = -1,
     corruptions: Sequence[str] = (),
     max_severity: int = 3,
+    fault_views: int = 0,
+    view_faults: Sequence[str] = (),
+    view_severities: tuple[int, int] = (1, 5),
 ) -> Any:
     """Batches of parsed tiles (see the module docstring for the keys).
 
@@ -890,6 +930,13 @@ def make_dataset(
             stream), computed on the host with ``tf.numpy_function``. Default
             ``()``: no ``aug_image``.
         max_severity: Highest severity drawn. Default 3.
+        fault_views: With ``training``, add ``views`` (``[B, V, H, W, C]``
+            float32): ``V = fault_views`` copies of each image, each under one
+            of ``view_faults`` (drawn per view) at a severity uniform in
+            ``view_severities`` (inclusive), from a seeded ``Dataset.random``
+            stream (``augment`` section of the trainer config). Default 0.
+        view_faults: Names from :data:`minewatch.corruptions.CORRUPTIONS`.
+        view_severities: ``(lowest, highest)`` severity of the views.
 
     Returns:
         A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
@@ -945,6 +992,10 @@ def make_dataset(
     ds = ds.filter(_kept).map(_drop_keep)
     if training and corruptions:
         ds = _with_corrupted_view(ds, spec, tuple(corruptions), max_severity, seed)
+    if training and fault_views:
+        ds = _with_fault_views(
+            ds, spec, tuple(view_faults), fault_views, tuple(view_severities), seed
+        )
     ds = ds.batch(batch_size or config.batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -34,9 +34,22 @@ regularizers in one ``train_step`` that shares the clean forward pass:
    corrupted view of each image, :func:`nsl_models.data.make_dataset`): the
    perturbation is then searched around the normalised corrupted view (one
    extra pass under its own input tape) and only the tile head is scored there.
-6. ``loss = supervised + pixel_loss_weight * pixel + graph.multiplier * graph +
-   adversarial.multiplier * adversarial + model regularization losses``; one
-   optimizer update.
+6. Fault views (``augment``; the batch carries ``views``, ``V`` copies of
+   each image under random camera faults made on the host): one more encoder
+   pass over the ``B * V`` views gives their logits. With
+   ``augment.supervised`` the supervised loss is the mean cross-entropy over
+   the image and its views (plain training with fault augmentation). The
+   *consistency* term is NSL's graph term with the views as neighbours:
+   ``nsl.lib.pairwise_distance_wrapper`` between the predicted distribution of
+   each image and of each of its views (softmax of both logits; Jensen-Shannon
+   by default); unlabelled examples take part. The *fault adversary* takes, per
+   labelled example, the view of highest cross-entropy (the worst of ``V``
+   sampled camera faults) and adds its cross-entropy; the choice is a max over
+   logits already computed, so it costs no pass.
+7. ``loss = supervised + pixel_loss_weight * pixel + graph.multiplier * graph +
+   adversarial.multiplier * adversarial + consistency.multiplier * consistency
+   + fault_adversary.multiplier * fault_adversarial + model regularization
+   losses``; one optimizer update.
 
 **Per-pixel head** (``model.pixel_head``, layer ``pixel_decoder``): a small
 fully-convolutional decoder that takes the normalised pixels and the clean
@@ -86,6 +99,9 @@ from nsl_models.configs import (
     AdversarialConfig,
     AdversarialMethod,
     Architecture,
+    AugmentConfig,
+    ConsistencyConfig,
+    FaultAdversaryConfig,
     GraphConfig,
     ModelConfig,
     PixelDecoder,
@@ -519,6 +535,9 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         pixel_loss_weight: Weight of the per-pixel loss (pixel head only). Default 1.
         pixel_focal_gamma: Focal exponent of the per-pixel loss
             (:func:`pixel_xent`); 0 (default) is plain cross-entropy.
+        augment: How the batch's fault ``views`` enter the supervised loss.
+        consistency: Graph term between each image and its views.
+        fault_adversary: Worst-of-views term.
     """
 
     def __init__(
@@ -528,6 +547,10 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         adversarial: AdversarialConfig | None = None,
         pixel_loss_weight: float = 1.0,
         pixel_focal_gamma: float = 0.0,
+        *,
+        augment: AugmentConfig | None = None,
+        consistency: ConsistencyConfig | None = None,
+        fault_adversary: FaultAdversaryConfig | None = None,
     ) -> None:
         super().__init__(name="regularized_model")
         self.base_model = base_model
@@ -538,6 +561,12 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         )
         self.graph = graph or GraphConfig()
         self.adversarial = adversarial or AdversarialConfig()
+        self.augment = augment or AugmentConfig()
+        self.consistency = consistency or ConsistencyConfig()
+        self.fault_adversary = fault_adversary or FaultAdversaryConfig()
+        self._view_distance = nsl.configs.DistanceConfig(
+            distance_type=self.consistency.distance.value, sum_over_axis=-1, transform_fn="softmax"
+        )
         self._normalize = base_model.get_layer("normalize")
         self._encoder = base_model.get_layer("encoder")
         self._dropout = base_model.get_layer("dropout")
@@ -554,7 +583,14 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             pgd_iterations=adv.pgd_iterations if pgd else 1,
             pgd_epsilon=adv.epsilon if pgd else None,
         )
-        names = ["loss", "supervised_loss", "graph_loss", "adversarial_loss"]
+        names = [
+            "loss",
+            "supervised_loss",
+            "graph_loss",
+            "adversarial_loss",
+            "consistency_loss",
+            "fault_adversarial_loss",
+        ]
         if self._pixel is not None:
             names.append("pixel_loss")
         self._trackers = {name: tf.keras.metrics.Mean(name) for name in names}
@@ -608,6 +644,47 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         """Whether the graph term is on for batches like ``data``."""
         return self.graph.enabled and self.graph.multiplier > 0 and "nbr_image" in data
 
+    def uses_views(self, data: dict[str, Any]) -> bool:
+        """Whether any term reads the batch's fault ``views``."""
+        return "views" in data and (
+            self.augment.supervised
+            or (self.consistency.enabled and self.consistency.multiplier > 0)
+            or (self.fault_adversary.enabled and self.fault_adversary.multiplier > 0)
+        )
+
+    def _view_terms(
+        self, data: dict[str, Any], logits: Any, supervised: Any
+    ) -> tuple[Any, Any, Any]:
+        """Supervised loss with the views, consistency and worst-view terms (step 6)."""
+        image, labels, weights = data["image"], data["label"], data["weight"]
+        views = data["views"]
+        v = views.shape[1]
+        vn = self._normalize(tf.reshape(views, [-1, *image.shape[1:]]))
+        v_emb, _ = self.forward(vn, training=True, pixels=False)
+        v_logits = self._logits(v_emb, training=True)  # [B * V, K], example-major
+        zero = tf.constant(0.0)
+        per_view = tf.reshape(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.repeat(tf.maximum(labels, 0), v), logits=tf.cast(v_logits, tf.float32)
+            ),
+            [-1, v],
+        )  # [B, V]
+        labelled = tf.maximum(tf.reduce_sum(tf.cast(weights > 0, tf.float32)), 1.0)
+        if self.augment.supervised:
+            view_xent = tf.reduce_sum(tf.reduce_mean(per_view, axis=1) * weights) / labelled
+            supervised = (supervised + v * view_xent) / (1 + v)
+        consistency = zero
+        if self.consistency.enabled and self.consistency.multiplier > 0:
+            consistency = nsl.lib.pairwise_distance_wrapper(
+                sources=nsl.lib.replicate_embeddings(tf.cast(logits, tf.float32), v),
+                targets=tf.cast(v_logits, tf.float32),
+                distance_config=self._view_distance,
+            )
+        worst = zero
+        if self.fault_adversary.enabled and self.fault_adversary.multiplier > 0:
+            worst = tf.reduce_sum(tf.reduce_max(per_view, axis=1) * weights) / labelled
+        return supervised, consistency, worst
+
     def compute_losses(self, data: dict[str, Any], tape: Any) -> dict[str, Any]:
         """Forward passes and the loss terms of one batch (inside ``tape``).
 
@@ -646,7 +723,13 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             nbr_n = self._normalize(tf.reshape(nbr, [-1, *image.shape[1:]]))
             nbr_emb = self._embed(nbr_n, training=True)
         total = attacked
-        graph_loss = adversarial_loss = zero
+        graph_loss = adversarial_loss = consistency = worst = zero
+        if self.uses_views(data):
+            with_views, consistency, worst = self._view_terms(data, logits, supervised)
+            total += with_views - supervised
+            supervised = with_views
+            total += self.consistency.multiplier * consistency
+            total += self.fault_adversary.multiplier * worst
         if use_graph:
             graph_loss = nsl.lib.pairwise_distance_wrapper(
                 sources=nsl.lib.replicate_embeddings(emb, k),
@@ -700,6 +783,8 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             "supervised_loss": supervised,
             "graph_loss": graph_loss,
             "adversarial_loss": adversarial_loss,
+            "consistency_loss": consistency,
+            "fault_adversarial_loss": worst,
             "pixel_loss": pixel_loss,
             "logits": logits,
         }
@@ -729,6 +814,8 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             "supervised_loss": supervised,
             "graph_loss": zero,
             "adversarial_loss": zero,
+            "consistency_loss": zero,
+            "fault_adversarial_loss": zero,
             "pixel_loss": pixel_loss,
             "logits": logits,
         }

@@ -194,6 +194,9 @@ class Trainer:
             majority_class=self.majority_class,
             corruptions=cfg.adversarial.corruptions if cfg.adversarial.enabled else (),
             max_severity=cfg.adversarial.max_severity,
+            fault_views=cfg.augment.views,
+            view_faults=cfg.augment.faults,
+            view_severities=(cfg.augment.min_severity, cfg.augment.max_severity),
         )
         val_files, val_split = self._val_split()
         n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
@@ -219,6 +222,9 @@ class Trainer:
                 cfg.adversarial,
                 cfg.train.pixel_loss_weight,
                 cfg.train.pixel_focal_gamma,
+                augment=cfg.augment,
+                consistency=cfg.consistency,
+                fault_adversary=cfg.fault_adversary,
             )
             opt_cls = (
                 tf.keras.optimizers.Adam
