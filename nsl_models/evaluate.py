@@ -2,7 +2,19 @@
 
 Models are loaded through their SavedModel serving signature only (the
 registry contract), so any exported model can be evaluated without the code
-that trained it. For each model the report holds:
+that trained it. The data is one of two kinds:
+
+* a tile folder (``minewatch tile`` output): each tile is scored (``unit``
+  ``tile``) and the corruptions act on the stored tiles;
+* a frames folder (a ``labels.csv`` with header ``path,camera_id,timestamp,label``,
+  as ``minewatch synth`` writes in ``DIR/frames/``): each belt frame is scored
+  (``unit`` ``frame``), the unit the product reports. A camera fault acts on the
+  whole frame, so each corruption is applied to the frames, which are then cut
+  into the model's tiles as the tile job cuts them; the frame's grade is the
+  argmax of the mean of its tiles' probabilities, as in the ``frame_labels``
+  table of ``minewatch infer``. See :func:`evaluate_frames`.
+
+For each model the report holds:
 
 * ``clean``: accuracy, macro F1 and per-class precision/recall/F1/support;
 * ``pixels`` (models that serve ``pixel_probabilities``): pixel accuracy, mean
@@ -22,6 +34,7 @@ per model, into a PNG (matplotlib, Agg backend).
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -32,15 +45,22 @@ import numpy as np
 
 from minewatch.compat import use_legacy_keras
 from minewatch.corruptions import corrupt_batch
+from minewatch.errors import ConfigError, InputError
+from minewatch.rasters import tile_starts
 from nsl_models import data as datalib
 from nsl_models.configs import DataConfig, config_from_dict
 from nsl_models.registry import read_metadata
 
 __all__ = [
+    "FRAMES_HEADER",
     "adversarial_examples",
     "classification_report",
+    "cut_frames",
+    "evaluate_frames",
     "evaluate_model",
     "evaluate_models",
+    "is_frames_dir",
+    "load_frames",
     "pixel_report",
     "plot_report",
     "write_report",
@@ -265,6 +285,289 @@ def evaluate_model(
     return report
 
 
+#: Header of a frames folder's ``labels.csv`` (what ``minewatch synth`` writes).
+FRAMES_HEADER: tuple[str, ...] = ("path", "camera_id", "timestamp", "label")
+#: How the tile job cuts a frame when ``--stride`` and ``--edge`` are not given
+#: (``pipelines.options.TileConfig``): tiles side by side, and a last row and
+#: column flush with the frame's edge.
+FRAME_EDGE = "shift"
+
+
+def is_frames_dir(data_dir: str) -> bool:
+    """Whether ``data_dir`` holds a frames ``labels.csv`` (header :data:`FRAMES_HEADER`).
+
+    Args:
+        data_dir: A folder.
+
+    Returns:
+        True for a frames folder, False otherwise (a tile folder, say).
+    """
+    path = os.path.join(data_dir, "labels.csv")
+    if not os.path.isfile(path):
+        return False
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    return tuple(h.strip() for h in header) == FRAMES_HEADER
+
+
+def load_frames(
+    data_dir: str, classes: Sequence[str], max_examples: int = 0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read a frames folder: the frames as RGB ``uint8`` and their labels.
+
+    Args:
+        data_dir: Folder with ``labels.csv`` (:data:`FRAMES_HEADER`; ``path``
+            relative to the folder) and the PNG/JPEG frames it names.
+        classes: Class names in index order (the model's).
+        max_examples: Read at most this many frames (0: all), a seeded sample
+            drawn as in tile mode.
+        seed: Seed of the sample.
+
+    Returns:
+        ``(frames uint8[N, H, W, 3], labels int64[N], paths)`` in CSV order.
+
+    Raises:
+        InputError: No frame, a label that is not one of ``classes``, a frame
+            that cannot be read, or frames of different sizes.
+    """
+    from PIL import Image
+
+    csv_path = os.path.join(data_dir, "labels.csv")
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if any((v or "").strip() for v in r.values())]
+    if not rows:
+        raise InputError(f"no frame listed in {csv_path}")
+    names = [(r.get("label") or "").strip() for r in rows]
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise InputError(
+            f"label(s) {', '.join(repr(u) for u in unknown)} in {csv_path} are not among "
+            f"the model's classes ({', '.join(classes)}); evaluate a model trained on "
+            "these grades or fix the labels"
+        )
+    if max_examples and len(rows) > max_examples:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_examples, replace=False))
+        rows, names = [rows[i] for i in pick], [names[i] for i in pick]
+    paths = [os.path.join(data_dir, (r.get("path") or "").strip()) for r in rows]
+    frames: list[np.ndarray] = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                frame = np.asarray(image.convert("RGB"), np.uint8)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read frame {path} (listed in {csv_path}): {exc}") from None
+        if frames and frame.shape != frames[0].shape:
+            raise InputError(
+                f"frame {path} is {frame.shape[1]} x {frame.shape[0]} px but {paths[0]} is "
+                f"{frames[0].shape[1]} x {frames[0].shape[0]}; evaluate one frame size at a time"
+            )
+        frames.append(frame)
+    labels = np.array([classes.index(n) for n in names], np.int64)
+    return np.stack(frames), labels, paths
+
+
+def cut_frames(
+    frames: np.ndarray, size: int, stride: int | None = None, edge: str = FRAME_EDGE
+) -> tuple[np.ndarray, int]:
+    """Cut frames into square tiles the way the tile job cuts a frame.
+
+    Tile offsets come from :func:`minewatch.rasters.tile_starts` on each axis;
+    tiles that run past the frame (``edge="pad"``, or a frame smaller than a
+    tile) are filled with zeros there.
+
+    Args:
+        frames: ``[N, H, W, C]``.
+        size: Tile side (the model's ``tile_size``).
+        stride: Step between tiles; ``size`` (the tile job's default) when None.
+        edge: ``shift`` (default, as the tile job), ``pad`` or ``drop``.
+
+    Returns:
+        ``(tiles [N * T, size, size, C], T)``: frame-major (frame ``i`` owns
+        tiles ``i * T`` to ``(i + 1) * T - 1``), rows of tiles top to bottom.
+
+    Raises:
+        InputError: The frames yield no tile (``edge="drop"`` on a small frame).
+    """
+    n, height, width, channels = frames.shape
+    step = stride or size
+    rows = tile_starts(height, size, step, edge)
+    cols = tile_starts(width, size, step, edge)
+    if not rows or not cols:
+        raise InputError(f"{width} x {height} px frames hold no {size} px tile (edge {edge!r})")
+    pad_h, pad_w = max(0, rows[-1] + size - height), max(0, cols[-1] + size - width)
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    tiles = np.stack([frames[:, r : r + size, c : c + size] for r in rows for c in cols], axis=1)
+    per_frame = len(rows) * len(cols)
+    return tiles.reshape(n * per_frame, size, size, channels), per_frame
+
+
+def _frame_scores(
+    probs: np.ndarray, labels: np.ndarray, per_frame: int, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Frame report (mean of the tile probabilities), the tile report under ``tiles``."""
+    frame_probs = probs.reshape(len(labels), per_frame, -1).mean(axis=1)
+    tile_labels = np.repeat(labels, per_frame)
+    report = classification_report(labels, np.argmax(frame_probs, -1), classes)
+    report["log_loss"] = _log_loss(frame_probs, labels)
+    report["tiles"] = classification_report(tile_labels, np.argmax(probs, -1), classes)
+    report["tiles"]["log_loss"] = _log_loss(probs, tile_labels)
+    return report
+
+
+def _log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log probability of the true class (probabilities floored at 1e-7)."""
+    if not len(labels):
+        return float("nan")
+    true = probs[np.arange(len(labels)), labels]
+    return float(np.mean(-np.log(np.maximum(true, 1e-7))))
+
+
+def evaluate_frames(
+    model_dirs: Sequence[str],
+    data_dir: str,
+    *,
+    corruptions: Sequence[str] = (),
+    severities: Sequence[int] = (1, 3, 5),
+    epsilons: Sequence[float] = (),
+    attacks: Sequence[str] = ("fgsm", "pgd"),
+    max_examples: int = 0,
+    seed: int = 0,
+    stride: int | None = None,
+    batch: int = 256,
+) -> dict[str, Any]:
+    """Evaluate models on a frames folder, one grade per frame.
+
+    Each condition (clean, then every corruption at every severity) corrupts the
+    whole frames once with :func:`minewatch.corruptions.corrupt_batch` and a
+    generator seeded with ``seed``, so every model sees the same frames; one
+    condition is held in memory at a time. Each model then cuts the frames into
+    its own tiles (:func:`cut_frames` at its ``tile_size``), predicts them
+    through its serving signature (each SavedModel is loaded once) and averages
+    the tile probabilities per frame. Attacks perturb the tiles (labelled with
+    their frame's label) and are scored the same way.
+
+    Args:
+        model_dirs: Model folders; every label of ``labels.csv`` must be one of
+            each model's classes and the models must take 3 bands (RGB).
+        data_dir: Frames folder (see :func:`load_frames`).
+        corruptions: Corruption names.
+        severities: Corruption severities.
+        epsilons: Attack radii (normalised units).
+        attacks: ``fgsm`` and/or ``pgd``.
+        max_examples: Evaluate at most this many frames (0: all), a seeded sample.
+        seed: Seed of the sample and the corruptions.
+        stride: Step between tiles; the model's tile size when None, as the tile
+            job cuts frames (``minewatch infer`` on raw frames steps half a tile).
+        batch: Tiles per model call. Default 256.
+
+    Returns:
+        ``{"data", "split": "all", "unit": "frame", "frames", "examples" (= frames),
+        "models": [...]}``; each model has ``"tiling"`` (``tile_size``, ``stride``,
+        ``edge``, ``tiles_per_frame``, ``tiles``) and ``clean``,
+        ``corruptions[name][severity]`` and ``adversarial[method][epsilon]``, each a
+        frame-level :func:`classification_report` plus ``log_loss`` and
+        ``tiles`` (the tile-level report, each tile labelled with its frame's label).
+
+    Raises:
+        InputError: A folder is not a model folder, a model does not take RGB
+            tiles, or the frames folder is bad (see :func:`load_frames`).
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    metas = [read_metadata(d) for d in model_dirs]
+    for d, meta in zip(model_dirs, metas, strict=True):
+        if len(meta.get("bands") or ()) != 3:
+            raise InputError(
+                f"{d} takes bands {meta.get('bands')}, not RGB frames; evaluate it on a tile folder"
+            )
+    frames, labels, _ = load_frames(data_dir, metas[0]["classes"], max_examples, seed)
+    # Each model's own class indices, checked before any model is loaded.
+    model_labels = [
+        _relabel(labels, metas[0]["classes"], meta["classes"], d)
+        for d, meta in zip(model_dirs, metas, strict=True)
+    ]
+    cuts = [(int(meta["tile_size"]), stride or int(meta["tile_size"])) for meta in metas]
+    loaded = [tf.saved_model.load(os.path.join(d, "saved_model")) for d in model_dirs]
+    fns = [m.signatures["serving_default"] for m in loaded]
+    reports: list[dict[str, Any]] = []
+    for d, meta, (size, step) in zip(model_dirs, metas, cuts, strict=True):
+        per_frame = cut_frames(frames[:1], size, step)[1]
+        reports.append(
+            {
+                "model": d,
+                "version": meta["version"],
+                "tiling": {
+                    "tile_size": size,
+                    "stride": step,
+                    "edge": FRAME_EDGE,
+                    "tiles_per_frame": per_frame,
+                    "tiles": per_frame * len(frames),
+                },
+                "clean": {},
+                "corruptions": {name: {} for name in corruptions},
+                "adversarial": {},
+            }
+        )
+
+    def score(k: int, tiles: np.ndarray, per_frame: int) -> dict[str, Any]:
+        probs = _predict(fns[k], tiles, batch)
+        return _frame_scores(probs, model_labels[k], per_frame, metas[k]["classes"])
+
+    conditions: list[tuple[str, int]] = [("", 0)]
+    conditions += [(name, int(sev)) for name in corruptions for sev in severities]
+    for name, sev in conditions:
+        # One condition in memory at a time; models of one tile size share its tiles.
+        x = corrupt_batch(frames, name, sev, np.random.default_rng(seed)) if name else frames
+        tiled: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        for k, report in enumerate(reports):
+            if cuts[k] not in tiled:
+                tiled[cuts[k]] = cut_frames(x, *cuts[k])
+            scores = score(k, *tiled[cuts[k]])
+            if name:
+                report["corruptions"][name][str(sev)] = scores
+            else:
+                report["clean"] = scores
+        del x, tiled
+    for k, report in enumerate(reports if epsilons else ()):
+        tiles, per_frame = cut_frames(frames, *cuts[k])
+        tile_labels = np.repeat(model_labels[k], per_frame)
+        std = metas[k]["normalization"]["std"]
+        for method in attacks:
+            report["adversarial"][method] = {
+                str(eps): score(
+                    k,
+                    adversarial_examples(
+                        loaded[k], tiles, tile_labels, std, eps, method, batch=batch
+                    ),
+                    per_frame,
+                )
+                for eps in epsilons
+            }
+    return {
+        "data": data_dir,
+        "split": datalib.Split.ALL,
+        "unit": "frame",
+        "frames": len(frames),
+        "examples": len(frames),
+        "models": reports,
+    }
+
+
+def _relabel(
+    labels: np.ndarray, classes: Sequence[str], target: Sequence[str], model_dir: str
+) -> np.ndarray:
+    """Re-index labels from ``classes`` to ``target`` (another model's class order)."""
+    missing = sorted({classes[i] for i in labels} - set(target))
+    if missing:
+        raise InputError(
+            f"label(s) {', '.join(repr(m) for m in missing)} are not among the classes of "
+            f"{model_dir} ({', '.join(target)}); evaluate models of the same grades together"
+        )
+    return np.array([list(target).index(classes[i]) for i in labels], np.int64)
+
+
 def evaluate_models(
     model_dirs: Sequence[str],
     data_dir: str,
@@ -276,29 +579,57 @@ def evaluate_models(
     attacks: Sequence[str] = ("fgsm", "pgd"),
     max_examples: int = 0,
     seed: int = 0,
+    stride: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one or more models on the same held-out tiles.
+    """Evaluate one or more models on the same held-out tiles or belt frames.
+
+    A frames folder (:func:`is_frames_dir`) is scored per frame by
+    :func:`evaluate_frames`; any other folder is read as tile-job output and
+    scored per tile.
 
     Args:
         model_dirs: Model folders (e.g. plain and regularized).
-        data_dir: ``minewatch tile`` output (``tiles/*.tfrecord``, ``stats.json``).
+        data_dir: ``minewatch tile`` output (``tiles/*.tfrecord``, ``stats.json``),
+            or a frames folder (``labels.csv`` with header :data:`FRAMES_HEADER`).
         split: ``all`` tiles of ``data_dir``, or the ``validation`` part of the
-            hash split recorded in the first model's config.
+            hash split recorded in the first model's config. Tile folders only:
+            a frames folder is itself the held-out set.
         corruptions: Corruption names.
         severities: Corruption severities.
         epsilons: Attack radii (normalised units).
         attacks: ``fgsm`` and/or ``pgd``.
-        max_examples: Evaluate at most this many tiles (0: all), a seeded sample.
+        max_examples: Evaluate at most this many tiles, or frames (0: all), a
+            seeded sample.
         seed: Seed of the sample and the corruptions.
+        stride: Frames only: step between a frame's tiles (see
+            :func:`evaluate_frames`); default the model's tile size.
 
     Returns:
-        ``{"data", "split", "examples", "models": [...]}``.
+        Tiles: ``{"data", "split", "unit": "tile", "examples", "models": [...]}``;
+        frames: see :func:`evaluate_frames`.
 
     Raises:
-        InputError: A folder is not a model folder or the data has no labelled tile.
+        ConfigError: ``split`` is not ``all`` for a frames folder.
+        InputError: A folder is not a model folder or the data has no labelled
+            tile (or frame).
     """
-    from minewatch.errors import InputError
-
+    if is_frames_dir(data_dir):
+        if split != datalib.Split.ALL:
+            raise ConfigError(
+                f"split {split!r} applies to tile folders only; {data_dir} is a frames folder "
+                "(labels.csv), itself the held-out set: use split 'all'"
+            )
+        return evaluate_frames(
+            model_dirs,
+            data_dir,
+            corruptions=corruptions,
+            severities=severities,
+            epsilons=epsilons,
+            attacks=attacks,
+            max_examples=max_examples,
+            seed=seed,
+            stride=stride,
+        )
     metas = [read_metadata(d) for d in model_dirs]
     data_cfg = DataConfig(tiles=data_dir)
     if split == datalib.Split.VALIDATION:
@@ -311,7 +642,10 @@ def evaluate_models(
         )
     files = sorted(glob.glob(os.path.join(data_dir, "tiles", "*.tfrecord")))
     if not files:
-        raise InputError(f"no tiles/*.tfrecord in {data_dir}: run `minewatch tile`")
+        raise InputError(
+            f"no tiles/*.tfrecord in {data_dir}: run `minewatch tile`, or point at a "
+            "frames folder with labels.csv"
+        )
     spec = datalib.read_tile_spec(data_dir, files)
     images, labels, masks = datalib.load_pixel_arrays(files, spec, data_cfg, split)
     if not len(labels):
@@ -325,11 +659,20 @@ def evaluate_models(
         )
         for d in model_dirs
     ]
-    return {"data": data_dir, "split": split, "examples": len(labels), "models": models}
+    return {
+        "data": data_dir,
+        "split": split,
+        "unit": "tile",
+        "examples": len(labels),
+        "models": models,
+    }
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:
     """Plot accuracy vs corruption severity (and vs attack epsilon), one line per model.
+
+    One panel per corruption and per attack, four to a row; the accuracy is of
+    the report's ``unit`` (frames for a frames folder).
 
     Args:
         report: From :func:`evaluate_models`.
@@ -341,6 +684,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     first = report["models"][0]
+    unit = report.get("unit", "tile")
     panels = [("corruption", n) for n in first["corruptions"]]
     panels += [("attack", m) for m in first["adversarial"]]
     panels = panels or [("clean", "clean")]
@@ -360,7 +704,7 @@ def plot_report(report: dict[str, Any], path: str) -> None:
             ax.plot(xs, ys, marker="o", label=label)
         ax.set_title(name)
         ax.set_xlabel("severity" if kind == "corruption" else "epsilon (std units)")
-        ax.set_ylabel("accuracy")
+        ax.set_ylabel(f"{unit} accuracy")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         if kind != "clean":

@@ -66,7 +66,14 @@ def train(config_path: str, out: str, overrides: tuple[str, ...]) -> None:
 
 @click.command(short_help="Evaluate models: clean, corrupted and adversarial accuracy.")
 @click.argument("model_dirs", nargs=-1, required=True, metavar="MODEL_DIR...")
-@click.option("--data", required=True, metavar="DIR", help="Output folder of `minewatch tile`.")
+@click.option(
+    "--data",
+    required=True,
+    metavar="DIR",
+    help="A tile folder (output of `minewatch tile`), scored per tile; or a frames folder "
+    "(labels.csv with path,camera_id,timestamp,label, like the frames/ folder of "
+    "`minewatch synth`), scored per frame from the mean of its tiles' probabilities.",
+)
 @click.option(
     "--out", required=True, metavar="REPORT.json", help="Report path (a PNG is written next to it)."
 )
@@ -75,14 +82,15 @@ def train(config_path: str, out: str, overrides: tuple[str, ...]) -> None:
     type=click.Choice(["all", "validation"]),
     default="all",
     show_default=True,
-    help="All labelled tiles of DIR, or the held-out split of the training config.",
+    help="All labelled tiles of DIR, or the held-out split of the training config "
+    "(tile folders only; a frames folder is itself held out).",
 )
 @click.option(
     "--corruptions",
     callback=comma_list,
     metavar="NAMES",
-    help="Corruptions (minewatch.corruptions); default: frame ones for frames, "
-    "satellite ones plus shift for tiles.",
+    help="Corruptions (minewatch.corruptions); default: the belt-camera suite for frame "
+    "models, satellite ones plus shift for tile models.",
 )
 @click.option(
     "--severities",
@@ -100,7 +108,12 @@ def train(config_path: str, out: str, overrides: tuple[str, ...]) -> None:
     metavar="FLOATS",
     help="FGSM/PGD radii in per-band std units ('' for none).",
 )
-@click.option("--max-examples", type=click.IntRange(0), default=0, help="Evaluate a seeded sample.")
+@click.option(
+    "--max-examples",
+    type=click.IntRange(0),
+    default=0,
+    help="Evaluate a seeded sample of this many tiles (frames for a frames folder).",
+)
 def evaluate(
     model_dirs: tuple[str, ...],
     data: str,
@@ -113,15 +126,22 @@ def evaluate(
 ) -> None:
     """Per-class precision/recall/F1 and accuracy, clean and under corruption/attack.
 
-    Writes REPORT.json and REPORT.png (accuracy vs severity, one line per model).
+    DIR is a tile folder (each tile scored; corruptions act on the stored
+    tiles) or a frames folder with labels.csv (each frame scored, the unit the
+    product grades: the faults act on the whole frame, which is then cut into
+    the model's tiles as the tile job cuts it, and the frame's grade is the
+    argmax of the mean tile probability; tile-level scores are kept under
+    "tiles"). Writes REPORT.json and REPORT.png (accuracy vs severity, one
+    line per model).
 
     \b
     Examples:
       minewatch evaluate models/plain models/nsl --data out/tiles --out report.json
-      minewatch evaluate models/f1 --data out/frames --out r.json \\
-          --corruptions shift,motion_blur --severities 1,3,5 --epsilons 0.05
+      minewatch evaluate models/f1 models/f2 --data gt/frames --out r.json
+      minewatch evaluate models/f1 --data gt/frames --out r.json \\
+          --corruptions tilt,belt_blur,combo2 --severities 1,3,5 --epsilons 0.05
     """
-    from minewatch.corruptions import CORRUPTIONS, FRAME_CORRUPTIONS, SATELLITE_CORRUPTIONS
+    from minewatch.corruptions import BELT_SUITE, CORRUPTIONS, SATELLITE_CORRUPTIONS
     from nsl_models.evaluate import evaluate_models, plot_report, write_report
     from nsl_models.registry import read_metadata
 
@@ -139,9 +159,7 @@ def evaluate(
     try:
         if not corruptions:
             task = read_metadata(model_dirs[0])["task"]
-            corruptions = (
-                FRAME_CORRUPTIONS if task == "frame" else ("shift", *SATELLITE_CORRUPTIONS)
-            )
+            corruptions = BELT_SUITE if task == "frame" else ("shift", *SATELLITE_CORRUPTIONS)
         report = evaluate_models(
             model_dirs,
             data,
@@ -157,7 +175,15 @@ def evaluate(
     png = out[: -len(".json")] + ".png" if out.endswith(".json") else out + ".png"
     plot_report(report, png)
     for m in report["models"]:
-        click.echo(f"{m['model']}: clean accuracy {m['clean']['accuracy']:.4f}")
+        clean = m["clean"]
+        if report.get("unit") == "frame":
+            click.echo(
+                f"{m['model']}: clean frame accuracy {clean['accuracy']:.4f}, "
+                f"tile accuracy {clean['tiles']['accuracy']:.4f} "
+                f"({clean['examples']} frames, {clean['tiles']['examples']} tiles)"
+            )
+        else:
+            click.echo(f"{m['model']}: clean accuracy {clean['accuracy']:.4f}")
     click.echo(f"wrote {out} and {png}")
 
 
