@@ -253,8 +253,10 @@ def study_curve(root: str, test_dir: str, epochs: int, seeds: int) -> list[str]:
     for n in (100, 500, 2000):
         d = frames(root, "train", n, 8, TRAIN_SEED)
         t = tiles(root, d, 128)
+        # 2,000 frames at 128 px is the unit study's whole-frame run: the same config.
+        name = "unit_128" if n == 2000 else f"curve_{n}"
         models = [
-            train(os.path.join(root, f"curve_{n}_s{s}"), base_sets(t, epochs, s, views=0))
+            train(os.path.join(root, f"{name}_s{s}"), base_sets(t, epochs, s, views=0))
             for s in range(seeds)
         ]
         rep = evaluate(models, test_dir, ())
