@@ -128,6 +128,9 @@ from PIL import Image
 from scipy import ndimage, signal
 
 from minewatch.errors import ConfigError, InputError
+from minewatch.pixels import finish as _finish
+from minewatch.pixels import full_scale as _full_scale
+from minewatch.pixels import random_sign as _sign
 
 __all__ = [
     "BELT_COMBOS",
@@ -224,30 +227,6 @@ FaultFn = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _full_scale(dtype: np.dtype) -> float:
-    # Same convention as minewatch.corruptions.full_scale, which this module may not import
-    # (corruptions imports this module).
-    if dtype == np.uint8:
-        return 255.0
-    if dtype == np.uint16:
-        return 10000.0
-    if np.issubdtype(dtype, np.integer):
-        return float(np.iinfo(dtype).max)
-    return 1.0
-
-
-def _finish(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast float results back to ``dtype``, rounding and clipping integers."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
-def _sign(rng: np.random.Generator) -> int:
-    return 1 if rng.integers(2) else -1
 
 
 def _check_image(image: np.ndarray) -> None:

@@ -70,6 +70,9 @@ from scipy import ndimage
 from minewatch.camera_faults import BELT_COMBOS, BELT_FAULTS, BELT_SUITE
 from minewatch.camera_faults import fault as _belt_fault
 from minewatch.errors import ConfigError, InputError
+from minewatch.pixels import finish as _finish
+from minewatch.pixels import full_scale
+from minewatch.pixels import random_sign as _sign
 
 __all__ = [
     "BELT_COMBOS",
@@ -103,26 +106,6 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 _MAX_SEVERITY = 5
 
 
-def full_scale(dtype: np.dtype | type) -> float:
-    """Value that stands for "full signal" in images of a dtype.
-
-    Args:
-        dtype: The image dtype.
-
-    Returns:
-        255 for uint8, 10000 for uint16 (Sentinel-2 reflectance x 10000), the
-        maximum for other integer types, 1.0 for floating-point types.
-    """
-    dt = np.dtype(dtype)
-    if dt == np.uint8:
-        return 255.0
-    if dt == np.uint16:
-        return 10000.0
-    if np.issubdtype(dt, np.integer):
-        return float(np.iinfo(dt).max)
-    return 1.0
-
-
 def _check(image: np.ndarray, severity: int) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3:
         shape = getattr(image, "shape", None)
@@ -133,18 +116,6 @@ def _check(image: np.ndarray, severity: int) -> None:
         raise ConfigError(f"severity must be an int in 0..{_MAX_SEVERITY}, got {severity!r}")
     if not 0 <= severity <= _MAX_SEVERITY:
         raise ConfigError(f"severity must be in 0..{_MAX_SEVERITY}, got {severity}")
-
-
-def _finish(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast float results back to ``dtype``, rounding and clipping integers."""
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
-
-
-def _sign(rng: np.random.Generator) -> int:
-    return 1 if rng.integers(2) else -1
 
 
 def shift(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
