@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +176,31 @@ def _write_labels(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
         writer.writerows(rows)
 
 
+def _camera_frames(
+    folder: Path,
+    camera: str,
+    n: int,
+    size: int,
+    rng: np.random.Generator,
+    textures: tuple[np.ndarray, np.ndarray],
+    look: CameraLook | None = None,
+) -> Iterator[tuple[tuple[str, str, str, str], np.ndarray]]:
+    """Draw and save one camera's ``n`` frames, 30 s apart, grades balanced and shuffled.
+
+    Yields:
+        ``((path, camera_id, timestamp, label), image)`` per frame, in time order.
+    """
+    grades = [GRADES[i % len(GRADES)] for i in range(n)]
+    order = rng.permutation(n)
+    for i in range(n):
+        grade = grades[int(order[i])]
+        when = _START + i * _INTERVAL
+        rel = f"{camera}/{when.strftime('%Y%m%dT%H%M%S')}.png"
+        image = make_frame(grade, size, rng, textures, look)
+        _save_png(folder / rel, image)
+        yield (rel, camera, when.isoformat(), grade), image
+
+
 def write_frames(out_dir: Path, spec: SizeSpec, seed: int) -> dict[str, object]:
     """Write clean frames, their labels, and the corrupted evaluation set.
 
@@ -200,20 +226,15 @@ def write_frames(out_dir: Path, spec: SizeSpec, seed: int) -> dict[str, object]:
     images: list[np.ndarray] = []
     selected: list[int] = []
     for cam in range(spec.n_cameras):
-        camera = f"belt{cam + 1}"
-        n = spec.frames_per_camera
-        grades = [GRADES[i % len(GRADES)] for i in range(n)]
-        order = frame_rng.permutation(n)
-        for i in range(n):
-            grade = grades[int(order[i])]
-            when = _START + i * _INTERVAL
-            rel = f"{camera}/{when.strftime('%Y%m%dT%H%M%S')}.png"
-            image = make_frame(grade, spec.frame_size, frame_rng, textures)
-            _save_png(frames_dir / rel, image)
+        made = _camera_frames(
+            frames_dir, f"belt{cam + 1}", spec.frames_per_camera, spec.frame_size, frame_rng,
+            textures,
+        )  # fmt: skip
+        for i, (row, image) in enumerate(made):
             if i < spec.corrupted_per_camera:
                 selected.append(len(rows))
                 images.append(image)
-            rows.append((rel, camera, when.isoformat(), grade))
+            rows.append(row)
     _write_labels(frames_dir / "labels.csv", rows)
 
     corrupted_dir = out_dir / "frames_corrupted"
@@ -286,15 +307,9 @@ def write_belt_set(
         ids.append(camera)
         look = camera_look(look_rng)
         n = frames // cameras + (1 if cam < frames % cameras else 0)
-        grades = [GRADES[i % len(GRADES)] for i in range(n)]
-        order = frame_rng.permutation(n)
-        for i in range(n):
-            grade = grades[int(order[i])]
-            when = _START + i * _INTERVAL
-            rel = f"{camera}/{when.strftime('%Y%m%dT%H%M%S')}.png"
-            _save_png(out / rel, make_frame(grade, frame_size, frame_rng, textures, look))
-            rows.append((rel, camera, when.isoformat(), grade))
-            counts[grade] += 1
+        for row, _ in _camera_frames(out, camera, n, frame_size, frame_rng, textures, look):
+            rows.append(row)
+            counts[row[3]] += 1
     _write_labels(out / "labels.csv", rows)
     return {
         "cameras": ids,
