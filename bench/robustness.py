@@ -58,6 +58,9 @@ from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quality import interval  # noqa: E402  (the 95 % t-interval of the quality bench)
 
 TRAIN_SEED, TEST_SEED, CALIB_SEED = 11, 12, 13
 CALIB_MODEL_SEED = 1000
@@ -78,19 +81,6 @@ ARM_NAMES = {
     "d": "(d) NSL L-inf adversarial",
     "e": "(e) consistency + fault adversary",
 }
-#: t quantiles (0.975) for small samples; beyond the table, 1.96.
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
-
-
-def interval(values: list[float]) -> tuple[float, float]:
-    """Mean and half-width of its 95 % t-interval (NaN half-width for one value)."""
-    vals = [v for v in values if not math.isnan(v)]
-    if not vals:
-        return float("nan"), float("nan")
-    mean = statistics.fmean(vals)
-    if len(vals) < 2:
-        return mean, float("nan")
-    return mean, _T975.get(len(vals) - 1, 1.96) * statistics.stdev(vals) / math.sqrt(len(vals))
 
 
 def frames(root: str, name: str, n: int, cameras: int, seed: int) -> str:
