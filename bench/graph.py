@@ -1,8 +1,13 @@
 """Similarity-graph benchmark: NSL build_graph (brute force, LSH), exact numpy, faiss, minewatch.
 
-Clustered unit vectors (``--dim`` dimensions, ``--clusters`` Gaussian clusters);
-every method builds the cosine graph with ``--threshold``; top-k methods keep
-``--k`` neighbours per node. Recall is measured against exact blocked numpy:
+Vectors (``--data``): clustered unit vectors (``--dim`` dimensions, ``--clusters``
+Gaussian clusters), or real-shaped ones: the built-in descriptors of a tile job's
+tiles (``--data TILES_DIR``, e.g. the demo's ``out/demo/tiles``) or of a synthetic
+world cut into tiles (``--data synth``, ``--synth-size``), whitened as the graph
+job does (``--no-whiten`` for the raw descriptors). Tile descriptors crowd
+together far more than clustered vectors. Every method builds the cosine graph
+with ``--threshold``; top-k methods keep ``--k`` neighbours per node. Recall is
+measured against exact blocked numpy:
 
 - NSL (a threshold graph, no top-k): found pairs / exact pairs at the threshold;
 - top-k methods: found edges / exact top-k edges (a found edge whose similarity
@@ -12,11 +17,20 @@ Each method runs in its own subprocess so that its peak RSS is its own. minewatc
 runs ``SimilarityEdges`` on the DirectRunner (Beam options pass through, e.g.
 ``--direct_num_workers=2 --direct_running_mode=multi_processing``), reading the
 vectors from ``--shard-rows`` ``.npy`` files written before its clock starts.
+``minewatch_ref`` is the same with the spill rule that was the default before
+``spill_pairs`` (``spill=0.1, spill_pairs=0``): the reference. With
+``--repeats R`` the two run interleaved (new, ref, new, ref, ...) and a ratio line
+gives new / ref of the median seconds, process CPU and pairs compared (the work,
+independent of the machine's load) and both recalls.
 
     .venv/bin/python bench/graph.py                      # N = 5k, 20k, 50k
     .venv/bin/python bench/graph.py --n 1000000 --only minewatch          # sampled recall
     .venv/bin/python bench/graph.py --n 50000 100000 200000 500000 1000000 --only minewatch \
         --exact-max-n 50000                                               # the scaling curve
+    .venv/bin/python bench/graph.py --data out/demo/tiles --bucket-size 2048 \
+        --only minewatch,minewatch_ref --repeats 3 --threshold 0.8      # real-shaped, 8 cells
+    .venv/bin/python bench/graph.py --data synth --bucket-size 128 --threshold 0.8 \
+        --only minewatch,minewatch_ref                                    # quick check
 """
 
 from __future__ import annotations
@@ -35,7 +49,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-METHODS = ("nsl_brute", "nsl_lsh", "numpy", "faiss", "minewatch")
+METHODS = ("nsl_brute", "nsl_lsh", "numpy", "faiss", "minewatch", "minewatch_ref")
+#: Bands of the real-shaped descriptors (the demo's).
+BANDS = ("B02", "B03", "B04", "B08", "B11")
 
 
 def make_data(n, dim, clusters, spread, seed=0):
@@ -47,6 +63,71 @@ def make_data(n, dim, clusters, spread, seed=0):
     )
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32)
+
+
+def tile_descriptors(args):
+    """Built-in descriptors of real tiles: a tile job's output, or a synthetic world cut up."""
+    from minewatch.embeddings import BandNorm, describe
+
+    if args.data == "synth":
+        import rasterio
+
+        from minewatch.synth import make_ground_truth
+
+        with tempfile.TemporaryDirectory() as tmp:
+            gt = make_ground_truth(tmp, size=args.synth_size, seed=0, frames=False)
+            images = []
+            for path in gt.scenes:
+                with rasterio.open(path) as src:
+                    index = [src.descriptions.index(b) + 1 for b in BANDS]
+                    images.append(np.moveaxis(src.read(index), 0, -1))
+        pixels = np.concatenate([im.reshape(-1, len(BANDS)) for im in images]).astype(np.float64)
+        norm = BandNorm(
+            dict(zip(BANDS, pixels.mean(0), strict=True)),
+            dict(zip(BANDS, pixels.std(0), strict=True)),
+        )
+        t = args.tile_px
+        valid = np.ones((t, t), bool)
+        return np.stack(
+            [
+                describe(im[r : r + t, c : c + t], valid, BANDS, norm)
+                for im in images
+                for r in range(0, im.shape[0] - t + 1, t)
+                for c in range(0, im.shape[1] - t + 1, t)
+            ]
+        )
+    import glob
+
+    from minewatch.spec import decode_tiles
+    from minewatch.tfrecord import read_records
+
+    with open(os.path.join(args.data, "stats.json")) as f:
+        norm = BandNorm.from_json(f.read())
+    out = []
+    for path in sorted(glob.glob(os.path.join(args.data, "tiles", "*.tfrecord"))):
+        with open(path, "rb") as f:
+            for tile in decode_tiles(list(read_records(f))):
+                if tile.valid.any():
+                    out.append(describe(tile.image, tile.valid, tile.bands, norm))
+    if not out:
+        raise SystemExit(f"{args.data}/tiles/*.tfrecord holds no tile: give a tile job's --out")
+    return np.stack(out)
+
+
+def load_vectors(args):
+    """``(all vectors [N, D] unit float32, a note)`` of ``--data``."""
+    from minewatch.embeddings import fit_whitening
+    from minewatch.neighbours import normalize
+
+    x = tile_descriptors(args)
+    x = x[np.all(np.isfinite(x), axis=1)]
+    note = f"{x.shape[0]} tile descriptors of {x.shape[1]} dims"
+    if args.whiten:
+        whitening = fit_whitening(x)
+        if whitening is not None:
+            x = whitening.apply(x)
+            note += ", whitened"
+    return normalize(x)[0], note
 
 
 def exact_numpy(x, k, threshold):
@@ -105,7 +186,7 @@ def run_method(method, args, x, workdir):
                 f.write(f"{s}\t{d}\t{w:f}\n{d}\t{s}\t{w:f}\n")
                 pairs.add((min(int(s), int(d)), max(int(s), int(d))))
         return time.perf_counter() - t, pairs
-    if method == "minewatch":
+    if method.startswith("minewatch"):
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -121,22 +202,30 @@ def run_method(method, args, x, workdir):
             shards.append((start, path))
         out = os.path.join(workdir, "edges")
         options = PipelineOptions(args.beam_args)
+        # The reference: the spill rule that was the default before spill_pairs.
+        spill = {"spill": 0.1, "spill_pairs": 0.0} if method == "minewatch_ref" else {}
         t = time.perf_counter()
-        with beam.Pipeline(options=options) as p:
-            edges = (
-                p
-                | "Shards" >> beam.Create(shards)
-                | "Reshuffle" >> beam.Reshuffle()
-                | "ReadShards" >> beam.MapTuple(_read_shard)
-                | "Similarity"
-                >> SimilarityEdges(
-                    k, thr, rounds=args.rounds, bucket_size=args.bucket_size, batched=True
-                )
-            )["edges"]
-            edges | "Write" >> beam.io.WriteToParquetBatched(
-                out, _schema(), file_name_suffix=".parquet"
+        p = beam.Pipeline(options=options)
+        edges = (
+            p
+            | "Shards" >> beam.Create(shards)
+            | "Reshuffle" >> beam.Reshuffle()
+            | "ReadShards" >> beam.MapTuple(_read_shard)
+            | "Similarity"
+            >> SimilarityEdges(
+                k, thr, rounds=args.rounds, bucket_size=args.bucket_size, batched=True, **spill
             )
+        )["edges"]
+        edges | "Write" >> beam.io.WriteToParquetBatched(
+            out, _schema(), file_name_suffix=".parquet"
+        )
+        result = p.run()
+        result.wait_until_finish()
         seconds = time.perf_counter() - t
+        from apache_beam.metrics.metric import MetricsFilter
+
+        query = result.metrics().query(MetricsFilter().with_name("pairs_compared"))
+        PAIRS[0] = sum(c.committed or 0 for c in query["counters"])
         import pyarrow.parquet as pq
 
         table = pq.read_table(
@@ -146,6 +235,10 @@ def run_method(method, args, x, workdir):
         cols = np.asarray(table.column("dst").to_pylist(), np.int64)
         return seconds, (rows, cols)
     raise ValueError(method)
+
+
+#: Pairs compared by the last minewatch run (its Beam counter), for the child's meta.json.
+PAIRS = [0]
 
 
 def _read_shard(start, path):
@@ -187,7 +280,7 @@ def _peak_rss_mb():
 
 
 def child(args):
-    x = make_data(args.n, args.dim, args.clusters, args.spread)
+    x = np.load(args.vectors)
     with tempfile.TemporaryDirectory() as workdir:
         seconds, result = run_method(args.method, args, x, workdir)
         rss = _peak_rss_mb()
@@ -203,14 +296,16 @@ def child(args):
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(u.ru_utime + u.ru_stime for u in usage)  # whole child, data making included
     with open(os.path.join(args.result, "meta.json"), "w") as f:
-        json.dump({"seconds": seconds, "rss_mb": rss, "cpu_s": cpu}, f)
+        json.dump({"seconds": seconds, "rss_mb": rss, "cpu_s": cpu, "pairs": PAIRS[0]}, f)
 
 
-def measure(args, method, n):
-    with tempfile.TemporaryDirectory() as result:
+def measure(args, method, x):
+    with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as result:
+        vectors = os.path.join(data, "vectors.npy")
+        np.save(vectors, x)
         cmd = [
-            sys.executable, __file__, "--child", method, "--n", str(n), "--result", result,
-            "--dim", str(args.dim), "--clusters", str(args.clusters), "--spread", str(args.spread),
+            sys.executable, __file__, "--child", method, "--n", str(x.shape[0]),
+            "--result", result, "--vectors", vectors,
             "--k", str(args.k), "--threshold", str(args.threshold), "--rounds", str(args.rounds),
             "--bucket-size", str(args.bucket_size), "--shard-rows", str(args.shard_rows),
             "--nsl-splits", str(args.nsl_splits), "--nsl-rounds", str(args.nsl_rounds),
@@ -228,9 +323,42 @@ def measure(args, method, n):
     return meta, files
 
 
+def exact_reference(x, args):
+    """Exact top-k of every node, or of 2,000 sampled nodes above ``--exact-max-n``."""
+    n = x.shape[0]
+    if n <= args.exact_max_n:
+        return exact_numpy(x, args.k, args.threshold), None
+    rng = np.random.default_rng(1)
+    sample = np.sort(rng.choice(n, 2000, replace=False))
+    tops, tss = [], []
+    for part in np.array_split(sample, 20):  # 100 rows x N at a time
+        sims = x[part] @ x.T
+        sims[np.arange(part.size), part] = -np.inf
+        top = np.argpartition(-sims, args.k, axis=1)[:, : args.k].copy()
+        tops.append(top)
+        tss.append(np.take_along_axis(sims, top, axis=1))
+    top, ts = np.concatenate(tops), np.concatenate(tss)
+    keep = ts >= args.threshold
+    return (np.broadcast_to(sample[:, None], top.shape)[keep], top[keep], ts[keep]), sample
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[5000, 20000, 50000])
+    parser.add_argument(
+        "--n", type=int, nargs="+", default=None,
+        help="sizes; default 5k, 20k, 50k clustered vectors, or all of --data's tiles "
+        "(smaller N: the first N of a fixed shuffle)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", default="clustered", help="clustered, synth, or a tile job's --out folder"
+    )
+    parser.add_argument("--synth-size", default="tiny", help="synthetic world size (--data synth)")
+    parser.add_argument("--tile-px", type=int, default=16, help="tile size (--data synth)")
+    parser.add_argument(
+        "--whiten", action=argparse.BooleanOptionalAction, default=True,
+        help="whiten tile descriptors as the graph job does",
+    )  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved runs per method")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--clusters", type=int, default=64)
     parser.add_argument("--spread", type=float, default=0.3, help="noise norm relative to a centre")
@@ -251,6 +379,7 @@ def main():
     parser.add_argument("--only", default=",".join(METHODS))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", help=argparse.SUPPRESS)
     args, beam_args = parser.parse_known_args()
     args.beam_args = beam_args
     if args.child:
@@ -258,56 +387,80 @@ def main():
         return child(args)
 
     methods = args.only.split(",")
-    print(f"dim={args.dim} clusters={args.clusters} spread={args.spread} k={args.k} "
-          f"threshold={args.threshold} cpus={os.cpu_count()}")  # fmt: skip
-    print(f"{'N':>9} {'method':<11} {'seconds':>9} {'recall':>7} {'peak RSS MB':>12}  note")
-    for n in args.n:
-        x = make_data(n, args.dim, args.clusters, args.spread)
-        exact = exact_numpy(x, args.k, args.threshold) if n <= args.exact_max_n else None
-        sample = None
-        if exact is None:  # a sampled check: exact top-k of 2,000 nodes against all
-            rng = np.random.default_rng(1)
-            sample = np.sort(rng.choice(n, 2000, replace=False))
-            tops, tss = [], []
-            for part in np.array_split(sample, 20):  # 100 rows x N at a time
-                sims = x[part] @ x.T
-                sims[np.arange(part.size), part] = -np.inf
-                top = np.argpartition(-sims, args.k, axis=1)[:, : args.k].copy()
-                tops.append(top)
-                tss.append(np.take_along_axis(sims, top, axis=1))
-            top, ts = np.concatenate(tops), np.concatenate(tss)
-            keep = ts >= args.threshold
-            exact = (np.broadcast_to(sample[:, None], top.shape)[keep], top[keep], ts[keep])
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"--only: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    real = None
+    if args.data == "clustered":
+        data_note = f"dim={args.dim} clusters={args.clusters} spread={args.spread}"
+    else:
+        real, data_note = load_vectors(args)
+        real = real[np.random.default_rng(2).permutation(real.shape[0])]
+    sizes = args.n or ([5000, 20000, 50000] if real is None else [real.shape[0]])
+    print(f"{data_note} k={args.k} threshold={args.threshold} bucket={args.bucket_size} "
+          f"rounds={args.rounds} cpus={os.cpu_count()}")  # fmt: skip
+    print(f"{'N':>9} {'method':<13} {'seconds':>9} {'recall':>7} {'peak RSS MB':>12}  note")
+    for n in sizes:
+        if real is None:
+            x = make_data(n, args.dim, args.clusters, args.spread)
+        else:
+            if n > real.shape[0]:
+                parser.error(f"--n {n}: --data has only {real.shape[0]} tiles")
+            x = real[:n]
+        exact, sample = exact_reference(x, args)
         pairs_exact = None
-        for method in methods:
-            limit = args.nsl_brute_max_n if method == "nsl_brute" else args.nsl_max_n
-            if method.startswith("nsl") and n > limit:
-                print(f"{n:>9} {method:<11} {'skipped':>9} {'':>7} {'':>12}  O(N^2) pure Python")
-                continue
-            meta, files = measure(args, method, n)
-            if method.startswith("nsl"):
-                if pairs_exact is None:
-                    s = x @ x.T
-                    iu = np.triu_indices(n, 1)
-                    pairs_exact = int((s[iu] >= args.threshold).sum())
-                    del s
-                recall = len(files["pairs.npy"]) / max(1, pairs_exact)
-                note = f"threshold graph: {len(files['pairs.npy'])} of {pairs_exact} pairs"
-            else:
-                recall = recall_topk(x, files["rows.npy"], files["cols.npy"], exact, args.k, sample)
-                note = f"{files['rows.npy'].size} edges" + (
-                    " (sampled recall)" if sample is not None else ""
+        runs = {}
+        # Interleaved (a, b, a, b, ...): a load change on the machine hits both alike.
+        for _ in range(args.repeats):
+            for method in methods:
+                limit = args.nsl_brute_max_n if method == "nsl_brute" else args.nsl_max_n
+                if method.startswith("nsl") and n > limit:
+                    print(f"{n:>9} {method:<13} {'skipped':>9} {'':>7} {'':>12}  O(N^2) Python")
+                    continue
+                meta, files = measure(args, method, x)
+                if method.startswith("nsl"):
+                    if pairs_exact is None:
+                        s = x @ x.T
+                        iu = np.triu_indices(n, 1)
+                        pairs_exact = int((s[iu] >= args.threshold).sum())
+                        del s
+                    recall = len(files["pairs.npy"]) / max(1, pairs_exact)
+                    note = f"threshold graph: {len(files['pairs.npy'])} of {pairs_exact} pairs"
+                else:
+                    rows, cols = files["rows.npy"], files["cols.npy"]
+                    recall = recall_topk(x, rows, cols, exact, args.k, sample)
+                    note = f"{rows.size} edges" + (
+                        " (sampled recall)" if sample is not None else ""
+                    )
+                    if method.startswith("minewatch"):
+                        per = meta["seconds"] / (n * np.log2(n)) * 1e6
+                        note += f"; {per:.3f} us per N log2 N; {meta['pairs'] / n:.0f} pairs/node"
+                if "cpu_s" in meta:  # less sensitive than wall clock to a shared machine
+                    note += f"; process CPU {meta['cpu_s']:.1f} s"
+                runs.setdefault(method, []).append((meta, recall))
+                print(
+                    f"{n:>9} {method:<13} {meta['seconds']:>9.2f} {recall:>7.4f} "
+                    f"{meta['rss_mb']:>12.0f}  {note}",
+                    flush=True,
                 )
-                if method == "minewatch":
-                    per = meta["seconds"] / (n * np.log2(n)) * 1e6
-                    note += f"; {per:.3f} us per N log2 N"
-            if "cpu_s" in meta:  # less sensitive than wall clock to a shared machine
-                note += f"; process CPU {meta['cpu_s']:.1f} s"
-            print(
-                f"{n:>9} {method:<11} {meta['seconds']:>9.2f} {recall:>7.4f} "
-                f"{meta['rss_mb']:>12.0f}  {note}",
-                flush=True,
-            )
+        if "minewatch" in runs and "minewatch_ref" in runs:
+            print(ratio_line(n, runs["minewatch"], runs["minewatch_ref"]), flush=True)
+
+
+def ratio_line(n, new, ref):
+    """new / ref of the medians: seconds, process CPU, pairs compared; both recalls."""
+
+    def median(runs, key):
+        return float(np.median([meta[key] for meta, _ in runs]))
+
+    ratios = "  ".join(
+        f"{key} x{median(new, key) / max(1e-9, median(ref, key)):.2f}"
+        for key in ("seconds", "cpu_s", "pairs")
+    )
+    return (
+        f"{n:>9} {'new / ref':<13} {ratios}  recall {np.median([r for _, r in new]):.4f} "
+        f"vs {np.median([r for _, r in ref]):.4f} (median of {len(new)} interleaved runs each)"
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,18 @@ Components, for ``C`` bands (``6 C + I`` values):
   the roles (:func:`minewatch.labels.band_roles`): NDVI (vegetation), NDWI
   (water) and the bare-soil index; they are already in ``[-1, 1]``.
 
+Centring by the band statistics is not enough for cosine similarity, though: the
+descriptor is not linear in the pixels (percentiles, logs of spreads, ratios),
+so its components are not centred over the job, and two directions (overall
+brightness and contrast) carry almost all of its variance. On the demo's 16,384
+tiles 99% of the top-10 neighbour cosines were >= 0.983. :func:`fit_whitening`
+fits a :class:`Whitening` to a sample of the job's descriptors: centre each
+component and rotate and scale so that every direction has unit variance (ZCA,
+with a little shrinkage), after which cosine similarity compares tiles in all
+the directions the descriptors vary in (median top-10 cosine 0.85 on the demo).
+Per-component standardisation alone (mean and std per component) was measured
+too: median 0.983, no spread, because the components are strongly correlated.
+
 A SavedModel embedding (:func:`load_saved_model`) is any model exported with a
 signature named ``embedding`` that takes the z-scored image batch
 ``float32 [B, H, W, C]`` (invalid pixels set to 0) and returns a
@@ -44,8 +56,10 @@ from minewatch.labels import band_roles
 __all__ = [
     "EMBEDDING_SIGNATURE",
     "BandNorm",
+    "Whitening",
     "describe",
     "descriptor_names",
+    "fit_whitening",
     "load_saved_model",
     "normalized_pixels",
 ]
@@ -174,6 +188,79 @@ def describe(
             index_values.append(_nd(raw[:, roles[a]], raw[:, roles[b]]))
     parts.append(np.asarray(index_values, np.float32))
     return np.concatenate([np.asarray(p, np.float32).ravel() for p in parts])
+
+
+#: Least shrinkage of the covariance toward its mean eigenvalue (see :func:`fit_whitening`).
+MIN_SHRINKAGE = 1e-3
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A fitted whitening: ``(v - mean) @ matrix`` has about unit covariance.
+
+    Attributes:
+        mean: float64 ``[D]`` mean of the fitted vectors.
+        matrix: float64 ``[D, D]`` symmetric ZCA matrix ``V diag(1 / sqrt(w + r)) V^T``.
+        rows: Vectors it was fitted to.
+        shrinkage: ``r`` as a fraction of the mean eigenvalue ``w``.
+    """
+
+    mean: np.ndarray
+    matrix: np.ndarray
+    rows: int
+    shrinkage: float
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors it whitens."""
+        return int(self.mean.size)
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        """Whiten ``[N, D]`` (or ``[D]``) vectors; float32, same shape."""
+        x = np.asarray(vectors, np.float64)
+        return ((x - self.mean) @ self.matrix).astype(np.float32)
+
+
+def fit_whitening(sample: np.ndarray) -> Whitening | None:
+    """Fit a ZCA whitening to a sample of vectors (rows).
+
+    The covariance's eigenvalues ``w`` get ``r = max(1e-3, D / rows) x mean(w)``
+    added before the inverse square root: the directions a small sample cannot
+    estimate (eigenvalues of the sample covariance scatter by about ``D / rows``
+    of their size) and near-constant ones are not blown up into noise. With many
+    rows it is close to full whitening; with few (``rows`` about ``D``) close to
+    centring and one common scale.
+
+    Args:
+        sample: ``[rows, D]`` vectors, finite; order does not matter beyond float
+            rounding (sort them for a bit-exact result).
+
+    Returns:
+        The whitening, or None where there is nothing to whiten: fewer than 2 rows,
+        or all rows equal (centring them would leave only zero vectors).
+
+    Raises:
+        ValueError: ``sample`` is not a 2-d array of finite values.
+    """
+    x = np.asarray(sample, np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"whitening needs a [rows, D] sample, not shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("whitening sample holds NaN or inf; dead-letter those vectors first")
+    rows, dim = x.shape
+    if rows < 2 or dim == 0:
+        return None
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / (rows - 1)
+    eig, vec = np.linalg.eigh(cov)
+    eig = np.clip(eig, 0.0, None)
+    scale = float(eig.mean())
+    if not scale > 0:
+        return None
+    shrinkage = max(MIN_SHRINKAGE, dim / rows)
+    matrix = (vec / np.sqrt(eig + shrinkage * scale)) @ vec.T
+    return Whitening(mean, (matrix + matrix.T) / 2, rows, shrinkage)
 
 
 def load_saved_model(

@@ -21,7 +21,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
-__all__ = ["NBR_PREFIX", "NUM_NBRS", "feature_entries", "pack_example", "select_neighbours"]
+__all__ = [
+    "NBR_PREFIX",
+    "NUM_NBRS",
+    "example_bytes",
+    "feature_entries",
+    "pack_example",
+    "select_neighbours",
+]
 
 #: Prefix of neighbour features (``nsl.configs.GraphNeighborConfig.prefix``).
 NBR_PREFIX = "NL_nbr_"
@@ -113,7 +120,8 @@ def feature_entries(record: bytes) -> list[tuple[str, bytes]]:
     return list(entries.items())
 
 
-def _example(entries: Iterable[tuple[str, bytes]]) -> bytes:
+def example_bytes(entries: Iterable[tuple[str, bytes]]) -> bytes:
+    """A serialized ``tf.train.Example`` holding ``entries`` (name, serialized Feature)."""
     features = b"".join(_ld(1, _ld(1, key.encode()) + _ld(2, value)) for key, value in entries)
     return _ld(1, features)
 
@@ -154,4 +162,4 @@ def pack_example(
         prefix = f"{NBR_PREFIX}{i}_"
         entries.append((prefix + "weight", _float_feature(weight)))
         entries.extend((prefix + name, value) for name, value in feature_entries(record))
-    return seed + _example(entries)
+    return seed + example_bytes(entries)

@@ -3,11 +3,16 @@
 Graph (every step labelled)::
 
     tiles/*.tfrecord ─ Read ─ Parse ─ Embed (RunInference) ─ Check ─┬─ vectors ─ Similarity ─┐
-          (corrupt files, bad records, failed embeddings) ─ dead    ├─ nodes ─┬─ Spatial ────┤
+          (corrupt files, bad records, failed embeddings) ─ dead    │  (Whitening first)      │
+                                                                    ├─ nodes ─┬─ Spatial ────┤
                                                                     │         └─ Temporal ───┤
           edges/ ─────────────────────────────────────────────── edges ─ Adjacency ─ graph.tsv
                                                                     │             │
                                                                     └─ examples ──┴─ Pack ─ packed/
+
+Whitening (:class:`WhitenVectors`, on for the built-in descriptor) fits a ZCA
+whitening to a bounded, key-chosen sample of the vectors, gathered by a combine,
+and applies it to every vector, so that cosine similarities spread.
 
 Similarity (:class:`SimilarityEdges`) never compares all pairs, and no step holds
 all vectors: a bounded sample (65,536 per dimension) fits a partition tree of
@@ -24,8 +29,9 @@ grid cells; temporal edges join tiles of different acquisitions with the same
 CRS and bounds, keyed by the rounded bounds. Neither compares all pairs.
 
 Packing follows NSL's ``pack_nbrs`` (see :mod:`minewatch.packing`): seeds are
-the labelled tiles, neighbours any tile; the neighbour features are joined by
-``CoGroupByKey`` on the neighbour id, never from a side input of all tiles.
+the labelled tiles, neighbours any tile, the ``pack_k`` best edges by weight
+whatever their kind; the neighbour features (``nbr_features`` of them) are joined
+by ``CoGroupByKey`` on the neighbour id, never from a side input of all tiles.
 
 The packed records go to ``packed/packed-SSSSS-of-NNNNN.tfrecord``
 (:class:`WritePackedShards`): ``NNNNN`` follows from the number and bytes of the
@@ -36,6 +42,11 @@ runner cut bundles (the trainer's input order is then the same in every run).
 Accounting (``stats.json``, checked by the tests)::
 
     tiles.read = tiles.embedded + sum(tiles.dead_lettered.values())
+
+``stats.json`` also says what the graph is worth, each figure summed by a combine:
+the similarity edges' cosine quantiles (``similarity_cosine``), the packed bytes
+against the plain ones (``packed_size``), and per class and edge kind the share
+of packed neighbours with the seed's label (``homophily``); ``docs/graph.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -66,7 +78,15 @@ from apache_beam.ml.inference.base import (
 )
 from apache_beam.pvalue import TaggedOutput
 
-from minewatch.embeddings import BandNorm, describe, load_saved_model, normalized_pixels
+from minewatch.embeddings import (
+    BandNorm,
+    Whitening,
+    describe,
+    fit_whitening,
+    load_saved_model,
+    normalized_pixels,
+)
+from minewatch.errors import ConfigError
 from minewatch.neighbours import (
     Candidates,
     PartitionTree,
@@ -80,8 +100,8 @@ from minewatch.neighbours import (
     split_bucket,
     topk_within,
 )
-from minewatch.packing import pack_example
-from minewatch.spec import Tile, decode_tiles
+from minewatch.packing import example_bytes, feature_entries, pack_example
+from minewatch.spec import FEATURES, Tile, decode_tiles
 from minewatch.tables import dead_letter_schema
 from minewatch.tfrecord import read_records, write_record
 from pipelines.options import run_pipeline
@@ -92,6 +112,7 @@ __all__ = [
     "SimilarityEdges",
     "SpatialEdges",
     "TemporalEdges",
+    "WhitenVectors",
     "WritePackedShards",
     "edges_schema",
     "output_paths",
@@ -108,6 +129,14 @@ EXAMPLES = "examples"
 LINES = "lines"
 
 SIMILARITY, SPATIAL, TEMPORAL = "similarity", "spatial", "temporal"
+KINDS = (SIMILARITY, SPATIAL, TEMPORAL)
+COUNTS = "counts"
+
+#: Neighbour features packed by default (``--nbr-features``): what a trainer reads
+#: of a neighbour (its pixels; ``nsl_models`` reads only ``image/raw``), its valid
+#: mask, and its id and label to check the graph by. The rest of a tile record
+#: (georeference, label mask, ...) would add ~25% to every neighbour.
+LEAN_NBR_FEATURES = ("image/raw", "mask/valid", "tile/id", "label/class")
 
 
 @dataclass(frozen=True)
@@ -120,12 +149,27 @@ class GraphConfig:
         norm: Per-band mean/std of the tile job (``stats.json``).
         embedding: ``builtin`` or a SavedModel directory with an ``embedding``
             signature.
-        k: Most similarity neighbours per tile, and most neighbours packed into
-            a labelled example. Default 10.
+        k: Most similarity neighbours per tile (edges written). Default 10.
         threshold: Least cosine similarity of a similarity edge. Default 0.8.
         rounds: Partition trees of the similarity search. Default 1.
         bucket_size: Most tiles per cell compared all-pairs. Default 16384.
         seed: Seed of the partition trees. Default 0.
+        pack_k: Most neighbours packed into a labelled example, the best by
+            weight over all edge kinds. Default 3 (what the trainer reads:
+            ``nsl_models/configs/tiles.yaml`` ``graph.max_neighbors``).
+        whiten: Whiten the embeddings (:func:`minewatch.embeddings.fit_whitening`,
+            fitted to a sample of the job's own vectors) before the similarity
+            search. None (default): for ``builtin`` only.
+        spill: Least fraction of the vectors at each partition cut that also go
+            to the other side. Default 0.
+        spill_pairs: Share of the sample's near-neighbour pairs each cut's spill
+            margin keeps together (:func:`minewatch.neighbours.build_tree`); 0 to
+            spill by ``spill`` alone. Default 0.9.
+        nbr_features: Features of a neighbour copied into the packed example;
+            None for all of them (exactly NSL's ``pack_nbrs``). Default
+            :data:`LEAN_NBR_FEATURES`.
+        classes: Class names by label index (the tile job's ``classes``), for
+            ``stats.json``'s homophily. Default none (indices as names).
         spatial_weight: Weight of spatial edges; 0 disables them. Default 0.5.
         temporal_weight: Weight of temporal edges; 0 disables them. Default 0.5.
         temporal_window: Each acquisition of a footprint links to this many
@@ -149,6 +193,12 @@ class GraphConfig:
     rounds: int = 1
     bucket_size: int = 16384
     seed: int = 0
+    pack_k: int = 3
+    whiten: bool | None = None
+    spill: float = 0.0
+    spill_pairs: float = 0.9
+    nbr_features: tuple[str, ...] | None = LEAN_NBR_FEATURES
+    classes: tuple[str, ...] = ()
     spatial_weight: float = 0.5
     temporal_weight: float = 0.5
     temporal_window: int = 4
@@ -156,6 +206,33 @@ class GraphConfig:
     undirected: bool = False
     batch_size: int = 256
     records_per_shard: int = 4096
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.k >= 1, "k", "must be at least 1"),
+            (self.pack_k >= 1, "pack_k", "must be at least 1"),
+            (-1 <= self.threshold <= 1, "threshold", "must be a cosine in [-1, 1]"),
+            (self.rounds >= 1, "rounds", "must be at least 1"),
+            (self.bucket_size >= 2, "bucket_size", "must be at least 2"),
+            (0 <= self.spill <= 0.5, "spill", "must be a fraction in [0, 0.5]"),
+            (0 <= self.spill_pairs <= 1, "spill_pairs", "must be a quantile in [0, 1]"),
+        ]
+        for ok, name, what in checks:
+            if not ok:
+                raise ConfigError(f"GraphConfig.{name} = {getattr(self, name)!r} {what}")
+        if self.nbr_features is not None:
+            unknown = sorted(set(self.nbr_features) - set(FEATURES))
+            if unknown or not self.nbr_features:
+                what = f"{unknown} are not tile features" if unknown else "is empty"
+                raise ConfigError(
+                    f"GraphConfig.nbr_features {what}; give some of {sorted(FEATURES)}, "
+                    "or None for all"
+                )
+
+    @property
+    def whitens(self) -> bool:
+        """Whether the job whitens its embeddings (``whiten``, or ``builtin`` when None)."""
+        return self.embedding == "builtin" if self.whiten is None else self.whiten
 
 
 def output_paths(out: str) -> dict[str, str]:
@@ -348,7 +425,7 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
         self._bad = Metrics.counter(_NS, "tiles_dead_lettered")
 
     def process(self, item: tuple[str, Any]) -> Iterator[Any]:
-        """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (labelled, record))``."""
+        """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (label, record))``."""
         tile_id, result = item
         parsed: ParsedTile = result.example
         tile = parsed.tile
@@ -375,7 +452,7 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
                 tile.row_off, tile.col_off, h, w, tile.acquired_unix,
             ),
         )  # fmt: skip
-        yield TaggedOutput(EXAMPLES, (tile_id, (tile.label >= 0, parsed.record)))
+        yield TaggedOutput(EXAMPLES, (tile_id, (int(tile.label), parsed.record)))
 
 
 def _failed_batch(item: tuple[Any, Any]) -> Iterator[dict[str, str]]:
@@ -453,36 +530,51 @@ class _SumByDim(beam.CombineFn):  # type: ignore[misc]
         return acc
 
 
-def _sample_rows(
-    item: tuple[int, VectorBatch], counts: dict[int, int], size: int
-) -> Iterator[tuple[int, np.ndarray]]:
-    """A uniform sample of about ``size`` rows per dimension, chosen by node key.
+def _sampled(keys: np.ndarray, fraction: float) -> np.ndarray:
+    """Rows kept in a uniform sample of ``fraction``, decided by the node keys.
 
     The key decides, not a random draw, so a retried bundle samples the same rows.
     """
+    return (keys.astype(np.float64) + 2.0**63) / 2.0**64 < fraction
+
+
+def _sample_rows(
+    item: tuple[int, VectorBatch], counts: dict[int, int], size: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """A uniform sample of about ``size`` rows per dimension: ``(dim, (keys, rows))``."""
     dim, batch = item
-    fraction = min(1.0, size / max(1, counts.get(dim, 1)))
-    uniform = (batch.keys.astype(np.float64) + 2.0**63) / 2.0**64
-    keep = uniform < fraction
+    keep = _sampled(batch.keys, min(1.0, size / max(1, counts.get(dim, 1))))
     if keep.any():
-        yield dim, batch.unit[keep]
+        yield dim, (batch.keys[keep], batch.unit[keep])
 
 
 class _Concat(beam.CombineFn):  # type: ignore[misc]
-    """Concatenate the sampled rows of one dimension (bounded by the sample size)."""
+    """Concatenate ``(keys, rows)`` parts of one dimension (a bounded sample), sorted by key.
 
-    def create_accumulator(self) -> list[np.ndarray]:
+    Sorted, the sample is the same array whatever order the runner merged the
+    parts in, so the trees and the whitening fitted to it are the same in every run.
+    """
+
+    def create_accumulator(self) -> list[tuple[np.ndarray, np.ndarray]]:
         return []
 
-    def add_input(self, acc: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
-        acc.append(rows)
+    def add_input(
+        self, acc: list[tuple[np.ndarray, np.ndarray]], part: tuple[np.ndarray, np.ndarray]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        acc.append(part)
         return acc
 
-    def merge_accumulators(self, accs: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
-        return [rows for acc in accs for rows in acc]
+    def merge_accumulators(
+        self, accs: Iterable[list[tuple[np.ndarray, np.ndarray]]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [part for acc in accs for part in acc]
 
-    def extract_output(self, acc: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(acc) if acc else np.zeros((0, 0), np.float32)
+    def extract_output(self, acc: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        if not acc:
+            return np.zeros((0, 0), np.float32)
+        keys = np.concatenate([k for k, _ in acc])
+        rows = np.concatenate([r for _, r in acc])
+        return rows[np.argsort(keys, kind="stable")]
 
 
 def _fit_trees(
@@ -493,6 +585,8 @@ def _fit_trees(
     threshold: float,
     spill: float,
     seed: int,
+    k: int = 10,
+    spill_pairs: float = 0.9,
 ) -> tuple[int, list[PartitionTree]]:
     """One partition tree per round; later rounds fit to a different 80% of the sample."""
     dim, sample = item
@@ -503,7 +597,16 @@ def _fit_trees(
             pick = np.random.default_rng([seed, dim, r]).random(sample.shape[0]) < 0.8
             rows = sample[pick]
         trees.append(
-            build_tree(rows, counts.get(dim, 0), leaf_size, threshold, spill, seed=seed * 1009 + r)
+            build_tree(
+                rows,
+                counts.get(dim, 0),
+                leaf_size,
+                threshold,
+                spill,
+                seed=seed * 1009 + r,
+                k=k,
+                spill_pairs=spill_pairs,
+            )
         )
     return dim, trees
 
@@ -628,10 +731,12 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
     Candidates come from a partition tree per round (:func:`build_tree`): 2-means
     cuts fitted to a bounded sample of the vectors, so that each leaf cell holds
     about ``bucket_size`` of them and near neighbours on either side of a cut
-    meet in a cell through spill. Batches of vectors are routed through the trees
-    at once and emitted as one element per ``(dim, round, cell)`` present in the
-    batch; each cell is grouped and compared exactly; a ``CombinePerKey`` on
-    shards of source nodes keeps each node's ``k`` best over all rounds. With
+    meet in a cell through spill (a margin per cut, wide enough to keep
+    ``spill_pairs`` of the sample's near-neighbour pairs together). Batches of
+    vectors are routed through the trees at once and emitted as one element per
+    ``(dim, round, cell)`` present in the batch; each cell is grouped and
+    compared exactly; a ``CombinePerKey`` on shards of source nodes keeps each
+    node's ``k`` best over all rounds. With
     ``N <= bucket_size`` there is one cell and the result is exact.
 
     Example:
@@ -649,8 +754,11 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
         seed: Seed of the trees. Default 0.
         batch_size: Vectors per batch (with ``batched=False``). Default 4096.
         shard_nodes: Nodes per top-k merge shard. Default 50,000.
-        spill: Fraction of the vectors at each cut that also go to the other
-            side. Default 0.1.
+        spill: Least fraction of the vectors at each cut that also go to the
+            other side. Default 0 (it was 0.1 with ``spill_pairs=0``, the rule
+            before ``spill_pairs``).
+        spill_pairs: Share of the sample's near-neighbour pairs each cut's margin
+            keeps together; 0 to spill by ``spill`` alone. Default 0.9.
         sample_size: Vectors per dimension the trees are fitted to. Default 65,536.
         batched: The input holds ``(ids, [n, D] array)`` batches instead of
             ``(id, vector)`` pairs. Default False.
@@ -665,11 +773,16 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
         seed: int = 0,
         batch_size: int = 4096,
         shard_nodes: int = 50_000,
-        spill: float = 0.1,
+        spill: float = 0.0,
         sample_size: int = 65_536,
         batched: bool = False,
+        spill_pairs: float = 0.9,
     ) -> None:
         super().__init__()
+        if not 0 <= spill <= 0.5:
+            raise ConfigError(f"spill = {spill!r} must be a fraction in [0, 0.5]")
+        if not 0 <= spill_pairs <= 1:
+            raise ConfigError(f"spill_pairs = {spill_pairs!r} must be a quantile in [0, 1]")
         self._k = k
         self._threshold = threshold
         self._rounds = rounds
@@ -680,6 +793,7 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
         self._spill = spill
         self._sample_size = sample_size
         self._batched = batched
+        self._spill_pairs = spill_pairs
 
     def expand(self, pairs: beam.PCollection) -> dict[str, beam.PCollection]:
         """Return ``edges`` (pyarrow Tables) and ``dead_letter`` rows (bad vectors)."""
@@ -710,6 +824,8 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
                 threshold=self._threshold,
                 spill=self._spill,
                 seed=self._seed,
+                k=self._k,
+                spill_pairs=self._spill_pairs,
             )
         )
         edges = (
@@ -727,6 +843,136 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
             | "EdgeTables" >> beam.MapTuple(lambda _, cands: similarity_table(cands))
         )
         return {"edges": edges, "dead_letter": prepared[DEAD]}
+
+
+# -- whitening ------------------------------------------------------------------------
+
+
+def _count_dim(item: tuple[str, np.ndarray]) -> dict[int, int]:
+    return {int(np.asarray(item[1]).size): 1}
+
+
+def _whitening_sample(
+    item: tuple[str, np.ndarray], counts: dict[int, int], size: int
+) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """``(dim, (key, row))`` for the vectors in a uniform sample of about ``size`` per dim."""
+    node_id, vec = item
+    v = np.asarray(vec, np.float32).ravel()
+    key = node_keys([node_id])
+    if _sampled(key, min(1.0, size / max(1, counts.get(v.size, 1))))[0]:
+        yield v.size, (key, v[None, :])
+
+
+def _fit_whitening(item: tuple[int, np.ndarray]) -> tuple[int, Whitening | None]:
+    dim, sample = item
+    return dim, fit_whitening(sample)
+
+
+def _whiten(
+    item: tuple[str, np.ndarray], whitenings: dict[int, Whitening | None]
+) -> tuple[str, np.ndarray]:
+    node_id, vec = item
+    v = np.asarray(vec, np.float32).ravel()
+    w = whitenings.get(v.size)
+    return node_id, v if w is None else w.apply(v)
+
+
+class WhitenVectors(beam.PTransform):  # type: ignore[misc]
+    """``(id, vector)`` pairs, whitened with statistics of the vectors themselves.
+
+    Per dimension, a uniform sample of about ``sample_size`` vectors (chosen by
+    node key, as the partition trees' sample is; all of them when there are
+    fewer) is gathered by a combine, sorted by key, and a ZCA whitening is fitted
+    to it (:func:`minewatch.embeddings.fit_whitening`); every vector is then
+    whitened with it (a side input of ``D x D`` numbers per dimension). No step
+    holds more than the sample. A dimension with fewer than 2 vectors, or
+    vectors that are all equal, is passed through unchanged.
+
+    Why a sample and not sums over all vectors: the sorted sample gives the same
+    whitening, bit for bit, whatever order the runner merges bundles in (sums of
+    floats do not), so the packed weights do not change between runs; 65,536
+    vectors estimate a covariance of a few hundred dimensions well.
+
+    Args:
+        sample_size: Vectors per dimension the whitening is fitted to. Default 65,536.
+
+    Returns (from ``expand``):
+        A dict: ``vectors`` (whitened pairs) and ``whitening`` (one
+        ``(dim, Whitening or None)`` per dimension).
+    """
+
+    def __init__(self, sample_size: int = 65_536) -> None:
+        super().__init__()
+        self._sample_size = sample_size
+
+    def expand(self, pairs: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Count per dimension, sample, fit, whiten."""
+        counts = beam.pvalue.AsSingleton(
+            pairs
+            | "CountDims" >> beam.Map(_count_dim)
+            | "SumDims" >> beam.CombineGlobally(_SumByDim())
+        )
+        fitted = (
+            pairs
+            | "SampleVectors" >> beam.FlatMap(_whitening_sample, counts, self._sample_size)
+            | "GatherSample" >> beam.CombinePerKey(_Concat())
+            | "FitWhitening" >> beam.Map(_fit_whitening)
+        )
+        whitened = pairs | "Whiten" >> beam.Map(_whiten, beam.pvalue.AsDict(fitted))
+        return {"vectors": whitened, "whitening": fitted}
+
+
+#: Bins of the similarity-cosine histogram in ``stats.json`` (width 1e-4 over [-1, 1]).
+_COSINE_BINS = 20_001
+_QUANTILES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
+
+
+def _cosine_histogram(table: pa.Table) -> Iterator[np.ndarray]:
+    """Counts of a table's similarity-edge weights in :data:`_COSINE_BINS` bins (if any)."""
+    similar = table.filter(pc.equal(table.column("kind"), SIMILARITY))
+    if similar.num_rows:
+        w = similar.column("weight").to_numpy().astype(np.float64)
+        bins = np.clip(np.rint((w + 1.0) * 1e4), 0, _COSINE_BINS - 1).astype(np.int64)
+        yield np.bincount(bins, minlength=_COSINE_BINS)
+
+
+class _SumHistograms(beam.CombineFn):  # type: ignore[misc]
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(_COSINE_BINS, np.int64)
+
+    def add_input(self, acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        acc += counts
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[np.ndarray]) -> np.ndarray:
+        out = self.create_accumulator()
+        for acc in accs:
+            out += acc
+        return out
+
+    def extract_output(self, acc: np.ndarray) -> np.ndarray:
+        return acc
+
+
+def _cosine_summary(histogram: np.ndarray) -> dict[str, Any]:
+    """``stats.json``'s ``similarity_cosine``: count, min, mean, max and quantiles.
+
+    Values are read from a histogram of 1e-4-wide bins (to 4 decimals).
+    """
+    n = int(histogram.sum())
+    if not n:
+        return {"edges": 0}
+    centres = np.arange(histogram.size) / 1e4 - 1.0
+    cum = np.cumsum(histogram)
+    present = np.flatnonzero(histogram)
+    quantiles = {str(q): round(float(centres[np.searchsorted(cum, q * n)]), 4) for q in _QUANTILES}
+    return {
+        "edges": n,
+        "min": round(float(centres[present[0]]), 4),
+        "mean": round(float(histogram @ centres / n), 4),
+        "max": round(float(centres[present[-1]]), 4),
+        "quantiles": quantiles,
+    }
 
 
 # -- spatial and temporal edges -------------------------------------------------------
@@ -847,8 +1093,10 @@ def _rows_table(rows: Sequence[tuple[str, str, float, str]]) -> pa.Table:
 # -- graph file and packing -----------------------------------------------------------
 
 
-def _directed(table: pa.Table, undirected: bool) -> Iterator[tuple[str, tuple[str, float, bool]]]:
-    """``(src, (dst, weight, reversed))`` per edge; also reversed ones when undirected.
+def _directed(
+    table: pa.Table, undirected: bool
+) -> Iterator[tuple[str, tuple[str, float, str, bool]]]:
+    """``(src, (dst, weight, kind, reversed))`` per edge; also reversed ones when undirected.
 
     Weights are float32 values carried as Python floats, so ``repr`` writes them
     exactly and NSL's ``float()`` reads back the same number.
@@ -856,65 +1104,104 @@ def _directed(table: pa.Table, undirected: bool) -> Iterator[tuple[str, tuple[st
     src = table.column("src").to_pylist()
     dst = table.column("dst").to_pylist()
     weight = table.column("weight").to_pylist()
-    for s, d, w in zip(src, dst, weight, strict=True):
-        yield s, (d, w, False)
+    kind = table.column("kind").to_pylist()
+    for s, d, w, k in zip(src, dst, weight, kind, strict=True):
+        yield s, (d, w, k, False)
         if undirected:
-            yield d, (s, w, True)
+            yield d, (s, w, k, True)
 
 
-def _adjacency(item: tuple[str, Iterable[tuple[str, float, bool]]]) -> Iterator[Any]:
-    """Max weight per target: TSV lines of the directed graph; the (un)directed adjacency."""
+def _adjacency(item: tuple[str, Iterable[tuple[str, float, str, bool]]]) -> Iterator[Any]:
+    """Max weight per target: TSV lines of the directed graph; the (un)directed adjacency.
+
+    The adjacency is ``(src, [(dst, weight, kind), ...])``: the kind of the edge
+    that gave the weight (of equal weights, the kind last in alphabetical order).
+    """
     src, edges = item
     directed: dict[str, float] = {}
-    both: dict[str, float] = {}
-    for dst, w, rev in edges:
+    both: dict[str, tuple[float, str]] = {}
+    for dst, w, kind, rev in edges:
         if not rev and w > directed.get(dst, -math.inf):
             directed[dst] = w
-        if w > both.get(dst, -math.inf):
-            both[dst] = w
+        if (w, kind) > both.get(dst, (-math.inf, "")):
+            both[dst] = (w, kind)
     for dst, w in sorted(directed.items()):
         yield TaggedOutput(LINES, f"{src}\t{dst}\t{w!r}")
-    yield src, sorted(both.items())
+    yield src, sorted((dst, w, kind) for dst, (w, kind) in both.items())
 
 
 def _seeds_and_requests(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    """For a labelled tile: its record (``seeds``) and one request per out-edge."""
+    """For a labelled tile: ``(id, (label, record))`` (``seeds``) and one request per out-edge."""
     node_id, groups = item
     examples, adjacency = groups["example"], groups["adjacency"]
     if not examples:
         return
-    labelled, record = examples[0]
-    if not labelled:
+    label, record = examples[0]
+    if label < 0:
         return
-    yield TaggedOutput("seeds", (node_id, record))
+    yield TaggedOutput("seeds", (node_id, (label, record)))
     for nbrs in adjacency:
-        for dst, w in nbrs:
-            yield dst, (node_id, w)
+        for dst, w, kind in nbrs:
+            yield dst, (node_id, w, kind)
 
 
-def _answer_requests(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-    """Send the neighbour's record to every seed that asked; unknown targets are dropped."""
+def _keep_features(record: bytes, names: frozenset[str]) -> bytes:
+    """The Example with only the features in ``names``."""
+    return example_bytes([(n, v) for n, v in feature_entries(record) if n in names])
+
+
+def _answer_requests(
+    item: tuple[str, dict[str, list[Any]]], features: frozenset[str] | None = None
+) -> Iterator[Any]:
+    """Send the neighbour's record (``features`` of it) to every seed that asked.
+
+    Yields ``(seed id, (weight, nbr id, record, nbr label, edge kind))``; targets
+    without an Example are dropped, as ``pack_nbrs`` does.
+    """
     nbr_id, groups = item
-    if not groups["example"]:
-        return  # pack_nbrs skips edge targets without an Example
-    _, record = groups["example"][0]
-    for seed_id, w in groups["request"]:
-        yield seed_id, (w, nbr_id, record)
+    if not groups["example"] or not groups["request"]:
+        return
+    label, record = groups["example"][0]
+    if features is not None:
+        record = _keep_features(record, features)
+    for seed_id, w, kind in groups["request"]:
+        yield seed_id, (w, nbr_id, record, label, kind)
 
 
 class PackNeighbours(beam.DoFn):  # type: ignore[misc]
-    """Merge a seed's best neighbours into it (:func:`minewatch.packing.pack_example`)."""
+    """Merge a seed's best neighbours into it (:func:`minewatch.packing.pack_example`).
+
+    The choice is ``pack_nbrs``'s (:func:`minewatch.packing.select_neighbours`):
+    by ``(weight, id)`` decreasing, whatever the edge kind, at most ``max_nbrs``.
+    Besides the record, each seed yields its counts (``counts`` output) for
+    ``stats.json``: bytes before and after packing, and per edge kind how many
+    chosen neighbours are labelled and how many share the seed's label.
+    """
 
     def __init__(self, max_nbrs: int | None) -> None:
         self._max = max_nbrs
         self._packed = Metrics.counter(_NS, "examples_packed")
 
-    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, bytes]]:
-        """Yield ``(tile id, packed record)`` of a seed."""
+    def process(self, item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+        """Yield ``(tile id, packed record)`` of a seed; ``counts``: a dict of counts."""
         seed_id, groups = item
-        for record in groups["seed"]:
+        ranked = sorted(groups["nbr"], key=lambda n: (n[0], n[1]), reverse=True)
+        chosen = ranked if self._max is None else ranked[: self._max]
+        for label, record in groups["seed"]:
             self._packed.inc()
-            yield seed_id, pack_example(record, groups["nbr"], self._max)
+            packed = pack_example(record, [(w, i, r) for w, i, r, _, _ in chosen])
+            yield seed_id, packed
+            counts = collections.Counter(
+                {"packed": 1, "packed_bytes": len(packed), "seed_bytes": len(record)}
+            )
+            counts[f"homophily.{label}.seeds"] += 1
+            for _, _, _, nbr_label, kind in chosen:
+                for k in (kind, "all"):
+                    prefix = f"homophily.{label}.{k}"
+                    counts[f"{prefix}.neighbours"] += 1
+                    counts[f"{prefix}.labelled"] += nbr_label >= 0
+                    counts[f"{prefix}.same"] += nbr_label == label
+            yield TaggedOutput(COUNTS, dict(counts))
 
 
 #: Bytes of packed records per file, on average: a shard is sorted in memory.
@@ -1081,8 +1368,19 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         ).with_outputs(DEAD, NODES, EXAMPLES, main="vectors")
         dead.append(checked[DEAD])
 
-        similar = checked.vectors | "Similarity" >> SimilarityEdges(
-            c.k, c.threshold, c.rounds, c.bucket_size, c.seed
+        vectors = checked.vectors
+        whitening = None
+        if c.whitens:
+            whitened = vectors | "Whitening" >> WhitenVectors()
+            vectors, whitening = whitened["vectors"], whitened["whitening"]
+        similar = vectors | "Similarity" >> SimilarityEdges(
+            c.k,
+            c.threshold,
+            c.rounds,
+            c.bucket_size,
+            c.seed,
+            spill=c.spill,
+            spill_pairs=c.spill_pairs,
         )
         dead.append(similar["dead_letter"])
         other: list[beam.PCollection] = []
@@ -1114,7 +1412,8 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         adjacency[LINES] | "WriteGraphTsv" >> beam.io.WriteToText(
             paths["graph"], num_shards=1, shard_name_template=""
         )
-        keyed = self._pack(checked[EXAMPLES], adjacency.adjacency)
+        packing = self._pack(checked[EXAMPLES], adjacency.adjacency)
+        keyed = packing.packed
         packed = keyed | "PackedRecords" >> beam.Values()
         # Temporary files of the packed shards; only the job's finalize moves them.
         temp_dir = posixpath.join(c.out, f".tmp-{uuid.uuid4().hex[:12]}")
@@ -1131,12 +1430,22 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         counts.append(checked.vectors | "CountEmbedded" >> beam.Map(lambda _: {"embedded": 1}))
         counts.append(edges | "CountEdges" >> beam.Map(_count_kinds))
         counts.append(adjacency[LINES] | "CountLines" >> beam.Map(lambda _: {"graph_lines": 1}))
-        counts.append(packed | "CountPacked" >> beam.Map(lambda _: {"packed": 1}))
+        counts.append(packing[COUNTS])
+        counts.append(
+            checked[EXAMPLES] | "CountTileBytes" >> beam.Map(lambda e: {"tile_bytes": len(e[1][1])})
+        )
         totals = (
             counts
             | "AllCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombineGlobally(_SumCounts())
         )
+        cosines = (
+            edges
+            | "CosineHistogram" >> beam.FlatMap(_cosine_histogram)
+            | "SumHistograms" >> beam.CombineGlobally(_SumHistograms())
+        )
+        if whitening is None:
+            whitening = pbegin | "NoWhitening" >> beam.Create([])
         stats = (
             pbegin
             | "FinalizeTrigger" >> beam.Create([None])
@@ -1146,6 +1455,9 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
                 counts=beam.pvalue.AsSingleton(totals),
                 stats_path=paths["stats"],
                 header={**self._header, "options": _options(c)},
+                config=c,
+                cosines=beam.pvalue.AsSingleton(cosines),
+                whitening=beam.pvalue.AsList(whitening),
                 packed_files=beam.pvalue.AsList(written["files"]),
                 packed_shards=beam.pvalue.AsSingleton(written["shards"]),
                 packed_dir=paths["packed"],
@@ -1154,9 +1466,13 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         )
         return {"edges": edges, "dead_letter": dead_rows, "packed": packed, "stats": stats}
 
-    def _pack(self, examples: beam.PCollection, adjacency: beam.PCollection) -> beam.PCollection:
-        """Three joins, each keyed by one node: seed -> requests -> neighbour records -> seed."""
+    def _pack(self, examples: beam.PCollection, adjacency: beam.PCollection) -> Any:
+        """Three joins, each keyed by one node: seed -> requests -> neighbour records -> seed.
+
+        Returns the ``Pack`` step's outputs: ``packed`` (``(id, record)``) and ``counts``.
+        """
         c = self._config
+        features = None if c.nbr_features is None else frozenset(c.nbr_features)
         asked = (
             {"example": examples, "adjacency": adjacency}
             | "JoinSeedEdges" >> beam.CoGroupByKey()
@@ -1166,12 +1482,12 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         nbrs = (
             {"example": examples, "request": asked.requests}
             | "JoinNeighbourRecords" >> beam.CoGroupByKey()
-            | "AnswerRequests" >> beam.FlatMap(_answer_requests)
+            | "AnswerRequests" >> beam.FlatMap(_answer_requests, features=features)
         )
         return (
             {"seed": asked.seeds, "nbr": nbrs}
             | "JoinSeedNeighbours" >> beam.CoGroupByKey()
-            | "Pack" >> beam.ParDo(PackNeighbours(c.k))
+            | "Pack" >> beam.ParDo(PackNeighbours(c.pack_k)).with_outputs(COUNTS, main="packed")
         )
 
 
@@ -1205,7 +1521,72 @@ class _SumCounts(beam.CombineFn):  # type: ignore[misc]
 def _options(c: GraphConfig) -> dict[str, Any]:
     options = asdict(c)
     options.pop("norm")
+    options.pop("classes")
+    options["whiten"] = c.whitens
     return options
+
+
+def _homophily(counts: dict[str, int], classes: Sequence[str]) -> dict[str, Any]:
+    """``stats.json``'s ``homophily`` from the ``homophily.<label>.<kind>.<count>`` counts."""
+    by_label: dict[int, dict[str, dict[str, int]]] = {}
+    seeds: collections.Counter[int] = collections.Counter()
+    for key, value in counts.items():
+        if not key.startswith("homophily."):
+            continue
+        _, index, rest = key.split(".", 2)
+        if rest == "seeds":
+            seeds[int(index)] += value
+            continue
+        kind, what = rest.rsplit(".", 1)
+        by_label.setdefault(int(index), {}).setdefault(kind, {})[what] = value
+
+    def section(kinds: dict[str, dict[str, int]]) -> dict[str, Any]:
+        out = {}
+        for kind in (*KINDS, "all"):
+            c = kinds.get(kind, {})
+            n, labelled, same = c.get("neighbours", 0), c.get("labelled", 0), c.get("same", 0)
+            share = round(same / labelled, 4) if labelled else None
+            out[kind] = {"neighbours": n, "labelled": labelled, "same": same, "share": share}
+        return out
+
+    if not seeds:
+        return {}
+    total: dict[str, dict[str, int]] = {}
+    for kinds in by_label.values():
+        for kind, c in kinds.items():
+            acc = total.setdefault(kind, {})
+            for what, v in c.items():
+                acc[what] = acc.get(what, 0) + v
+    by_class = {}
+    for label in sorted(seeds):
+        name = classes[label] if 0 <= label < len(classes) else str(label)
+        by_class[name] = {"seeds": seeds[label], **section(by_label.get(label, {}))}
+    return {"all": {"seeds": sum(seeds.values()), **section(total)}, "by_class": by_class}
+
+
+def _packed_size(counts: dict[str, int], pack_k: int) -> dict[str, Any]:
+    """``stats.json``'s ``packed_size``: bytes of the packed records against the plain ones."""
+    packed, plain = counts.get("packed_bytes", 0), counts.get("seed_bytes", 0)
+    return {
+        "records": counts.get("packed", 0),
+        "bytes": packed,
+        "plain_bytes": plain,
+        "ratio": round(packed / plain, 4) if plain else None,
+        "target_ratio": 1 + pack_k,
+        "tiles_bytes": counts.get("tile_bytes", 0),
+    }
+
+
+def _embedding_stats(c: GraphConfig, whitening: Sequence[Any]) -> dict[str, Any]:
+    fitted = {
+        str(dim): (
+            {"sample": w.rows, "shrinkage": round(w.shrinkage, 6)}
+            if w is not None
+            else "not whitened: fewer than 2 vectors, or all equal"
+        )
+        for dim, w in sorted(whitening)
+    }
+    return {"name": c.embedding, "whiten": c.whitens, "whitening": fitted}
 
 
 def _finalize(
@@ -1217,14 +1598,19 @@ def _finalize(
     packed_shards: int,
     packed_dir: str,
     temp_dir: str,
+    config: GraphConfig | None = None,
+    cosines: np.ndarray | None = None,
+    whitening: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Move the packed shards into place, then write ``stats.json``.
 
     ``packed_files`` are the committed shards, ``packed/<attempt>/<name>``
     relative to ``temp_dir``; a shard number that no record hashed to gets an
     empty file, so ``packed-*-of-NNNNN`` is complete. ``stats.json``: tiles in =
-    embedded + dead-lettered; edges by kind.
+    embedded + dead-lettered; edges by kind; the embedding and its whitening; the
+    similarity edges' cosines; packed sizes; homophily of the packed neighbours.
     """
+    c = config or GraphConfig("", "")
     if "://" not in packed_dir:
         os.makedirs(packed_dir, exist_ok=True)
     written = set()
@@ -1259,7 +1645,15 @@ def _finalize(
         "edges": {**edges, "total": sum(edges.values())},
         "graph_lines": counts.get("graph_lines", 0),
         "packed": counts.get("packed", 0),
+        "embedding": _embedding_stats(c, whitening),
+        "similarity_cosine": _cosine_summary(
+            cosines if cosines is not None else np.zeros(_COSINE_BINS, np.int64)
+        ),
+        "packed_size": _packed_size(counts, c.pack_k),
+        "homophily": _homophily(counts, c.classes),
     }
+    if c.classes:
+        stats["classes"] = list(c.classes)
     with FileSystems.create(stats_path) as f:
         f.write(json.dumps(stats, indent=2, default=str).encode())
     return stats

@@ -22,6 +22,10 @@ from minewatch.cli.options import (
     with_profile,
 )
 
+#: ``--nbr-features``' default, ``pipelines.similarity_graph.LEAN_NBR_FEATURES`` (the
+#: command does not import Beam to answer ``--help``; a test keeps the two equal).
+LEAN_NBR_FEATURES = ("image/raw", "mask/valid", "tile/id", "label/class")
+
 
 @click.command(
     short_help="Build the tile similarity graph and pack neighbours for NSL (Beam job).",
@@ -35,7 +39,16 @@ from minewatch.cli.options import (
     type=click.IntRange(1, 1000),
     default=10,
     show_default=True,
-    help="Most similarity neighbours per tile, and most neighbours packed per example.",
+    help="Most similarity neighbours per tile (edges written; --pack-k: how many are packed).",
+)
+@click.option(
+    "--pack-k",
+    "pack_k",
+    type=click.IntRange(1, 1000),
+    default=3,
+    show_default=True,
+    help="Most neighbours packed per labelled example, the best by weight over all edge "
+    "kinds (the trainer reads graph.max_neighbors of them).",
 )
 @click.option(
     "--threshold",
@@ -52,6 +65,12 @@ from minewatch.cli.options import (
     help="Built-in descriptor, or a SavedModel with an 'embedding' signature.",
 )
 @click.option(
+    "--whiten/--no-whiten",
+    default=None,
+    help="Whiten the embeddings with the job's own statistics before the similarity "
+    "search, so that cosines spread.  [default: on for builtin, off for a SavedModel]",
+)
+@click.option(
     "--rounds",
     type=click.IntRange(1, 64),
     default=1,
@@ -64,6 +83,21 @@ from minewatch.cli.options import (
     default=16384,
     show_default=True,
     help="Most tiles per cell compared all-pairs (more cells above it).",
+)
+@click.option(
+    "--spill-pairs",
+    type=click.FloatRange(0, 1),
+    default=0.9,
+    show_default=True,
+    help="Share of a sample's near-neighbour pairs each partition cut keeps together "
+    "(its spill margin); 0: spill by --spill alone.",
+)
+@click.option(
+    "--spill",
+    type=click.FloatRange(0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="Least fraction of the tiles at each partition cut that also go to the other side.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Partition tree seed.")
 @click.option(
@@ -90,6 +124,14 @@ from minewatch.cli.options import (
 @click.option(
     "--undirected", is_flag=True, help="Pack with every edge both ways (pack_nbrs' flag)."
 )
+@click.option(
+    "--nbr-features",
+    default=",".join(LEAN_NBR_FEATURES),
+    show_default=True,
+    metavar="all|FEATURE,...",
+    help="Tile features of a neighbour copied into a packed example; 'all' for every "
+    "one (exactly NSL's pack_nbrs).",
+)
 @overwrite_opt
 @profile_opt
 @click.pass_context
@@ -101,7 +143,8 @@ def graph(ctx: click.Context, /, **params: Any) -> None:
 
     Writes DIR/edges/ (Parquet: src, dst, weight, kind), DIR/graph.tsv (NSL's
     src<TAB>dst<TAB>weight), DIR/packed/ (TFRecords with NL_nbr_* features),
-    DIR/dead_letter/ (Parquet) and DIR/stats.json.
+    DIR/dead_letter/ (Parquet) and DIR/stats.json (with the similarity cosines,
+    packed sizes and the homophily of the packed neighbours).
 
     \b
     Examples:
@@ -109,6 +152,7 @@ def graph(ctx: click.Context, /, **params: Any) -> None:
       minewatch graph out/tiles --out out/graph --k 5 --threshold 0.9 \\
           --embedding models/classifier --direct_num_workers=2 \\
           --direct_running_mode=multi_processing
+      minewatch graph out/tiles --out out/graph --pack-k 2 --temporal-weight 0.9
     """
     stats = execute(params, extra=ctx.args)
     click.echo(summary(stats) if stats is not None else DRY_RUN)
@@ -129,6 +173,7 @@ def build(
     Raises:
         click.BadParameter: An option cannot work; the message names it.
     """
+    import json
     import posixpath
 
     from apache_beam.io.filesystems import FileSystems
@@ -157,7 +202,10 @@ def build(
             param_hint="TILES_DIR",
         )
     with FileSystems.open(stats_path) as f:
-        norm = BandNorm.from_json(f.read())
+        tile_stats = json.loads(f.read())
+    norm = BandNorm.from_stats(tile_stats)
+    classes = tuple(str(c) for c in tile_stats.get("classes") or ())
+    nbr_features = _nbr_features(params["nbr_features"])
     embedding = params["embedding"]
     if embedding != "builtin":
         if "://" not in embedding:
@@ -181,6 +229,12 @@ def build(
         rounds=params["rounds"],
         bucket_size=params["bucket_size"],
         seed=params["seed"],
+        pack_k=params["pack_k"],
+        whiten=params["whiten"],
+        spill=params["spill"],
+        spill_pairs=params["spill_pairs"],
+        nbr_features=nbr_features,
+        classes=classes,
         spatial_weight=params["spatial_weight"],
         temporal_weight=params["temporal_weight"],
         temporal_window=params["temporal_window"],
@@ -192,6 +246,24 @@ def build(
         "tiles_dir": tiles_dir,
     }
     return config, with_profile(params.get("profile"), "graph", beam_args), header
+
+
+def _nbr_features(value: str) -> tuple[str, ...] | None:
+    """``--nbr-features``: None for ``all``, else known tile feature names."""
+    from minewatch.spec import FEATURES
+
+    if value.strip() == "all":
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown or not names:
+        what = f"{', '.join(unknown)}: not tile features" if unknown else "no feature named"
+        raise click.BadParameter(
+            f"{what}; give 'all' or some of {', '.join(FEATURES)} "
+            "(docs/tiles.md); the trainer needs image/raw",
+            param_hint="--nbr-features",
+        )
+    return names
 
 
 def _prepare_out(out: str, overwrite: bool) -> None:
@@ -248,6 +320,18 @@ def summary(stats: dict[str, Any]) -> str:
         ("graph.tsv lines", stats["graph_lines"]),
         ("packed examples", stats["packed"]),
     ]
+    cosine = stats.get("similarity_cosine") or {}
+    if cosine.get("edges"):
+        q = cosine["quantiles"]
+        rows.append(("similarity cosine q01/q50/q99", f"{q['0.01']}/{q['0.5']}/{q['0.99']}"))
+    size = stats.get("packed_size") or {}
+    if size.get("ratio") is not None:
+        rows.append(
+            ("packed bytes / plain bytes", f"{size['ratio']} (target <= {size['target_ratio']})")
+        )
+    homophily = (stats.get("homophily") or {}).get("all") or {}
+    if homophily:
+        rows.append(("packed neighbours, same label", homophily["all"]["share"]))
     return rows_table(rows)
 
 

@@ -7,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from minewatch.embeddings import BandNorm, describe, descriptor_names, load_saved_model
+from minewatch.embeddings import (
+    BandNorm,
+    describe,
+    descriptor_names,
+    fit_whitening,
+    load_saved_model,
+)
 
 BANDS = ("B02", "B03", "B04", "B08")
 NORM = BandNorm({b: 1000.0 for b in BANDS}, {b: 100.0 for b in BANDS})
@@ -72,6 +78,53 @@ def test_nan_pixels_give_non_finite():
     image = np.full((4, 4, 4), 1000.0, np.float32)
     image[0, 0, 0] = np.nan
     assert not np.isfinite(describe(image, np.ones((4, 4), bool), BANDS, NORM)).all()
+
+
+def test_whitening_gives_unit_covariance():
+    rng = np.random.default_rng(0)
+    # Rotated components of very different scales, offset from zero (as the
+    # descriptor's percentiles, log spreads and textures are), one almost constant.
+    rotation, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    x = (rng.standard_normal((20_000, 4)) * [3.0, 1.0, 0.3, 0.002]) @ rotation + [5, -3, -7, 0]
+    w = fit_whitening(x)
+    assert w is not None and w.dim == 4 and w.rows == 20_000
+    z = w.apply(x)
+    assert z.dtype == np.float32 and z.shape == x.shape
+    assert np.allclose(z.mean(axis=0), 0, atol=1e-5)
+    assert np.allclose(w.matrix, w.matrix.T)
+    # Shrinkage (1e-3 of the mean eigenvalue): three directions whitened, the
+    # near-constant one not blown up into noise.
+    eig = np.linalg.eigvalsh(np.cov(z.T))
+    assert eig[0] < 0.01 and np.allclose(eig[1:], 1, atol=0.05)
+
+
+def test_whitening_spreads_cosines_of_offset_vectors():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 6)) * [1, 1, 0.1, 0.1, 0.1, 0.1] + [10, -8, 3, 3, -2, 1]
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    w = fit_whitening(x)
+    assert w is not None
+    z = w.apply(x)
+    zu = z / np.linalg.norm(z, axis=1, keepdims=True)
+    assert np.median(unit @ unit.T) > 0.95  # every pair looks alike
+    assert abs(np.median(zu @ zu.T)) < 0.1  # whitened: no common direction left
+
+
+def test_whitening_needs_two_distinct_rows():
+    assert fit_whitening(np.ones((1, 3))) is None
+    assert fit_whitening(np.ones((10, 3))) is None  # centring would leave zero vectors
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fit_whitening(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"\[rows, D\]"):
+        fit_whitening(np.ones(3))
+
+
+def test_whitening_shrinks_more_with_few_rows():
+    rng = np.random.default_rng(2)
+    few = fit_whitening(rng.standard_normal((20, 10)))
+    many = fit_whitening(rng.standard_normal((20_000, 10)))
+    assert few is not None and many is not None
+    assert few.shrinkage == pytest.approx(0.5) and many.shrinkage == pytest.approx(1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import json
 import os
 
 import apache_beam as beam
@@ -16,15 +17,15 @@ import pytest
 from affine import Affine
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import BeamAssertException, assert_that
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from click.testing import CliRunner
 
 from minewatch.cli.graph import graph
 from minewatch.cli.graph import launch as graph_launch
 from minewatch.cli.tile import launch as tile_launch
-from minewatch.embeddings import BandNorm, describe
+from minewatch.embeddings import BandNorm, describe, fit_whitening
 from minewatch.neighbours import Candidates, exact_topk, merge_topk, node_keys, normalize
-from minewatch.packing import _example, _int64_feature
+from minewatch.packing import _int64_feature, example_bytes
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records, write_record
 from pipelines.similarity_graph import (
@@ -34,6 +35,7 @@ from pipelines.similarity_graph import (
     SimilarityEdges,
     TopKPerNode,
     VectorBatch,
+    WhitenVectors,
 )
 from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
 
@@ -238,6 +240,35 @@ def test_zero_and_nan_vectors_are_dead_lettered():
         assert_that(out["dead_letter"], dead_reasons(expected_dead), label="dead")
 
 
+def whitened_as_expected(expected):
+    def check(pairs):
+        got = dict(pairs)
+        if set(got) != set(expected):
+            raise BeamAssertException(f"ids differ: {set(got) ^ set(expected)}")
+        for i, v in expected.items():
+            if got[i].dtype != np.float32 or not np.array_equal(got[i], v):
+                raise BeamAssertException(f"{i}: {got[i]} != {v}")
+
+    return check
+
+
+def test_whiten_vectors_per_dimension():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((300, 4)) * [5, 1, 0.1, 1] + [9, 0, 1, -2]).astype(np.float32)
+    ids = [f"w{i}" for i in range(300)]
+    # The whitening is fitted to the vectors in key order: the same array, bit for bit,
+    # whatever order the runner merged the sample's parts in.
+    whitening = fit_whitening(x[np.argsort(node_keys(ids), kind="stable")])
+    expected = {i: whitening.apply(v) for i, v in zip(ids, x, strict=True)}
+    expected["alone"] = np.array([1, 2, 3], np.float32)  # one 3-d vector: nothing to fit
+    pairs = [*zip(ids, x, strict=True), ("alone", np.array([1, 2, 3], np.float32))]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(pairs) | WhitenVectors()
+        assert_that(out["vectors"], whitened_as_expected(expected), label="vectors")
+        fitted = out["whitening"] | beam.MapTuple(lambda d, w: (d, None if w is None else w.rows))
+        assert_that(fitted, equal_to([(3, None), (4, 300)]), label="fitted")
+
+
 @pytest.mark.parametrize(
     ("vec", "valid", "reason"),
     [
@@ -288,7 +319,7 @@ def tiles_dir(tmp_path_factory):
     # A file that breaks: a record that is an Example but not a tile, one that is no
     # proto at all, then a truncated record.
     with open(out / "tiles" / "zz-bad.tfrecord", "wb") as f:
-        write_record(f, _example([("foo", _int64_feature(1))]))
+        write_record(f, example_bytes([("foo", _int64_feature(1))]))
         write_record(f, b"\xff\xff garbage")
         f.write(b"\x40\x00\x00")
     return out
@@ -297,7 +328,9 @@ def tiles_dir(tmp_path_factory):
 @pytest.fixture(scope="module", params=[False, True], ids=["directed", "undirected"])
 def graph_job(request, tiles_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "graph"
+    # Every neighbour feature, as NSL's pack_nbrs copies them (the default is lean).
     args = [str(tiles_dir), "--out", str(out), "--k", str(K), "--threshold", "0.5"]
+    args += ["--pack-k", str(K), "--nbr-features", "all"]
     if request.param:
         args.append("--undirected")
     stats = graph_launch(args)
@@ -340,14 +373,25 @@ def test_accounting_and_dead_letters(graph_job, tiles_dir):
     )
 
 
+def whitened_descriptors(tiles, norm):
+    """Ids and built-in descriptors, whitened as the job does (fitted to all, by key order)."""
+    ids = sorted(tiles)
+    x = np.stack([describe(tiles[i].image, tiles[i].valid, tiles[i].bands, norm) for i in ids])
+    whitening = fit_whitening(x[np.argsort(node_keys(ids), kind="stable")].astype(np.float32))
+    return ids, x, whitening.apply(x)
+
+
 def test_similarity_edges_equal_brute_force(graph_job, tiles_dir):
-    out, _, _ = graph_job
+    out, stats, _ = graph_job
     tiles = good_tiles(tiles_dir)
     with open(os.path.join(tiles_dir, "stats.json")) as f:
         norm = BandNorm.from_json(f.read())
-    ids = sorted(tiles)
-    x = np.stack([describe(tiles[i].image, tiles[i].valid, tiles[i].bands, norm) for i in ids])
-    expected = exact_dict(ids, x, K, 0.5)
+    ids, x, white = whitened_descriptors(tiles, norm)
+    assert stats["embedding"]["whiten"] is True
+    assert stats["embedding"]["whitening"] == {
+        str(x.shape[1]): {"sample": 36, "shrinkage": round(x.shape[1] / 36, 6)}
+    }
+    expected = exact_dict(ids, white, K, 0.5)
     got = edges_of(out, "similarity")
     assert set(got) == set(expected)
     assert all(abs(got[p] - w) < 1e-5 for p, w in expected.items())
@@ -486,6 +530,196 @@ def test_graph_regularization_trains_on_packed(graph_job, nsl):
     assert "scaled_graph_loss" in history.history or "graph_loss" in history.history
 
 
+# -- a labelled world: whitening, homophily, pack-k, neighbour mix --------------------
+
+
+@pytest.fixture(scope="module")
+def world_tiles(tmp_path_factory):
+    """The tiny synthetic world through the tile job: 512 labelled 16-px tiles, 2 dates."""
+    from minewatch.synth import make_ground_truth
+
+    root = tmp_path_factory.mktemp("world")
+    gt = make_ground_truth(root / "gt", size="tiny", seed=0, frames=False)
+    out = root / "tiles"
+    labels = str(gt.out_dir / "truth" / "scene_*.geojson")
+    bands = "B02,B03,B04,B08,B11"
+    tile_launch([str(gt.out_dir / "scenes"), "--out", str(out), "--labels", labels,
+                 "--tile-size", "16", "--bands", bands])  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def world_job(world_tiles, tmp_path_factory):
+    """The job with its defaults: builtin whitened, pack_k 3, lean neighbour features."""
+    out = tmp_path_factory.mktemp("world_graph") / "graph"
+    return out, graph_launch([str(world_tiles), "--out", str(out)])
+
+
+@pytest.fixture(scope="module")
+def world_raw(world_tiles, tmp_path_factory):
+    """Unwhitened, one neighbour per example, every neighbour feature."""
+    out = tmp_path_factory.mktemp("world_raw") / "graph"
+    args = ["--no-whiten", "--pack-k", "1", "--nbr-features", "all"]
+    return out, graph_launch([str(world_tiles), "--out", str(out), *args])
+
+
+def packed_examples(out):
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(out, "packed", "*.tfrecord")))
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+
+
+def value_of(ex, name):
+    f = ex.features.feature[name]
+    return (f.bytes_list.value or f.int64_list.value or f.float_list.value)[0]
+
+
+def best_kind(out):
+    """``(src, dst) -> kind`` of the edge that gives the pair's packed weight."""
+    best = {}
+    for r in pq.read_table(os.path.join(out, "edges")).to_pylist():
+        key = (r["src"], r["dst"])
+        best[key] = max(best.get(key, (-2.0, "")), (r["weight"], r["kind"]))
+    return {pair: kind for pair, (_, kind) in best.items()}
+
+
+def test_homophily_equals_a_count_of_the_packed_records(world_job, world_tiles):
+    out, stats = world_job
+    with open(os.path.join(world_tiles, "stats.json")) as f:
+        classes = json.load(f)["classes"]
+    kinds = best_kind(out)
+    expected = {}
+    for ex in packed_examples(out):
+        seed, label = value_of(ex, "tile/id").decode(), value_of(ex, "label/class")
+        for name in (classes[label], "all"):
+            row = expected.setdefault(name, {"seeds": 0})
+            row["seeds"] += 1
+            for i in range(value_of(ex, "NL_num_nbrs")):
+                nbr = value_of(ex, f"NL_nbr_{i}_tile/id").decode()
+                nbr_label = value_of(ex, f"NL_nbr_{i}_label/class")
+                for kind in (kinds[(seed, nbr)], "all"):
+                    c = row.setdefault(kind, {"neighbours": 0, "labelled": 0, "same": 0})
+                    c["neighbours"] += 1
+                    c["labelled"] += nbr_label >= 0
+                    c["same"] += nbr_label == label
+    got = {"all": stats["homophily"]["all"], **stats["homophily"]["by_class"]}
+    assert set(got) == set(expected) and len(got) >= 4  # background and some objects
+    for name, row in expected.items():
+        assert got[name]["seeds"] == row["seeds"]
+        for kind in ("similarity", "spatial", "temporal", "all"):
+            c = row.get(kind, {"neighbours": 0, "labelled": 0, "same": 0})
+            share = round(c["same"] / c["labelled"], 4) if c["labelled"] else None
+            assert got[name][kind] == {**c, "share": share}, (name, kind)
+    # The packed neighbours mix the kinds: temporal and spatial edges compete by weight.
+    assert all(got["all"][k]["neighbours"] > 0 for k in ("similarity", "spatial", "temporal"))
+
+
+def test_packed_neighbours_are_the_best_by_weight_over_every_kind(world_job):
+    out, stats = world_job
+    adjacency = {}
+    with open(os.path.join(out, "graph.tsv")) as f:
+        for line in f:
+            src, dst, w = line.rstrip("\n").split("\t")
+            adjacency.setdefault(src, []).append((np.float32(w), dst))
+    examples = packed_examples(out)
+    assert len(examples) == stats["packed"] == 512
+    for ex in examples:
+        seed = value_of(ex, "tile/id").decode()
+        best = sorted(adjacency.get(seed, []), reverse=True)[:3]
+        n = value_of(ex, "NL_num_nbrs")
+        got = [
+            (
+                np.float32(value_of(ex, f"NL_nbr_{i}_weight")),
+                value_of(ex, f"NL_nbr_{i}_tile/id").decode(),
+            )
+            for i in range(n)
+        ]
+        assert got == best, seed
+
+
+def test_pack_k_and_lean_features_bound_the_packed_bytes(world_job, world_raw, world_tiles):
+    plain = {}
+    labelled = {}
+    for path in sorted(glob.glob(os.path.join(world_tiles, "tiles", "*.tfrecord"))):
+        with open(path, "rb") as f:
+            records = list(read_records(f))
+        for t, r in zip(decode_tiles(records), records, strict=True):
+            plain[t.tile_id] = len(r)
+            labelled[t.tile_id] = t.label >= 0
+    for (out, stats), pack_k in ((world_job, 3), (world_raw, 1)):
+        files = sorted(glob.glob(os.path.join(out, "packed", "*.tfrecord")))
+        sizes = []
+        for path in files:
+            with open(path, "rb") as f:
+                sizes.extend(len(r) for r in read_records(f))
+        size = stats["packed_size"]
+        assert size["records"] == len(sizes) == stats["packed"]
+        assert size["bytes"] == sum(sizes)
+        assert size["plain_bytes"] == sum(n for i, n in plain.items() if labelled[i])
+        assert size["tiles_bytes"] == sum(plain.values())
+        assert size["ratio"] == round(size["bytes"] / size["plain_bytes"], 4)
+        assert size["target_ratio"] == 1 + pack_k
+        nums = [value_of(ex, "NL_num_nbrs") for ex in packed_examples(out)]
+        assert max(nums) == pack_k
+    # Lean neighbours: under (1 + pack_k) x the plain bytes; all features: over it.
+    lean, full = world_job[1]["packed_size"], world_raw[1]["packed_size"]
+    assert lean["ratio"] <= lean["target_ratio"] < 1 + 3 * full["ratio"] - 3
+    (ex, *_) = packed_examples(world_job[0])
+    names = {n for n in ex.features.feature if n.startswith("NL_nbr_0_")}
+    assert names == {
+        "NL_nbr_0_weight", "NL_nbr_0_image/raw", "NL_nbr_0_mask/valid", "NL_nbr_0_tile/id",
+        "NL_nbr_0_label/class",
+    }  # fmt: skip
+
+
+def test_whitened_cosines_spread(world_job, world_raw):
+    white, raw = world_job[1]["similarity_cosine"], world_raw[1]["similarity_cosine"]
+    assert raw["quantiles"]["0.5"] > 0.98 and raw["quantiles"]["0.01"] > 0.9
+    assert white["quantiles"]["0.5"] < 0.95
+    # The 0.8 threshold filters whitened edges; it filtered no raw one.
+    assert white["edges"] < raw["edges"] == world_raw[1]["edges"]["similarity"] == 10 * 512
+    assert white["min"] >= 0.8 and white["edges"] == world_job[1]["edges"]["similarity"]
+    assert world_raw[1]["embedding"] == {"name": "builtin", "whiten": False, "whitening": {}}
+
+
+def tie_aware_recall(expected, white, ids, minimum):
+    pos = {n: i for i, n in enumerate(ids)}
+    unit, _ = normalize(white)
+    kth, want = {}, {}
+    for (s, _), w in expected.items():
+        kth[s] = min(kth.get(s, 2.0), w)
+        want[s] = want.get(s, 0) + 1
+
+    def check(tables):
+        hits = {}
+        for s, d in edge_dict(tables):
+            if float(unit[pos[s]] @ unit[pos[d]]) >= kth.get(s, 2.0) - 1e-5:
+                hits[s] = hits.get(s, 0) + 1
+        recall = sum(min(hits.get(s, 0), n) for s, n in want.items()) / sum(want.values())
+        if recall < minimum:
+            raise BeamAssertException(f"recall {recall:.4f} < {minimum}")
+
+    return check
+
+
+def test_similarity_recall_with_spill_on_tile_descriptors(world_tiles):
+    tiles = good_tiles(world_tiles)
+    with open(os.path.join(world_tiles, "stats.json")) as f:
+        norm = BandNorm.from_json(f.read())
+    ids, _, white = whitened_descriptors(tiles, norm)
+    expected = exact_dict(ids, white, 10, 0.8)
+    assert len(expected) > 1000
+    with BeamTestPipeline() as p:
+        # 32-tile cells: 16 or more of them for 512 tiles, one tree.
+        edges = (
+            p
+            | beam.Create(list(zip(ids, white, strict=True)))
+            | SimilarityEdges(10, 0.8, bucket_size=32, batch_size=128)
+        )["edges"]
+        assert_that(edges, tie_aware_recall(expected, white, ids, 0.99))
+
+
 # -- the command ----------------------------------------------------------------------
 
 
@@ -500,6 +734,29 @@ def test_cli_refuses_a_bad_model(tiles_dir, tmp_path):
         graph, [str(tiles_dir), "--out", str(tmp_path / "g"), "--embedding", str(tmp_path)]
     )
     assert result.exit_code == 2 and "--embedding" in result.output
+
+
+def test_cli_refuses_unknown_neighbour_features(tiles_dir, tmp_path):
+    args = [str(tiles_dir), "--out", str(tmp_path / "g"), "--nbr-features", "image/raw,pixels"]
+    result = CliRunner().invoke(graph, args)
+    assert result.exit_code == 2
+    assert "--nbr-features" in result.output and "pixels: not tile features" in result.output
+
+
+def test_config_checks_its_values():
+    from minewatch.cli.graph import LEAN_NBR_FEATURES as CLI_LEAN
+    from minewatch.errors import ConfigError
+    from pipelines.similarity_graph import LEAN_NBR_FEATURES, GraphConfig
+
+    assert CLI_LEAN == LEAN_NBR_FEATURES
+    with pytest.raises(ConfigError, match="pack_k = 0 must be at least 1"):
+        GraphConfig("t", "o", pack_k=0)
+    with pytest.raises(ConfigError, match=r"spill_pairs = 1.5 must be a quantile"):
+        GraphConfig("t", "o", spill_pairs=1.5)
+    with pytest.raises(ConfigError, match=r"\['pixels'\] are not tile features"):
+        GraphConfig("t", "o", nbr_features=("pixels",))
+    assert GraphConfig("t", "o").whitens and not GraphConfig("t", "o", embedding="m").whitens
+    assert GraphConfig("t", "o", embedding="m", whiten=True).whitens
 
 
 def test_cli_refuses_to_overwrite(graph_job):
