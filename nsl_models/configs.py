@@ -43,6 +43,7 @@ __all__ = [
     "DistanceType",
     "FaultAdversaryConfig",
     "GraphConfig",
+    "GraphSpace",
     "ModelConfig",
     "NormType",
     "OptimizerName",
@@ -102,11 +103,28 @@ class NormType(enum.Enum):
 
 
 class DistanceType(enum.Enum):
-    """Distance between a tile's embedding and its neighbours' (NSL's ``DistanceType``)."""
+    """Distance between a tile and its neighbours in the graph term (NSL's ``DistanceType``)."""
 
     L2 = "l2"
+    """Squared L2 (summed over the vector)."""
     L1 = "l1"
+    """L1 (summed over the vector)."""
     COSINE = "cosine"
+    """``1 - cos``; NSL normalises both sides first, so it ignores their length."""
+    KL = "kl_divergence"
+    """``KL(tile || neighbour)`` between predicted distributions (``space: predictions`` only)."""
+    JENSEN_SHANNON = "jensen_shannon_divergence"
+    """Symmetric and bounded by ln 2, between predicted distributions (``space:
+    predictions`` only)."""
+
+
+class GraphSpace(enum.Enum):
+    """Where the graph term compares a tile with its neighbours."""
+
+    EMBEDDING = "embedding"
+    """The encoder's embedding (penultimate layer), optionally L2-normalised."""
+    PREDICTIONS = "predictions"
+    """The predicted class distributions: each side's logits from the same head, softmaxed."""
 
 
 class ViewDistance(enum.Enum):
@@ -203,9 +221,16 @@ class DataConfig(_Checked):
             for tiles, ``scene`` (frame) for frames; :class:`TrainerConfig`
             resolves it.
         split_block: Side, in tiles, of a ``location`` group. Default 4.
-        label_fraction: Share of labelled training tiles whose label is kept
-            (chosen by a hash of ``tile/id``); the others become unlabelled and
-            reach the loss only through the graph term. Default 1.0.
+        label_fraction: Share of the labelled training tiles of *each class*
+            whose label is kept (stratified; the tiles are chosen by a salted
+            hash of ``tile/id``); the others become unlabelled and reach the
+            loss only through the graph term. Validation tiles keep their
+            labels. 1 hides nothing. Default 1.0.
+        label_floor: With ``label_fraction < 1``, at least this many labelled
+            training tiles are kept per class (all of a class that has fewer),
+            so a rare class keeps some labels: class ``c`` with ``n_c`` training
+            tiles keeps ``max(round(label_fraction * n_c), min(label_floor,
+            n_c))`` (:func:`nsl_models.data.label_budget`). Default 10.
         batch_size: Global batch size (all replicas). Default 32.
         shuffle_buffer: Records in the shuffle buffer. Default 2048.
         class_weighting: Loss weights for rare classes. Default ``balanced``.
@@ -237,6 +262,7 @@ class DataConfig(_Checked):
     split_by: SplitKey = SplitKey.AUTO
     split_block: int = 4
     label_fraction: float = 1.0
+    label_floor: int = 10
     batch_size: int = 32
     shuffle_buffer: int = 2048
     class_weighting: ClassWeighting = ClassWeighting.BALANCED
@@ -252,6 +278,7 @@ class DataConfig(_Checked):
         )
         self._require(self.split_block >= 1, "split_block", "must be >= 1")
         self._require(0.0 < self.label_fraction <= 1.0, "label_fraction", "must be in (0, 1]")
+        self._require(self.label_floor >= 0, "label_floor", f"must be >= 0, got {self.label_floor}")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         self._require(self.max_class_weight >= 1.0, "max_class_weight", "must be >= 1")
@@ -319,27 +346,70 @@ class ModelConfig(_Checked):
         )
 
 
+#: Distances that compare probability distributions (``space: predictions`` only).
+_DIVERGENCES = (DistanceType.KL, DistanceType.JENSEN_SHANNON)
+
+
 @dataclass(frozen=True)
 class GraphConfig(_Checked):
     """NSL graph regularization over the neighbours of packed records.
 
+    The term is ``nsl.lib.pairwise_distance_wrapper`` between each tile and
+    each of its neighbours, weighted by the edge weights. Gradients reach both
+    sides (the neighbours go through the same encoder and head, as in NSL's
+    ``GraphRegularization``): a labelled tile pulls its unlabelled neighbours
+    and they pull it.
+
     Attributes:
         enabled: Add the graph term. Without neighbour features in the data the
             term is 0 whatever this says. Default False.
-        multiplier: Weight of the graph loss. Default 0.1.
+        multiplier: Weight of the graph loss; choose it on the validation split
+            (its scale depends on ``space`` and ``distance``). Default 0.1.
         max_neighbors: Neighbours read per record (``NL_nbr_0`` ..
             ``NL_nbr_{k-1}``); missing ones weigh 0. Default 2.
-        distance: Distance between embeddings. Default ``l2`` (squared).
+        distance: ``l2`` (squared), ``l1`` or ``cosine`` in either space;
+            ``kl_divergence`` (``KL(tile || neighbour)``) or
+            ``jensen_shannon_divergence`` with ``space: predictions`` only.
+            Default ``l2``.
+        space: ``embedding`` (the encoder's embedding) or ``predictions`` (the
+            predicted class distributions: the tile's and each neighbour's
+            logits from the same head, through a softmax, NSL's
+            ``transform_fn``). Default ``embedding``.
+        normalize: L2-normalise both embeddings before the distance, so the
+            term ignores their length (a raw ReLU embedding can shrink to lower
+            it); ``space: embedding`` only, and no change with ``cosine``, which
+            is already length-free. Default False.
     """
 
     enabled: bool = False
     multiplier: float = 0.1
     max_neighbors: int = 2
     distance: DistanceType = DistanceType.L2
+    space: GraphSpace = GraphSpace.EMBEDDING
+    normalize: bool = False
 
     def __post_init__(self) -> None:
         self._require(self.multiplier >= 0.0, "multiplier", "must be >= 0")
         self._require(1 <= self.max_neighbors <= 32, "max_neighbors", "must be in 1..32")
+        predictions = self.space is GraphSpace.PREDICTIONS
+        self._require(
+            predictions or self.distance not in _DIVERGENCES,
+            "distance",
+            f"{self.distance.value} compares probability distributions: set graph.space: "
+            "predictions, or use l2, l1 or cosine between embeddings",
+        )
+        self._require(
+            not (predictions and self.distance is DistanceType.COSINE),
+            "distance",
+            "cosine is not offered between predicted distributions: use "
+            "jensen_shannon_divergence, kl_divergence, l2 or l1 with graph.space: predictions",
+        )
+        self._require(
+            not (predictions and self.normalize),
+            "normalize",
+            "only for graph.space: embedding (predictions are compared as softmax "
+            "probabilities): drop graph.normalize or set graph.space: embedding",
+        )
 
 
 @dataclass(frozen=True)
@@ -606,19 +676,33 @@ def make_graph_config(
     multiplier: float = GraphConfig.multiplier,
     max_neighbors: int = GraphConfig.max_neighbors,
     distance: DistanceType | str = GraphConfig.distance,
+    space: GraphSpace | str = GraphConfig.space,
+    normalize: bool = GraphConfig.normalize,
 ) -> GraphConfig:
     """Build a :class:`GraphConfig`; defaults come from the class, except ``enabled``.
+
+    Example:
+        >>> make_graph_config(space="predictions", distance="jensen_shannon_divergence").space
+        <GraphSpace.PREDICTIONS: 'predictions'>
 
     Args:
         enabled: Add the graph term. Default True.
         multiplier: Weight of the graph loss.
         max_neighbors: Neighbours per record.
-        distance: Distance between embeddings.
+        distance: Distance between a tile and each neighbour.
+        space: ``embedding`` or ``predictions``.
+        normalize: L2-normalise embeddings first (``embedding`` only).
 
     Returns:
         The config.
+
+    Raises:
+        ConfigError: A combination that does not fit (a divergence between
+            embeddings, ``normalize`` or ``cosine`` with predictions).
     """
-    return GraphConfig(enabled, multiplier, max_neighbors, DistanceType(distance))
+    return GraphConfig(
+        enabled, multiplier, max_neighbors, DistanceType(distance), GraphSpace(space), normalize
+    )
 
 
 def make_adversarial_config(

@@ -52,6 +52,7 @@ from nsl_models.configs import ClassWeighting, DataConfig, SplitKey
 __all__ = [
     "NBR_PREFIX",
     "ClassCounts",
+    "LabelBudget",
     "Split",
     "TilePlaces",
     "TileSpec",
@@ -59,6 +60,7 @@ __all__ = [
     "count_classes",
     "count_labels",
     "count_pixels",
+    "label_budget",
     "load_arrays",
     "load_pixel_arrays",
     "load_pixel_tiles",
@@ -302,18 +304,156 @@ def _in_split(ex: dict[str, Any], spec: TileSpec, config: DataConfig, split: str
     return held_out if split == Split.VALIDATION else tf.logical_not(held_out)
 
 
-def _label(ex: dict[str, Any], config: DataConfig, split: str) -> Any:
+def _label_bucket(ex: dict[str, Any]) -> Any:
+    """The tile's label-hiding hash bucket in ``[0, _HASH_BUCKETS)`` (elementwise)."""
+    import tensorflow as tf
+
+    # Salted so the kept labels are independent of the train/validation split.
+    return tf.strings.to_hash_bucket_fast(tf.strings.join([ex["tile/id"], "#label"]), _HASH_BUCKETS)
+
+
+def _label(ex: dict[str, Any], config: DataConfig, split: str, cuts: Any = None) -> Any:
+    """The tile's class, or -1 when unlabelled or hidden (``cuts``, training split only).
+
+    ``cuts`` is :attr:`LabelBudget.cuts` as an int64 tensor: a tile of class
+    ``c`` keeps its label when its bucket is below ``cuts[c]``.
+    """
     import tensorflow as tf
 
     label = tf.cast(ex["label/class"], tf.int32)
-    if split == Split.TRAIN and config.label_fraction < 1.0:
-        # Salted so the kept labels are independent of the train/validation split.
-        bucket = tf.strings.to_hash_bucket_fast(
-            tf.strings.join([ex["tile/id"], "#label"]), _HASH_BUCKETS
-        )
-        keep = bucket < round(config.label_fraction * _HASH_BUCKETS)
+    if split == Split.TRAIN and cuts is not None:
+        cut = tf.gather(cuts, tf.clip_by_value(label, 0, cuts.shape[0] - 1))
+        keep = (label < 0) | (_label_bucket(ex) < cut)
         label = tf.where(keep, label, -1)
     return label
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compare their fields, not the budgets
+class LabelBudget:
+    """Which labelled training tiles keep their label: ``data.label_fraction`` per class.
+
+    Stratified: class ``c``, with ``n_c`` labelled tiles in the training split,
+    keeps ``max(round(label_fraction * n_c), min(label_floor, n_c))`` of them
+    (rounded half up), so a rare class is not left with a handful of labels by
+    chance. Which ones is decided by the salted hash bucket of ``tile/id``: the
+    tiles of the lowest buckets of their class, so the choice is deterministic,
+    independent of the train/validation split and of the file order, and a
+    larger budget keeps a superset of a smaller one's tiles. Ties (tiles of one
+    class in the same of the 10,000 buckets) are kept or hidden together, so a
+    class can keep a few more than its target; never fewer.
+
+    Attributes:
+        fraction: ``data.label_fraction``.
+        floor: ``data.label_floor``.
+        tiles: ``int64[K]`` labelled training-split tiles per class (before hiding).
+        labelled: ``int64[K]`` of those that keep their label.
+        cuts: ``int64[K]``: a training tile of class ``c`` keeps its label when
+            its bucket is below ``cuts[c]`` (``_HASH_BUCKETS``: all of them).
+    """
+
+    fraction: float
+    floor: int
+    tiles: np.ndarray
+    labelled: np.ndarray
+    cuts: np.ndarray
+
+    def to_metadata(self, classes: Sequence[str]) -> dict[str, Any]:
+        """The budget as ``metadata.json`` records it.
+
+        Args:
+            classes: Class names in label index order.
+
+        Returns:
+            ``{"fraction", "floor", "tiles": {class: n}, "labelled": {class: n}}``.
+        """
+        return {
+            "fraction": self.fraction,
+            "floor": self.floor,
+            "tiles": {name: int(n) for name, n in zip(classes, self.tiles, strict=True)},
+            "labelled": {name: int(n) for name, n in zip(classes, self.labelled, strict=True)},
+        }
+
+
+def _label_target(n: int, fraction: float, floor: int) -> int:
+    """Labels class ``n`` keeps: ``max(round(fraction * n), min(floor, n))``, half up."""
+    return max(int(np.floor(fraction * n + 0.5)), min(floor, n))
+
+
+def label_budget(files: Sequence[str], spec: TileSpec, config: DataConfig) -> LabelBudget:
+    """Count the training split's labelled tiles and choose the ones that keep their label.
+
+    One pass over the records without decoding pixels: per class, a histogram
+    of the tiles' label-hiding hash buckets (``K x 10,000`` counts, whatever
+    the number of tiles); each class's cut is then the lowest bucket at which
+    its running count reaches the target (see :class:`LabelBudget`). Only
+    tiles of the training part of the hash split count; validation tiles keep
+    their labels. The pass also checks every record, as :func:`count_classes`.
+
+    Args:
+        files: The training TFRecord files.
+        spec: The tile spec.
+        config: The data section (``label_fraction``, ``label_floor``, the split).
+
+    Returns:
+        The budget; with ``label_fraction`` 1 every tile keeps its label.
+
+    Raises:
+        InputError: A bad record or file, named (see :func:`count_classes`).
+    """
+    use_legacy_keras()
+    import tensorflow as tf
+
+    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    k, size = spec.num_classes, spec.num_classes * _HASH_BUCKETS
+
+    def count(ex: dict[str, Any]) -> Any:
+        label = ex["label/class"]
+        train = tf.broadcast_to(_in_split(ex, spec, config, Split.TRAIN), tf.shape(label))
+        index = tf.boolean_mask(
+            label * _HASH_BUCKETS + _label_bucket(ex), train & (label >= 0) & (label < k)
+        )
+        return tf.math.bincount(
+            tf.cast(index, tf.int32), minlength=size, maxlength=size, dtype=tf.int64
+        )
+
+    hist = _checked_pass(files, spec, feats, count, size, 1024).reshape(k, _HASH_BUCKETS)
+    tiles = hist.sum(axis=1)
+    labelled, cuts = tiles.copy(), np.full(k, _HASH_BUCKETS, np.int64)
+    if config.label_fraction < 1.0:
+        for c in range(k):
+            target = _label_target(int(tiles[c]), config.label_fraction, config.label_floor)
+            running = np.cumsum(hist[c])
+            # The first bucket whose running count reaches the target; none when 0.
+            last = int(np.searchsorted(running, target)) if target else -1
+            cuts[c] = last + 1
+            labelled[c] = running[last] if target else 0
+    return LabelBudget(config.label_fraction, config.label_floor, tiles, labelled, cuts)
+
+
+def _hiding_cuts(
+    files: Sequence[str],
+    spec: TileSpec,
+    config: DataConfig,
+    split: str,
+    budget: LabelBudget | None,
+) -> Any:
+    """The cuts :func:`_label` hides labels with in ``split``; None when none are hidden.
+
+    Without a ``budget``, it is counted from ``files`` (:func:`label_budget`).
+    """
+    import tensorflow as tf
+
+    if split != Split.TRAIN or config.label_fraction >= 1.0:
+        return None
+    if budget is None:
+        budget = label_budget(files, spec, config)
+    elif (budget.fraction, budget.floor) != (config.label_fraction, config.label_floor):
+        raise ValueError(
+            f"the label budget was made for label_fraction {budget.fraction} and label_floor "
+            f"{budget.floor}, the data config says {config.label_fraction} and "
+            f"{config.label_floor}: make it from this config"
+        )
+    return tf.constant(budget.cuts, tf.int64)
 
 
 #: Files read at once, each giving the next record in turn. A constant: the
@@ -574,7 +714,11 @@ def _unreadable(files: Sequence[str], feats: dict[str, Any], err: Exception) -> 
 
 
 def count_labels(
-    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.TRAIN
+    files: Sequence[str],
+    spec: TileSpec,
+    config: DataConfig,
+    split: str = Split.TRAIN,
+    budget: LabelBudget | None = None,
 ) -> np.ndarray:
     """Count examples per class in one split, after ``label_fraction`` hiding.
 
@@ -586,6 +730,8 @@ def count_labels(
         spec: The tile spec.
         config: The data section (split and label hiding).
         split: ``train``, ``validation`` or ``all``.
+        budget: The training split's :func:`label_budget`; counted from
+            ``files`` when needed and not given.
 
     Returns:
         ``int64[K + 1]``: counts of classes ``0..K-1``, then of unlabelled examples.
@@ -595,12 +741,16 @@ def count_labels(
     """
     # Without pixel labels every labelled tile is pure, so the pure and mixed
     # label counts add up to the per-class counts (float64 holds them exactly).
-    labels, _ = count_classes(files, spec, config, split).expected()
+    labels, _ = count_classes(files, spec, config, split, budget=budget).expected()
     return labels.astype(np.int64)
 
 
 def count_pixels(
-    files: Sequence[str], spec: TileSpec, config: DataConfig, split: str = Split.TRAIN
+    files: Sequence[str],
+    spec: TileSpec,
+    config: DataConfig,
+    split: str = Split.TRAIN,
+    budget: LabelBudget | None = None,
 ) -> np.ndarray:
     """Count the pixels of each class that the per-pixel loss sees in one split.
 
@@ -612,6 +762,7 @@ def count_pixels(
         spec: The tile spec.
         config: The data section (split and label hiding).
         split: ``train``, ``validation`` or ``all``.
+        budget: As for :func:`count_labels`.
 
     Returns:
         ``int64[K]`` pixels per class.
@@ -621,11 +772,12 @@ def count_pixels(
 
     feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
     k = spec.num_classes
+    cuts = _hiding_cuts(files, spec, config, split, budget)
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
         keep = _in_split(ex, spec, config, split)
-        pixels = _pixel_label(ex, _label(ex, config, split), spec)
+        pixels = _pixel_label(ex, _label(ex, config, split, cuts), spec)
         pixels = tf.where(keep, pixels, -1)
         return tf.math.bincount(
             tf.reshape(pixels + 1, [-1]), minlength=k + 1, maxlength=k + 1, dtype=tf.int64
@@ -701,6 +853,7 @@ def count_classes(
     config: DataConfig,
     split: str = Split.TRAIN,
     pixel_labels: bool = False,
+    budget: LabelBudget | None = None,
 ) -> ClassCounts:
     """Count tiles and pixels per class in one pass (see :class:`ClassCounts`).
 
@@ -712,6 +865,7 @@ def count_classes(
         pixel_labels: Also count pixels (as :func:`count_pixels`) and use them
             to tell pure from mixed tiles; else every labelled tile is pure and
             the pixel counts are 0.
+        budget: As for :func:`count_labels`.
 
     Returns:
         The counts.
@@ -730,10 +884,11 @@ def count_classes(
 
     feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
     k = spec.num_classes
+    cuts = _hiding_cuts(files, spec, config, split, budget)
 
     def count(ex: dict[str, Any]) -> Any:
         # Batched: every op below is elementwise over the records of the batch.
-        label = _label(ex, config, split)
+        label = _label(ex, config, split, cuts)
         keep = tf.broadcast_to(_in_split(ex, spec, config, split), tf.shape(label))
         pixels = _pixel_label(ex, label, spec) if pixel_labels else None
         is_pure = (_pure_class(label, pixels) >= 0)[:, None]
@@ -797,6 +952,7 @@ def _undersample(
     pixel_labels: bool,
     majority: int,
     seed: int,
+    cuts: Any,
 ) -> Any:
     """Drop pure ``majority`` tiles with probability ``1 - majority_keep`` (records in, out).
 
@@ -810,7 +966,7 @@ def _undersample(
 
     def kept(record: Any, draw: Any) -> Any:
         ex = tf.io.parse_single_example(record, small)
-        label = _label(ex, config, split)
+        label = _label(ex, config, split, cuts)
         pixels = _pixel_label(ex, label, spec) if pixel_labels else None
         prob = tf.where(_pure_class(label, pixels) == majority, keep, 1.0)
         # Dataset.random gives int64; its low 24 bits make a uniform float in [0, 1).
@@ -901,6 +1057,7 @@ def make_dataset(
     fault_views: int = 0,
     view_faults: Sequence[str] = (),
     view_severities: tuple[int, int] = (1, 5),
+    budget: LabelBudget | None = None,
 ) -> Any:
     """Batches of parsed tiles (see the module docstring for the keys).
 
@@ -937,6 +1094,9 @@ def make_dataset(
             stream (``augment`` section of the trainer config). Default 0.
         view_faults: Names from :data:`minewatch.corruptions.CORRUPTIONS`.
         view_severities: ``(lowest, highest)`` severity of the views.
+        budget: With ``split="train"`` and ``label_fraction < 1``, which labels
+            are hidden (:func:`label_budget`, which the trainer counts once);
+            default: counted from ``files`` here (one more pass).
 
     Returns:
         A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
@@ -954,10 +1114,11 @@ def make_dataset(
         tf.float32,
     )
     weak_w = tf.constant(config.weak_label_weight, tf.float32)
+    cuts = _hiding_cuts(files, spec, config, split, budget)
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
-        label = _label(ex, config, split)
+        label = _label(ex, config, split, cuts)
         labelled = label >= 0
         weak = tf.where(ex["label/weak"] > 0, weak_w, 1.0)
         weight = tf.where(labelled, tf.gather(cw, tf.maximum(label, 0)), 0.0) * weak
@@ -987,7 +1148,7 @@ def make_dataset(
         # Shuffle serialized records (smaller than decoded pixels) before parsing.
         ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
         if majority_class >= 0 and config.majority_keep < 1.0:
-            ds = _undersample(ds, spec, config, split, pixel_labels, majority_class, seed)
+            ds = _undersample(ds, spec, config, split, pixel_labels, majority_class, seed, cuts)
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.filter(_kept).map(_drop_keep)
     if training and corruptions:

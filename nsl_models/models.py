@@ -19,9 +19,14 @@ regularizers in one ``train_step`` that shares the clean forward pass:
 3. Supervised loss: weighted cross-entropy of ``logits(embedding)``. Unlabelled
    examples (label -1) have weight 0 and reach the loss only through step 4.
 4. Graph loss: ``nsl.lib.pairwise_distance_wrapper`` between the clean
-   embedding (``nsl.lib.replicate_embeddings``) and the neighbours' embeddings,
-   weighted by the edge weights (0 for missing neighbours). It uses the same
-   embedding tensor as step 3: no second pass over the batch.
+   batch (``nsl.lib.replicate_embeddings``) and its neighbours, weighted by the
+   edge weights (0 for missing neighbours). With ``graph.space: embedding``
+   (default) it compares the embeddings (L2-normalised first with
+   ``graph.normalize``); with ``graph.space: predictions`` the logits of the
+   same head, through a softmax (NSL's ``transform_fn``), so KL or
+   Jensen-Shannon compare predicted distributions. It uses the same embedding
+   and logits tensors as step 3: no second pass over the batch. Gradients
+   reach both sides, as in NSL's ``GraphRegularization``.
 5. Adversarial loss: ``nsl.lib.gen_adv_neighbor`` perturbs ``xn`` along the
    gradient of the step-3 supervised loss, taken from an inner tape that watched
    ``xn`` during that same pass (FGSM: no extra forward pass; PGD: the NSL loop
@@ -58,7 +63,8 @@ runs inside step 3 on the same pass (same tape): its weighted per-pixel
 cross-entropy on ``label/mask`` (``pixel_label``/``pixel_weight`` of the batch;
 unknown, invalid and unlabelled-tile pixels weigh 0) is added to the loss that
 the adversarial perturbation of step 5 climbs, and the adversarial pass scores
-both heads. The graph term is unchanged (it acts on the shared embedding).
+both heads. The graph term is unchanged (it acts on the shared embedding, or
+on the tile logits with ``graph.space: predictions``).
 With ``model.pixel_decoder: unet`` the decoder also takes the encoder's feature
 map of every resolution (skip connections): the encoder's convolutions then sit
 in a nested ``encoder_features`` model shared by ``encoder`` and
@@ -103,6 +109,7 @@ from nsl_models.configs import (
     ConsistencyConfig,
     FaultAdversaryConfig,
     GraphConfig,
+    GraphSpace,
     ModelConfig,
     PixelDecoder,
 )
@@ -572,7 +579,9 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         self._dropout = base_model.get_layer("dropout")
         self._head = base_model.get_layer("logits")
         self._distance = nsl.configs.DistanceConfig(
-            distance_type=self.graph.distance.value, sum_over_axis=-1
+            distance_type=self.graph.distance.value,
+            sum_over_axis=-1,
+            transform_fn="softmax" if self._graph_on_predictions else "none",
         )
         adv = self.adversarial
         pgd = adv.method is AdversarialMethod.PGD
@@ -643,6 +652,41 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
     def uses_graph(self, data: dict[str, Any]) -> bool:
         """Whether the graph term is on for batches like ``data``."""
         return self.graph.enabled and self.graph.multiplier > 0 and "nbr_image" in data
+
+    @property
+    def _graph_on_predictions(self) -> bool:
+        return self.graph.space is GraphSpace.PREDICTIONS
+
+    def _graph_loss(self, emb: Any, logits: Any, nbr_emb: Any, nbr_weight: Any) -> Any:
+        """The graph term between the clean batch and its ``k`` neighbours per example.
+
+        Args:
+            emb: Clean embedding ``[B, D]``.
+            logits: Clean logits ``[B, K]`` (from ``emb``).
+            nbr_emb: Neighbours' embeddings ``[B * k, D]``, example-major.
+            nbr_weight: Edge weights ``[B, k]``; 0 for a missing neighbour.
+
+        Returns:
+            The weighted mean distance over the edges of non-zero weight (0 when
+            there is none).
+        """
+        k = nbr_weight.shape[1]
+        if self._graph_on_predictions:
+            # The neighbours' logits from the same head (dropout as on the clean
+            # side); NSL's transform_fn turns both into distributions.
+            sources = tf.cast(logits, tf.float32)
+            targets = tf.cast(self._logits(nbr_emb, training=True), tf.float32)
+        elif self.graph.normalize:
+            sources = tf.math.l2_normalize(emb, axis=-1)
+            targets = tf.math.l2_normalize(nbr_emb, axis=-1)
+        else:
+            sources, targets = emb, nbr_emb
+        return nsl.lib.pairwise_distance_wrapper(
+            sources=nsl.lib.replicate_embeddings(sources, k),
+            targets=targets,
+            weights=tf.reshape(tf.cast(nbr_weight, tf.float32), [-1, 1]),
+            distance_config=self._distance,
+        )
 
     def uses_views(self, data: dict[str, Any]) -> bool:
         """Whether any term reads the batch's fault ``views``."""
@@ -719,7 +763,6 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             # Outside tape_x: the input gradient for the adversarial step then
             # back-propagates through the B clean rows only, not the B * k neighbours.
             nbr = data["nbr_image"]
-            k = nbr.shape[1]
             nbr_n = self._normalize(tf.reshape(nbr, [-1, *image.shape[1:]]))
             nbr_emb = self._embed(nbr_n, training=True)
         total = attacked
@@ -731,12 +774,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             total += self.consistency.multiplier * consistency
             total += self.fault_adversary.multiplier * worst
         if use_graph:
-            graph_loss = nsl.lib.pairwise_distance_wrapper(
-                sources=nsl.lib.replicate_embeddings(emb, k),
-                targets=nbr_emb,
-                weights=tf.reshape(tf.cast(data["nbr_weight"], tf.float32), [-1, 1]),
-                distance_config=self._distance,
-            )
+            graph_loss = self._graph_loss(emb, logits, nbr_emb, data["nbr_weight"])
             total += self.graph.multiplier * graph_loss
         if self.uses_adversarial:
 

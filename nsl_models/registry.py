@@ -100,6 +100,7 @@ def export_model(
     data_hash: str,
     logit_adjustment: dict[str, list[float]] | None = None,
     operating_points: dict[str, Any] | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``MODEL_DIR/saved_model/`` and ``MODEL_DIR/metadata.json`` (the contract above).
 
@@ -117,6 +118,8 @@ def export_model(
             recorded in ``metadata.json`` ``calibration``. Default none.
         operating_points: Per-kind site cuts for ``metadata.json``
             (``operating_points``; :class:`minewatch.sites.SiteRules`). Default none.
+        labels: The label budget the model trained with (``labels``:
+            :meth:`nsl_models.train.Trainer.labels`). Default none.
 
     Returns:
         The metadata written.
@@ -187,6 +190,8 @@ def export_model(
         metadata["calibration"] = {"logit_adjustment": logit_adjustment}
     if operating_points:
         metadata["operating_points"] = _jsonable(operating_points)
+    if labels:
+        metadata["labels"] = _jsonable(labels)
     _swap_in(model_dir, fresh, metadata)
     return metadata
 

@@ -10,7 +10,9 @@ calls :func:`train_from_config`. ``MODEL_DIR`` after a run::
     best/               weights of the best validation epoch
     logs/train|validation   TensorBoard scalars
     saved_model/        the exported SavedModel (registry contract)
-    metadata.json       version, task, classes, bands, normalisation, metrics, ...
+    metadata.json       version, task, classes, bands, normalisation, metrics,
+                        labels (the label budget: training and labelled tiles
+                        per class), ...
 
 Resume: running again with the same ``MODEL_DIR`` restores the latest
 checkpoint (the optimizer step, the position in the shuffled data stream and
@@ -110,10 +112,21 @@ class Trainer:
         self.precision = set_precision(self.hardware, config.train.mixed_precision)
         self.train_files, self.validation_files = datalib.resolve_files(config.data)
         self.spec = datalib.read_tile_spec(config.data.tiles, self.train_files)
+        # Stratified label budget (data.label_fraction per class, label_floor):
+        # one pass, before the counts below, which see the hidden labels as -1.
+        self.label_budget = (
+            datalib.label_budget(self.train_files, self.spec, config.data)
+            if config.data.label_fraction < 1.0
+            else None
+        )
         # One pass counts tiles and pixels; weights and epoch length follow the
         # counts expected after majority undersampling (data.majority_keep).
         self.class_counts = datalib.count_classes(
-            self.train_files, self.spec, config.data, pixel_labels=config.model.pixel_head
+            self.train_files,
+            self.spec,
+            config.data,
+            pixel_labels=config.model.pixel_head,
+            budget=self.label_budget,
         )
         self.majority_class = self.class_counts.majority
         counts, pixels = self.class_counts.expected(config.data.majority_keep)
@@ -197,6 +210,7 @@ class Trainer:
             fault_views=cfg.augment.views,
             view_faults=cfg.augment.faults,
             view_severities=(cfg.augment.min_severity, cfg.augment.max_severity),
+            budget=self.label_budget,
         )
         val_files, val_split = self._val_split()
         n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
@@ -446,10 +460,34 @@ class Trainer:
             scenes, self.spec.classes, positive, self.logit_adjustment["pixel_probabilities"]
         )
 
+    def labels(self) -> dict[str, Any]:
+        """The label budget as ``metadata.json`` records it (``labels``).
+
+        Returns:
+            ``{"fraction", "floor", "tiles": {class: n}, "labelled": {class: n}}``:
+            labelled tiles per class in the training split, and how many of
+            them kept their label (:class:`nsl_models.data.LabelBudget`; all of
+            them with ``label_fraction`` 1). Counted before majority
+            undersampling.
+        """
+        if self.label_budget is not None:
+            return self.label_budget.to_metadata(self.spec.classes)
+        full = self.class_counts.expected(1.0)[0][:-1]
+        tiles = {name: int(n) for name, n in zip(self.spec.classes, full, strict=True)}
+        data = self.config.data
+        return {
+            "fraction": data.label_fraction,
+            "floor": data.label_floor,
+            "tiles": tiles,
+            "labelled": dict(tiles),
+        }
+
     def export(
         self, metrics: dict[str, Any], operating_points: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Write ``saved_model/`` and ``metadata.json`` (see :mod:`nsl_models.registry`).
+
+        ``metadata.json`` also holds ``labels`` (:meth:`labels`).
 
         Args:
             metrics: Held-out metrics to store.
@@ -460,7 +498,7 @@ class Trainer:
         """
         from nsl_models.registry import data_manifest_hash, export_model
 
-        return export_model(
+        metadata = export_model(
             self.base_model,
             self.spec,
             self.model_dir,
@@ -470,7 +508,9 @@ class Trainer:
             data_hash=data_manifest_hash(self.config.data.tiles, self.train_files),
             logit_adjustment=self.logit_adjustment,
             operating_points=operating_points,
+            labels=self.labels(),
         )
+        return metadata
 
 
 def _write_config(config: TrainerConfig, path: str) -> None:
