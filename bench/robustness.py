@@ -71,7 +71,12 @@ ARMS: dict[str, list[str]] = {
     "a": [],
     "b": ["consistency.enabled=true"],
     "c": ["fault_adversary.enabled=true"],
-    "d": ["adversarial.enabled=true"],
+    "d": [
+        "adversarial.enabled=true",
+        "adversarial.method=pgd",
+        "adversarial.epsilon=0.05",
+        "adversarial.pgd_iterations=3",
+    ],
     "e": ["consistency.enabled=true", "fault_adversary.enabled=true"],
 }
 ARM_NAMES = {
@@ -112,7 +117,11 @@ def base_sets(tiles_dir: str, epochs: int, seed: int, views: int) -> list[str]:
     """The overrides every arm shares."""
     sets = [
         f"data.tiles={tiles_dir}",
+        # Every term off unless the arm turns it on (frames.yaml's defaults may change).
         "adversarial.enabled=false",
+        "consistency.enabled=false",
+        "fault_adversary.enabled=false",
+        "augment.views=0",
         f"train.epochs={epochs}",
         "train.early_stopping_patience=0",
         f"train.seed={seed}",
