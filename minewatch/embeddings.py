@@ -38,7 +38,10 @@ A SavedModel embedding (:func:`load_saved_model`) is any model exported with a
 signature named ``embedding`` that takes the z-scored image batch
 ``float32 [B, H, W, C]`` (invalid pixels set to 0) and returns a
 ``float32 [B, D]`` embedding, for example the penultimate layer of a trained
-classifier.
+classifier, or the label-free contrastive encoder ``minewatch encoder`` trains on
+the tiles themselves (``nsl_models.encoder``). The ``embedding`` signature that
+``minewatch train`` exports takes raw pixels instead (it normalises inside), so it
+does not fit this contract as it stands (``docs/graph.md``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -25,6 +26,15 @@ from minewatch.cli.options import (
 #: ``--nbr-features``' default, ``pipelines.similarity_graph.LEAN_NBR_FEATURES`` (the
 #: command does not import Beam to answer ``--help``; a test keeps the two equal).
 LEAN_NBR_FEATURES = ("image/raw", "mask/valid", "tile/id", "label/class")
+#: ``--embedding`` value that trains the label-free encoder (``nsl_models.encoder``).
+CONTRASTIVE = "contrastive"
+#: Whether ``--embedding contrastive`` whitens by default (docs/graph.md, "Which embedding").
+CONTRASTIVE_WHITEN = True
+#: ``EncoderConfig`` fields ``--embedding contrastive`` trains with; none: its defaults,
+#: the same as ``minewatch encoder``'s.
+CONTRASTIVE_OPTIONS: dict[str, Any] = {}
+
+log = logging.getLogger(__name__)
 
 
 @click.command(
@@ -61,14 +71,18 @@ LEAN_NBR_FEATURES = ("image/raw", "mask/valid", "tile/id", "label/class")
     "--embedding",
     default="builtin",
     show_default=True,
-    metavar="builtin|SAVEDMODEL_DIR",
-    help="Built-in descriptor, or a SavedModel with an 'embedding' signature.",
+    metavar="builtin|contrastive|SAVEDMODEL_DIR",
+    help="Built-in descriptor; 'contrastive': a label-free encoder trained on these tiles "
+    "into --out/encoder first (the defaults of 'minewatch encoder'; a few minutes on 2 "
+    "CPUs, reused when the tiles and options are the same); or a SavedModel with an "
+    "'embedding' signature taking z-scored pixels (docs/graph.md, 'Which embedding').",
 )
 @click.option(
     "--whiten/--no-whiten",
     default=None,
     help="Whiten the embeddings with the job's own statistics before the similarity "
-    "search, so that cosines spread.  [default: on for builtin, off for a SavedModel]",
+    "search, so that cosines spread.  [default: on for builtin and contrastive, off for "
+    "a SavedModel]",
 )
 @click.option(
     "--rounds",
@@ -144,7 +158,8 @@ def graph(ctx: click.Context, /, **params: Any) -> None:
     Writes DIR/edges/ (Parquet: src, dst, weight, kind), DIR/graph.tsv (NSL's
     src<TAB>dst<TAB>weight), DIR/packed/ (TFRecords with NL_nbr_* features),
     DIR/dead_letter/ (Parquet) and DIR/stats.json (with the similarity cosines,
-    packed sizes and the homophily of the packed neighbours).
+    packed sizes and the homophily of the packed neighbours). With --embedding
+    contrastive, DIR/encoder/ holds the encoder (see 'minewatch encoder').
 
     \b
     Examples:
@@ -153,6 +168,7 @@ def graph(ctx: click.Context, /, **params: Any) -> None:
           --embedding models/classifier --direct_num_workers=2 \\
           --direct_running_mode=multi_processing
       minewatch graph out/tiles --out out/graph --pack-k 2 --temporal-weight 0.9
+      minewatch graph out/tiles --out out/graph --embedding contrastive
     """
     stats = execute(params, extra=ctx.args)
     click.echo(summary(stats) if stats is not None else DRY_RUN)
@@ -207,18 +223,24 @@ def build(
     classes = tuple(str(c) for c in tile_stats.get("classes") or ())
     nbr_features = _nbr_features(params["nbr_features"])
     embedding = params["embedding"]
-    if embedding != "builtin":
+    whiten = params["whiten"]
+    contrastive = embedding == CONTRASTIVE
+    if contrastive and whiten is None:
+        whiten = CONTRASTIVE_WHITEN
+    if embedding != "builtin" and not contrastive:
         if "://" not in embedding:
             embedding = os.path.abspath(embedding)
         if not FileSystems.exists(posixpath.join(embedding, "saved_model.pb")):
             raise click.BadParameter(
                 f"{embedding} is not a SavedModel directory (no saved_model.pb); give "
-                "'builtin' or a model exported with an 'embedding' signature",
+                "'builtin', 'contrastive' or a model exported with an 'embedding' signature",
                 param_hint="--embedding",
             )
     out = params["out"]
     out = abs_path(out)
     _prepare_out(out, params["overwrite"])
+    if contrastive:
+        embedding = _contrastive_encoder(tiles_dir, posixpath.join(out, "encoder"), params)
     config = GraphConfig(
         tiles=pattern,
         out=out,
@@ -230,7 +252,7 @@ def build(
         bucket_size=params["bucket_size"],
         seed=params["seed"],
         pack_k=params["pack_k"],
-        whiten=params["whiten"],
+        whiten=whiten,
         spill=params["spill"],
         spill_pairs=params["spill_pairs"],
         nbr_features=nbr_features,
@@ -246,6 +268,26 @@ def build(
         "tiles_dir": tiles_dir,
     }
     return config, with_profile(params.get("profile"), "graph", beam_args), header
+
+
+def _contrastive_encoder(tiles_dir: str, folder: str, params: dict[str, Any]) -> str:
+    """``--embedding contrastive``: train (or reuse) the encoder in ``folder``; its path.
+
+    Raises:
+        click.BadParameter: The encoder cannot be trained on these tiles, or ``folder``
+            holds another one and ``--overwrite`` was not given.
+    """
+    from minewatch.errors import InputError
+    from nsl_models.encoder import EncoderConfig, train_encoder
+
+    try:
+        config = EncoderConfig.from_dict(CONTRASTIVE_OPTIONS)
+        meta = train_encoder(tiles_dir, folder, config, overwrite=params["overwrite"])
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint="--embedding") from None
+    what = "kept" if meta.get("reused") else f"trained in {meta['seconds']} s"
+    log.info("contrastive encoder %s: %s", folder, what)
+    return folder
 
 
 def _nbr_features(value: str) -> tuple[str, ...] | None:

@@ -9,6 +9,7 @@ their heavy dependencies (Beam, TensorFlow) only when they run, so that
 from __future__ import annotations
 
 import logging
+from importlib import import_module
 from importlib.metadata import entry_points
 
 import click
@@ -28,9 +29,18 @@ def cli(ctx: click.Context, verbose: int) -> None:
     ctx.obj["verbose"] = verbose
 
 
+#: Commands of this package registered here too, so that they work in an install
+#: made before their entry point was added to ``pyproject.toml``.
+_BUILTIN = {"encoder": "minewatch.cli.encoder:encoder"}
+
+
 def _register() -> None:
     for ep in sorted(entry_points(group="minewatch.commands"), key=lambda e: e.name):
         cli.add_command(ep.load(), ep.name)
+    for name, target in _BUILTIN.items():
+        if name not in cli.commands:
+            module, attr = target.split(":")
+            cli.add_command(getattr(import_module(module), attr), name)
 
 
 _register()
