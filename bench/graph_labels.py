@@ -46,7 +46,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.quality import BANDS, interval, make_world  # noqa: E402
+from bench.quality import interval, make_world, tile_world  # noqa: E402
 
 TRAIN_WORLDS = (7, 9, 10)
 HELD_OUT_WORLD = 21
@@ -76,18 +76,10 @@ CANDIDATES: dict[str, list[str]] = {
 def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
     """World ``seed``: its tiles and (unless ``embedding`` is None) its graph, built once."""
     from minewatch.cli.graph import launch as graph
-    from minewatch.cli.tile import launch as tile
 
     gt = make_world(root, "demo", seed, "flat")
     tiles = os.path.join(root, f"tiles_{seed}")
-    if not os.path.exists(os.path.join(tiles, "stats.json")):
-        tile(
-            [
-                os.path.join(gt, "scenes"),
-                "--out", tiles, "--bands", BANDS, "--tile-size", "16",
-                "--labels", os.path.join(gt, "truth", "scene_*.geojson"), "--overwrite",
-            ]
-        )  # fmt: skip
+    tile_world(gt, tiles)
     if embedding is None:
         return tiles, ""
     graph_dir = os.path.join(root, f"graph_{seed}_{embedding_tag(embedding)}")

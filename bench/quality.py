@@ -88,12 +88,10 @@ def make_world(root: str, size: str, seed: int, world: str) -> str:
     return gt
 
 
-def tile_and_graph(root: str, gt: str) -> tuple[str, str]:
-    from minewatch.cli.graph import launch as graph
+def tile_world(gt: str, tiles: str) -> None:
+    """Tile world ``gt``'s scenes into ``tiles`` (16 px, :data:`BANDS`, labelled), once."""
     from minewatch.cli.tile import launch as tile
 
-    name = os.path.basename(gt)
-    tiles, graph_dir = os.path.join(root, f"tiles_{name}"), os.path.join(root, f"graph_{name}")
     if not os.path.exists(os.path.join(tiles, "stats.json")):
         tile(
             [
@@ -102,6 +100,14 @@ def tile_and_graph(root: str, gt: str) -> tuple[str, str]:
                 "--labels", os.path.join(gt, "truth", "scene_*.geojson"), "--overwrite",
             ]
         )  # fmt: skip
+
+
+def tile_and_graph(root: str, gt: str) -> tuple[str, str]:
+    from minewatch.cli.graph import launch as graph
+
+    name = os.path.basename(gt)
+    tiles, graph_dir = os.path.join(root, f"tiles_{name}"), os.path.join(root, f"graph_{name}")
+    tile_world(gt, tiles)
     if not os.path.exists(os.path.join(graph_dir, "stats.json")):
         graph([tiles, "--out", graph_dir, "--overwrite"])
     return tiles, graph_dir
