@@ -117,7 +117,7 @@ def tile_descriptors(args):
 def load_vectors(args):
     """``(all vectors [N, D] unit float32, a note)`` of ``--data``."""
     from minewatch.embeddings import fit_whitening
-    from minewatch.neighbours import normalize
+    from pipelines.graph.neighbours import normalize
 
     x = tile_descriptors(args)
     x = x[np.all(np.isfinite(x), axis=1)]
@@ -131,7 +131,7 @@ def load_vectors(args):
 
 
 def exact_numpy(x, k, threshold):
-    from minewatch.neighbours import topk_within
+    from pipelines.graph.neighbours import topk_within
 
     return topk_within(x, k, threshold, block=1024)
 
@@ -190,7 +190,7 @@ def run_method(method, args, x, workdir):
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.similarity_graph import SimilarityEdges
+        from pipelines.graph.job import SimilarityEdges
 
         # The pipeline reads the vectors from .npy shards (written before the clock
         # starts, as the embedding step would have): no process holds them all,
@@ -250,7 +250,7 @@ def _read_shard(start, path):
 
 
 def _schema():
-    from pipelines.similarity_graph import edges_schema
+    from pipelines.graph.job import edges_schema
 
     return edges_schema()
 

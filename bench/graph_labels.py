@@ -75,7 +75,7 @@ CANDIDATES: dict[str, list[str]] = {
 
 def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
     """World ``seed``: its tiles and (unless ``embedding`` is None) its graph, built once."""
-    from minewatch.cli.graph import launch as graph
+    from pipelines.graph import run as graph
 
     gt = make_world(root, "demo", seed, "flat")
     tiles = os.path.join(root, f"tiles_{seed}")
@@ -84,7 +84,16 @@ def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
         return tiles, ""
     graph_dir = os.path.join(root, f"graph_{seed}_{embedding_tag(embedding)}")
     if not os.path.exists(os.path.join(graph_dir, "stats.json")):
-        graph([tiles, "--out", graph_dir, "--embedding", embedding, "--overwrite"])
+        options = ["--embedding", embedding]
+        if embedding == "contrastive":
+            # The job reads an encoder, it does not train one: train it as 'minewatch
+            # graph --embedding contrastive' does (its defaults, GRAPH_DIR/encoder, whitened).
+            from nsl_models.encoder import EncoderConfig, train_encoder
+
+            encoder = os.path.join(graph_dir, "encoder")
+            train_encoder(tiles, encoder, EncoderConfig(), overwrite=True)
+            options = ["--embedding", encoder, "--whiten"]
+        graph([tiles, "--out", graph_dir, *options, "--overwrite"])
     return tiles, graph_dir
 
 

@@ -90,7 +90,7 @@ def make_world(root: str, size: str, seed: int, world: str) -> str:
 
 def tile_world(gt: str, tiles: str) -> None:
     """Tile world ``gt``'s scenes into ``tiles`` (16 px, :data:`BANDS`, labelled), once."""
-    from minewatch.cli.tile import launch as tile
+    from pipelines.tile import run as tile
 
     if not os.path.exists(os.path.join(tiles, "stats.json")):
         tile(
@@ -103,7 +103,7 @@ def tile_world(gt: str, tiles: str) -> None:
 
 
 def tile_and_graph(root: str, gt: str) -> tuple[str, str]:
-    from minewatch.cli.graph import launch as graph
+    from pipelines.graph import run as graph
 
     name = os.path.basename(gt)
     tiles, graph_dir = os.path.join(root, f"tiles_{name}"), os.path.join(root, f"graph_{name}")

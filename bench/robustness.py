@@ -100,11 +100,11 @@ def frames(root: str, name: str, n: int, cameras: int, seed: int) -> str:
 
 def tiles(root: str, frames_dir: str, size: int) -> str:
     """Tile a frames folder (once) with the tile job."""
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run as tile_job
 
     out = os.path.join(root, f"tiles_{os.path.basename(frames_dir)}_{size}")
     if not os.path.exists(os.path.join(out, "stats.json")):
-        launch(
+        tile_job(
             [
                 frames_dir, "--out", out, "--labels", os.path.join(frames_dir, "labels.csv"),
                 "--tile-size", str(size), "--overwrite",

@@ -182,12 +182,12 @@ def beam_job(
     inputs: str, out: str, bands: Sequence[str], tile: int, stride: int, extra: Sequence[str]
 ) -> dict[str, Any]:
     """Run ``minewatch tile`` in this process; return its stats."""
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run as tile_job
 
     argv = [inputs, "--out", out, "--bands", ",".join(bands), "--tile-size", str(tile)]
     argv += ["--stride", str(stride), "--overwrite", *extra]
     # Nothing in the job refers to this script's globals; do not pickle them.
-    stats = launch(argv, save_main_session=False)
+    stats = tile_job(argv, save_main_session=False)
     assert stats is not None
     return stats
 

@@ -21,8 +21,6 @@ from minewatch.compat import import_nsl
 nsl = import_nsl()
 import tensorflow as tf  # noqa: E402
 
-from minewatch.cli.graph import launch as graph  # noqa: E402
-from minewatch.cli.tile import launch  # noqa: E402
 from minewatch.synth import make_ground_truth  # noqa: E402
 from nsl_models import data as datalib  # noqa: E402
 from nsl_models.configs import (  # noqa: E402
@@ -32,6 +30,8 @@ from nsl_models.configs import (  # noqa: E402
     make_trainer_config,
 )
 from nsl_models.models import RegularizedModel, build_base_model  # noqa: E402
+from pipelines.graph import run as graph  # noqa: E402
+from pipelines.tile import run as tile  # noqa: E402
 
 K = 2
 
@@ -40,7 +40,7 @@ def make_data(root, size):
     gt = os.path.join(root, "gt")
     make_ground_truth(gt, size=size, seed=0)
     out = os.path.join(root, "tiles")
-    launch(
+    tile(
         [
             os.path.join(gt, "scenes"),
             "--out",

@@ -1,7 +1,7 @@
 """Typed, frozen dataclasses from parsed YAML/TOML mappings, with errors that name the key.
 
 Shared by the trainer's config (:mod:`nsl_models.configs`) and the nightly
-retrain config (:mod:`minewatch.retrain`): unknown keys and values of the wrong
+retrain config (:mod:`minewatch.workflows.retrain`): unknown keys and values of the wrong
 type are refused with the dotted key first (``train.epochs: expected an
 integer, got 'ten'``); range checks stay in each dataclass's ``__post_init__``
 (raising :class:`~minewatch.errors.ConfigError`), and their messages get the

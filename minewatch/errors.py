@@ -21,7 +21,17 @@ class MinewatchError(Exception):
 
 
 class ConfigError(MinewatchError, ValueError):
-    """An option or option combination that cannot work; raised before a job starts."""
+    """An option or option combination that cannot work; raised before a job starts.
+
+    Attributes:
+        option: The option at fault as the user writes it (``--labels``,
+            ``INPUT``), or None when no single option is; the CLI turns it into
+            click's "Invalid value for '--labels'".
+    """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 class InputError(MinewatchError, ValueError):

@@ -10,7 +10,21 @@ import numpy as np
 if TYPE_CHECKING:
     from pyproj import CRS, Transformer
 
-__all__ = ["reproject", "transformer"]
+__all__ = ["is_metric", "reproject", "transformer"]
+
+
+def is_metric(crs: Any) -> bool:
+    """Whether ``crs`` is projected with its first axis in metres (areas are planar m²).
+
+    Args:
+        crs: A pyproj CRS, or anything ``CRS.from_user_input`` reads (EPSG code,
+            WKT, a rasterio CRS).
+    """
+    from pyproj import CRS
+
+    proj = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
+    axis = proj.axis_info[0] if proj.axis_info else None
+    return bool(proj.is_projected and axis is not None and axis.unit_name in ("metre", "meter"))
 
 
 @functools.lru_cache(maxsize=64)

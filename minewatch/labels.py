@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from minewatch.errors import LabelError
+from minewatch.paths import is_remote
 from minewatch.spec import UNKNOWN_CLASS
 
 __all__ = [
@@ -376,8 +377,8 @@ class FrameLabels:
 
 def resolve_path(base: str, path: str) -> str:
     """Join ``path`` to ``base`` unless it is absolute or a URL, and normalise it."""
-    if "://" in path or path.startswith("/"):
-        return path if "://" in path else posixpath.normpath(path)
+    if is_remote(path) or path.startswith("/"):
+        return path if is_remote(path) else posixpath.normpath(path)
     return posixpath.normpath(posixpath.join(base, path))
 
 

@@ -23,7 +23,8 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window, from_bounds
 
 from minewatch.errors import SceneError
-from minewatch.scenes import SceneRef, parse_time
+from minewatch.paths import is_remote
+from minewatch.scenes import DEFAULT_MAX_PIXELS, SceneRef, parse_time
 
 __all__ = [
     "EDGE_MODES",
@@ -39,8 +40,6 @@ log = logging.getLogger(__name__)
 
 EDGE_MODES = ("shift", "pad", "drop")
 
-#: A raster declaring more pixels than this is refused (decompression-bomb guard).
-DEFAULT_MAX_PIXELS = 10_000_000_000
 
 _FRAME_BANDS = {1: ("gray",), 2: ("gray", "alpha"), 3: ("red", "green", "blue")}
 _FRAME_BANDS[4] = (*_FRAME_BANDS[3], "alpha")
@@ -264,7 +263,7 @@ class SceneReader:
     # -- opening and checking -------------------------------------------------
 
     def _open(self, path: str) -> Any:
-        if "://" not in path:
+        if not is_remote(path):
             try:
                 size = os.path.getsize(path)
             except OSError as exc:
@@ -291,9 +290,9 @@ class SceneReader:
             t = ds.transform
             if t.b != 0 or t.d != 0:
                 raise SceneError(f"rotated or sheared transform is not supported: {path}")
-        if ds.driver == "GTiff" and "://" not in path:
+        if ds.driver == "GTiff" and not is_remote(path):
             _check_not_truncated(ds)
-        if ds.driver in _END_MARKERS and "://" not in path:
+        if ds.driver in _END_MARKERS and not is_remote(path):
             _check_end_marker(path, ds.driver)
 
     def open(self) -> SceneReader:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from minewatch.errors import ConfigError
+from minewatch.paths import is_remote
 
 __all__ = ["ModelRef", "resolve_model", "within"]
 
@@ -64,7 +65,7 @@ def _read_json(path: str) -> dict[str, Any]:
 
 
 def _exists(path: str) -> bool:
-    if "://" not in path:
+    if not is_remote(path):
         return os.path.exists(path)
     from apache_beam.io.filesystems import FileSystems
 
@@ -73,7 +74,7 @@ def _exists(path: str) -> bool:
 
 def within(path: str, root: str) -> bool:
     """Whether ``path`` is ``root`` or lies under it (local links resolved)."""
-    if "://" in root or "://" in path:
+    if is_remote(root) or is_remote(path):
         path, root = posixpath.normpath(path), posixpath.normpath(root)
     else:
         path, root = os.path.realpath(path), os.path.realpath(root)
@@ -99,7 +100,7 @@ def resolve_model(path: str) -> ModelRef:
     if _exists(current):
         pointer = _read_json(current)
         target = pointer.get("path") or posixpath.join(path, "versions", str(pointer["version"]))
-        if "://" not in target and not os.path.isabs(target):
+        if not is_remote(target) and not os.path.isabs(target):
             target = os.path.join(path, target)
         if not within(target, path):
             # Serve only what the configured registry holds: a pointer that leads

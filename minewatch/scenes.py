@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 __all__ = [
     "DEFAULT_FRAME_PATTERN",
+    "DEFAULT_MAX_PIXELS",
     "FRAME_EXTENSIONS",
     "RASTER_EXTENSIONS",
     "SIDECAR_SUFFIXES",
@@ -38,6 +39,9 @@ FRAME_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
 SIDECAR_SUFFIXES = (".aux.xml", ".ovr", ".msk", ".tfw", ".jgw", ".pgw", ".wld", ".prj")
 
 #: Camera id = the frame's folder; time = ``YYYYmmddTHHMMSS`` at the start of its name.
+#: A raster declaring more pixels than this is refused (decompression-bomb guard).
+DEFAULT_MAX_PIXELS = 10_000_000_000
+
 DEFAULT_FRAME_PATTERN = r"(?P<camera_id>[^/]+)/(?P<timestamp>\d{8}T\d{6})[^/]*$"
 
 # A band token starts with a letter and has no punctuation, so that dated names

@@ -395,12 +395,9 @@ class SiteShape:
 
 def _planar_metres(crs: str) -> bool:
     """Whether areas in ``crs`` are planar square metres (or there is no CRS)."""
-    from pyproj import CRS
+    from minewatch.geo import is_metric
 
-    if not crs:
-        return True
-    src = CRS.from_user_input(crs)
-    return bool(src.is_projected and src.axis_info[0].unit_name in ("metre", "meter"))
+    return not crs or is_metric(crs)
 
 
 def _area_m2(geoms: Sequence[Any], crs: str) -> list[float]:

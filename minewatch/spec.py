@@ -47,8 +47,31 @@ import numpy as np
 import pyarrow as pa
 
 __all__ = [
+    "CAMERA_ID",
     "FEATURES",
+    "GEO_BOUNDS",
+    "GEO_BOUNDS_WGS84",
+    "GEO_CRS",
+    "GEO_TRANSFORM",
+    "IMAGE_BANDS",
+    "IMAGE_DTYPE",
+    "IMAGE_RAW",
+    "IMAGE_SHAPE",
+    "LABEL_CLASS",
+    "LABEL_FRACTIONS",
+    "LABEL_MASK",
+    "LABEL_NAME",
+    "LABEL_SOURCE",
+    "LABEL_WEAK",
+    "SCENE_ACQUIRED",
+    "SCENE_ID",
+    "SCENE_KIND",
+    "TILE_ID",
     "UNKNOWN_CLASS",
+    "VALID_FRACTION",
+    "VALID_MASK",
+    "WINDOW_COL",
+    "WINDOW_ROW",
     "Tile",
     "decode_tiles",
     "encode_tiles",
@@ -57,31 +80,57 @@ __all__ = [
 #: Value of ``label/mask`` pixels whose class is unknown.
 UNKNOWN_CLASS = 255
 
+#: The names of a tile record's features; the tile job writes them, the trainer and
+#: the graph job read them.
+TILE_ID = "tile/id"
+SCENE_ID = "scene/id"
+SCENE_KIND = "scene/kind"
+SCENE_ACQUIRED = "scene/acquired"
+CAMERA_ID = "camera/id"
+IMAGE_RAW = "image/raw"
+IMAGE_DTYPE = "image/dtype"
+IMAGE_SHAPE = "image/shape"
+IMAGE_BANDS = "image/bands"
+VALID_MASK = "mask/valid"
+VALID_FRACTION = "valid/fraction"
+GEO_CRS = "geo/crs"
+GEO_TRANSFORM = "geo/transform"
+GEO_BOUNDS = "geo/bounds"
+GEO_BOUNDS_WGS84 = "geo/bounds_wgs84"
+WINDOW_ROW = "window/row"
+WINDOW_COL = "window/col"
+LABEL_CLASS = "label/class"
+LABEL_NAME = "label/name"
+LABEL_SOURCE = "label/source"
+LABEL_WEAK = "label/weak"
+LABEL_FRACTIONS = "label/fractions"
+LABEL_MASK = "label/mask"
+
 #: Feature name -> tf.train.Feature kind (``bytes``, ``int64`` or ``float``).
 FEATURES: dict[str, str] = {
-    "tile/id": "bytes",
-    "scene/id": "bytes",
-    "scene/kind": "bytes",
-    "scene/acquired": "int64",
-    "camera/id": "bytes",
-    "image/raw": "bytes",
-    "image/dtype": "bytes",
-    "image/shape": "int64",
-    "image/bands": "bytes",
-    "mask/valid": "bytes",
-    "valid/fraction": "float",
-    "geo/crs": "bytes",
-    "geo/transform": "bytes",
-    "geo/bounds": "bytes",
-    "geo/bounds_wgs84": "bytes",
-    "window/row": "int64",
-    "window/col": "int64",
-    "label/class": "int64",
-    "label/name": "bytes",
-    "label/source": "bytes",
-    "label/weak": "int64",
-    "label/fractions": "float",
-    "label/mask": "bytes",
+    TILE_ID: "bytes",
+    SCENE_ID: "bytes",
+    SCENE_KIND: "bytes",
+    SCENE_ACQUIRED: "int64",
+    CAMERA_ID: "bytes",
+    IMAGE_RAW: "bytes",
+    IMAGE_DTYPE: "bytes",
+    IMAGE_SHAPE: "int64",
+    IMAGE_BANDS: "bytes",
+    VALID_MASK: "bytes",
+    VALID_FRACTION: "float",
+    GEO_CRS: "bytes",
+    GEO_TRANSFORM: "bytes",
+    GEO_BOUNDS: "bytes",
+    GEO_BOUNDS_WGS84: "bytes",
+    WINDOW_ROW: "int64",
+    WINDOW_COL: "int64",
+    LABEL_CLASS: "int64",
+    LABEL_NAME: "bytes",
+    LABEL_SOURCE: "bytes",
+    LABEL_WEAK: "int64",
+    LABEL_FRACTIONS: "float",
+    LABEL_MASK: "bytes",
 }
 
 _ARROW = {
@@ -168,29 +217,29 @@ def _row(tile: Tile) -> dict[str, list[Any]]:
         else np.ascontiguousarray(tile.label_mask, np.uint8).tobytes()
     )
     return {
-        "tile/id": [tile.tile_id.encode()],
-        "scene/id": [tile.scene_id.encode()],
-        "scene/kind": [tile.kind.encode()],
-        "scene/acquired": [tile.acquired_unix],
-        "camera/id": [tile.camera_id.encode()],
-        "image/raw": [image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()],
-        "image/dtype": [image.dtype.name.encode()],
-        "image/shape": list(image.shape),
-        "image/bands": [b.encode() for b in tile.bands],
-        "mask/valid": [np.ascontiguousarray(tile.valid, np.uint8).tobytes()],
-        "valid/fraction": [tile.valid_fraction],
-        "geo/crs": [tile.crs.encode()],
-        "geo/transform": [_f64(tile.transform)],
-        "geo/bounds": [_f64(tile.bounds)],
-        "geo/bounds_wgs84": [_f64(tile.bounds_wgs84)],
-        "window/row": [tile.row_off],
-        "window/col": [tile.col_off],
-        "label/class": [tile.label],
-        "label/name": [tile.label_name.encode()],
-        "label/source": [tile.label_source.encode()],
-        "label/weak": [int(tile.weak)],
-        "label/fractions": [float(x) for x in tile.class_fractions],
-        "label/mask": [mask],
+        TILE_ID: [tile.tile_id.encode()],
+        SCENE_ID: [tile.scene_id.encode()],
+        SCENE_KIND: [tile.kind.encode()],
+        SCENE_ACQUIRED: [tile.acquired_unix],
+        CAMERA_ID: [tile.camera_id.encode()],
+        IMAGE_RAW: [image.astype(image.dtype.newbyteorder("<"), copy=False).tobytes()],
+        IMAGE_DTYPE: [image.dtype.name.encode()],
+        IMAGE_SHAPE: list(image.shape),
+        IMAGE_BANDS: [b.encode() for b in tile.bands],
+        VALID_MASK: [np.ascontiguousarray(tile.valid, np.uint8).tobytes()],
+        VALID_FRACTION: [tile.valid_fraction],
+        GEO_CRS: [tile.crs.encode()],
+        GEO_TRANSFORM: [_f64(tile.transform)],
+        GEO_BOUNDS: [_f64(tile.bounds)],
+        GEO_BOUNDS_WGS84: [_f64(tile.bounds_wgs84)],
+        WINDOW_ROW: [tile.row_off],
+        WINDOW_COL: [tile.col_off],
+        LABEL_CLASS: [tile.label],
+        LABEL_NAME: [tile.label_name.encode()],
+        LABEL_SOURCE: [tile.label_source.encode()],
+        LABEL_WEAK: [int(tile.weak)],
+        LABEL_FRACTIONS: [float(x) for x in tile.class_fractions],
+        LABEL_MASK: [mask],
     }
 
 
@@ -245,32 +294,32 @@ def decode_tiles(records: Sequence[bytes]) -> list[Tile]:
     tiles = []
     for i in range(batch.num_rows):
         v = {name: cols[name][i] or [] for name in FEATURES}
-        h, w, c = v["image/shape"]
-        dtype = np.dtype(v["image/dtype"][0].decode()).newbyteorder("<")
-        raw = v["image/raw"][0]
+        h, w, c = v[IMAGE_SHAPE]
+        dtype = np.dtype(v[IMAGE_DTYPE][0].decode()).newbyteorder("<")
+        raw = v[IMAGE_RAW][0]
         if len(raw) != h * w * c * dtype.itemsize:
             raise ValueError(f"tile {v['tile/id'][0]!r}: image bytes do not match shape/dtype")
-        mask_raw = v["label/mask"][0]
-        acquired = v["scene/acquired"][0]
+        mask_raw = v[LABEL_MASK][0]
+        acquired = v[SCENE_ACQUIRED][0]
         tiles.append(
             Tile(
-                scene_id=v["scene/id"][0].decode(),
-                kind=v["scene/kind"][0].decode(),
-                row_off=v["window/row"][0],
-                col_off=v["window/col"][0],
+                scene_id=v[SCENE_ID][0].decode(),
+                kind=v[SCENE_KIND][0].decode(),
+                row_off=v[WINDOW_ROW][0],
+                col_off=v[WINDOW_COL][0],
                 image=np.frombuffer(raw, dtype).reshape(h, w, c).astype(dtype.newbyteorder("=")),
-                valid=np.frombuffer(v["mask/valid"][0], np.uint8).reshape(h, w).astype(bool),
-                bands=tuple(b.decode() for b in v["image/bands"]),
-                crs=v["geo/crs"][0].decode(),
-                transform=_f64_tuple(v["geo/transform"][0]),
-                bounds=_f64_tuple(v["geo/bounds"][0]),
-                bounds_wgs84=_f64_tuple(v["geo/bounds_wgs84"][0]),
+                valid=np.frombuffer(v[VALID_MASK][0], np.uint8).reshape(h, w).astype(bool),
+                bands=tuple(b.decode() for b in v[IMAGE_BANDS]),
+                crs=v[GEO_CRS][0].decode(),
+                transform=_f64_tuple(v[GEO_TRANSFORM][0]),
+                bounds=_f64_tuple(v[GEO_BOUNDS][0]),
+                bounds_wgs84=_f64_tuple(v[GEO_BOUNDS_WGS84][0]),
                 acquired=datetime.fromtimestamp(acquired, UTC) if acquired >= 0 else None,
-                camera_id=v["camera/id"][0].decode(),
-                label=v["label/class"][0],
-                label_name=v["label/name"][0].decode(),
-                label_source=v["label/source"][0].decode(),
-                class_fractions=np.asarray(v["label/fractions"], np.float32),
+                camera_id=v[CAMERA_ID][0].decode(),
+                label=v[LABEL_CLASS][0],
+                label_name=v[LABEL_NAME][0].decode(),
+                label_source=v[LABEL_SOURCE][0].decode(),
+                class_fractions=np.asarray(v[LABEL_FRACTIONS], np.float32),
                 label_mask=np.frombuffer(mask_raw, np.uint8).reshape(h, w) if mask_raw else None,
             )
         )

@@ -17,6 +17,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from minewatch.paths import is_remote, replace_file
+
 __all__ = [
     "GEOMETRY_COLUMNS",
     "INFER_TABLES",
@@ -397,28 +399,12 @@ def write_geoparquet(
         meta[b"geo"] = json.dumps(_geo_metadata(table)).encode()
         data = data.replace_schema_metadata(meta)
     folder = posixpath.dirname(path)
-    if "://" not in path:
+    if not is_remote(path):
         os.makedirs(folder, exist_ok=True)
     temp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}.parquet")
     with FileSystems.create(temp) as f:
         pq.write_table(data, f)
     replace_file(temp, path)
-
-
-def replace_file(temp: str, path: str) -> None:
-    """Move a finished ``temp`` file onto ``path``, replacing what was there.
-
-    Atomic on a local file system (``os.replace``); on object stores, where a
-    rename is a copy, the old object is deleted first.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in path:
-        os.replace(temp, path)
-        return
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([temp], [path])
 
 
 _BQ = {

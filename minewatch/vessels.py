@@ -62,7 +62,7 @@ import numpy as np
 from affine import Affine
 
 from minewatch.errors import ConfigError, InputError
-from minewatch.geo import reproject
+from minewatch.geo import is_metric, reproject
 
 __all__ = [
     "Detection",
@@ -181,7 +181,7 @@ def _check_crs(crs: str) -> Any:
         proj = CRS.from_user_input(crs)
     except Exception as exc:
         raise InputError(f"cannot read the scene CRS {crs!r}: {exc}") from exc
-    if not proj.is_projected or proj.axis_info[0].unit_name not in ("metre", "meter"):
+    if not is_metric(proj):
         raise InputError(
             f"vessel lengths and distances need a scene CRS projected in metres "
             f"(Sentinel-2 tiles are UTM), got {proj.name}; reproject the scene"

@@ -41,7 +41,8 @@ from shapely.geometry import Point, box
 from shapely.geometry.base import BaseGeometry
 
 from minewatch.errors import ConfigError
-from minewatch.geo import reproject, transformer
+from minewatch.geo import is_metric, reproject, transformer
+from minewatch.paths import is_remote
 
 __all__ = [
     "VOLUME_METHODS",
@@ -146,8 +147,7 @@ def _opened(raster: str | os.PathLike[str] | Any) -> Iterator[Any]:
 
 def _metric_crs(geom: BaseGeometry, crs: CRS) -> tuple[CRS, BaseGeometry]:
     """A CRS in metres for buffering ``geom``: its own, or a local equidistant one."""
-    axis = crs.axis_info[0] if crs.axis_info else None
-    if crs.is_projected and axis is not None and axis.unit_name in ("metre", "meter"):
+    if is_metric(crs):
         return crs, geom
     to_geo = transformer(crs, _WGS84)
     lon, lat = to_geo.transform(geom.centroid.x, geom.centroid.y)
@@ -981,7 +981,7 @@ class DsmIndex:
         Raises:
             ConfigError: Nothing matches, or a match is not a readable raster.
         """
-        if "://" in pattern:
+        if is_remote(pattern):
             from apache_beam.io.filesystems import FileSystems
 
             try:

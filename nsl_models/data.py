@@ -46,7 +46,23 @@ import numpy as np
 
 from minewatch.compat import use_legacy_keras
 from minewatch.errors import ConfigError, InputError
-from minewatch.spec import UNKNOWN_CLASS
+from minewatch.spec import (
+    GEO_CRS,
+    GEO_TRANSFORM,
+    IMAGE_BANDS,
+    IMAGE_DTYPE,
+    IMAGE_RAW,
+    IMAGE_SHAPE,
+    LABEL_CLASS,
+    LABEL_MASK,
+    LABEL_WEAK,
+    SCENE_ID,
+    TILE_ID,
+    UNKNOWN_CLASS,
+    VALID_MASK,
+    WINDOW_COL,
+    WINDOW_ROW,
+)
 from nsl_models.configs import ClassWeighting, DataConfig, SplitKey
 
 __all__ = [
@@ -200,9 +216,9 @@ def read_tile_spec(tiles_dir: str, files: Sequence[str]) -> TileSpec:
     tile, problem = _record_problem(ex, None)
     if problem:
         raise InputError(f"{source} record 0 (tile/id {tile!r}): {problem}")
-    shape = [int(v) for v in ex["image/shape"].numpy()]
-    dtype = ex["image/dtype"].numpy()[0].decode()
-    bands = tuple(b.decode() for b in ex["image/bands"].numpy())
+    shape = [int(v) for v in ex[IMAGE_SHAPE].numpy()]
+    dtype = ex[IMAGE_DTYPE].numpy()[0].decode()
+    bands = tuple(b.decode() for b in ex[IMAGE_BANDS].numpy())
     h, w, c = shape
     band_stats = stats.get("bands") or {}
     missing = [b for b in bands if b not in band_stats]
@@ -227,19 +243,19 @@ def _features(spec: TileSpec, max_neighbors: int) -> dict[str, Any]:
 
     nbytes = spec.height * spec.width * spec.channels * np.dtype(spec.dtype).itemsize
     feats: dict[str, Any] = {
-        "image/raw": tf.io.FixedLenFeature([], tf.string),
-        "tile/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "scene/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "window/row": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        "window/col": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        "label/class": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-        "label/weak": tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        "label/mask": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "mask/valid": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        IMAGE_RAW: tf.io.FixedLenFeature([], tf.string),
+        TILE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        SCENE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        WINDOW_ROW: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        WINDOW_COL: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        LABEL_CLASS: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+        LABEL_WEAK: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        LABEL_MASK: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        VALID_MASK: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
     for i in range(max_neighbors):
         # A record with fewer neighbours gets zero pixels and weight 0 (no edge).
-        feats[f"{NBR_PREFIX}{i}_image/raw"] = tf.io.FixedLenFeature(
+        feats[f"{NBR_PREFIX}{i}_{IMAGE_RAW}"] = tf.io.FixedLenFeature(
             [], tf.string, default_value=b"\0" * nbytes
         )
         feats[f"{NBR_PREFIX}{i}_weight"] = tf.io.FixedLenFeature([], tf.float32, default_value=0.0)
@@ -274,8 +290,8 @@ def _pixel_label(ex: dict[str, Any], label: Any, spec: TileSpec) -> Any:
     """
     import tensorflow as tf
 
-    mask = tf.cast(_plane(ex["label/mask"], spec, UNKNOWN_CLASS), tf.int32)
-    valid = _plane(ex["mask/valid"], spec, 1) > 0
+    mask = tf.cast(_plane(ex[LABEL_MASK], spec, UNKNOWN_CLASS), tf.int32)
+    valid = _plane(ex[VALID_MASK], spec, 1) > 0
     keep = valid & (mask < spec.num_classes) & (label[..., None, None] >= 0)
     return tf.where(keep, mask, -1)
 
@@ -286,16 +302,16 @@ def _in_split(ex: dict[str, Any], spec: TileSpec, config: DataConfig, split: str
     if split == Split.ALL or config.validation_fraction == 0.0:
         return tf.constant(split != Split.VALIDATION)
     if config.split_by is SplitKey.TILE:  # AUTO only reaches here outside a TrainerConfig
-        key = ex["tile/id"]
+        key = ex[TILE_ID]
     elif config.split_by in (SplitKey.SCENE, SplitKey.AUTO):
-        key = ex["scene/id"]
+        key = ex[SCENE_ID]
     else:
         block_r = config.split_block * spec.height
         block_c = config.split_block * spec.width
         key = tf.strings.join(
             [
-                tf.strings.as_string(ex["window/row"] // block_r),
-                tf.strings.as_string(ex["window/col"] // block_c),
+                tf.strings.as_string(ex[WINDOW_ROW] // block_r),
+                tf.strings.as_string(ex[WINDOW_COL] // block_c),
             ],
             ":",
         )
@@ -309,7 +325,7 @@ def _label_bucket(ex: dict[str, Any]) -> Any:
     import tensorflow as tf
 
     # Salted so the kept labels are independent of the train/validation split.
-    return tf.strings.to_hash_bucket_fast(tf.strings.join([ex["tile/id"], "#label"]), _HASH_BUCKETS)
+    return tf.strings.to_hash_bucket_fast(tf.strings.join([ex[TILE_ID], "#label"]), _HASH_BUCKETS)
 
 
 def _label(ex: dict[str, Any], config: DataConfig, split: str, cuts: Any = None) -> Any:
@@ -320,7 +336,7 @@ def _label(ex: dict[str, Any], config: DataConfig, split: str, cuts: Any = None)
     """
     import tensorflow as tf
 
-    label = tf.cast(ex["label/class"], tf.int32)
+    label = tf.cast(ex[LABEL_CLASS], tf.int32)
     if split == Split.TRAIN and cuts is not None:
         cut = tf.gather(cuts, tf.clip_by_value(label, 0, cuts.shape[0] - 1))
         keep = (label < 0) | (_label_bucket(ex) < cut)
@@ -403,11 +419,11 @@ def label_budget(files: Sequence[str], spec: TileSpec, config: DataConfig) -> La
     use_legacy_keras()
     import tensorflow as tf
 
-    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    feats = {k: v for k, v in _features(spec, 0).items() if k != IMAGE_RAW}
     k, size = spec.num_classes, spec.num_classes * _HASH_BUCKETS
 
     def count(ex: dict[str, Any]) -> Any:
-        label = ex["label/class"]
+        label = ex[LABEL_CLASS]
         train = tf.broadcast_to(_in_split(ex, spec, config, Split.TRAIN), tf.shape(label))
         index = tf.boolean_mask(
             label * _HASH_BUCKETS + _label_bucket(ex), train & (label >= 0) & (label < k)
@@ -496,11 +512,11 @@ def _check_features(batched: bool = False) -> dict[str, Any]:
 
     raw = tf.io.FixedLenFeature([], tf.string, default_value="") if batched else None
     return {
-        "tile/id": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "image/raw": raw or tf.io.RaggedFeature(tf.string),
-        "image/shape": tf.io.RaggedFeature(tf.int64),
-        "image/dtype": tf.io.RaggedFeature(tf.string),
-        "image/bands": tf.io.RaggedFeature(tf.string),
+        TILE_ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        IMAGE_RAW: raw or tf.io.RaggedFeature(tf.string),
+        IMAGE_SHAPE: tf.io.RaggedFeature(tf.int64),
+        IMAGE_DTYPE: tf.io.RaggedFeature(tf.string),
+        IMAGE_BANDS: tf.io.RaggedFeature(tf.string),
     }
 
 
@@ -526,10 +542,10 @@ def _problem(
             record agrees with itself.
     """
     present = {
-        "image/raw": raw_values,
-        "image/shape": len(shape),
-        "image/dtype": dtype_values,
-        "image/bands": len(bands),
+        IMAGE_RAW: raw_values,
+        IMAGE_SHAPE: len(shape),
+        IMAGE_DTYPE: dtype_values,
+        IMAGE_BANDS: len(bands),
     }
     missing = [name for name, n in present.items() if n == 0]
     if missing:
@@ -553,9 +569,9 @@ def _problem(
     if spec is None:
         return ""
     for name, mine, theirs in (
-        ("image/shape", shape, list(spec.shape)),
-        ("image/dtype", dtype, spec.dtype),
-        ("image/bands", list(bands), list(spec.bands)),
+        (IMAGE_SHAPE, shape, list(spec.shape)),
+        (IMAGE_DTYPE, dtype, spec.dtype),
+        (IMAGE_BANDS, list(bands), list(spec.bands)),
     ):
         if mine != theirs:
             return f"{name} {mine} and the first record's {theirs} do not match"
@@ -566,8 +582,8 @@ def _bad_records(ex: dict[str, Any], spec: TileSpec) -> Any:
     """``bool[N]``: records of a parsed batch that do not fit ``spec`` (see :func:`_problem`)."""
     import tensorflow as tf
 
-    raw, shape, dtype = ex["image/raw"], ex["image/shape"], ex["image/dtype"]
-    bands = ex["image/bands"]
+    raw, shape, dtype = ex[IMAGE_RAW], ex[IMAGE_SHAPE], ex[IMAGE_DTYPE]
+    bands = ex[IMAGE_BANDS]
     nbytes = spec.height * spec.width * spec.channels * np.dtype(spec.dtype).itemsize
     fixed_shape = shape.to_tensor(default_value=-1, shape=[None, 3])
     ok = tf.strings.length(raw) == nbytes  # [N] strings, see _check_features(batched=True)
@@ -681,18 +697,18 @@ def _describe(path: str, index: int, spec: TileSpec) -> str:
 
 def _record_problem(ex: dict[str, Any], spec: TileSpec | None) -> tuple[str, str]:
     """``(tile id, problem)`` of one record parsed with :func:`_check_features`."""
-    raw = [len(r) for r in ex["image/raw"].numpy()]
-    dtype = [d.decode(errors="replace") for d in ex["image/dtype"].numpy()]
+    raw = [len(r) for r in ex[IMAGE_RAW].numpy()]
+    dtype = [d.decode(errors="replace") for d in ex[IMAGE_DTYPE].numpy()]
     problem = _problem(
         len(raw),
         sum(raw),
-        [int(v) for v in ex["image/shape"].numpy()],
+        [int(v) for v in ex[IMAGE_SHAPE].numpy()],
         "".join(dtype),
         len(dtype),
-        [b.decode(errors="replace") for b in ex["image/bands"].numpy()],
+        [b.decode(errors="replace") for b in ex[IMAGE_BANDS].numpy()],
         spec,
     )
-    return ex["tile/id"].numpy().decode(errors="replace"), problem
+    return ex[TILE_ID].numpy().decode(errors="replace"), problem
 
 
 def _unreadable(files: Sequence[str], feats: dict[str, Any], err: Exception) -> str:
@@ -770,7 +786,7 @@ def count_pixels(
     use_legacy_keras()
     import tensorflow as tf
 
-    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    feats = {k: v for k, v in _features(spec, 0).items() if k != IMAGE_RAW}
     k = spec.num_classes
     cuts = _hiding_cuts(files, spec, config, split, budget)
 
@@ -882,7 +898,7 @@ def count_classes(
     use_legacy_keras()
     import tensorflow as tf
 
-    feats = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    feats = {k: v for k, v in _features(spec, 0).items() if k != IMAGE_RAW}
     k = spec.num_classes
     cuts = _hiding_cuts(files, spec, config, split, budget)
 
@@ -961,7 +977,7 @@ def _undersample(
     """
     import tensorflow as tf
 
-    small = {k: v for k, v in _features(spec, 0).items() if k != "image/raw"}
+    small = {k: v for k, v in _features(spec, 0).items() if k != IMAGE_RAW}
     keep = tf.constant(config.majority_keep, tf.float32)
 
     def kept(record: Any, draw: Any) -> Any:
@@ -1120,10 +1136,10 @@ def make_dataset(
         ex = tf.io.parse_single_example(record, feats)
         label = _label(ex, config, split, cuts)
         labelled = label >= 0
-        weak = tf.where(ex["label/weak"] > 0, weak_w, 1.0)
+        weak = tf.where(ex[LABEL_WEAK] > 0, weak_w, 1.0)
         weight = tf.where(labelled, tf.gather(cw, tf.maximum(label, 0)), 0.0) * weak
         out = {
-            "image": _decode(ex["image/raw"], spec),
+            "image": _decode(ex[IMAGE_RAW], spec),
             "label": label,
             "weight": weight,
             "_keep": _in_split(ex, spec, config, split),
@@ -1136,7 +1152,7 @@ def make_dataset(
             )
         if max_neighbors:
             out["nbr_image"] = tf.stack(
-                [_decode(ex[f"{NBR_PREFIX}{i}_image/raw"], spec) for i in range(max_neighbors)]
+                [_decode(ex[f"{NBR_PREFIX}{i}_{IMAGE_RAW}"], spec) for i in range(max_neighbors)]
             )
             out["nbr_weight"] = tf.stack(
                 [ex[f"{NBR_PREFIX}{i}_weight"] for i in range(max_neighbors)]
@@ -1231,24 +1247,24 @@ def load_pixel_tiles(
 
     feats = {
         **_features(spec, 0),
-        "geo/crs": tf.io.FixedLenFeature([], tf.string, default_value=""),
-        "geo/transform": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        GEO_CRS: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        GEO_TRANSFORM: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
-        pixels = tf.io.decode_raw(ex["image/raw"], tf.dtypes.as_dtype(spec.dtype))
-        label = tf.cast(ex["label/class"], tf.int32)
+        pixels = tf.io.decode_raw(ex[IMAGE_RAW], tf.dtypes.as_dtype(spec.dtype))
+        label = tf.cast(ex[LABEL_CLASS], tf.int32)
         return (
             tf.reshape(pixels, spec.shape),
-            ex["label/class"],
+            ex[LABEL_CLASS],
             _pixel_label(ex, label, spec),
             _in_split(ex, spec, config, split),
-            ex["scene/id"],
-            ex["window/row"],
-            ex["window/col"],
-            ex["geo/crs"],
-            ex["geo/transform"],
+            ex[SCENE_ID],
+            ex[WINDOW_ROW],
+            ex[WINDOW_COL],
+            ex[GEO_CRS],
+            ex[GEO_TRANSFORM],
         )
 
     images, labels, masks, scenes, rows, cols = [], [], [], [], [], []

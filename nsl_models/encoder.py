@@ -75,6 +75,8 @@ import numpy as np
 from minewatch import __version__
 from minewatch.compat import use_legacy_keras
 from minewatch.errors import ConfigError, InputError
+from minewatch.paths import is_remote
+from minewatch.spec import IMAGE_RAW, VALID_MASK
 
 __all__ = [
     "DEFAULT_VIEW_CORRUPTIONS",
@@ -408,13 +410,13 @@ def _dataset(files: list[str], spec: Any, config: EncoderConfig) -> Any:
     from nsl_models.data import _decode, _plane, _records
 
     feats = {
-        "image/raw": tf.io.FixedLenFeature([], tf.string),
-        "mask/valid": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        IMAGE_RAW: tf.io.FixedLenFeature([], tf.string),
+        VALID_MASK: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
-        return _decode(ex["image/raw"], spec), _plane(ex["mask/valid"], spec, fill=1)
+        return _decode(ex[IMAGE_RAW], spec), _plane(ex[VALID_MASK], spec, fill=1)
 
     make = _view_maker(spec, config)
 
@@ -460,7 +462,7 @@ def _export(encoder: Any, channels: int, folder: str, metadata: dict[str, Any]) 
 
     signatures = {_SIGNATURE: embed, "serving_default": embed}
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    if "://" in folder:
+    if is_remote(folder):
         if tf.io.gfile.exists(folder):
             tf.io.gfile.rmtree(folder)
         tf.saved_model.save(module, folder, signatures=signatures)

@@ -55,6 +55,7 @@ import numpy as np
 
 from minewatch.compat import use_legacy_keras
 from minewatch.errors import ConfigError, InputError
+from minewatch.paths import write_json
 from nsl_models.data import TileSpec
 
 __all__ = [
@@ -221,7 +222,7 @@ def _swap_in(model_dir: str, fresh: str, metadata: dict[str, Any]) -> None:
         shutil.rmtree(old)
     else:
         os.replace(fresh, path)
-    _atomic_json(meta_path, metadata)
+    write_json(meta_path, metadata, allow_nan=False)
 
 
 def _jsonable(value: Any) -> Any:
@@ -234,16 +235,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None  # JSON has no NaN; promotion treats a missing metric as NaN
     return value
-
-
-def _atomic_json(path: str, value: Any) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 #: What a whole model folder holds (``metadata.json`` is written last).
@@ -368,7 +359,8 @@ def promote(model_dir: str, registry: str, metric: str | None = None) -> Decisio
         model_dir: A model folder (``saved_model/`` + ``metadata.json``).
         registry: Registry folder (created).
         metric: Key of ``metadata["metrics"]`` to compare (higher is better);
-            default the candidate's ``selection_metric`` (``accuracy``).
+            default the candidate's ``selection_metric`` (``accuracy`` when its
+            metadata names none).
 
     Returns:
         The :class:`Decision`.
@@ -431,7 +423,9 @@ def promote(model_dir: str, registry: str, metric: str | None = None) -> Decisio
                 False, f"refused {version}: {model_dir} changed while it was copied", version
             )
         os.replace(tmp, dest)
-    _atomic_json(os.path.join(registry, "current.json"), {"version": version, "path": rel})
+    write_json(
+        os.path.join(registry, "current.json"), {"version": version, "path": rel}, allow_nan=False
+    )
     why = (
         f"promoted {version}: first model in the registry ({metric} {score:.4f})"
         if current is None

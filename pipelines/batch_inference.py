@@ -106,8 +106,9 @@ from minewatch.tables import (
     write_geoparquet,
 )
 from minewatch.tfrecord import read_records
-from pipelines.options import TileConfig, run_pipeline
-from pipelines.tiling import COUNTS, DEAD, CutScenes, TileBatch, _dead, _SumCounters
+from pipelines.options import run_pipeline
+from pipelines.tile.job import COUNTS, DEAD, CutScenes, SumCounters, TileBatch, dead_row
+from pipelines.tile.options import TileConfig
 
 __all__ = [
     "InferConfig",
@@ -467,7 +468,9 @@ class ExampleMaker:
                 reason = f"tile is {image.shape[0]} px, the model takes {self._size} px"
             if reason:
                 refused.append(
-                    _dead(batch.source, reason, "tile", tile.scene_id, tile.tile_id, stage="infer")
+                    dead_row(
+                        batch.source, reason, "tile", tile.scene_id, tile.tile_id, stage="infer"
+                    )
                 )
                 continue
             infos.append(_info(tile, batch.source))
@@ -533,7 +536,7 @@ def _decode_chunk(
             except Exception as exc:
                 counts.update(tiles_in=1, tiles_dead_lettered=1)
                 reason = f"unreadable tile record: {exc}"
-                out.append(TaggedOutput(DEAD, _dead(path, reason, "tile", stage="read")))
+                out.append(TaggedOutput(DEAD, dead_row(path, reason, "tile", stage="read")))
     by_scene: dict[str, list[Tile]] = collections.defaultdict(list)
     for tile in tiles:
         by_scene[tile.scene_id].append(tile)
@@ -628,7 +631,7 @@ class ReadShards(beam.DoFn):  # type: ignore[misc]
         except (ValueError, OSError) as exc:
             self._corrupt.inc()
             reason = f"unreadable TFRecord shard after {read} record(s), the rest not read: {exc}"
-            yield TaggedOutput(DEAD, _dead(path, reason, "shard", stage="read"))
+            yield TaggedOutput(DEAD, dead_row(path, reason, "shard", stage="read"))
             yield TaggedOutput(COUNTS, ("", collections.Counter(shards_dead_lettered=1)))
         if chunk:
             yield from decode(chunk)
@@ -641,7 +644,7 @@ def _failed_batch(
 ) -> Iterator[Any]:
     batch, exc = item
     for info in (TileInfo(*info) for infos, _ in batch for info in infos):
-        yield _dead(
+        yield dead_row(
             info.source,
             f"inference failed: {type(exc).__name__}: {exc}",
             "tile",
@@ -1019,7 +1022,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                     "need a per-pixel class raster (train with model.pixel_head)"
                 )
                 yield TaggedOutput(
-                    DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
+                    DEAD, dead_row(first.source, reason, "vessels", scene_id, stage="vessels")
                 )
         if self._c.pictures:
             self._quicklook(first, found)
@@ -1092,7 +1095,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         from minewatch.rasters import SceneReader
         from minewatch.scenes import group_files
         from minewatch.vessels import VesselConfig, ndwi_water
-        from pipelines.tiling import list_inputs
+        from pipelines.options import list_inputs
 
         if any(c in self._classes for c in VesselConfig().water_classes):
             return None
@@ -1144,7 +1147,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
         except (MinewatchError, ValueError, OSError) as exc:
             reason = f"vessels not searched: {exc}"
             yield TaggedOutput(
-                DEAD, _dead(first.source, reason, "vessels", scene_id, stage="vessels")
+                DEAD, dead_row(first.source, reason, "vessels", scene_id, stage="vessels")
             )
             return
         write_geoparquet(
@@ -1183,7 +1186,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
 
         from minewatch.quicklook import scene_quicklook
         from minewatch.scenes import group_files
-        from pipelines.tiling import list_inputs
+        from pipelines.options import list_inputs
 
         try:
             refs, _ = group_files(list_inputs(first.source))
@@ -1661,7 +1664,7 @@ class AccountInputs(beam.DoFn):  # type: ignore[misc]
             )
         detail = ", ".join(parts) or "no tile planned"
         source = sources[0] if sources else scene_id
-        return _dead(source, f"no tile kept ({detail})", "input", scene_id, stage="account")
+        return dead_row(source, f"no tile kept ({detail})", "input", scene_id, stage="account")
 
 
 def _finish(
@@ -1879,7 +1882,7 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
         totals = (
             (split.job, accounted.counts)
             | "JobCounts" >> beam.Flatten()
-            | "Sum" >> beam.CombineGlobally(_SumCounters())
+            | "Sum" >> beam.CombineGlobally(SumCounters())
         )
         stats = (
             pbegin

@@ -1,87 +1,77 @@
-"""Options of the Beam jobs, and the split between our flags and Beam's.
+"""What every Beam job shares: its common options, its inputs, the split from Beam's options.
 
-Our flags are parsed by the click commands in :mod:`minewatch.cli`; whatever
-else is on the command line passes to Beam's ``PipelineOptions`` unchanged
-(``--runner``, ``--direct_num_workers``, Dataflow / Flink options, ...).
+Each job declares its own options (:mod:`minewatch.arguments`) and parses them
+in its ``run(argv)``; whatever else is on the command line passes to Beam's
+``PipelineOptions`` unchanged (``--runner``, ``--direct_num_workers``, Dataflow
+/ Flink options, ...). The click commands of :mod:`minewatch.cli` show the same
+declarations.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from minewatch.rasters import DEFAULT_MAX_PIXELS, CloudMask
-from minewatch.scenes import DEFAULT_FRAME_PATTERN
+from minewatch.arguments import Flag, Text
+from minewatch.errors import ConfigError
+from minewatch.paths import abs_path, is_remote
 
-__all__ = ["TileConfig", "run_pipeline", "split_beam_args"]
+__all__ = [
+    "OUT",
+    "OVERWRITE",
+    "PROFILE",
+    "abs_path",
+    "job_inputs",
+    "list_inputs",
+    "run_pipeline",
+    "split_beam_args",
+    "with_profile",
+]
+
+#: ``--out DIR``, required.
+OUT = Text("--out", required=True, metavar="DIR", help="Output folder (local or gs://).")
+#: ``--overwrite``: replace an earlier job's outputs in ``--out``.
+OVERWRITE = Flag("--overwrite", help="Replace outputs of an earlier run in --out.")
+#: ``--profile NAME``: Beam options from a runner profile (``deploy/runners/NAME.yaml``).
+PROFILE = Text(
+    "--profile",
+    metavar="NAME",
+    help="Runner profile (dataflow, flink, flink-k8s, spark, or a YAML path) whose Beam "
+    "options come first; options on the command line override them.",
+)
 
 
-@dataclass(frozen=True)
-class TileConfig:
-    """Everything ``minewatch tile`` needs besides Beam's own options.
+def _list_local(pattern: str) -> list[str]:
+    import glob
 
-    Attributes:
-        inputs: Files, globs or folders (local or ``gs://``).
-        out: Output folder.
-        labels: GeoJSON/GeoPackage polygons for every scene, or a frames CSV; None
-            for weak labels (or when ``scene_labels`` is given).
-        scene_labels: ``(scene_id, polygon file)`` pairs: per-scene labels, from a
-            folder or glob of label files matched to scenes by file stem.
-        label_field: Class attribute of the polygons. Default ``class``.
-        classes: Class names in index order; by default taken from the labels.
-        label_source: ``vector``, ``csv``, ``weak`` or ``none`` (set by the CLI).
-        sparse_labels: Pixels outside every polygon are unknown, not background.
-        min_class_fraction: Fraction of a tile's valid pixels a class needs to
-            label the tile. Default 0.05.
-        bands: Band names to stack, in order; all of the scene's when None.
-        tile_size: Tile side in pixels. Default 64.
-        stride: Step between tiles; ``tile_size`` (no overlap) when None.
-        edge: ``shift``, ``pad`` or ``drop`` for the last row/column of tiles.
-        min_valid: Tiles with a smaller valid fraction are dropped. Default 0.5.
-        resolution: Grid pixel size in CRS units; the finest band's when None.
-        resampling: rasterio resampling for bands off the grid. Default bilinear.
-        nodata: Nodata value overriding the files'.
-        cloud: Optional quality-band cloud mask.
-        frame_pattern: Regex with ``camera_id`` and ``timestamp`` groups for frames.
-        block_tiles: Tiles per side of the block a worker reads at once. Default 8.
-        max_scene_pixels: Scenes declaring more pixels are refused.
-        records_per_shard: Most tiles per TFRecord shard. Default 4096.
-        gdal_cache_mb: GDAL block cache per worker process, in MB. Default 128.
-        csv_columns: Header of the frames CSV (set by the CLI after checking it).
+    if os.path.isdir(pattern):
+        found: list[str] = []
+        for root, dirs, files in os.walk(pattern):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
+        return found
+    if any(ch in pattern for ch in "*?["):
+        return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+    return [pattern] if os.path.exists(pattern) else []
+
+
+def list_inputs(pattern: str) -> list[str]:
+    """Return the files an input names: a file, a glob, or a folder (recursively).
+
+    Local paths are made absolute; remote ones (``gs://``) are matched with Beam's
+    FileSystems, a trailing ``/`` meaning a folder.
     """
+    if not is_remote(pattern):
+        return sorted(os.path.abspath(p) for p in _list_local(pattern))
+    from apache_beam.io.filesystems import FileSystems
 
-    inputs: tuple[str, ...]
-    out: str
-    labels: str | None = None
-    scene_labels: tuple[tuple[str, str], ...] = ()
-    label_field: str = "class"
-    classes: tuple[str, ...] = ()
-    label_source: str = "weak"
-    sparse_labels: bool = False
-    min_class_fraction: float = 0.05
-    bands: tuple[str, ...] | None = None
-    tile_size: int = 64
-    stride: int | None = None
-    edge: str = "shift"
-    min_valid: float = 0.5
-    resolution: float | None = None
-    resampling: str = "bilinear"
-    nodata: float | None = None
-    cloud: CloudMask | None = None
-    frame_pattern: str = DEFAULT_FRAME_PATTERN
-    block_tiles: int = 8
-    max_scene_pixels: int = DEFAULT_MAX_PIXELS
-    records_per_shard: int = 4096
-    gdal_cache_mb: int = 128
-    csv_columns: tuple[str, ...] = ()
-
-    @property
-    def step(self) -> int:
-        """The stride, defaulting to the tile size."""
-        return self.stride or self.tile_size
+    if pattern.endswith("/"):
+        pattern += "**"
+    result = FileSystems.match([pattern])[0]
+    return sorted(m.path for m in result.metadata_list)
 
 
 @functools.cache
@@ -176,3 +166,41 @@ def run_pipeline(
     with FileSystems.open(stats_path) as f:
         stats: dict[str, Any] = json.loads(f.read())
     return stats, result
+
+
+def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:
+    """Split a job's leftover tokens into inputs and Beam options, and check the inputs.
+
+    Args:
+        tokens: The command's positional tokens plus what its parser did not know.
+        what: What an INPUT may be, for the message when there is none.
+
+    Returns:
+        ``(inputs, beam_args)``.
+
+    Raises:
+        ConfigError: No input, or a local input that matches no file.
+    """
+    inputs, beam_args = split_beam_args(list(tokens))
+    if not inputs:
+        raise ConfigError(f"give at least one INPUT ({what})")
+    for pattern in inputs:
+        if not is_remote(pattern) and not list_inputs(pattern):
+            raise ConfigError(f"{pattern!r} matches no file", option="INPUT")
+    return inputs, beam_args
+
+
+def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> list[str]:
+    """Prepend a runner profile's Beam options for ``job`` to ``beam_args``.
+
+    Raises:
+        ConfigError: Unknown profile, or one that cannot be loaded (names ``--profile``).
+    """
+    if not profile:
+        return list(beam_args)
+    from minewatch.profiles import load_profile
+
+    try:
+        return [*load_profile(profile, job), *beam_args]
+    except ConfigError as exc:
+        raise ConfigError(str(exc), option="--profile") from exc

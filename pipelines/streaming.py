@@ -79,8 +79,8 @@ from pipelines.batch_inference import (
     TileModelHandler,
     _safe,
 )
-from pipelines.options import TileConfig
-from pipelines.tiling import DEAD, CutTiles, PlanScene, TileBatch, _dead
+from pipelines.tile.job import DEAD, CutTiles, PlanScene, TileBatch, dead_row
+from pipelines.tile.options import TileConfig
 
 __all__ = [
     "STREAM_TABLES",
@@ -440,7 +440,7 @@ def _parse_notification(message: Any) -> Iterator[Any]:
         where = f"gs://{attributes.get('bucketId', '?')}/{attributes.get('objectId', '?')}"
         yield TaggedOutput(
             DEAD,
-            _dead(
+            dead_row(
                 where,
                 f"unreadable GCS notification: {type(exc).__name__}: {exc}",
                 "input",
@@ -834,7 +834,7 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
 
         refs, rejected = group_files([p for p, _, _ in f.files])
         for r in rejected:
-            dead.append(_dead(r.input, r.reason, r.kind, stage="discover"))
+            dead.append(dead_row(r.input, r.reason, r.kind, stage="discover"))
         if not refs:
             return {"status": "dead", "reason": rejected[0].reason if rejected else "not a scene"}
         ref = refs[0]
@@ -1025,7 +1025,7 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
             log.warning("could not link area %s: %s", area, exc)
             entry["_dead"] = [
                 *entry.get("_dead", []),
-                _dead(
+                dead_row(
                     entry["path"],
                     f"site linking failed: {exc}",
                     "input",
@@ -1080,7 +1080,7 @@ class StampFrames(beam.DoFn):  # type: ignore[misc]
             entry = {**entry, "status": "late", "reason": reason}
             entry["_dead"] = [
                 *entry.get("_dead", []),
-                _dead(entry["path"], reason, "frame", entry["scene_id"], stage="window"),
+                dead_row(entry["path"], reason, "frame", entry["scene_id"], stage="window"),
             ]
             yield TaggedOutput(_DONE, entry)
             return
@@ -1206,7 +1206,7 @@ class Record(beam.DoFn):  # type: ignore[misc]
         entry.pop("infos", None)
         dead = list(entry.pop("_dead", []))
         if entry["status"] == "dead" and not any(d["kind"] == "input" for d in dead):
-            dead.append(_dead(entry["path"], entry["reason"], "input", stage="stream"))
+            dead.append(dead_row(entry["path"], entry["reason"], "input", stage="stream"))
         if dead:
             write_geoparquet(
                 posixpath.join(out, "dead_letter", f"stream-{entry['key']}.parquet"),

@@ -21,11 +21,13 @@ from typing import Any
 def command(job: str) -> Any:
     """The click command and the library launcher of a job."""
     if job == "tile":
-        from minewatch.cli.tile import launch, tile
+        from minewatch.cli.tile import tile
+        from pipelines.tile import run as launch
 
         return tile, launch
     if job == "graph":
-        from minewatch.cli.graph import graph, launch
+        from minewatch.cli.graph import graph
+        from pipelines.graph import run as launch
 
         return graph, launch
     if job == "infer":

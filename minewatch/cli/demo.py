@@ -98,11 +98,11 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
     """
     from minewatch.cli.infer import launch as infer
     from minewatch.cli.infer import summary as infer_summary
-    from minewatch.cli.tile import launch as tile
     from minewatch.cli.tile import summary as tile_summary
     from minewatch.query import format_table, open_tables, run_query
     from minewatch.scoring import format_truth_report, truth_report
     from minewatch.synth import make_ground_truth
+    from pipelines.tile import run as tile
 
     gt, tiles, graph_dir = (os.path.join(out, d) for d in ("gt", "tiles", "graph"))
     held_out = os.path.join(out, "gt_heldout")
@@ -144,8 +144,8 @@ def demo(out: str, size: str, epochs: int, seed: int, beam_args: tuple[str, ...]
     )
     click.echo(tile_summary(stats))
 
-    from minewatch.cli.graph import launch as graph
     from minewatch.cli.graph import summary as graph_summary
+    from pipelines.graph import run as graph
 
     gstats = _step(
         "graph",

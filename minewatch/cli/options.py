@@ -8,8 +8,13 @@ from typing import Any, TypeVar
 
 import click
 
+from minewatch.arguments import Arg, split_names
+from minewatch.errors import ConfigError
+
 __all__ = [
     "DRY_RUN",
+    "click_error",
+    "click_options",
     "comma_list",
     "job_inputs",
     "out_opt",
@@ -24,14 +29,65 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _click_type(arg: Arg) -> Any:
+    if arg.kind == "int":
+        if arg.low is None and arg.high is None:
+            return int
+        return click.IntRange(
+            None if arg.low is None else int(arg.low), None if arg.high is None else int(arg.high)
+        )
+    if arg.kind == "float":
+        if arg.low is None and arg.high is None:
+            return float
+        return click.FloatRange(arg.low, arg.high, min_open=arg.low_open)
+    if arg.kind == "choice":
+        return click.Choice(arg.choices)
+    return None
+
+
+def click_options(args: Sequence[Arg]) -> Callable[[F], F]:
+    """Decorate a click command with a job's declared options (:mod:`minewatch.arguments`)."""
+
+    def decorate(f: F) -> F:
+        for arg in reversed(args):
+            kw: dict[str, Any] = {"help": arg.help, "show_default": arg.show_default}
+            if arg.kind == "flag":
+                f = click.option(arg.flags, is_flag=True, **kw)(f)
+                continue
+            if arg.default is not None:  # click >= 8.3 treats an explicit None as a value
+                kw["default"] = arg.default
+            if arg.kind == "switch":
+                # A switch's None means "the job decides" (graph's --whiten); without an
+                # explicit default=None click would make it False.
+                f = click.option(arg.flags, **{**kw, "default": arg.default})(f)
+                continue
+            kw["required"] = arg.required
+            kw["metavar"] = arg.metavar
+            kind = _click_type(arg)
+            if kind is not None:
+                kw["type"] = kind
+            if arg.kind == "names":
+                kw["callback"] = comma_list
+                kw.pop("default", None)
+            f = click.option(arg.flags, **kw)(f)
+        return f
+
+    return decorate
+
+
+def click_error(exc: ConfigError) -> click.ClickException:
+    """A job's :class:`ConfigError` as click reports bad options (exit status 2)."""
+    if exc.option:
+        return click.BadParameter(str(exc), param_hint=exc.option)
+    return click.UsageError(str(exc))
+
+
 def comma_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
     """Click callback: ``"a,b, c"`` -> ``("a", "b", "c")``; empty items are refused."""
-    if value is None:
-        return ()
-    items = tuple(v.strip() for v in value.split(","))
-    if not all(items):
-        raise click.BadParameter(f"empty item in {value!r}", ctx=ctx, param=param)
-    return items
+    try:
+        return split_names(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
 
 
 def out_opt(f: F) -> F:
@@ -115,8 +171,7 @@ def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:
         click.UsageError: No input.
         click.BadParameter: A local input that matches no file.
     """
-    from pipelines.options import split_beam_args
-    from pipelines.tiling import list_inputs
+    from pipelines.options import list_inputs, split_beam_args
 
     inputs, beam_args = split_beam_args(list(tokens))
     if not inputs:

@@ -36,8 +36,8 @@ def retrain(config_path: str) -> None:
           --tables /var/lib/minewatch/work/tables
     """
     from minewatch.errors import ConfigError, InputError
-    from minewatch.retrain import RetrainLocked, load_retrain_config
-    from minewatch.retrain import retrain as run_cycle
+    from minewatch.workflows.retrain import RetrainLocked, load_retrain_config
+    from minewatch.workflows.retrain import retrain as run_cycle
 
     try:
         config = load_retrain_config(config_path)

@@ -190,7 +190,12 @@ def evaluate(
 @click.command(short_help="Copy a model into a registry and make it current if it is better.")
 @click.argument("model_dir", metavar="MODEL_DIR")
 @click.option("--registry", required=True, metavar="DIR", help="Registry folder.")
-@click.option("--metric", default=None, help="Held-out metric to compare [default: accuracy].")
+@click.option(
+    "--metric",
+    default=None,
+    help="Held-out metric to compare "
+    "[default: the candidate's selection metric, e.g. balanced_accuracy].",
+)
 def promote(model_dir: str, registry: str, metric: str | None) -> None:
     """Promote MODEL_DIR when it beats the registry's current model.
 

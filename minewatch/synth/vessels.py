@@ -64,6 +64,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from minewatch.errors import SceneError
+from minewatch.geo import is_metric
 from minewatch.synth.materials import BAND_NAMES, QUANTIFICATION
 
 __all__ = [
@@ -405,7 +406,7 @@ def _rect(
 def _metric_crs(crs: Any) -> ProjCRS:
     text = crs.to_wkt() if hasattr(crs, "to_wkt") else crs
     proj = ProjCRS.from_user_input(text)
-    if not proj.is_projected or proj.axis_info[0].unit_name not in ("metre", "meter"):
+    if not is_metric(proj):
         raise SceneError(
             f"vessels are sized in metres: the scene CRS must be projected in metres "
             f"(Sentinel-2 tiles are UTM), got {proj.name}; reproject the background first"

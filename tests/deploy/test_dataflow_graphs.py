@@ -111,17 +111,17 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiles_dir(scenes, tmp_path_factory):
     """A real tile job's output (DirectRunner): the graph job reads its stats at launch."""
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run
 
     out = tmp_path_factory.mktemp("tiles") / "out"
-    launch([str(scenes), "--out", str(out), "--tile-size", "16"], save_main_session=False)
+    run([str(scenes), "--out", str(out), "--tile-size", "16"], save_main_session=False)
     return out
 
 
 def test_tile_job_graph(scenes, tmp_path, no_network):
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run
 
-    job = dry_run(launch, [str(scenes), "--out", str(tmp_path / "out"), "--tile-size", "16"])
+    job = dry_run(run, [str(scenes), "--out", str(tmp_path / "out"), "--tile-size", "16"])
     check_job(job, {"Tile"})
     tile_steps = {n for n in names(job) if n.startswith("Tile/")}
     assert len(tile_steps) > 10, sorted(tile_steps)
@@ -129,9 +129,9 @@ def test_tile_job_graph(scenes, tmp_path, no_network):
 
 
 def test_graph_job_graph(tiles_dir, tmp_path, no_network):
-    from minewatch.cli.graph import launch
+    from pipelines.graph import run
 
-    job = dry_run(launch, [str(tiles_dir), "--out", str(tmp_path / "graph"), "--k", "2"])
+    job = dry_run(run, [str(tiles_dir), "--out", str(tmp_path / "graph"), "--k", "2"])
     check_job(
         job,
         {

@@ -115,17 +115,20 @@ def test_bad_profiles_say_what_is_wrong(tmp_path, text, job, env, match):
 def test_profile_option_puts_the_profile_first_and_the_command_line_last(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARK_MASTER_URL", "spark://localhost:7077")
     monkeypatch.setenv("MINEWATCH_IMAGE", "example.org/minewatch:1")
-    from minewatch.cli.tile import build, tile
+    from minewatch.arguments import parse
+    from minewatch.cli.tile import tile
+    from pipelines.tile import TILE_ARGS, tile_config
 
     src = tmp_path / "a.tif"
     from tests.factories import gradient, write_raster
 
     write_raster(src, gradient(20, 20))
-    ctx = tile.make_context(
-        "minewatch tile",
+    params, rest = parse(
+        TILE_ARGS,
         [str(src), "--out", str(tmp_path / "o"), "--profile", "spark", "--runner=DirectRunner"],
+        "minewatch tile",
     )
-    _, beam_args, _, _ = build(ctx.params, ctx.args)
+    _, beam_args, _, _ = tile_config(params, rest)
     assert beam_args[-1] == "--runner=DirectRunner"
     assert any(a.startswith("--runner") and "Spark" in a for a in beam_args[:-1])
     from click.testing import CliRunner

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minewatch.neighbours import (
+from pipelines.graph.neighbours import (
     Candidates,
     assign_leaves,
     bucket_codes,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minewatch.packing import feature_entries, pack_example, select_neighbours
+from pipelines.graph.packing import feature_entries, pack_example, select_neighbours
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import pytest
 @pytest.fixture(scope="session")
 def tile_data(tmp_path_factory) -> str:
     """Tile-job output of the tiny synthetic scenes (16 px, 5 bands), packed with neighbours."""
-    from minewatch.cli.graph import launch as graph
-    from minewatch.cli.tile import launch
     from minewatch.synth import make_ground_truth
+    from pipelines.graph import run as graph
+    from pipelines.tile import run as tile_job
 
     root = tmp_path_factory.mktemp("nsl_data")
     gt = root / "gt"
     make_ground_truth(gt, size="tiny", seed=0)
     out = str(root / "tiles")
-    launch(
+    tile_job(
         [
             str(gt / "scenes"),
             "--out",
@@ -32,7 +32,7 @@ def tile_data(tmp_path_factory) -> str:
     # neighbours from the real graph job (k=2), next to the tiles: see tiny_config
     graph([out, "--out", out + "_graph", "--k", "2"])
     frames = str(root / "frames")
-    launch(
+    tile_job(
         [
             str(gt / "frames"),
             "--out",

@@ -42,17 +42,19 @@ def ground_truth(tmp_path_factory):
 
 def tile_and_graph(gt, root, *beam_args):
     """The tile and graph jobs as the CLI runs them; returns the tiles folder."""
-    from minewatch.cli.graph import build, graph
-    from minewatch.cli.tile import launch
-    from pipelines.similarity_graph import run_graph
+    from minewatch.arguments import parse
+    from pipelines.graph import GRAPH_ARGS, graph_config, run_graph
+    from pipelines.tile import run as tile_job
 
     tiles = os.path.join(root, "tiles")
     labels = os.path.join(gt, "truth", "scene_*.geojson")
-    launch([os.path.join(gt, "scenes"), "--out", tiles, "--labels", labels, *TILE_ARGS, *beam_args])
+    tile_job(
+        [os.path.join(gt, "scenes"), "--out", tiles, "--labels", labels, *TILE_ARGS, *beam_args]
+    )
     # TILES_graph: where tiny_config looks for the packed records
     argv = [tiles, "--out", tiles + "_graph", "--k", "2", *beam_args]
-    with graph.make_context("minewatch graph", argv) as ctx:
-        config, beam_options, header = build(ctx.params, ctx.args)
+    params, rest = parse(GRAPH_ARGS, argv, "minewatch graph")
+    config, beam_options, header = graph_config(params, rest)
     config = dataclasses.replace(config, records_per_shard=PACKED_PER_SHARD)
     run_graph(config, beam_options, header=header)
     return tiles

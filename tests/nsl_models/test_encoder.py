@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 
-import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -15,7 +14,7 @@ from click.testing import CliRunner
 tf = pytest.importorskip("tensorflow")
 
 from minewatch.cli.encoder import encoder as encoder_cmd  # noqa: E402
-from minewatch.cli.graph import launch as graph_launch  # noqa: E402
+from minewatch.cli.graph import graph as graph_cmd  # noqa: E402
 from minewatch.embeddings import BandNorm, load_saved_model, normalized_pixels  # noqa: E402
 from minewatch.errors import ConfigError, InputError  # noqa: E402
 from minewatch.spec import decode_tiles  # noqa: E402
@@ -27,6 +26,7 @@ from nsl_models.encoder import (  # noqa: E402
     read_encoder_metadata,
     train_encoder,
 )
+from pipelines.graph import run as graph_job  # noqa: E402
 
 #: A few real steps of a tiny encoder: seconds, not minutes.
 TINY = {"steps": 3, "batch_size": 16, "width": 4, "dim": 8}
@@ -36,14 +36,14 @@ TINY_ARGS = ["--steps", "3", "--batch-size", "16", "--width", "4", "--dim", "8"]
 @pytest.fixture(scope="module")
 def tiles(tmp_path_factory):
     """The tiny synthetic world through the tile job: 512 labelled 16-px tiles, 5 bands."""
-    from minewatch.cli.tile import launch
     from minewatch.synth import make_ground_truth
+    from pipelines.tile import run as tile_job
 
     root = tmp_path_factory.mktemp("encoder_world")
     gt = make_ground_truth(root / "gt", size="tiny", seed=0, frames=False)
     out = root / "tiles"
     labels = str(gt.out_dir / "truth" / "scene_*.geojson")
-    launch([str(gt.out_dir / "scenes"), "--out", str(out), "--labels", labels,
+    tile_job([str(gt.out_dir / "scenes"), "--out", str(out), "--labels", labels,
             "--tile-size", "16", "--bands", "B02,B03,B04,B08,B11"])  # fmt: skip
     return str(out)
 
@@ -106,10 +106,18 @@ def test_export_is_a_savedmodel_the_graph_job_reads(trained, tiles, tmp_path):
     assert embeddings(trained, images[:, :8, :8]).shape == (len(images), 8)
     # The graph job with --embedding pointing at it.
     out = tmp_path / "graph"
-    stats = graph_launch([tiles, "--out", str(out), "--embedding", trained, "--k", "3"])
+    stats = graph_job([tiles, "--out", str(out), "--embedding", trained, "--k", "3"])
     assert stats["tiles"]["embedded"] == stats["tiles"]["read"] == 512
     assert stats["embedding"]["name"] == trained and stats["embedding"]["whiten"] is False
     assert stats["edges"]["similarity"] > 0
+
+
+def graph_command(args):
+    """``minewatch graph ARGS``; its ``stats.json``."""
+    result = CliRunner().invoke(graph_cmd, args)
+    assert result.exit_code == 0, result.output
+    with open(os.path.join(args[args.index("--out") + 1], "stats.json")) as f:
+        return json.load(f)
 
 
 def test_graph_trains_the_encoder_then_reuses_it(tiles, tmp_path, monkeypatch):
@@ -118,7 +126,7 @@ def test_graph_trains_the_encoder_then_reuses_it(tiles, tmp_path, monkeypatch):
     monkeypatch.setattr(graph_cli, "CONTRASTIVE_OPTIONS", TINY)
     out = tmp_path / "graph"
     args = [tiles, "--out", str(out), "--embedding", "contrastive", "--k", "3"]
-    stats = graph_launch(args)
+    stats = graph_command(args)
     folder = str(out / "encoder")
     assert stats["embedding"]["name"] == folder and stats["embedding"]["whiten"] is True
     assert stats["tiles"]["embedded"] == 512 and stats["homophily"]["all"]["seeds"] > 0
@@ -126,15 +134,20 @@ def test_graph_trains_the_encoder_then_reuses_it(tiles, tmp_path, monkeypatch):
     assert meta is not None and meta["options"]["steps"] == 3
     weights = os.path.getmtime(os.path.join(folder, "saved_model.pb"))
     # Same tiles, same options: the encoder is kept, the graph rebuilt.
-    again = graph_launch([*args, "--overwrite"])
+    again = graph_command([*args, "--overwrite"])
     assert os.path.getmtime(os.path.join(folder, "saved_model.pb")) == weights
     assert again["edges"] == stats["edges"]
     # Other options: an encoder of other options is not replaced without --overwrite.
     monkeypatch.setattr(graph_cli, "CONTRASTIVE_OPTIONS", {**TINY, "seed": 1})
     shutil.copytree(folder, tmp_path / "other" / "encoder")
     other = [tiles, "--out", str(tmp_path / "other"), "--embedding", "contrastive"]
-    with pytest.raises(click.BadParameter, match="other tiles or options"):
-        graph_launch(other)
+    result = CliRunner().invoke(graph_cmd, other)
+    assert result.exit_code == 2 and "--embedding" in result.output
+    assert "other tiles or options" in result.output
+    # The stage itself reads an encoder and never trains one.
+    with pytest.raises(ConfigError, match="minewatch encoder") as refused:
+        graph_job(other)
+    assert refused.value.option == "--embedding"
 
 
 def test_same_seed_same_embeddings_other_seed_others(trained, tiles, tmp_path):

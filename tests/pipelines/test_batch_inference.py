@@ -214,7 +214,7 @@ def test_same_model_again_replaces_rows_and_a_new_version_adds(run1, setup, tmp_
 
 
 def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
-    from minewatch.cli.tile import launch as tile
+    from pipelines.tile import run as tile
 
     _, scenes, model, _ = setup
     tiles = tmp_path / "tiles"
@@ -238,7 +238,7 @@ def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
 
 
 def test_a_truncated_shard_keeps_its_first_records_and_names_the_rest(setup, tmp_path):
-    from minewatch.cli.tile import launch as tile
+    from pipelines.tile import run as tile
 
     _, scenes, model, _ = setup
     tiles = tmp_path / "tiles"

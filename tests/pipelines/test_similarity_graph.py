@@ -21,14 +21,11 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from click.testing import CliRunner
 
 from minewatch.cli.graph import graph
-from minewatch.cli.graph import launch as graph_launch
-from minewatch.cli.tile import launch as tile_launch
 from minewatch.embeddings import BandNorm, describe, fit_whitening
-from minewatch.neighbours import Candidates, exact_topk, merge_topk, node_keys, normalize
-from minewatch.packing import _int64_feature, example_bytes
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records, write_record
-from pipelines.similarity_graph import (
+from pipelines.graph import run as graph_run
+from pipelines.graph.job import (
     CheckEmbedding,
     CompareInCell,
     ParsedTile,
@@ -37,6 +34,9 @@ from pipelines.similarity_graph import (
     VectorBatch,
     WhitenVectors,
 )
+from pipelines.graph.neighbours import Candidates, exact_topk, merge_topk, node_keys, normalize
+from pipelines.graph.packing import _int64_feature, example_bytes
+from pipelines.tile import run as tile_job
 from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
 
 K = 3
@@ -313,7 +313,7 @@ def tiles_dir(tmp_path_factory):
         crs="EPSG:32633",
     )
     out = root / "tiles"
-    tile_launch(
+    tile_job(
         [str(scenes), "--out", str(out), "--tile-size", "16", "--labels", labels, "--sparse-labels"]
     )
     # A file that breaks: a record that is an Example but not a tile, one that is no
@@ -333,7 +333,7 @@ def graph_job(request, tiles_dir, tmp_path_factory):
     args += ["--pack-k", str(K), "--nbr-features", "all"]
     if request.param:
         args.append("--undirected")
-    stats = graph_launch(args)
+    stats = graph_run(args)
     return out, stats, request.param
 
 
@@ -543,7 +543,7 @@ def world_tiles(tmp_path_factory):
     out = root / "tiles"
     labels = str(gt.out_dir / "truth" / "scene_*.geojson")
     bands = "B02,B03,B04,B08,B11"
-    tile_launch([str(gt.out_dir / "scenes"), "--out", str(out), "--labels", labels,
+    tile_job([str(gt.out_dir / "scenes"), "--out", str(out), "--labels", labels,
                  "--tile-size", "16", "--bands", bands])  # fmt: skip
     return out
 
@@ -552,7 +552,7 @@ def world_tiles(tmp_path_factory):
 def world_job(world_tiles, tmp_path_factory):
     """The job with its defaults: builtin whitened, pack_k 3, lean neighbour features."""
     out = tmp_path_factory.mktemp("world_graph") / "graph"
-    return out, graph_launch([str(world_tiles), "--out", str(out)])
+    return out, graph_run([str(world_tiles), "--out", str(out)])
 
 
 @pytest.fixture(scope="module")
@@ -560,7 +560,7 @@ def world_raw(world_tiles, tmp_path_factory):
     """Unwhitened, one neighbour per example, every neighbour feature."""
     out = tmp_path_factory.mktemp("world_raw") / "graph"
     args = ["--no-whiten", "--pack-k", "1", "--nbr-features", "all"]
-    return out, graph_launch([str(world_tiles), "--out", str(out), *args])
+    return out, graph_run([str(world_tiles), "--out", str(out), *args])
 
 
 def packed_examples(out):
@@ -744,11 +744,9 @@ def test_cli_refuses_unknown_neighbour_features(tiles_dir, tmp_path):
 
 
 def test_config_checks_its_values():
-    from minewatch.cli.graph import LEAN_NBR_FEATURES as CLI_LEAN
     from minewatch.errors import ConfigError
-    from pipelines.similarity_graph import LEAN_NBR_FEATURES, GraphConfig
+    from pipelines.graph import GraphConfig
 
-    assert CLI_LEAN == LEAN_NBR_FEATURES
     with pytest.raises(ConfigError, match="pack_k = 0 must be at least 1"):
         GraphConfig("t", "o", pack_k=0)
     with pytest.raises(ConfigError, match=r"spill_pairs = 1.5 must be a quantile"):
@@ -759,7 +757,27 @@ def test_config_checks_its_values():
     assert GraphConfig("t", "o", embedding="m", whiten=True).whitens
 
 
-def test_cli_refuses_to_overwrite(graph_job):
+def test_cli_refuses_to_overwrite(graph_job, tiles_dir):
+    from minewatch.errors import ConfigError
+
     out, _, _ = graph_job
-    result = CliRunner().invoke(graph, [str(out), "--out", str(out)])
+    result = CliRunner().invoke(graph, [str(tiles_dir), "--out", str(out)])
     assert result.exit_code == 2
+    assert "--out" in result.output and "add --overwrite" in result.output
+    with pytest.raises(ConfigError, match="add --overwrite") as refused:
+        graph_run([str(tiles_dir), "--out", str(out)])
+    assert refused.value.option == "--out"
+
+
+def test_the_job_refuses_contrastive_and_stray_arguments(tiles_dir, tmp_path):
+    from minewatch.errors import ConfigError
+
+    out = str(tmp_path / "g")
+    with pytest.raises(ConfigError, match="minewatch encoder") as refused:
+        graph_run([str(tiles_dir), "--out", out, "--embedding", "contrastive"])
+    assert refused.value.option == "--embedding"
+    with pytest.raises(ConfigError, match=r"unexpected arguments \['extra'\]"):
+        graph_run([str(tiles_dir), "extra", "--out", out])
+    with pytest.raises(ConfigError, match="give one TILES_DIR"):
+        graph_run(["--out", out])
+    assert not os.path.exists(out)

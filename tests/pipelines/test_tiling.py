@@ -14,8 +14,9 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
-from minewatch.cli.tile import launch, tile
+from minewatch.cli.tile import tile
 from minewatch.rasters import tile_starts
+from pipelines.tile import run as tile_job
 from tests.factories import (
     ORIGIN,
     assert_accounting,
@@ -34,7 +35,7 @@ S2_BANDS = "B02,B03,B04,B08,B11,B01"
 @pytest.fixture(scope="module")
 def s2_job(tmp_path_factory, s2_scene):
     out = tmp_path_factory.mktemp("s2") / "out"
-    stats = launch([s2_scene, "--out", str(out), "--bands", S2_BANDS])
+    stats = tile_job([s2_scene, "--out", str(out), "--bands", S2_BANDS])
     return out, stats
 
 
@@ -173,7 +174,7 @@ def bad_inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bad_job(bad_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("bad_out") / "out"
-    stats = launch(
+    stats = tile_job(
         [
             str(bad_inputs / "inputs"),
             "--out",
@@ -249,7 +250,7 @@ def test_edges_overlap_and_nodata(tmp_path):
     data[:, :20, :20] = 0  # nodata corner
     src = write_raster(tmp_path / "g.tif", data, nodata=0, descriptions=("r", "g", "b"))
     out = tmp_path / "out"
-    stats = launch(
+    stats = tile_job(
         [
             src,
             "--out",
@@ -290,8 +291,8 @@ def test_edges_overlap_and_nodata(tmp_path):
 def test_two_workers_give_the_same_tiles(tmp_path):
     src = write_raster(tmp_path / "g.tif", gradient(100, 100), descriptions=("r", "g", "b"))
     one, two = tmp_path / "one", tmp_path / "two"
-    launch([src, "--out", str(one), "--tile-size", "16", "--block-tiles", "2"])
-    stats = launch(
+    tile_job([src, "--out", str(one), "--tile-size", "16", "--block-tiles", "2"])
+    stats = tile_job(
         [
             src,
             "--out",
@@ -328,7 +329,7 @@ def test_camera_frames_with_csv_labels(tmp_path):
     rows.append("too,many,fields,here,really")
     (frames / "labels.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    stats = launch(
+    stats = tile_job(
         [
             str(frames),
             "--out",
@@ -406,7 +407,7 @@ def test_per_scene_label_files_matched_by_stem(tmp_path):
         crs="EPSG:32633",
     )
     out = tmp_path / "out"
-    stats = launch([str(scenes), "--out", str(out), "--labels", str(labels), "--tile-size", "32"])
+    stats = tile_job([str(scenes), "--out", str(out), "--labels", str(labels), "--tile-size", "32"])
     assert stats["classes"] == ["background", "pile", "pit"]
     assert stats["labels"]["files"] == 2
     tiles = read_tiles(out)
@@ -425,7 +426,7 @@ def test_synthetic_ground_truth_tiles_with_its_truth(tmp_path):
     truth_dir = tmp_path / "gt"
     make_ground_truth(truth_dir, size="tiny", seed=3)
     out = tmp_path / "out"
-    stats = launch(
+    stats = tile_job(
         [
             str(truth_dir / "scenes"),
             "--out",
@@ -462,7 +463,7 @@ def test_synthetic_ground_truth_tiles_with_its_truth(tmp_path):
 
 def test_landsat8_band_folder_with_15m_pan_and_bqa_cloud_mask(tmp_path, l8_scene):
     out = tmp_path / "out"
-    stats = launch(
+    stats = tile_job(
         [
             l8_scene,
             "--out",
@@ -510,7 +511,7 @@ def test_geopackage_labels(tmp_path):
     )
     gdf.to_file(tmp_path / "labels.gpkg", driver="GPKG")
     out = tmp_path / "out"
-    stats = launch(
+    stats = tile_job(
         [
             src,
             "--out",

@@ -42,8 +42,8 @@ def _kill_when(proc, ready, timeout=240.0):
 
 def test_a_bundle_that_fails_once_is_retried_without_duplicate_rows(tmp_path, monkeypatch):
     """The BundleBasedDirectRunner retries a failed bundle; the Python FnApiRunner does not."""
-    import pipelines.tiling as tiling
-    from minewatch.cli.tile import launch
+    import pipelines.tile.job as tiling
+    from pipelines.tile import run as tile_job
 
     src = write_raster(tmp_path / "g.tif", gradient(128, 128), descriptions=("B02", "B03", "B04"))
     calls = []
@@ -58,7 +58,7 @@ def test_a_bundle_that_fails_once_is_retried_without_duplicate_rows(tmp_path, mo
     monkeypatch.setattr(tiling, "write_record", fails_once)
     out = tmp_path / "out"
     args = [src, "--out", str(out), "--tile-size", "16", "--block-tiles", "2"]
-    stats = launch([*args, "--runner=BundleBasedDirectRunner"])
+    stats = tile_job([*args, "--runner=BundleBasedDirectRunner"])
     assert len(calls) > 64  # the failed attempt's writes, then the retry's
     assert_accounting(stats)
     manifest = read_table(out, "manifest")
@@ -68,8 +68,8 @@ def test_a_bundle_that_fails_once_is_retried_without_duplicate_rows(tmp_path, mo
 
 
 def test_the_default_direct_runner_fails_the_job_instead(tmp_path, monkeypatch):
-    import pipelines.tiling as tiling
-    from minewatch.cli.tile import launch
+    import pipelines.tile.job as tiling
+    from pipelines.tile import run as tile_job
 
     src = write_raster(tmp_path / "g.tif", gradient(64, 64), descriptions=("B02", "B03", "B04"))
 
@@ -79,7 +79,7 @@ def test_the_default_direct_runner_fails_the_job_instead(tmp_path, monkeypatch):
     monkeypatch.setattr(tiling, "write_record", broken)
     out = tmp_path / "out"
     with pytest.raises(Exception, match="the disk went away"):
-        launch([src, "--out", str(out), "--tile-size", "16"])
+        tile_job([src, "--out", str(out), "--tile-size", "16"])
     assert not (out / "stats.json").exists() and not (out / "tiles").exists()
 
 
@@ -111,16 +111,16 @@ def test_tile_job_killed_mid_run_then_rerun_has_no_duplicates(tmp_path):
     assert not (out / "stats.json").exists()  # killed before it committed anything
     assert not (out / "tiles").exists()
     # The rerun needs no --overwrite (nothing was committed) and leaves one copy of each tile.
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run as tile_job
 
-    stats = launch(args[1:])
+    stats = tile_job(args[1:])
     assert_accounting(stats)
     manifest = read_table(out, "manifest")
     assert len(manifest) == len({r["tile_id"] for r in manifest}) == 64 * 64
     assert len(read_tiles(out)) == 64 * 64
     # The killed run's temporary folder is left behind (never read); --overwrite clears it.
     assert [p.name for p in out.glob(".tmp-*")]
-    launch([*args[1:], "--overwrite"])
+    tile_job([*args[1:], "--overwrite"])
     assert not list(out.glob(".tmp-*"))
 
 

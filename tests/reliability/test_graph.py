@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from minewatch.cli.graph import launch
+from pipelines.graph import run as graph_job
 from tests.factories import read_table
 from tests.reliability.corpus import cases_of
 
@@ -15,7 +15,7 @@ from tests.reliability.corpus import cases_of
 def job(corpus, tmp_path_factory):
     root, cases = corpus
     out = tmp_path_factory.mktemp("graph") / "out"
-    stats = launch([str(root / "tiles"), "--out", str(out), "--k", "2"])
+    stats = graph_job([str(root / "tiles"), "--out", str(out), "--k", "2"])
     return out, stats, cases
 
 

@@ -141,14 +141,14 @@ def test_hostile_model_version_and_scene_names_stay_inside_the_output(tmp_path):
 
 
 def test_cloud_credentials_are_never_logged_or_written(tmp_path, monkeypatch, caplog, capsys):
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run as tile_job
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SENTINEL-ENV-SECRET")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "SENTINEL-KEYFILE.json"))
     caplog.set_level(logging.DEBUG)
     src = write_raster(tmp_path / "g.tif", gradient(32, 32))
     out = tmp_path / "out"
-    launch(
+    tile_job(
         [
             src,
             "--out",

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minewatch.cli.tile import launch, tile
+from minewatch.cli.tile import tile
+from pipelines.tile import run as tile_job
 from tests.factories import assert_accounting, read_table, read_tiles
 from tests.reliability.corpus import cases_of
 
@@ -19,7 +20,7 @@ SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 def job(corpus, tmp_path_factory):
     root, cases = corpus
     out = tmp_path_factory.mktemp("tile") / "out"
-    stats = launch(
+    stats = tile_job(
         [
             str(root / "scenes"),
             str(root / "frames"),
@@ -134,7 +135,7 @@ def test_unusable_label_files_are_refused_before_work_starts(corpus, tmp_path, n
 def test_dotdot_and_relative_input_paths_resolve_to_the_same_scene(corpus, tmp_path, monkeypatch):
     root, _ = corpus
     monkeypatch.chdir(root / "frames")
-    stats = launch(["../scenes/../scenes/ok-good.tif", "--out", str(tmp_path / "o")])
+    stats = tile_job(["../scenes/../scenes/ok-good.tif", "--out", str(tmp_path / "o")])
     assert stats["inputs"] == {"total": 1, "tiled": 1, "dead_lettered": 0}
     (source,) = {r["source"] for r in read_table(tmp_path / "o", "manifest")}
     assert source == str(root / "scenes" / "ok-good.tif")

@@ -1,6 +1,6 @@
 """Nearest neighbours by cosine similarity: partition trees, exact top-k, top-k merge.
 
-Pure numpy, no Beam: :mod:`pipelines.similarity_graph` calls these inside its
+Pure numpy, no Beam: :mod:`pipelines.graph.job` calls these inside its
 DoFns, the tests check them against brute force, and ``bench/graph.py`` times them.
 
 The similarity graph keeps, for every node, its ``k`` most similar other nodes

@@ -53,21 +53,29 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.bandstats import BandStats
-from minewatch.errors import InputError, SceneError
+from minewatch.errors import ConfigError, InputError, SceneError
 from minewatch.labels import FrameLabel, FrameLabels, VectorLabels, tile_label, weak_label_mask
+from minewatch.paths import is_remote
 from minewatch.rasters import Block, SceneReader, plan_blocks
 from minewatch.scenes import Rejection, SceneRef, group_files
 from minewatch.spec import UNKNOWN_CLASS, Tile, encode_tiles
 from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
-from pipelines.options import TileConfig, run_pipeline
+from pipelines.options import list_inputs, run_pipeline
+from pipelines.tile.options import TileConfig
 
 __all__ = [
+    "COUNTS",
+    "DEAD",
     "AccountScenes",
     "CutScenes",
     "GroupBlocksIntoShards",
+    "SumCounters",
     "TileBatch",
     "TileScenes",
+    "dead_row",
+    "output_paths",
+    "prepare_out",
     "run",
     "run_tile",
 ]
@@ -82,9 +90,10 @@ SHARDS = "shards"
 LABEL_HITS = "label_hits"
 
 
-def _dead(
+def dead_row(
     input: str, reason: str, kind: str, scene_id: str = "", tile_id: str = "", stage: str = ""
 ) -> dict[str, str]:
+    """One row of the ``dead_letter`` table (:func:`minewatch.tables.dead_letter_schema`)."""
     return {
         "input": input,
         "reason": reason,
@@ -96,34 +105,6 @@ def _dead(
 
 
 # -- discovery ---------------------------------------------------------------------
-
-
-def _list_local(pattern: str) -> list[str]:
-    import glob
-
-    if os.path.isdir(pattern):
-        found: list[str] = []
-        for root, dirs, files in os.walk(pattern):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found.extend(os.path.join(root, f) for f in files if not f.startswith("."))
-        return found
-    if any(ch in pattern for ch in "*?["):
-        return [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
-    return [pattern] if os.path.exists(pattern) else []
-
-
-def list_inputs(pattern: str) -> list[str]:
-    """Return the files an input names: a file, a glob, or a folder (recursively).
-
-    Local paths are made absolute; remote ones (``gs://``) are matched with Beam's
-    FileSystems, a trailing ``/`` meaning a folder.
-    """
-    if "://" not in pattern:
-        return sorted(os.path.abspath(p) for p in _list_local(pattern))
-    if pattern.endswith("/"):
-        pattern += "**"
-    result = FileSystems.match([pattern])[0]
-    return sorted(m.path for m in result.metadata_list)
 
 
 class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
@@ -155,7 +136,7 @@ class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
         self._rejected.inc()
         yield TaggedOutput(COUNTS, ("", collections.Counter(inputs_rejected=1)))
         yield TaggedOutput(
-            DEAD, _dead(rejection.input, rejection.reason, "input", stage="discover")
+            DEAD, dead_row(rejection.input, rejection.reason, "input", stage="discover")
         )
 
 
@@ -177,7 +158,7 @@ class ParseFrameLabels(beam.DoFn):  # type: ignore[misc]
         try:
             row = FrameLabels.parse_line(line, self._columns, self._base)
         except InputError as exc:
-            yield TaggedOutput(DEAD, _dead(self._csv, str(exc), "label", stage="labels"))
+            yield TaggedOutput(DEAD, dead_row(self._csv, str(exc), "label", stage="labels"))
             return
         yield row.path, row
 
@@ -189,13 +170,15 @@ def _attach_frame_label(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]
     for _ in rows[1:]:
         yield TaggedOutput(
             DEAD,
-            _dead(path, "duplicate row in frame labels; first one used", "label", stage="labels"),
+            dead_row(
+                path, "duplicate row in frame labels; first one used", "label", stage="labels"
+            ),
         )
     if not refs:
         for row in rows[:1]:
             yield TaggedOutput(
                 DEAD,
-                _dead(
+                dead_row(
                     row.path, "frame label for a file that is not an input", "label", stage="labels"
                 ),
             )
@@ -273,7 +256,7 @@ class PlanScene(beam.DoFn):  # type: ignore[misc]
             self._rejected.inc()
             yield TaggedOutput(COUNTS, (ref.scene_id, collections.Counter(failed=1)))
             yield TaggedOutput(
-                DEAD, _dead(ref.source, str(exc), "input", ref.scene_id, stage="open")
+                DEAD, dead_row(ref.source, str(exc), "input", ref.scene_id, stage="open")
             )
             return
         blocks = list(plan_blocks(height, width, c.tile_size, c.step, c.edge, c.block_tiles))
@@ -469,7 +452,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
                     self._dropped.inc()
                     yield TaggedOutput(
                         DEAD,
-                        _dead(
+                        dead_row(
                             ref.source,
                             f"valid fraction {fraction:.3f} < --min-valid {c.min_valid} "
                             "(nodata, cloud or outside the scene)",
@@ -499,7 +482,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
             for col in task.block.col_starts:
                 yield TaggedOutput(
                     DEAD,
-                    _dead(
+                    dead_row(
                         ref.source,
                         reason,
                         "tile",
@@ -620,25 +603,31 @@ class _MergeBandStats(beam.CombineFn):  # type: ignore[misc]
         return acc.summary()
 
 
-class _SumCounters(beam.CombineFn):  # type: ignore[misc]
+class SumCounters(beam.CombineFn):  # type: ignore[misc]
+    """Add up ``Counter`` dicts of named counts."""
+
     def create_accumulator(self) -> collections.Counter[str]:
+        """An empty count."""
         return collections.Counter()
 
     def add_input(
         self, acc: collections.Counter[str], counts: collections.Counter[str]
     ) -> collections.Counter[str]:
+        """Add one count."""
         acc.update(counts)
         return acc
 
     def merge_accumulators(
         self, accs: Iterable[collections.Counter[str]]
     ) -> collections.Counter[str]:
+        """Add counts up."""
         out: collections.Counter[str] = collections.Counter()
         for acc in accs:
             out.update(acc)
         return out
 
     def extract_output(self, acc: collections.Counter[str]) -> dict[str, int]:
+        """The totals as a plain dict."""
         return dict(acc)
 
 
@@ -658,7 +647,7 @@ def _scene_outcome(item: tuple[str, dict[str, int]]) -> Iterator[Any]:
         dropped = {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith("dropped.")}
         detail = ", ".join(f"{v} {k}" for k, v in sorted(dropped.items())) or "no tile planned"
         yield TaggedOutput(
-            DEAD, _dead(scene_id, f"no tile kept ({detail})", "input", scene_id, stage="account")
+            DEAD, dead_row(scene_id, f"no tile kept ({detail})", "input", scene_id, stage="account")
         )
     yield out
 
@@ -703,7 +692,7 @@ class WriteShards(beam.DoFn):  # type: ignore[misc]
 
     def _open(self, name: str) -> None:
         folder = posixpath.join(self._temp_dir, "tiles", self._attempt)
-        if "://" not in folder:
+        if not is_remote(folder):
             os.makedirs(folder, exist_ok=True)
         self._file = FileSystems.create(posixpath.join(folder, name))
         self._name = name
@@ -795,7 +784,7 @@ class WriteParquetParts(beam.DoFn):  # type: ignore[misc]
         data = sink.getvalue().to_pybytes()
         name = f"part-{hashlib.blake2b(data, digest_size=8).hexdigest()}.parquet"
         folder = posixpath.join(self._temp_dir, self._table, self._attempt)
-        if "://" not in folder:
+        if not is_remote(folder):
             os.makedirs(folder, exist_ok=True)
         with FileSystems.create(posixpath.join(folder, name)) as f:
             f.write(data)
@@ -880,7 +869,7 @@ def _finalize(
     committed = _final_names(sorted(set(files)))
     for rel, final in committed.items():
         src, dst = posixpath.join(temp_dir, rel), posixpath.join(out, final)
-        if "://" not in dst:
+        if not is_remote(dst):
             os.makedirs(posixpath.dirname(dst), exist_ok=True)
         if FileSystems.exists(src):
             FileSystems.rename([src], [dst])
@@ -890,13 +879,13 @@ def _finalize(
     for table, schema in (("manifest", manifest_schema()), ("dead_letter", dead_letter_schema())):
         if not any(rel.startswith(f"{table}/") for rel in finals):
             folder = posixpath.join(out, table)
-            if "://" not in folder:
+            if not is_remote(folder):
                 os.makedirs(folder, exist_ok=True)
             with FileSystems.create(posixpath.join(folder, "part-empty.parquet")) as f:
                 pq.write_table(pa.Table.from_pylist([], schema=schema), f)
     if FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
-    if "://" not in out:
+    if not is_remote(out):
         os.makedirs(posixpath.join(out, "tiles"), exist_ok=True)  # even when no tile is kept
     dropped = {k.split(".", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("dropped.")}
     stats = {
@@ -1015,7 +1004,7 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
                 | "LabelRejections" >> beam.Create(self._label_rejections)
                 | "LabelDeadLetter"
                 >> beam.MapTuple(
-                    lambda feature, reason: _dead(feature, reason, "label", stage="labels")
+                    lambda feature, reason: dead_row(feature, reason, "label", stage="labels")
                 )
             )
         planned = items | "Plan" >> beam.ParDo(PlanScene(c)).with_outputs(
@@ -1109,7 +1098,7 @@ def _label_refs(path: str, config: TileConfig) -> Iterator[str]:
 def _unused(item: tuple[str, dict[str, list[bool]]]) -> Iterator[dict[str, str]]:
     ref, groups = item
     if groups["polygon"] and not groups["hit"]:
-        yield _dead(
+        yield dead_row(
             ref,
             "polygon outside every scene (it overlaps no block that was read)",
             "label",
@@ -1187,11 +1176,43 @@ class AccountScenes(beam.PTransform):  # type: ignore[misc]
         """Combine per scene, decide each scene's outcome, combine for the job."""
         outcome = (
             counts
-            | "CountPerScene" >> beam.CombinePerKey(_SumCounters())
+            | "CountPerScene" >> beam.CombinePerKey(SumCounters())
             | "SceneOutcome" >> beam.FlatMap(_scene_outcome).with_outputs(DEAD, main="counts")
         )
-        totals = outcome.counts | "CountJob" >> beam.CombineGlobally(_SumCounters())
+        totals = outcome.counts | "CountJob" >> beam.CombineGlobally(SumCounters())
         return totals, outcome[DEAD]
+
+
+def prepare_out(out: str, overwrite: bool) -> None:
+    """Make ``out`` ready for a tile job: refuse an earlier run's outputs unless ``overwrite``.
+
+    With ``overwrite``, the earlier outputs and the temporary folders of runs
+    killed before they committed are removed.
+
+    Raises:
+        ConfigError: ``out`` holds an earlier run's outputs and ``overwrite`` is off.
+    """
+    import shutil
+
+    paths = output_paths(out)
+    existing = [p for p in paths.values() if FileSystems.exists(p)]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a tile job's output; add --overwrite to replace it", "--out"
+        )
+    for p in existing:
+        if is_remote(p):
+            FileSystems.delete([p])
+        elif os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
+    if overwrite and not is_remote(out) and os.path.isdir(out):
+        for name in os.listdir(out):
+            if name.startswith(".tmp-") and os.path.isdir(os.path.join(out, name)):
+                shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    if not is_remote(out):
+        os.makedirs(out, exist_ok=True)
 
 
 def run_tile(
@@ -1205,7 +1226,7 @@ def run_tile(
     """Build and run the Tile job.
 
     Args:
-        config: The job's options (already checked).
+        config: The job's options (checked by :func:`~pipelines.tile.options.tile_config`).
         beam_args: Beam pipeline options, passed through unchanged.
         save_main_session: Pickle ``__main__`` for the workers.
         test_pipeline: Build on this pipeline instead and do not run it.
@@ -1214,8 +1235,13 @@ def run_tile(
 
     Returns:
         The contents of ``stats.json`` plus the job's Beam counters, or None when
-        building on ``test_pipeline``.
+        building on ``test_pipeline`` or for a ``--dry_run``.
+
+    Raises:
+        ConfigError: ``config.out`` holds an earlier run's outputs and
+            ``config.overwrite`` is off.
     """
+    prepare_out(config.out, config.overwrite)
     stats, result = run_pipeline(
         "Tile" >> TileScenes(config, label_rejections, header),
         beam_args,
@@ -1241,22 +1267,28 @@ def _counters(result: Any) -> dict[str, int]:
     return out
 
 
-# Kept for the run(argv) convention: the CLI module parses the options.
 def run(
     argv: Sequence[str] | None = None,
     save_main_session: bool = True,
     test_pipeline: beam.Pipeline | None = None,
 ) -> dict[str, Any] | None:
-    """Run ``minewatch tile`` with command-line arguments (ours and Beam's).
+    """Run the Tile job from command-line arguments, ours and Beam's (Beam's ``run(argv)``).
 
     Args:
-        argv: Arguments as on the command line after ``minewatch tile``.
+        argv: Arguments as on the command line after ``minewatch tile``:
+            inputs, :data:`~pipelines.tile.options.TILE_ARGS`, Beam options.
         save_main_session: Pickle ``__main__`` for the workers.
         test_pipeline: Build on this pipeline instead and do not run it.
 
     Returns:
         See :func:`run_tile`.
-    """
-    from minewatch.cli.tile import launch
 
-    return launch(list(argv or []), save_main_session, test_pipeline)
+    Raises:
+        ConfigError: An option cannot work; :attr:`ConfigError.option` names it.
+    """
+    from minewatch.arguments import parse
+    from pipelines.tile.options import TILE_ARGS, tile_config
+
+    params, rest = parse(TILE_ARGS, argv, "minewatch tile")
+    config, beam_args, rejections, header = tile_config(params, rest)
+    return run_tile(config, beam_args, save_main_session, test_pipeline, rejections, header)

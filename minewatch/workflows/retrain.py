@@ -46,7 +46,7 @@ retrains on the same data.
 Core code: nothing here imports :mod:`nsl_models` or Beam at module level.
 
 Example:
-    >>> from minewatch.retrain import load_retrain_config, retrain
+    >>> from minewatch.workflows.retrain import load_retrain_config, retrain
     >>> config = load_retrain_config("retrain.yaml")  # doctest: +SKIP
     >>> record = retrain(config)  # doctest: +SKIP
     >>> record["status"], record["reason"]  # doctest: +SKIP
@@ -72,6 +72,7 @@ from typing import Any
 
 from minewatch.dataclass_config import build_dataclass
 from minewatch.errors import ConfigError, InputError, MinewatchError
+from minewatch.paths import is_remote, write_json
 
 __all__ = [
     "EvaluationSettings",
@@ -253,7 +254,7 @@ class RetrainConfig:
 
     def path(self, value: str) -> str:
         """Resolve a path of this config: URLs and absolute paths as they are."""
-        if not value or "://" in value or os.path.isabs(value):
+        if not value or is_remote(value) or os.path.isabs(value):
             return value
         return os.path.normpath(os.path.join(self.base_dir, value))
 
@@ -296,18 +297,14 @@ def retrain_config_from_dict(mapping: Mapping[str, Any], base_dir: str = ".") ->
 
 def _check_job_args(config: RetrainConfig) -> None:
     """Parse ``tile_args``/``graph_args`` as the commands will, so a typo fails at once."""
-    from minewatch.cli.graph import graph
-    from minewatch.cli.tile import tile
+    from minewatch.arguments import parse
+    from pipelines.graph import GRAPH_ARGS
+    from pipelines.tile import TILE_ARGS
 
-    for name, cmd, args in (
-        ("tile_args", tile, config.tile_args),
-        ("graph_args", graph, config.graph_args),
-    ):
-        with (
-            _click_errors(name),
-            cmd.make_context(f"minewatch {cmd.name}", ["x", "--out", "y", *args]),
-        ):
-            pass
+    with _job_errors("tile_args"):
+        parse(TILE_ARGS, ["x", "--out", "y", *config.tile_args], "minewatch tile")
+    with _job_errors("graph_args"):
+        parse(GRAPH_ARGS, ["x", "--out", "y", *config.graph_args], "minewatch graph")
 
 
 def load_retrain_config(path: str | os.PathLike[str]) -> RetrainConfig:
@@ -387,9 +384,9 @@ def list_scenes(pattern: str) -> list[SceneKey]:
     """
     from apache_beam.io.filesystems import FileSystems
 
-    from pipelines.tiling import list_inputs
+    from pipelines.options import list_inputs
 
-    if "://" not in pattern:
+    if not is_remote(pattern):
         keys = []
         for p in list_inputs(pattern):
             st = os.stat(p)
@@ -487,15 +484,6 @@ def _read_json(path: str) -> Any:
         return json.load(f)
 
 
-def _write_json(path: str, value: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(temp, "w") as f:
-        json.dump(value, f, indent=2, default=str)
-        f.write("\n")
-    os.replace(temp, path)
-
-
 def _link(src: str, dst: str) -> None:
     """Hard-link ``src`` to ``dst`` (copy across devices); an existing ``dst`` stays."""
     if os.path.exists(dst):
@@ -562,7 +550,7 @@ def sync_dataset(work: str, batches: Sequence[str]) -> dict[str, Any]:
         "inputs": {"total": totals["inputs"]},
         "bands": merge_band_stats(stats_parts),
     }
-    _write_json(os.path.join(dataset, "stats.json"), merged)
+    write_json(os.path.join(dataset, "stats.json"), merged)
     return merged
 
 
@@ -614,34 +602,32 @@ def _hash(value: Any) -> str:
 
 
 @contextmanager
-def _click_errors(what: str) -> Iterator[None]:
-    """Turn click's option errors of an inner job into a ConfigError naming the config key."""
-    import click
-
+def _job_errors(what: str) -> Iterator[None]:
+    """Prefix an inner job's option errors with the config key that holds the options."""
     try:
         yield
-    except click.ClickException as err:
-        raise ConfigError(f"{what}: {err.format_message()}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{what}: {err}") from None
 
 
 def _tile(config: RetrainConfig, new: Sequence[SceneKey], out: str) -> dict[str, Any]:
-    from minewatch.cli.tile import launch
+    from pipelines.tile import run
 
     argv = [k.path for k in new] + ["--out", out, "--overwrite", *config.tile_args]
     if config.labels:
         argv[len(new) : len(new)] = ["--labels", config.path(config.labels)]
-    with _click_errors("tile_args/labels"):
-        stats = launch(argv, save_main_session=False)
+    with _job_errors("tile_args/labels"):
+        stats = run(argv, save_main_session=False)
     if stats is None:
         raise ConfigError("tile_args: a dry run (--dry_run) cannot feed a retrain")
     return stats
 
 
 def _graph(config: RetrainConfig, dataset: str, out: str) -> dict[str, Any]:
-    from minewatch.cli.graph import launch
+    from pipelines.graph import run
 
-    with _click_errors("graph_args"):
-        stats = launch([dataset, "--out", out, "--overwrite", *config.graph_args], False)
+    with _job_errors("graph_args"):
+        stats = run([dataset, "--out", out, "--overwrite", *config.graph_args], False)
     if stats is None:
         raise ConfigError("graph_args: a dry run (--dry_run) cannot feed a retrain")
     return stats

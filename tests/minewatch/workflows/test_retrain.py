@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from minewatch.errors import ConfigError
-from minewatch.retrain import (
+from minewatch.workflows.retrain import (
     RetrainLocked,
     _lock,
     load_retrain_config,
@@ -241,7 +241,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path):
 
 
 def test_example_config_is_valid():
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "retrain")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "..", "deploy", "retrain")
     config = load_retrain_config(os.path.join(root, "retrain.yaml"))
     from nsl_models.configs import load_config
 

@@ -28,7 +28,7 @@ Spatial edges join tiles of one scene whose windows touch or overlap, keyed by
 grid cells; temporal edges join tiles of different acquisitions with the same
 CRS and bounds, keyed by the rounded bounds. Neither compares all pairs.
 
-Packing follows NSL's ``pack_nbrs`` (see :mod:`minewatch.packing`): seeds are
+Packing follows NSL's ``pack_nbrs`` (see :mod:`pipelines.graph.packing`): seeds are
 the labelled tiles, neighbours any tile, the ``pack_k`` best edges by weight
 whatever their kind; the neighbour features (``nbr_features`` of them) are joined
 by ``CoGroupByKey`` on the neighbour id, never from a side input of all tiles.
@@ -60,7 +60,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -87,7 +87,10 @@ from minewatch.embeddings import (
     normalized_pixels,
 )
 from minewatch.errors import ConfigError
-from minewatch.neighbours import (
+from minewatch.spec import Tile, decode_tiles
+from minewatch.tables import dead_letter_schema
+from minewatch.tfrecord import read_records, write_record
+from pipelines.graph.neighbours import (
     Candidates,
     PartitionTree,
     assign_leaves,
@@ -100,15 +103,12 @@ from minewatch.neighbours import (
     split_bucket,
     topk_within,
 )
-from minewatch.packing import example_bytes, feature_entries, pack_example
-from minewatch.spec import FEATURES, Tile, decode_tiles
-from minewatch.tables import dead_letter_schema
-from minewatch.tfrecord import read_records, write_record
+from pipelines.graph.options import GraphConfig
+from pipelines.graph.packing import example_bytes, feature_entries, pack_example
 from pipelines.options import run_pipeline
 
 __all__ = [
     "BuildTileGraph",
-    "GraphConfig",
     "SimilarityEdges",
     "SpatialEdges",
     "TemporalEdges",
@@ -116,6 +116,7 @@ __all__ = [
     "WritePackedShards",
     "edges_schema",
     "output_paths",
+    "prepare_out",
     "run",
     "run_graph",
 ]
@@ -131,108 +132,6 @@ LINES = "lines"
 SIMILARITY, SPATIAL, TEMPORAL = "similarity", "spatial", "temporal"
 KINDS = (SIMILARITY, SPATIAL, TEMPORAL)
 COUNTS = "counts"
-
-#: Neighbour features packed by default (``--nbr-features``): what a trainer reads
-#: of a neighbour (its pixels; ``nsl_models`` reads only ``image/raw``), its valid
-#: mask, and its id and label to check the graph by. The rest of a tile record
-#: (georeference, label mask, ...) would add ~25% to every neighbour.
-LEAN_NBR_FEATURES = ("image/raw", "mask/valid", "tile/id", "label/class")
-
-
-@dataclass(frozen=True)
-class GraphConfig:
-    """Everything ``minewatch graph`` needs besides Beam's own options.
-
-    Attributes:
-        tiles: Glob of the tile TFRecords (local or ``gs://``).
-        out: Output folder.
-        norm: Per-band mean/std of the tile job (``stats.json``).
-        embedding: ``builtin`` or a SavedModel directory with an ``embedding``
-            signature.
-        k: Most similarity neighbours per tile (edges written). Default 10.
-        threshold: Least cosine similarity of a similarity edge. Default 0.8.
-        rounds: Partition trees of the similarity search. Default 1.
-        bucket_size: Most tiles per cell compared all-pairs. Default 16384.
-        seed: Seed of the partition trees. Default 0.
-        pack_k: Most neighbours packed into a labelled example, the best by
-            weight over all edge kinds. Default 3 (what the trainer reads:
-            ``nsl_models/configs/tiles.yaml`` ``graph.max_neighbors``).
-        whiten: Whiten the embeddings (:func:`minewatch.embeddings.fit_whitening`,
-            fitted to a sample of the job's own vectors) before the similarity
-            search. None (default): for ``builtin`` only.
-        spill: Least fraction of the vectors at each partition cut that also go
-            to the other side. Default 0.
-        spill_pairs: Share of the sample's near-neighbour pairs each cut's spill
-            margin keeps together (:func:`minewatch.neighbours.build_tree`); 0 to
-            spill by ``spill`` alone. Default 0.9.
-        nbr_features: Features of a neighbour copied into the packed example;
-            None for all of them (exactly NSL's ``pack_nbrs``). Default
-            :data:`LEAN_NBR_FEATURES`.
-        classes: Class names by label index (the tile job's ``classes``), for
-            ``stats.json``'s homophily. Default none (indices as names).
-        spatial_weight: Weight of spatial edges; 0 disables them. Default 0.5.
-        temporal_weight: Weight of temporal edges; 0 disables them. Default 0.5.
-        temporal_window: Each acquisition of a footprint links to this many
-            following acquisitions (all of them when there are fewer). Default 4.
-        bounds_decimals: Bounds are rounded to this many decimals (CRS units) to
-            find the same footprint. Default 2.
-        undirected: Treat every edge as bi-directional when packing
-            (``pack_nbrs --add_undirected_edges``). Default False.
-        batch_size: Tiles per embedding batch. Default 256.
-        records_per_shard: Packed records per ``packed/`` file, on average
-            (records are dealt to files by a hash of the tile id; files are
-            also kept to about 256 MB). Default 4096.
-    """
-
-    tiles: str
-    out: str
-    norm: BandNorm = field(default_factory=BandNorm)
-    embedding: str = "builtin"
-    k: int = 10
-    threshold: float = 0.8
-    rounds: int = 1
-    bucket_size: int = 16384
-    seed: int = 0
-    pack_k: int = 3
-    whiten: bool | None = None
-    spill: float = 0.0
-    spill_pairs: float = 0.9
-    nbr_features: tuple[str, ...] | None = LEAN_NBR_FEATURES
-    classes: tuple[str, ...] = ()
-    spatial_weight: float = 0.5
-    temporal_weight: float = 0.5
-    temporal_window: int = 4
-    bounds_decimals: int = 2
-    undirected: bool = False
-    batch_size: int = 256
-    records_per_shard: int = 4096
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.k >= 1, "k", "must be at least 1"),
-            (self.pack_k >= 1, "pack_k", "must be at least 1"),
-            (-1 <= self.threshold <= 1, "threshold", "must be a cosine in [-1, 1]"),
-            (self.rounds >= 1, "rounds", "must be at least 1"),
-            (self.bucket_size >= 2, "bucket_size", "must be at least 2"),
-            (0 <= self.spill <= 0.5, "spill", "must be a fraction in [0, 0.5]"),
-            (0 <= self.spill_pairs <= 1, "spill_pairs", "must be a quantile in [0, 1]"),
-        ]
-        for ok, name, what in checks:
-            if not ok:
-                raise ConfigError(f"GraphConfig.{name} = {getattr(self, name)!r} {what}")
-        if self.nbr_features is not None:
-            unknown = sorted(set(self.nbr_features) - set(FEATURES))
-            if unknown or not self.nbr_features:
-                what = f"{unknown} are not tile features" if unknown else "is empty"
-                raise ConfigError(
-                    f"GraphConfig.nbr_features {what}; give some of {sorted(FEATURES)}, "
-                    "or None for all"
-                )
-
-    @property
-    def whitens(self) -> bool:
-        """Whether the job whitens its embeddings (``whiten``, or ``builtin`` when None)."""
-        return self.embedding == "builtin" if self.whiten is None else self.whiten
 
 
 def output_paths(out: str) -> dict[str, str]:
@@ -1169,9 +1068,9 @@ def _answer_requests(
 
 
 class PackNeighbours(beam.DoFn):  # type: ignore[misc]
-    """Merge a seed's best neighbours into it (:func:`minewatch.packing.pack_example`).
+    """Merge a seed's best neighbours into it (:func:`pipelines.graph.packing.pack_example`).
 
-    The choice is ``pack_nbrs``'s (:func:`minewatch.packing.select_neighbours`):
+    The choice is ``pack_nbrs``'s (:func:`pipelines.graph.packing.select_neighbours`):
     by ``(weight, id)`` decreasing, whatever the edge kind, at most ``max_nbrs``.
     Besides the record, each seed yields its counts (``counts`` output) for
     ``stats.json``: bytes before and after packing, and per edge kind how many
@@ -1522,6 +1421,7 @@ def _options(c: GraphConfig) -> dict[str, Any]:
     options = asdict(c)
     options.pop("norm")
     options.pop("classes")
+    options.pop("overwrite")  # what happens to an earlier run's outputs, not to this graph
     options["whiten"] = c.whitens
     return options
 
@@ -1662,6 +1562,33 @@ def _finalize(
 # -- the job -------------------------------------------------------------------------
 
 
+def prepare_out(out: str, overwrite: bool) -> None:
+    """Make ``out`` ready for a graph job: refuse an earlier run's outputs unless ``overwrite``.
+
+    With ``overwrite``, the earlier outputs are removed (``out/encoder``, the
+    contrastive encoder ``minewatch graph`` may keep there, is not an output).
+
+    Raises:
+        ConfigError: ``out`` holds an earlier run's outputs and ``overwrite`` is off.
+    """
+    import shutil
+
+    existing = [p for p in output_paths(out).values() if FileSystems.exists(p)]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a graph job's output; add --overwrite to replace it", "--out"
+        )
+    for p in existing:
+        if "://" in p:
+            FileSystems.delete([p])
+        elif os.path.isdir(p):
+            shutil.rmtree(p)
+        else:
+            os.remove(p)
+    if "://" not in out:
+        os.makedirs(out, exist_ok=True)
+
+
 def run_graph(
     config: GraphConfig,
     beam_args: Sequence[str] = (),
@@ -1672,15 +1599,21 @@ def run_graph(
     """Build and run the Graph job.
 
     Args:
-        config: The job's options (already checked).
+        config: The job's options (checked by :func:`~pipelines.graph.options.graph_config`).
         beam_args: Beam pipeline options, passed through unchanged.
         save_main_session: Pickle ``__main__`` for the workers.
         test_pipeline: Build on this pipeline instead and do not run it.
         header: Extra fields for ``stats.json``.
 
     Returns:
-        The contents of ``stats.json``, or None when building on ``test_pipeline``.
+        The contents of ``stats.json``, or None when building on ``test_pipeline``
+        or for a ``--dry_run``.
+
+    Raises:
+        ConfigError: ``config.out`` holds an earlier run's outputs and
+            ``config.overwrite`` is off.
     """
+    prepare_out(config.out, config.overwrite)
     stats, _ = run_pipeline(
         "Graph" >> BuildTileGraph(config, header),
         beam_args,
@@ -1696,16 +1629,25 @@ def run(
     save_main_session: bool = True,
     test_pipeline: beam.Pipeline | None = None,
 ) -> dict[str, Any] | None:
-    """Run ``minewatch graph`` with command-line arguments (ours and Beam's).
+    """Run the Graph job from command-line arguments, ours and Beam's (Beam's ``run(argv)``).
 
     Args:
-        argv: Arguments as on the command line after ``minewatch graph``.
+        argv: Arguments as on the command line after ``minewatch graph``:
+            TILES_DIR, :data:`~pipelines.graph.options.GRAPH_ARGS`, Beam options.
         save_main_session: Pickle ``__main__`` for the workers.
         test_pipeline: Build on this pipeline instead and do not run it.
 
     Returns:
         See :func:`run_graph`.
-    """
-    from minewatch.cli.graph import launch
 
-    return launch(list(argv or []), save_main_session, test_pipeline)
+    Raises:
+        ConfigError: An option cannot work; :attr:`ConfigError.option` names it.
+            ``--embedding contrastive`` is one (``minewatch graph`` trains the
+            encoder; this job only reads one).
+    """
+    from minewatch.arguments import parse
+    from pipelines.graph.options import GRAPH_ARGS, graph_config
+
+    params, rest = parse(GRAPH_ARGS, argv, "minewatch graph")
+    config, beam_args, header = graph_config(params, rest)
+    return run_graph(config, beam_args, save_main_session, test_pipeline, header)
