@@ -299,7 +299,9 @@ def _pixel_label(ex: dict[str, Any], label: Any, spec: TileSpec) -> Any:
 def _in_split(ex: dict[str, Any], spec: TileSpec, config: DataConfig, split: str) -> Any:
     import tensorflow as tf
 
-    if split == Split.ALL or config.validation_fraction == 0.0:
+    if split == Split.ALL or config.validation_fraction == 0.0 or config.validation:
+        # With a validation glob, its files are the validation set (read whole)
+        # and every training record trains.
         return tf.constant(split != Split.VALIDATION)
     if config.split_by is SplitKey.TILE:  # AUTO only reaches here outside a TrainerConfig
         key = ex[TILE_ID]
@@ -932,10 +934,12 @@ def class_weights(counts: np.ndarray, weighting: ClassWeighting, cap: float) -> 
     """Per-class loss weights from label counts.
 
     Args:
-        counts: ``[K]`` (or ``[K + 1]`` from :func:`count_labels`; the last,
-            unlabelled, entry is then dropped) examples per class.
+        counts: ``[K]`` examples per class (drop the unlabelled entry of
+            :func:`count_labels`' ``[K + 1]`` first).
         weighting: ``none``, ``balanced`` (``n / (K n_k)``) or ``sqrt`` of it.
-        cap: Largest weight; also the weight of a class absent from training.
+        cap: Largest weight. A class absent from training weighs ``cap`` under
+            ``balanced`` and ``sqrt(cap)`` under ``sqrt`` (the root of what
+            ``balanced`` gives it).
 
     Returns:
         ``float32[K]``.
