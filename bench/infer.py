@@ -7,7 +7,7 @@ Two measurements, in one run (numbers go to ``docs/benchmarks.md``, section Infe
    decoder and calls the same SavedModel's serving signature in batches of the
    same size (the reference: ``model.predict`` without Beam). The tiles are the
    demo's inference tiling: the demo's four ground-truth scenes cut every 8 px
-   (``minewatch.cli.demo.SITE_OPTIONS``; 64,516 tiles of 16 px), written once by
+   (``minewatch.workflows.demo.SITE_OPTIONS``; 64,516 tiles of 16 px), written once by
    ``minewatch tile`` into ``DEMO/tiles_infer``. The job runs with the demo's
    site options and writes every table, raster and picture; the bare loop only
    keeps the probabilities in memory. Runs are interleaved (bare, job, job
@@ -82,7 +82,7 @@ def bare_loop(tiles_dir: str, saved_model: str, bands: list[str], batch: int) ->
 
 def infer_tiles(demo: str) -> str:
     """The demo's scenes cut as the demo's infer step cuts them; written once."""
-    from minewatch.cli.demo import BANDS, SITE_OPTIONS
+    from minewatch.workflows.demo import BANDS, SITE_OPTIONS
 
     out = os.path.join(demo, "tiles_infer")
     if not glob.glob(os.path.join(out, "tiles", "*.tfrecord")):
@@ -97,15 +97,15 @@ def infer_tiles(demo: str) -> str:
 
 
 def job(demo: str, tiles: str, out: str, batch: int, extra: list[str]) -> dict[str, Any]:
-    from minewatch.cli.demo import SITE_OPTIONS
-    from minewatch.cli.infer import launch
+    from minewatch.workflows.demo import SITE_OPTIONS
+    from pipelines.infer import run
 
     gt = os.path.join(demo, "gt")
     argv = [tiles, "--model", os.path.join(demo, "registry"), *SITE_OPTIONS]
     argv += ["--out", out, "--batch-size", str(batch)]
     argv += ["--concessions", os.path.join(gt, "concessions.geojson")]
     argv += ["--protected", os.path.join(gt, "protected_areas.geojson")]
-    stats = launch(argv + extra, save_main_session=False)
+    stats = run(argv + extra, save_main_session=False)
     assert stats is not None
     return stats
 

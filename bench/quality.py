@@ -133,8 +133,8 @@ def train(tiles: str, graph_dir: str, out: str, epochs: int, seed: int, sets: li
 
 
 def infer(model: str, gt: str, out: str) -> dict[str, Any]:
-    from minewatch.cli.infer import launch
     from minewatch.registry import resolve_model
+    from pipelines.infer import run
 
     ports = os.path.join(gt, "licensed_ports.geojson")
     extra = (
@@ -142,7 +142,7 @@ def infer(model: str, gt: str, out: str) -> dict[str, Any]:
         if "vessel" in resolve_model(model).classes and os.path.exists(ports)
         else []
     )
-    stats: dict[str, Any] = launch(
+    stats: dict[str, Any] = run(
         [
             os.path.join(gt, "scenes"),
             "--model", model, "--out", out, "--stride", "8",

@@ -27,7 +27,6 @@ __all__ = [
     "frame_labels_schema",
     "frame_summaries_schema",
     "manifest_schema",
-    "replace_file",
     "site_observations_schema",
     "sites_schema",
     "stockpile_series_schema",

@@ -61,24 +61,21 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from minewatch.paths import replace_file
 from minewatch.registry import ModelRef, resolve_model
+from minewatch.scenes import safe_id
 from minewatch.tables import (
     INFER_TABLES,
     dead_letter_schema,
     frame_labels_schema,
     frame_summaries_schema,
-    replace_file,
     write_geoparquet,
 )
-from pipelines.batch_inference import (
-    ExampleMaker,
-    InferConfig,
-    LinkSites,
-    PerScene,
-    SceneSites,
-    TileModelHandler,
-    _safe,
-)
+from pipelines.infer.linking import LinkSites
+from pipelines.infer.options import InferConfig
+from pipelines.infer.scene_outputs import PerScene
+from pipelines.infer.serving import ExampleMaker, TileModelHandler
+from pipelines.infer.sites import SceneSites
 from pipelines.tile.job import DEAD, CutTiles, PlanScene, TileBatch, dead_row
 from pipelines.tile.options import TileConfig
 
@@ -683,7 +680,7 @@ def ledger_entries(out: str) -> list[dict[str, Any]]:
 
 
 class _Models:
-    """Loaded models (:class:`~pipelines.batch_inference.ServedModel`) by path, a few kept."""
+    """Loaded models (:class:`~pipelines.infer.serving.ServedModel`) by path, a few kept."""
 
     def __init__(self, batch_size: int, keep: int) -> None:
         self._batch_size = batch_size
@@ -941,7 +938,7 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
             tile_labels=posixpath.join(
                 "tile_labels",
                 f"date={day}",
-                f"{_safe(entry['scene_id'])}__{_safe(model.version)}.parquet",
+                f"{safe_id(entry['scene_id'])}__{safe_id(model.version)}.parquet",
             ),
         )
         if frame is not None:
@@ -1089,7 +1086,7 @@ class StampFrames(beam.DoFn):  # type: ignore[misc]
 
 def _window_name(camera: str, start: float, version: str) -> tuple[str, str]:
     when = datetime.fromtimestamp(start, UTC)
-    return f"date={when:%Y-%m-%d}", f"{_safe(camera)}__{when:%Y%m%dT%H%M%S}__{_safe(version)}"
+    return f"date={when:%Y-%m-%d}", f"{safe_id(camera)}__{when:%Y%m%dT%H%M%S}__{safe_id(version)}"
 
 
 def _summary(

@@ -17,24 +17,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+#: Job -> (its click command, whose options name the template parameters; its stage package).
+_JOBS = {
+    "tile": ("minewatch.cli.tile", "tile", "pipelines.tile"),
+    "graph": ("minewatch.cli.graph", "graph", "pipelines.graph"),
+    "infer": ("minewatch.cli.infer", "infer", "pipelines.infer"),
+}
+
 
 def command(job: str) -> Any:
-    """The click command and the library launcher of a job."""
-    if job == "tile":
-        from minewatch.cli.tile import tile
-        from pipelines.tile import run as launch
+    """The click command of a job and the stage's ``run(argv)`` that runs it."""
+    from importlib import import_module
 
-        return tile, launch
-    if job == "graph":
-        from minewatch.cli.graph import graph
-        from pipelines.graph import run as launch
-
-        return graph, launch
-    if job == "infer":
-        from minewatch.cli.infer import infer, launch
-
-        return infer, launch
-    raise SystemExit(f"MINEWATCH_JOB={job!r}: expected tile, graph or infer")
+    if job not in _JOBS:
+        raise SystemExit(f"MINEWATCH_JOB={job!r}: expected tile, graph or infer")
+    cli_module, name, stage = _JOBS[job]
+    return getattr(import_module(cli_module), name), import_module(stage).run
 
 
 def to_argv(cmd: Any, args: Sequence[str]) -> list[str]:
@@ -62,10 +60,10 @@ def to_argv(cmd: Any, args: Sequence[str]) -> list[str]:
 
 def main() -> None:
     """Run the image's job with the launcher's arguments."""
-    cmd, launch = command(os.environ.get("MINEWATCH_JOB", ""))
+    cmd, run = command(os.environ.get("MINEWATCH_JOB", ""))
     # The launcher process only builds and submits the job; workers run the
     # minewatch image, so the main session need not be pickled.
-    launch(to_argv(cmd, sys.argv[1:]), save_main_session=False)
+    run(to_argv(cmd, sys.argv[1:]), save_main_session=False)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from minewatch.cli.options import abs_path, comma_list, out_opt, overwrite_opt
+from minewatch.cli.options import comma_list, out_opt, overwrite_opt
 from minewatch.errors import ConfigError, InputError
+from minewatch.paths import abs_path
 from nsl_models.encoder import EncoderConfig
 
 #: The option defaults: the class fields (``--help`` imports no TensorFlow).

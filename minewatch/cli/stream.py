@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from minewatch.cli.options import (
-    abs_path,
-    check_model_and_areas,
-    profile_opt,
-    site_opts,
-    site_params,
-    with_profile,
-)
+from minewatch.cli.options import click_error, click_options
+from minewatch.errors import ConfigError
+from minewatch.paths import abs_path
+from pipelines.infer.options import SITE_ARGS
+from pipelines.options import PROFILE
 
 
 @click.command(
@@ -54,7 +52,7 @@ from minewatch.cli.options import (
 @click.option(
     "--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True, help="Tiles/call."
 )
-@site_opts
+@click_options(SITE_ARGS)
 @click.option(
     "--pictures/--no-pictures", default=True, show_default=True, help="Quicklook PNG per scene."
 )
@@ -89,7 +87,7 @@ from minewatch.cli.options import (
     help="Read GCS object notifications from Pub/Sub instead of listing --watch "
     "(which then filters the objects, e.g. 'gs://bucket/incoming/**').",
 )
-@profile_opt
+@click_options((PROFILE,))
 @click.pass_context
 def stream(ctx: click.Context, /, **params: Any) -> None:
     """Watch GLOB and label every new scene once into TABLES_DIR (same tables as 'infer').
@@ -121,11 +119,16 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
     Raises:
         click.BadParameter: An option cannot work; the message names it.
     """
+    from pipelines.infer.options import check_model_and_areas, site_options
+    from pipelines.options import with_profile
     from pipelines.streaming import StreamConfig
 
-    check_model_and_areas(params)
+    try:
+        check_model_and_areas(params)
+        beam_args = with_profile(params.get("profile"), "infer", list(extra))
+    except ConfigError as exc:
+        raise click_error(exc) from exc
     model = abs_path(params["model"])  # the registry itself: followed while streaming
-    beam_args = with_profile(params.get("profile"), "infer", list(extra))
     local = not any(a.startswith("--runner") for a in beam_args) or any(
         "Direct" in a for a in beam_args
     )
@@ -152,7 +155,7 @@ def build(params: dict[str, Any], extra: Sequence[str] = ()) -> tuple[Any, list[
         batch_size=params["batch_size"],
         concessions=abs_path(params["concessions"]) if params["concessions"] else None,
         protected=abs_path(params["protected"]) if params["protected"] else None,
-        **site_params(params),
+        **dataclasses.asdict(site_options(params)),
         pictures=params["pictures"],
         frame_window=params["frame_window"],
         allowed_lateness=params["allowed_lateness"],

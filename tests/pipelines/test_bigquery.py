@@ -87,7 +87,7 @@ def vessel_rows():
 @pytest.fixture(scope="module")
 def real_rows(tmp_path_factory):
     """Each inference table's rows as the infer job writes them (frames: see frame_rows)."""
-    from minewatch.cli.infer import launch
+    from pipelines.infer import run
 
     root = tmp_path_factory.mktemp("bq")
     scenes = root / "scenes"
@@ -96,7 +96,7 @@ def real_rows(tmp_path_factory):
     scene(scenes, [(16, 16, 48)], "2024-02-01")
     out = root / "tables"
     args = ["--site-classes", "stockpile", "--mining-classes", "stockpile", "--stride", "8"]
-    launch([str(scenes), "--model", save_oracle(root / "model"), "--out", str(out), *args])
+    run([str(scenes), "--model", save_oracle(root / "model"), "--out", str(out), *args])
     rows = {}
     for table in KEYS:
         schema = INFER_TABLES[table]

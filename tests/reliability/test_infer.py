@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from minewatch.cli.infer import launch
 from minewatch.query import open_tables, run_query
+from pipelines.infer import run
 from tests.reliability.corpus import cases_of
 
 
@@ -22,7 +22,7 @@ def scenes_job(corpus, oracle, tmp_path_factory):
     root, cases = corpus
     out = tmp_path_factory.mktemp("infer") / "tables"
     args = [str(root / "scenes"), str(root / "frames"), "--model", oracle, "--out", str(out)]
-    stats = launch([*args, "--no-pictures"])
+    stats = run([*args, "--no-pictures"])
     return out, stats, cases
 
 
@@ -82,7 +82,7 @@ def test_bad_records_are_dead_lettered_and_counted(tile_dir, oracle, tmp_path, c
     for name in ("tiles-truncated.tfrecord", "tiles-crc.tfrecord"):
         os.remove(tile_dir / "tiles" / name)
     out = tmp_path / "tables"
-    stats = launch([str(tile_dir), "--model", oracle, "--out", str(out), "--no-pictures"])
+    stats = run([str(tile_dir), "--model", oracle, "--out", str(out), "--no-pictures"])
     counts = stats["counts"]
     assert counts["tiles_in"] == counts["tiles_labelled"] + counts["tiles_dead_lettered"]
     assert counts["tiles_labelled"] == 8 and counts["tiles_dead_lettered"] == 5
@@ -99,7 +99,7 @@ def test_a_corrupt_shard_is_dead_lettered_not_fatal(tile_dir, oracle, tmp_path, 
         if name not in keep:
             os.remove(tile_dir / "tiles" / name)
     out = tmp_path / "tables"
-    stats = launch([str(tile_dir), "--model", oracle, "--out", str(out), "--no-pictures"])
+    stats = run([str(tile_dir), "--model", oracle, "--out", str(out), "--no-pictures"])
     assert stats["counts"]["tiles_labelled"] >= 8
     rows = _query(out, "select input from dead_letter")
     assert [os.path.basename(r["input"]) for r in rows] == [shard]

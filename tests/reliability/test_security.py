@@ -47,7 +47,7 @@ def test_infer_refuses_a_registry_pointing_outside_itself(registry, tmp_path, or
 
 
 def test_infer_serves_the_registry_s_own_copy(registry, tmp_path):
-    from minewatch.cli.options import check_model_and_areas
+    from pipelines.infer.options import check_model_and_areas
 
     model = check_model_and_areas({"model": str(registry), "concessions": None, "protected": None})
     assert model.path == str(registry / "versions" / "v1") and model.version == "v1"
@@ -114,7 +114,7 @@ def test_query_cannot_read_outside_write_or_reach_the_network(tables, sql):
 
 
 def test_hostile_model_version_and_scene_names_stay_inside_the_output(tmp_path):
-    from minewatch.cli.infer import launch
+    from pipelines.infer import run
     from tests.pipelines.test_batch_inference import save_oracle
 
     model = save_oracle(tmp_path / "m", version="../../../escaped v1;rm -rf ~")
@@ -123,7 +123,7 @@ def test_hostile_model_version_and_scene_names_stay_inside_the_output(tmp_path):
     data = gradient(32, 32) * 10
     write_raster(scenes / "x..%2f..;$(x) scène.tif", data, descriptions=("B02", "B03", "B04"))
     out = tmp_path / "nested" / "tables"
-    launch([str(scenes), "--model", model, "--out", str(out), "--stride", "16"])
+    run([str(scenes), "--model", model, "--out", str(out), "--stride", "16"])
     assert sorted(os.listdir(tmp_path)) == ["in", "m", "nested"]  # nothing escaped
     assert os.listdir(tmp_path / "nested") == ["tables"]
     real = os.path.realpath(out)
