@@ -190,7 +190,7 @@ def run_method(method, args, x, workdir):
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.graph.job import SimilarityEdges
+        from pipelines.graph.edges import SimilarityEdges
 
         # The pipeline reads the vectors from .npy shards (written before the clock
         # starts, as the embedding step would have): no process holds them all,
@@ -250,7 +250,7 @@ def _read_shard(start, path):
 
 
 def _schema():
-    from pipelines.graph.job import edges_schema
+    from pipelines.graph.edges import edges_schema
 
     return edges_schema()
 

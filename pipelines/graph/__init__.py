@@ -2,8 +2,11 @@
 
 ``run(argv)`` is the job's entry point (Beam's convention); :mod:`.options`
 declares and checks its options (and imports nothing heavy, so the CLI can
-show them at once), :mod:`.job` builds the pipeline, and :mod:`.neighbours`
-and :mod:`.packing` are the numpy and byte-level algorithms its workers run.
+show them at once), :mod:`.job` builds the pipeline from the steps of
+:mod:`.descriptors` (tiles into vectors), :mod:`.edges` (similarity, spatial and
+temporal edges), :mod:`.pack` (graph file and packed examples) and
+:mod:`.accounting` (``stats.json``), and :mod:`.neighbours` and :mod:`.packing`
+are the numpy and byte-level algorithms its workers run.
 The job's names load on first use.
 """
 

@@ -25,15 +25,8 @@ from minewatch.embeddings import BandNorm, describe, fit_whitening
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records, write_record
 from pipelines.graph import run as graph_run
-from pipelines.graph.job import (
-    CheckEmbedding,
-    CompareInCell,
-    ParsedTile,
-    SimilarityEdges,
-    TopKPerNode,
-    VectorBatch,
-    WhitenVectors,
-)
+from pipelines.graph.descriptors import CheckEmbedding, ParsedTile, WhitenVectors
+from pipelines.graph.edges import CompareInCell, SimilarityEdges, TopKPerNode, VectorBatch
 from pipelines.graph.neighbours import Candidates, exact_topk, merge_topk, node_keys, normalize
 from pipelines.graph.packing import _int64_feature, example_bytes
 from pipelines.tile import run as tile_job
