@@ -16,7 +16,7 @@ Two runs, each a child process whose whole process tree is sampled with psutil
    GeoTIFF written strip by strip, RSS sampled over the run.
 3. ``bare-impulse``: nothing of minewatch, a bare ``PeriodicImpulse | Map`` on
    the DirectRunner for ``--minutes``, twice: as Beam runs it, then with
-   :func:`pipelines.streaming.bound_local_metrics` (what ``minewatch stream``
+   :func:`pipelines.stream.bound_local_metrics` (what ``minewatch stream``
    does); shows that the runner itself grows without the fix.
 
 Memory growth is the least-squares slope of RSS over the second half of the run
@@ -124,7 +124,7 @@ def _scene(path: Path, seed: int, size: int = 256, spread: bool = False) -> None
 
 
 def run_stream(args: argparse.Namespace) -> dict:
-    from pipelines.streaming import ledger_entries
+    from pipelines.stream import ledger_entries
     from tests.pipelines.test_batch_inference import save_oracle
 
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.tmp))
@@ -304,7 +304,7 @@ def _bare_child(seconds: float, interval: float, bound: bool) -> None:
     from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
     if bound:
-        from pipelines.streaming import bound_local_metrics
+        from pipelines.stream import bound_local_metrics
 
         bound_local_metrics()
     start = time.time() + 1.0

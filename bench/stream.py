@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-from pipelines.streaming import StreamConfig, ledger_entries, run_stream  # noqa: E402
+from pipelines.stream import StreamConfig, ledger_entries, run_stream  # noqa: E402
 from tests.factories import write_raster  # noqa: E402
 from tests.pipelines.test_batch_inference import save_oracle  # noqa: E402
 

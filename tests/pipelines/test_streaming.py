@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from minewatch.query import open_tables, run_query
-from pipelines.streaming import StreamConfig, bound_local_metrics, ledger_entries, run_stream
+from pipelines.stream import StreamConfig, bound_local_metrics, ledger_entries, run_stream
 from tests.factories import write_raster
 from tests.pipelines.test_batch_inference import save_oracle
 
@@ -281,16 +281,16 @@ def test_cli_labels_files_present_at_start(tmp_path):
 
 
 def test_cli_site_options_reach_the_per_scene_step(tmp_path):
-    from minewatch.cli.stream import build
     from minewatch.cli.stream import stream as stream_cmd
     from minewatch.registry import resolve_model
+    from pipelines.stream import stream_config
 
     registry = tmp_path / "registry"
     registry.mkdir()
     _promote(registry, "v1")
     args = ["--watch", str(tmp_path), "--model", str(registry), "--out", str(tmp_path / "t")]
     args += ["--max-polls", "1", "--smooth", "3", "--min-score", "0.6", "--min-area", "500"]
-    config, _ = build(stream_cmd.make_context("stream", args).params)
+    config, _ = stream_config(stream_cmd.make_context("stream", args).params)
     infer = config.infer_config(resolve_model(str(registry)), str(tmp_path / "a.tif"))
     assert (infer.smooth, infer.min_score, infer.min_area_m2) == (3, 0.6, 500.0)
 
@@ -416,7 +416,7 @@ def test_gcs_notifications_become_the_same_units(tmp_path):
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.streaming import GcsNotifications
+    from pipelines.stream.sources import GcsNotifications
 
     registry = tmp_path / "registry"
     registry.mkdir()
@@ -452,27 +452,27 @@ def test_gcs_notifications_become_the_same_units(tmp_path):
 
 
 def test_compaction_keeps_every_key_findable(tmp_path):
-    from pipelines.streaming import _ledger_path, _LedgerIndex, _write_json, compact_ledger
+    from pipelines.stream.ledger import LedgerIndex, compact_ledger, ledger_path, write_json
 
     out = str(tmp_path)
     keys = [f"{i:040x}" for i in range(0, 2**160, 2**160 // 40)][:40]
     for k in keys:
-        _write_json(_ledger_path(out, k), {"key": k, "path": f"/in/{k}.tif", "status": "labelled"})
-        _write_json(_ledger_path(out, "c-" + k[::-1]), {"key": k})
+        write_json(ledger_path(out, k), {"key": k, "path": f"/in/{k}.tif", "status": "labelled"})
+        write_json(ledger_path(out, "c-" + k[::-1]), {"key": k})
     assert compact_ledger(out) == 80
     assert not list((tmp_path / "_ledger").glob("*.json"))
-    index = _LedgerIndex(out, buckets=2)
+    index = LedgerIndex(out, buckets=2)
     assert all(index.has(k) and index.has("c-" + k[::-1]) for k in keys)
     assert not index.has("f" * 40)
     # New entries land loose, then merge into the existing buckets.
-    _write_json(_ledger_path(out, "ab" * 20), {"key": "ab" * 20, "path": "/in/x.tif"})
+    write_json(ledger_path(out, "ab" * 20), {"key": "ab" * 20, "path": "/in/x.tif"})
     assert index.has("ab" * 20) and compact_ledger(out) == 1
     assert index.has("ab" * 20) and len(ledger_entries(out)) == 41
     assert len(list((tmp_path / "_ledger" / "index").glob("*.jsonl"))) <= 256
 
 
 def test_handler_labels_each_stack_with_the_model_it_was_cut_for(tmp_path):
-    from pipelines.streaming import StreamModelHandler
+    from pipelines.stream.models import StreamModelHandler
 
     low = save_oracle(tmp_path / "low", version="low", threshold=100.0)
     high = save_oracle(tmp_path / "high", version="high", threshold=5000.0)
@@ -490,7 +490,7 @@ def test_handler_labels_each_stack_with_the_model_it_was_cut_for(tmp_path):
 
 
 def test_units_group_band_folders_and_wait_for_the_models_bands():
-    from pipelines.streaming import list_units
+    from pipelines.stream.sources import list_units
 
     bands = ("B02", "B03", "B04")
     stat = lambda p: (p, 10, 1.0)  # noqa: E731

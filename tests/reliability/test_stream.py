@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from minewatch.query import open_tables, run_query
-from pipelines.streaming import StreamConfig, ledger_entries, run_stream
+from pipelines.stream import StreamConfig, ledger_entries, run_stream
 from tests.reliability.corpus import cases_of
 
 # A stream process killed, then three to five stream runs: ~50 s on 2 busy cores.
