@@ -15,7 +15,7 @@ import posixpath
 import uuid
 from typing import Any
 
-__all__ = ["abs_path", "is_remote", "replace_file", "write_json"]
+__all__ = ["abs_path", "is_remote", "replace_file", "write_bytes", "write_json"]
 
 
 def is_remote(path: str) -> bool:
@@ -44,6 +44,27 @@ def replace_file(temp: str, path: str) -> None:
     FileSystems.rename([temp], [path])
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` (local or remote), whole or not at all.
+
+    The bytes go to a hidden temporary file beside ``path`` (``.tmp-<hex>``, no
+    extension, so a reader globbing ``*.json`` never sees it), which then
+    replaces ``path``. A missing local folder is created.
+    """
+    folder = posixpath.dirname(path) if is_remote(path) else os.path.dirname(abs_path(path))
+    temp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}")
+    if is_remote(path):
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.create(temp) as f:
+            f.write(data)
+    else:
+        os.makedirs(folder, exist_ok=True)
+        with open(temp, "wb") as f:
+            f.write(data)
+    replace_file(temp, path)
+
+
 def write_json(path: str, value: Any, indent: int = 2, allow_nan: bool = True) -> None:
     """Write ``value`` as JSON to ``path`` (local or remote), whole or not at all.
 
@@ -56,16 +77,5 @@ def write_json(path: str, value: Any, indent: int = 2, allow_nan: bool = True) -
     Raises:
         ValueError: ``value`` holds NaN or infinity and ``allow_nan`` is off.
     """
-    data = (json.dumps(value, indent=indent, default=str, allow_nan=allow_nan) + "\n").encode()
-    folder = posixpath.dirname(path) if is_remote(path) else os.path.dirname(abs_path(path))
-    temp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}.json")
-    if is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.create(temp) as f:
-            f.write(data)
-    else:
-        os.makedirs(folder, exist_ok=True)
-        with open(temp, "wb") as f:
-            f.write(data)
-    replace_file(temp, path)
+    text = json.dumps(value, indent=indent, default=str, allow_nan=allow_nan)
+    write_bytes(path, (text + "\n").encode())

@@ -43,6 +43,7 @@ MODULES = [
     "minewatch.workflows.demo",
     "minewatch.workflows.retrain",
     "pipelines.graph",
+    "pipelines.combiners",
     "pipelines.graph.accounting",
     "pipelines.graph.descriptors",
     "pipelines.graph.edges",

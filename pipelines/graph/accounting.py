@@ -27,12 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from minewatch.paths import is_remote
 from pipelines.graph.edges import KINDS, SIMILARITY, SPATIAL, TEMPORAL
 from pipelines.graph.options import GraphConfig
 from pipelines.graph.pack import packed_name
 
 __all__ = [
-    "SumCounts",
     "SumHistograms",
     "config_options",
     "cosine_histogram",
@@ -104,34 +104,6 @@ def count_kinds(table: pa.Table) -> dict[str, int]:
     """``{"edges.<kind>": n}`` of an edges table."""
     kinds = table.column("kind").to_pylist()
     return {f"edges.{k}": v for k, v in collections.Counter(kinds).items()}
-
-
-class SumCounts(beam.CombineFn):  # type: ignore[misc]
-    """Sum dicts of named counts."""
-
-    def create_accumulator(self) -> collections.Counter[str]:
-        """No counts yet."""
-        return collections.Counter()
-
-    def add_input(
-        self, acc: collections.Counter[str], counts: dict[str, int]
-    ) -> collections.Counter[str]:
-        """Add one dict of counts."""
-        acc.update(counts)
-        return acc
-
-    def merge_accumulators(
-        self, accs: Iterable[collections.Counter[str]]
-    ) -> collections.Counter[str]:
-        """Sum the partial counts."""
-        out: collections.Counter[str] = collections.Counter()
-        for acc in accs:
-            out.update(acc)
-        return out
-
-    def extract_output(self, acc: collections.Counter[str]) -> dict[str, int]:
-        """The counts, as a dict."""
-        return dict(acc)
 
 
 def config_options(c: GraphConfig) -> dict[str, Any]:
@@ -229,7 +201,7 @@ def finalize(
     similarity edges' cosines; packed sizes; homophily of the packed neighbours.
     """
     c = config or GraphConfig("", "")
-    if "://" not in packed_dir:
+    if not is_remote(packed_dir):
         os.makedirs(packed_dir, exist_ok=True)
     written = set()
     for rel in sorted(set(packed_files)):

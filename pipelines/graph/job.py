@@ -40,9 +40,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
 from minewatch.errors import ConfigError
+from minewatch.paths import is_remote
 from minewatch.tables import dead_letter_schema
+from pipelines.combiners import SumCounters
 from pipelines.graph.accounting import (
-    SumCounts,
     SumHistograms,
     config_options,
     cosine_histogram,
@@ -212,7 +213,7 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         totals = (
             counts
             | "AllCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombineGlobally(SumCounts())
+            | "SumCounts" >> beam.CombineGlobally(SumCounters())
         )
         cosines = (
             edges
@@ -262,13 +263,13 @@ def prepare_out(out: str, overwrite: bool) -> None:
             f"{out} already holds a graph job's output; add --overwrite to replace it", "--out"
         )
     for p in existing:
-        if "://" in p:
+        if is_remote(p):
             FileSystems.delete([p])
         elif os.path.isdir(p):
             shutil.rmtree(p)
         else:
             os.remove(p)
-    if "://" not in out:
+    if not is_remote(out):
         os.makedirs(out, exist_ok=True)
 
 

@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from minewatch.paths import is_remote
 from minewatch.tfrecord import write_record
 from pipelines.graph.descriptors import NS
 from pipelines.graph.packing import example_bytes, feature_entries, pack_example
@@ -225,7 +226,7 @@ class _WritePackedShard(beam.DoFn):  # type: ignore[misc]
         (index, shards), records = item
         name = packed_name(index, shards)
         folder = posixpath.join(self._temp_dir, "packed", self._attempt)
-        if "://" not in folder:
+        if not is_remote(folder):
             os.makedirs(folder, exist_ok=True)
         with FileSystems.create(posixpath.join(folder, name)) as f:
             for _, record in sorted(records):

@@ -34,6 +34,7 @@ from apache_beam.io import fileio
 from apache_beam.ml.inference.base import RunInference
 
 from minewatch.arguments import parse
+from pipelines.combiners import SumCounters
 from pipelines.infer.accounting import AccountInputs, dead_key, finish, split_counts
 from pipelines.infer.linking import LinkSites
 from pipelines.infer.options import INFER_ARGS, InferConfig, infer_config
@@ -48,7 +49,7 @@ from pipelines.infer.serving import (
     failed_batch,
 )
 from pipelines.options import run_pipeline
-from pipelines.tile.job import COUNTS, DEAD, CutScenes, SumCounters
+from pipelines.tile.job import COUNTS, DEAD, CutScenes
 from pipelines.tile.options import TileConfig
 
 __all__ = ["InferScenes", "run", "run_infer"]

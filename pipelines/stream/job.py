@@ -56,6 +56,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from minewatch.arguments import parse
+from minewatch.paths import is_remote
 from minewatch.registry import resolve_model
 from minewatch.tables import (
     INFER_TABLES,
@@ -277,7 +278,7 @@ def run_stream(
         bound_local_metrics()
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     pipeline = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-    if "://" not in config.out:
+    if not is_remote(config.out):
         os.makedirs(config.out, exist_ok=True)
     _ensure_tables(config.out)
     # The first poll waits a little: PeriodicImpulse fires the polls it missed

@@ -29,13 +29,14 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from minewatch.paths import write_json
 from minewatch.registry import ModelRef, resolve_model
 from minewatch.scenes import safe_id
 from pipelines.infer.linking import LinkSites
 from pipelines.infer.scene_outputs import PerScene
 from pipelines.infer.serving import ExampleMaker
 from pipelines.infer.sites import SceneSites
-from pipelines.stream.ledger import LEDGER, LedgerIndex, read_json, write_json
+from pipelines.stream.ledger import LEDGER, LedgerIndex, read_json
 from pipelines.stream.metrics import NS
 from pipelines.stream.models import RegistryFollower, model_of
 from pipelines.stream.options import StreamConfig
@@ -306,7 +307,7 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
         version = entry["model_version"]
         scenes.setdefault(version, {})[sites["scene_id"]] = sites
         scenes_state.write(scenes)
-        write_json(record, {"area": area, "versions": scenes})
+        write_json(record, {"area": area, "versions": scenes}, indent=1)
         try:
             if entry["model"] not in self._models:
                 self._models[entry["model"]] = resolve_model(entry["model"])

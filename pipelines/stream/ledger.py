@@ -16,7 +16,6 @@ import logging
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from minewatch.paths import replace_file
+from minewatch.paths import is_remote, write_bytes, write_json
 from minewatch.tables import dead_letter_schema, write_geoparquet
 from pipelines.stream.metrics import NS
 from pipelines.stream.options import StreamConfig
@@ -38,7 +37,6 @@ __all__ = [
     "ledger_entries",
     "ledger_path",
     "read_json",
-    "write_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,21 +54,6 @@ def _bucket_path(out: str, key: str) -> str:
     return posixpath.join(out, LEDGER, "index", f"{bare[:2]}.jsonl")
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` whole (temporary file, then rename)."""
-    _write_bytes(path, json.dumps(data, indent=1, default=str).encode())
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    folder = posixpath.dirname(path)
-    if "://" not in folder:
-        os.makedirs(folder, exist_ok=True)
-    temp = posixpath.join(folder, f".tmp-{uuid.uuid4().hex}")
-    with FileSystems.create(temp) as f:
-        f.write(data)
-    replace_file(temp, path)
-
-
 def read_json(path: str) -> dict[str, Any] | None:
     """The JSON object in ``path``; None when it is missing or unreadable."""
     try:
@@ -82,14 +65,14 @@ def read_json(path: str) -> dict[str, Any] | None:
 
 
 def _glob(pattern: str) -> list[str]:
-    if "://" in pattern:
+    if is_remote(pattern):
         return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     return sorted(globlib.glob(pattern))
 
 
 def _stamp(path: str) -> tuple[int, float] | None:
     """Size and mtime of a file, or None when it does not exist."""
-    if "://" not in path:
+    if not is_remote(path):
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -174,7 +157,7 @@ def compact_ledger(out: str) -> int:
         text = "".join(
             json.dumps({"key": k, "entry": e}, default=str) + "\n" for k, e in rows.items()
         )
-        _write_bytes(bucket, text.encode())
+        write_bytes(bucket, text.encode())
         FileSystems.delete([path for path, _, _ in items])
         merged += len(items)
     if merged:
@@ -225,8 +208,8 @@ class RecordInLedger(beam.DoFn):  # type: ignore[misc]
         entry["done"] = time.time()
         # Rows first, ledger last: a crash in between relabels the unit, whose
         # files (named by scene and version) are then replaced, not duplicated.
-        write_json(ledger_path(out, entry["key"]), entry)
+        write_json(ledger_path(out, entry["key"]), entry, indent=1)
         if entry.get("content_key"):
-            write_json(ledger_path(out, entry["content_key"]), {"key": entry["key"]})
+            write_json(ledger_path(out, entry["content_key"]), {"key": entry["key"]}, indent=1)
         {"dead": self._dead, "late": self._late}.get(entry["status"], self._labelled).inc()
         yield entry

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from minewatch.arguments import Float, Int, Switch, Text
 from minewatch.errors import ConfigError
-from minewatch.paths import abs_path
+from minewatch.paths import abs_path, is_remote
 from pipelines.infer.options import SITE_ARGS, InferConfig, check_model_and_areas, site_options
 from pipelines.options import PROFILE, with_profile
 
@@ -153,7 +153,7 @@ class StreamConfig:
     @property
     def pattern(self) -> str:
         """The glob to match: a folder means every file and folder in it."""
-        if "://" not in self.watch and os.path.isdir(self.watch):
+        if not is_remote(self.watch) and os.path.isdir(self.watch):
             return posixpath.join(self.watch, "*")
         return self.watch
 

@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
+from minewatch.paths import is_remote
 from pipelines.stream.ledger import compact_ledger
 from pipelines.stream.metrics import NS
 from pipelines.stream.models import RegistryFollower
@@ -112,7 +113,7 @@ def _list_files(pattern: str) -> list[FileStat]:
 
     A matched local folder stands for the files directly in it (a band folder).
     """
-    if "://" in pattern:
+    if is_remote(pattern):
         result = FileSystems.match([pattern])[0]
         return [
             (m.path, int(m.size_in_bytes), float(m.last_updated_in_seconds))

@@ -61,6 +61,7 @@ from minewatch.scenes import Rejection, SceneRef, group_files
 from minewatch.spec import UNKNOWN_CLASS, Tile, encode_tiles
 from minewatch.tables import dead_letter_schema, manifest_schema
 from minewatch.tfrecord import write_record
+from pipelines.combiners import SumCounters
 from pipelines.options import list_inputs, run_pipeline
 from pipelines.tile.options import TileConfig
 
@@ -70,7 +71,6 @@ __all__ = [
     "AccountScenes",
     "CutScenes",
     "GroupBlocksIntoShards",
-    "SumCounters",
     "TileBatch",
     "TileScenes",
     "dead_row",
@@ -601,34 +601,6 @@ class _MergeBandStats(beam.CombineFn):  # type: ignore[misc]
 
     def extract_output(self, acc: BandStats) -> dict[str, dict[str, float]]:
         return acc.summary()
-
-
-class SumCounters(beam.CombineFn):  # type: ignore[misc]
-    """Add up ``Counter`` dicts of named counts."""
-
-    def create_accumulator(self) -> collections.Counter[str]:
-        """An empty count."""
-        return collections.Counter()
-
-    def add_input(
-        self, acc: collections.Counter[str], counts: collections.Counter[str]
-    ) -> collections.Counter[str]:
-        """Add one count."""
-        acc.update(counts)
-        return acc
-
-    def merge_accumulators(
-        self, accs: Iterable[collections.Counter[str]]
-    ) -> collections.Counter[str]:
-        """Add counts up."""
-        out: collections.Counter[str] = collections.Counter()
-        for acc in accs:
-            out.update(acc)
-        return out
-
-    def extract_output(self, acc: collections.Counter[str]) -> dict[str, int]:
-        """The totals as a plain dict."""
-        return dict(acc)
 
 
 def _scene_outcome(item: tuple[str, dict[str, int]]) -> Iterator[Any]:

@@ -452,7 +452,8 @@ def test_gcs_notifications_become_the_same_units(tmp_path):
 
 
 def test_compaction_keeps_every_key_findable(tmp_path):
-    from pipelines.stream.ledger import LedgerIndex, compact_ledger, ledger_path, write_json
+    from minewatch.paths import write_json
+    from pipelines.stream.ledger import LedgerIndex, compact_ledger, ledger_path
 
     out = str(tmp_path)
     keys = [f"{i:040x}" for i in range(0, 2**160, 2**160 // 40)][:40]
