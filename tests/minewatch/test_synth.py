@@ -18,7 +18,7 @@ from minewatch.errors import ConfigError, SceneError
 from minewatch.synth import BAND_NAMES, CLASSES, GRADES, make_ground_truth, signature
 from minewatch.synth.materials import MATERIALS
 from minewatch.synth.relief import DSM_NODATA, REPOSE_DEG, Cone
-from minewatch.synth.scenes import _cone_shadow
+from minewatch.synth.render import cone_shadow
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +319,7 @@ def test_cone_shadow_follows_the_sun():
     """A round 40 deg cone: shadow tip at height / tan(elevation); none above 40 deg."""
     cone = Cone(50.0, 50.0, 5.0, np.zeros(3), np.zeros(3), 5.0 * 10 * np.tan(np.radians(40)))
     for elevation in (15.0, 25.0, 35.0):
-        row0, col0, frac = _cone_shadow(cone, 200, 200, (180.0, elevation), 10.0, 0.0)
+        row0, col0, frac = cone_shadow(cone, 200, 200, (180.0, elevation), 10.0, 0.0)
         # sun in the south: the shadow runs north (up), along the apex's column
         rows = np.nonzero(frac[:, int(50 - col0)] > 0)[0] + row0
         tip = 50.0 - rows.min()  # pixels from the apex to the farthest shadowed pixel's edge
@@ -329,5 +329,5 @@ def test_cone_shadow_follows_the_sun():
         d, r = expected, 5.0
         area = r * np.sqrt(d * d - r * r) - r * r * np.arccos(r / d)
         assert frac.sum() == pytest.approx(area, rel=0.15)
-    row0, col0, frac = _cone_shadow(cone, 200, 200, (180.0, 45.0), 10.0, 0.0)
+    row0, col0, frac = cone_shadow(cone, 200, 200, (180.0, 45.0), 10.0, 0.0)
     assert frac.max() == 0.0

@@ -20,7 +20,8 @@ from minewatch.cli.synth import synth
 from minewatch.errors import ConfigError
 from minewatch.synth import BAND_NAMES, SIZES, make_ground_truth, open_background
 from minewatch.synth.relief import Ridge
-from minewatch.synth.scenes import _clouds, _cone_shadow, plan_scenes, render_acquisition
+from minewatch.synth.render import cloud_opacity, cone_shadow
+from minewatch.synth.scenes import plan_scenes, render_acquisition
 from minewatch.synth.surfaces import BARE_NDVI, BARE_SWIR, MIN_BARE, bare_ground, bench_shade
 
 
@@ -226,8 +227,8 @@ def test_pit_benches_are_concentric_steps():
 
 
 def test_clouds_are_feathered_with_a_displaced_shadow(plan):
-    hard = _clouds(np.random.default_rng(3), 256, 256, 0.15)
-    soft = _clouds(np.random.default_rng(3), 256, 256, 0.15, feather=True)
+    hard = cloud_opacity(np.random.default_rng(3), 256, 256, 0.15)
+    soft = cloud_opacity(np.random.default_rng(3), 256, 256, 0.15, feather=True)
     for alpha in (hard, soft):
         assert (alpha >= 0.5).mean() == pytest.approx(0.15, abs=0.01)
 
@@ -296,7 +297,7 @@ def test_windrow_shadow_reaches_past_its_far_end():
     """A north-south windrow, sun in the south at 20 deg: the shadow runs
     height / tan(20 deg) north of the spine's north end (not only of its middle)."""
     ridge = Ridge(100.0, 100.0, 3.0, 30.0, math.pi / 2, 0.0, 25.0, "windrow")
-    row0, col0, frac = _cone_shadow(ridge, 300, 300, (180.0, 20.0), 10.0, 0.0)
+    row0, col0, frac = cone_shadow(ridge, 300, 300, (180.0, 20.0), 10.0, 0.0)
     rows = np.nonzero(frac[:, 100 - col0] > 0)[0] + row0
     north_end = 100.0 - 15.0
     expected = 25.0 / math.tan(math.radians(20.0)) / 10.0

@@ -18,22 +18,20 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely import affinity
 from shapely.geometry import Point, Polygon, box, shape
 
-from minewatch import volumes
 from minewatch.errors import ConfigError
 from minewatch.synth import make_ground_truth
 from minewatch.tables import stockpile_series_schema
 from minewatch.volumes import (
     VOLUME_METHODS,
     DsmIndex,
-    _coverages,
-    _shadow_entry,
-    _ShadowScan,
-    _subpixel_centres,
     height_from_shadow,
     measure_volume,
+    shadow,
     sun_from_tags,
     volume_from_dsm,
 )
+from minewatch.volumes.grid import coverages
+from minewatch.volumes.shadow import _shadow_entry, _ShadowScan, _subpixel_centres
 from pipelines.infer.quicklook import plot_stockpile_volumes
 
 #: Shadow heights must be within this fraction of the truth ...
@@ -315,7 +313,7 @@ def test_shadow_entry_gives_the_rasterised_cast_shadow(
     ties = shapely.points(np.column_stack(fine @ (cols + 0.5, rows + 0.5)))
     assert (shapely.distance(ties, cast.boundary) < 2e-5).all()
     assert rows.size <= 4
-    (coverage,) = _coverages([cast], shape_, transform, k)
+    (coverage,) = coverages([cast], shape_, transform, k)
     assert np.array_equal(coverage, gdal.reshape(30, k, 30, k).mean(axis=(1, 3)))
 
 
@@ -365,9 +363,9 @@ def test_shadow_early_refusal_changes_no_outcome(sun20, monkeypatch):
     runs = {}
     with rasterio.open(scene) as src:
         # the scan with and without the early refusal, and one tip at a time
-        for early, chunk in ((False, volumes._CHUNK), (True, volumes._CHUNK), (True, 1)):
-            monkeypatch.setattr(volumes, "_PRESCREEN", early)
-            monkeypatch.setattr(volumes, "_CHUNK", chunk)
+        for early, chunk in ((False, shadow._CHUNK), (True, shadow._CHUNK), (True, 1)):
+            monkeypatch.setattr(shadow, "_PRESCREEN", early)
+            monkeypatch.setattr(shadow, "_CHUNK", chunk)
             runs[early, chunk > 1] = [
                 height_from_shadow(g, crs, src, acq["sun_azimuth_deg"], 20.0) for _, g in polys
             ]
