@@ -407,7 +407,7 @@ def _dataset(files: list[str], spec: Any, config: EncoderConfig) -> Any:
     """Batches of ``[2, B, H, W, C]`` views, forever, streamed from ``files``."""
     import tensorflow as tf
 
-    from nsl_models.data import _decode, _plane, _records
+    from nsl_models.data.records import decode_image, decode_plane, interleaved_records
 
     feats = {
         IMAGE_RAW: tf.io.FixedLenFeature([], tf.string),
@@ -416,7 +416,7 @@ def _dataset(files: list[str], spec: Any, config: EncoderConfig) -> Any:
 
     def parse(record: Any) -> Any:
         ex = tf.io.parse_single_example(record, feats)
-        return _decode(ex[IMAGE_RAW], spec), _plane(ex[VALID_MASK], spec, fill=1)
+        return decode_image(ex[IMAGE_RAW], spec), decode_plane(ex[VALID_MASK], spec, fill=1)
 
     make = _view_maker(spec, config)
 
@@ -426,7 +426,7 @@ def _dataset(files: list[str], spec: Any, config: EncoderConfig) -> Any:
         out.set_shape((2, config.batch_size, *spec.shape))
         return out
 
-    ds = _records(files)
+    ds = interleaved_records(files)
     # Shuffle serialized records (smaller than decoded pixels): the only buffer.
     ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     ds = ds.repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
