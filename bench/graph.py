@@ -27,9 +27,9 @@ independent of the machine's load) and both recalls.
     .venv/bin/python bench/graph.py --n 1000000 --only minewatch          # sampled recall
     .venv/bin/python bench/graph.py --n 50000 100000 200000 500000 1000000 --only minewatch \
         --exact-max-n 50000                                               # the scaling curve
-    .venv/bin/python bench/graph.py --data out/demo/tiles --bucket-size 2048 \
+    .venv/bin/python bench/graph.py --data out/demo/tiles --cell-size 2048 \
         --only minewatch,minewatch_ref --repeats 3 --threshold 0.8      # real-shaped, 8 cells
-    .venv/bin/python bench/graph.py --data synth --bucket-size 128 --threshold 0.8 \
+    .venv/bin/python bench/graph.py --data synth --cell-size 128 --threshold 0.8 \
         --only minewatch,minewatch_ref                                    # quick check
 """
 
@@ -213,7 +213,7 @@ def run_method(method, args, x, workdir):
             | "ReadShards" >> beam.MapTuple(_read_shard)
             | "Similarity"
             >> SimilarityEdges(
-                k, thr, rounds=args.rounds, bucket_size=args.bucket_size, batched=True, **spill
+                k, thr, trees=args.trees, cell_size=args.cell_size, batched=True, **spill
             )
         )["edges"]
         edges | "Write" >> beam.io.WriteToParquetBatched(
@@ -306,8 +306,8 @@ def measure(args, method, x):
         cmd = [
             sys.executable, __file__, "--child", method, "--n", str(x.shape[0]),
             "--result", result, "--vectors", vectors,
-            "--k", str(args.k), "--threshold", str(args.threshold), "--rounds", str(args.rounds),
-            "--bucket-size", str(args.bucket_size), "--shard-rows", str(args.shard_rows),
+            "--k", str(args.k), "--threshold", str(args.threshold), "--trees", str(args.trees),
+            "--cell-size", str(args.cell_size), "--shard-rows", str(args.shard_rows),
             "--nsl-splits", str(args.nsl_splits), "--nsl-rounds", str(args.nsl_rounds),
             *args.beam_args,
         ]  # fmt: skip
@@ -364,8 +364,12 @@ def main():
     parser.add_argument("--spread", type=float, default=0.3, help="noise norm relative to a centre")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--threshold", type=float, default=0.9)
-    parser.add_argument("--rounds", type=int, default=1, help="minewatch partition trees")
-    parser.add_argument("--bucket-size", type=int, default=16384, help="minewatch cell size")
+    parser.add_argument(
+        "--trees", "--rounds", type=int, default=1, help="minewatch partition trees"
+    )
+    parser.add_argument(
+        "--cell-size", "--bucket-size", type=int, default=16384, help="minewatch cell size"
+    )
     parser.add_argument("--shard-rows", type=int, default=65536, help="vectors per input file")
     parser.add_argument("--nsl-splits", type=int, default=10)
     parser.add_argument("--nsl-rounds", type=int, default=18)
@@ -397,8 +401,8 @@ def main():
         real, data_note = load_vectors(args)
         real = real[np.random.default_rng(2).permutation(real.shape[0])]
     sizes = args.n or ([5000, 20000, 50000] if real is None else [real.shape[0]])
-    print(f"{data_note} k={args.k} threshold={args.threshold} bucket={args.bucket_size} "
-          f"rounds={args.rounds} cpus={os.cpu_count()}")  # fmt: skip
+    print(f"{data_note} k={args.k} threshold={args.threshold} cell_size={args.cell_size} "
+          f"trees={args.trees} cpus={os.cpu_count()}")  # fmt: skip
     print(f"{'N':>9} {'method':<13} {'seconds':>9} {'recall':>7} {'peak RSS MB':>12}  note")
     for n in sizes:
         if real is None:

@@ -53,6 +53,8 @@ class Arg:
         low_open: ``low`` itself is refused.
         required: The option must be given.
         show_default: ``--help`` shows the default.
+        aliases: Other flags of the same option (a name it had before), for
+            values only, not flags or switches.
     """
 
     flags: str
@@ -66,6 +68,11 @@ class Arg:
     low_open: bool = False
     required: bool = False
     show_default: bool = False
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.aliases and self.kind in ("flag", "switch"):
+            raise ValueError(f"{self.flags}: a flag or switch takes no aliases")
 
     @property
     def on(self) -> str:
@@ -190,7 +197,7 @@ def parser(args: Sequence[Arg], prog: str, description: str = "") -> argparse.Ar
             kw["choices"] = arg.choices
         elif arg.kind == "names":
             kw["type"] = _names
-        p.add_argument(arg.on, **kw)
+        p.add_argument(arg.on, *arg.aliases, **kw)
     return p
 
 

@@ -64,7 +64,9 @@ def click_options(args: Sequence[Arg]) -> Callable[[F], F]:
             if arg.kind == "names":
                 kw["callback"] = comma_list
                 kw.pop("default", None)
-            f = click.option(arg.flags, **kw)(f)
+            # An alias needs the name given, or click would name the option after it.
+            names = (arg.flags, *arg.aliases, arg.dest) if arg.aliases else (arg.flags,)
+            f = click.option(*names, **kw)(f)
         return f
 
     return decorate

@@ -1,14 +1,14 @@
 """Edges between tiles: similarity (top-k cosine in cells), spatial and temporal.
 
 Similarity (:class:`SimilarityEdges`) never compares all pairs, and no step holds
-all vectors: a bounded sample (65,536 per dimension) fits a partition tree of
-2-means cuts per round; batches of vectors are routed through it at once (those
-near a cut go to both sides) and emitted as one element per ``(dim, round,
-cell)`` of the batch; each cell (~``bucket_size`` vectors) is grouped and
+all vectors: a bounded sample (65,536 per dimension) fits ``trees`` partition
+trees of 2-means cuts (``--trees``); batches of vectors are routed through them
+at once (those near a cut go to both sides) and emitted as one element per ``(dim, tree,
+cell)`` of the batch; each cell (~``cell_size`` vectors) is grouped and
 compared exactly by blocked matrix products; the candidates are merged into each
 node's top ``k`` by a ``CombinePerKey`` whose accumulator holds numpy arrays for
 a shard of nodes. Elements are few and large: about ``N / batch_size x cells``
-of them, never one per vector and round.
+of them, never one per vector and tree.
 
 Spatial edges join tiles of one scene whose windows touch or overlap, keyed by
 grid cells; temporal edges join tiles of different acquisitions with the same
@@ -138,7 +138,7 @@ def _sample_rows(
 def _fit_trees(
     item: tuple[int, np.ndarray],
     counts: dict[int, int],
-    rounds: int,
+    trees: int,
     leaf_size: int,
     threshold: float,
     spill: float,
@@ -146,15 +146,15 @@ def _fit_trees(
     k: int = 10,
     spill_pairs: float = 0.9,
 ) -> tuple[int, list[PartitionTree]]:
-    """One partition tree per round; later rounds fit to a different 80% of the sample."""
+    """``trees`` partition trees; each after the first fits a different 80% of the sample."""
     dim, sample = item
-    trees = []
-    for r in range(rounds):
+    fitted = []
+    for r in range(trees):
         rows = sample
         if r:
             pick = np.random.default_rng([seed, dim, r]).random(sample.shape[0]) < 0.8
             rows = sample[pick]
-        trees.append(
+        fitted.append(
             build_tree(
                 rows,
                 counts.get(dim, 0),
@@ -166,13 +166,13 @@ def _fit_trees(
                 spill_pairs=spill_pairs,
             )
         )
-    return dim, trees
+    return dim, fitted
 
 
 def _assign_cells(
     item: tuple[int, VectorBatch], trees: dict[int, list[PartitionTree]]
 ) -> Iterator[tuple[tuple[int, int, int], VectorBatch]]:
-    """Yield ``((dim, round, cell), rows of the batch in that cell)``, for every round."""
+    """Yield ``((dim, tree, cell), rows of the batch in that cell)``, for every tree."""
     dim, batch = item
     for r, tree in enumerate(trees[dim]):
         rows, cells = assign_leaves(tree, batch.unit, batch.keys)
@@ -286,16 +286,16 @@ def similarity_table(cands: Candidates) -> pa.Table:
 class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
     """``(id, vector)`` pairs into each node's top-k cosine neighbours.
 
-    Candidates come from a partition tree per round (:func:`build_tree`): 2-means
+    Candidates come from ``trees`` partition trees (:func:`build_tree`): 2-means
     cuts fitted to a bounded sample of the vectors, so that each leaf cell holds
-    about ``bucket_size`` of them and near neighbours on either side of a cut
+    about ``cell_size`` of them and near neighbours on either side of a cut
     meet in a cell through spill (a margin per cut, wide enough to keep
     ``spill_pairs`` of the sample's near-neighbour pairs together). Batches of
     vectors are routed through the trees at once and emitted as one element per
-    ``(dim, round, cell)`` present in the batch; each cell is grouped and
+    ``(dim, tree, cell)`` present in the batch; each cell is grouped and
     compared exactly; a ``CombinePerKey`` on shards of source nodes keeps each
-    node's ``k`` best over all rounds. With
-    ``N <= bucket_size`` there is one cell and the result is exact.
+    node's ``k`` best over all trees. With
+    ``N <= cell_size`` there is one cell and the result is exact.
 
     Example:
         >>> pairs = p | beam.Create([("a", [1.0, 0.0]), ("b", [0.9, 0.1])])  # doctest: +SKIP
@@ -305,16 +305,16 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
     Args:
         k: Most neighbours per node. Default 10.
         threshold: Least cosine similarity. Default 0.8.
-        rounds: Partition trees (more: higher recall, proportionally more work).
+        trees: Partition trees (more: higher recall, proportionally more work).
             Default 1.
-        bucket_size: Most vectors per leaf cell (estimated from the sample); cells
+        cell_size: Most vectors per leaf cell (estimated from the sample); cells
             over 4x are cut further by hyperplanes. Default 16384.
         seed: Seed of the trees. Default 0.
         batch_size: Vectors per batch (with ``batched=False``). Default 4096.
         shard_nodes: Nodes per top-k merge shard. Default 50,000.
         spill: Least fraction of the vectors at each cut that also go to the
-            other side. Default 0 (it was 0.1 with ``spill_pairs=0``, the rule
-            before ``spill_pairs``).
+            other side: a floor under ``spill_pairs``' margin. Default 0 (with
+            ``spill_pairs=0`` the fraction alone sets the margins).
         spill_pairs: Share of the sample's near-neighbour pairs each cut's margin
             keeps together; 0 to spill by ``spill`` alone. Default 0.9.
         sample_size: Vectors per dimension the trees are fitted to. Default 65,536.
@@ -326,8 +326,8 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
         self,
         k: int = 10,
         threshold: float = 0.8,
-        rounds: int = 1,
-        bucket_size: int = 16384,
+        trees: int = 1,
+        cell_size: int = 16384,
         seed: int = 0,
         batch_size: int = 4096,
         shard_nodes: int = 50_000,
@@ -343,8 +343,8 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
             raise ConfigError(f"spill_pairs = {spill_pairs!r} must be a quantile in [0, 1]")
         self._k = k
         self._threshold = threshold
-        self._rounds = rounds
-        self._bucket_size = bucket_size
+        self._trees = trees
+        self._cell_size = cell_size
         self._seed = seed
         self._batch_size = batch_size
         self._shard_nodes = shard_nodes
@@ -377,8 +377,8 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
             >> beam.Map(
                 _fit_trees,
                 counts,
-                rounds=self._rounds,
-                leaf_size=self._bucket_size,
+                trees=self._trees,
+                leaf_size=self._cell_size,
                 threshold=self._threshold,
                 spill=self._spill,
                 seed=self._seed,
@@ -393,7 +393,7 @@ class SimilarityEdges(beam.PTransform):  # type: ignore[misc]
             | "CompareInCells"
             >> beam.ParDo(
                 CompareInCell(
-                    self._k, self._threshold, self._bucket_size, self._seed, self._shard_nodes
+                    self._k, self._threshold, self._cell_size, self._seed, self._shard_nodes
                 ),
                 counts,
             )

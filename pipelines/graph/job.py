@@ -152,8 +152,8 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         similar = vectors | "Similarity" >> SimilarityEdges(
             c.k,
             c.threshold,
-            c.rounds,
-            c.bucket_size,
+            c.trees,
+            c.cell_size,
             c.seed,
             spill=c.spill,
             spill_pairs=c.spill_pairs,

@@ -408,9 +408,9 @@ def build_tree(
     and ``max_spill`` quantiles of the node's distances to the cut (fractions of
     its vectors that spill), and never more than half the distance of two unit
     vectors at cosine ``threshold``: a pair farther apart is never an edge.
-    ``spill_pairs=0`` gives the fraction rule alone (``spill=0.1`` was the
-    default before: recall 0.972 on the demo's 16,384 whitened tile descriptors
-    in 2048-vector cells, 0.999 with the pairs; ``docs/graph.md``).
+    ``spill_pairs=0`` gives the fraction rule alone, which loses neighbours the
+    pairs keep (``spill=0.1``: recall 0.972 on the demo's 16,384 whitened tile
+    descriptors in 2048-vector cells, 0.999 with the pairs; ``docs/graph.md``).
 
     Args:
         sample: ``[S, D]`` unit rows (a uniform sample of the ``n`` vectors).

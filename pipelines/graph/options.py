@@ -55,8 +55,10 @@ class GraphConfig:
             signature.
         k: Most similarity neighbours per tile (edges written). Default 10.
         threshold: Least cosine similarity of a similarity edge. Default 0.8.
-        rounds: Partition trees of the similarity search. Default 1.
-        bucket_size: Most tiles per cell compared all-pairs. Default 16384.
+        trees: Partition trees of the similarity search (``--trees``, formerly
+            ``--rounds``). Default 1.
+        cell_size: Most tiles per cell of a tree, compared all-pairs
+            (``--cell-size``, formerly ``--bucket-size``). Default 16384.
         seed: Seed of the partition trees. Default 0.
         pack_k: Most neighbours packed into a labelled example, the best by
             weight over all edge kinds. Default 3 (what the trainer reads:
@@ -96,8 +98,8 @@ class GraphConfig:
     embedding: str = "builtin"
     k: int = 10
     threshold: float = 0.8
-    rounds: int = 1
-    bucket_size: int = 16384
+    trees: int = 1
+    cell_size: int = 16384
     seed: int = 0
     pack_k: int = 3
     whiten: bool | None = None
@@ -119,8 +121,8 @@ class GraphConfig:
             (self.k >= 1, "k", "must be at least 1"),
             (self.pack_k >= 1, "pack_k", "must be at least 1"),
             (-1 <= self.threshold <= 1, "threshold", "must be a cosine in [-1, 1]"),
-            (self.rounds >= 1, "rounds", "must be at least 1"),
-            (self.bucket_size >= 2, "bucket_size", "must be at least 2"),
+            (self.trees >= 1, "trees", "must be at least 1"),
+            (self.cell_size >= 2, "cell_size", "must be at least 2"),
             (0 <= self.spill <= 0.5, "spill", "must be a fraction in [0, 0.5]"),
             (0 <= self.spill_pairs <= 1, "spill_pairs", "must be a quantile in [0, 1]"),
         ]
@@ -192,19 +194,21 @@ GRAPH_ARGS = (
         "a SavedModel]",
     ),
     Int(
-        "--rounds",
+        "--trees",
         low=1,
         high=64,
         default=1,
         show_default=True,
+        aliases=("--rounds",),
         help="Partition trees for similarity candidates (more: higher recall, more work).",
     ),
     Int(
-        "--bucket-size",
+        "--cell-size",
         low=16,
         default=16384,
         show_default=True,
-        help="Most tiles per cell compared all-pairs (more cells above it).",
+        aliases=("--bucket-size",),
+        help="Most tiles per cell of a partition tree, compared all-pairs.",
     ),
     Float(
         "--spill-pairs",
@@ -333,8 +337,8 @@ def graph_config(
         embedding=embedding,
         k=params["k"],
         threshold=params["threshold"],
-        rounds=params["rounds"],
-        bucket_size=params["bucket_size"],
+        trees=params["trees"],
+        cell_size=params["cell_size"],
         seed=params["seed"],
         pack_k=params["pack_k"],
         whiten=params["whiten"],

@@ -17,6 +17,7 @@ ARGS = (
     Switch("--weak/--no-weak", default=True, help="Weak."),
     Names("--bands", metavar="NAMES", help="Bands."),
     Int("--seed", default=0, help="Seed."),
+    Int("--trees", low=1, default=1, aliases=("--rounds",), help="Trees."),
 )
 
 
@@ -38,6 +39,8 @@ def via_click(argv):
     [
         ["a.tif", "--out", "o"],
         ["a.tif", "b.tif", "--out", "o", "--size", "32", "--share", "0.5", "--edge", "pad"],
+        ["a.tif", "--out", "o", "--trees", "3"],
+        ["a.tif", "--out", "o", "--rounds", "3"],
         ["--out", "o", "--sparse", "--no-weak", "--bands", "B02, B03", "--seed", "-3", "a"],
         ["a", "--out=o", "--runner", "DirectRunner", "--direct_num_workers=2"],
     ],
@@ -87,3 +90,14 @@ def test_split_names_and_click_error():
 def test_a_switch_must_be_written_as_a_pair():
     with pytest.raises(ValueError, match="--name/--no-name"):
         Switch("--weak", default=True)
+
+
+def test_an_alias_fills_the_options_own_name_in_both():
+    for argv in (["--out", "o", "--rounds", "4"], ["--out", "o", "--trees", "4"]):
+        params, _ = parse(ARGS, argv, "cmd")
+        assert params["trees"] == 4 and "rounds" not in params
+        assert via_click(argv)[0]["trees"] == 4
+    with pytest.raises(ConfigError, match="--rounds"):
+        parse(ARGS, ["--out", "o", "--rounds", "0"], "cmd")
+    with pytest.raises(ValueError, match="no aliases"):
+        Switch("--weak/--no-weak", default=True, aliases=("--feeble",))

@@ -121,7 +121,7 @@ def test_lsh_recall_on_clustered_data():
         edges = (
             p
             | beam.Create(list(zip(ids, x, strict=True)))
-            | SimilarityEdges(10, 0.9, rounds=10, bucket_size=128, batch_size=512)
+            | SimilarityEdges(10, 0.9, trees=10, cell_size=128, batch_size=512)
         )["edges"]
         assert_that(edges, recall_at_least(expected, 0.99))
 
@@ -133,7 +133,7 @@ def test_one_tree_with_small_cells_keeps_recall():
         edges = (
             p
             | beam.Create(list(zip(ids, x, strict=True)))
-            | SimilarityEdges(8, 0.9, rounds=1, bucket_size=256, batch_size=500)
+            | SimilarityEdges(8, 0.9, trees=1, cell_size=256, batch_size=500)
         )["edges"]
         assert_that(edges, recall_at_least(expected, 0.99))
 
@@ -212,7 +212,7 @@ def test_identical_vectors_split_and_each_gets_k():
     ids = [f"same{i}" for i in range(100)]
     with BeamTestPipeline() as p:
         pairs = p | beam.Create([(i, np.full(6, 0.5, np.float32)) for i in ids])
-        out = pairs | SimilarityEdges(4, 0.9, bucket_size=16)
+        out = pairs | SimilarityEdges(4, 0.9, cell_size=16)
         assert_that(out["edges"], each_node_has(4, ids))
 
 
@@ -708,7 +708,7 @@ def test_similarity_recall_with_spill_on_tile_descriptors(world_tiles):
         edges = (
             p
             | beam.Create(list(zip(ids, white, strict=True)))
-            | SimilarityEdges(10, 0.8, bucket_size=32, batch_size=128)
+            | SimilarityEdges(10, 0.8, cell_size=32, batch_size=128)
         )["edges"]
         assert_that(edges, tie_aware_recall(expected, white, ids, 0.99))
 
