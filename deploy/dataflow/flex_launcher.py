@@ -4,10 +4,12 @@ Dataflow's Python template launcher runs this file (``FLEX_TEMPLATE_PYTHON_PY_FI
 in ``Dockerfile.launcher``) with one ``--name=value`` per template parameter
 plus the Beam options it adds itself (``--runner``, ``--project``, ``--region``,
 ``--temp_location``, ``--staging_location``, ``--template_location``...). The job
-is the image's ``MINEWATCH_JOB``. Parameters named after the command's options
-become those options (``tile_size`` -> ``--tile-size``), its positional argument
-(``inputs``, ``tiles_dir``) takes a comma-separated list, flags take
-``true``/``false``; everything else passes to Beam unchanged.
+is the image's ``MINEWATCH_JOB``. Parameters named after the job's declared
+options (``pipelines.<job>.options``, which ``run(argv)`` parses) become those
+options (``tile_size`` -> ``--tile-size``), its positional parameter
+(``inputs``, ``tiles_dir``) takes a comma-separated list, flags and switches
+take ``true``/``false``; everything else passes to Beam unchanged. It calls the
+stage's ``run(argv)``, never the CLI.
 """
 
 from __future__ import annotations
@@ -17,53 +19,66 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-#: Job -> (its click command, whose options name the template parameters; its stage package).
+#: Job -> (its options module, the declarations there, its positional parameter).
 _JOBS = {
-    "tile": ("minewatch.cli.tile", "tile", "pipelines.tile"),
-    "graph": ("minewatch.cli.graph", "graph", "pipelines.graph"),
-    "infer": ("minewatch.cli.infer", "infer", "pipelines.infer"),
+    "tile": ("pipelines.tile.options", "TILE_ARGS", "inputs"),
+    "graph": ("pipelines.graph.options", "GRAPH_ARGS", "tiles_dir"),
+    "infer": ("pipelines.infer.options", "INFER_ARGS", "inputs"),
 }
 
 
-def command(job: str) -> Any:
-    """The click command of a job and the stage's ``run(argv)`` that runs it."""
+def declared(job: str) -> tuple[Sequence[Any], str]:
+    """A job's declared options (``minewatch.arguments.Arg``) and its positional parameter."""
     from importlib import import_module
 
     if job not in _JOBS:
         raise SystemExit(f"MINEWATCH_JOB={job!r}: expected tile, graph or infer")
-    cli_module, name, stage = _JOBS[job]
-    return getattr(import_module(cli_module), name), import_module(stage).run
+    module, name, positional = _JOBS[job]
+    return getattr(import_module(module), name), positional
 
 
-def to_argv(cmd: Any, args: Sequence[str]) -> list[str]:
-    """Map the launcher's ``--name=value`` arguments onto the command's command line."""
-    params = {p.name: p for p in cmd.params}
-    positional: list[str] = []
+def to_argv(args: Sequence[Any], positional: str, given: Sequence[str]) -> list[str]:
+    """Map the launcher's ``--name=value`` arguments onto the job's command line.
+
+    Args:
+        args: The job's declared options.
+        positional: The template parameter that holds the positional inputs.
+        given: The launcher's arguments.
+
+    Returns:
+        Inputs, the job's options, then everything else (Beam's).
+    """
+    by_name = {a.dest: a for a in args}
+    inputs: list[str] = []
     options: list[str] = []
     beam: list[str] = []
-    for arg in args:
-        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-        param = params.get(name)
-        if not sep or param is None:
-            beam.append(arg)
-        elif param.param_type_name == "argument":
-            positional.extend(v.strip() for v in value.split(",") if v.strip())
-        elif getattr(param, "is_flag", False) and not getattr(param, "secondary_opts", None):
+    for token in given:
+        name, sep, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        arg = by_name.get(name)
+        if sep and name == positional:
+            inputs.extend(v.strip() for v in value.split(",") if v.strip())
+        elif not sep or arg is None:
+            beam.append(token)
+        elif arg.kind == "flag":
             if value.lower() == "true":
-                options.append(param.opts[0])
-        elif getattr(param, "is_flag", False):
-            options.append(param.opts[0] if value.lower() == "true" else param.secondary_opts[0])
+                options.append(arg.on)
+        elif arg.kind == "switch":
+            options.append(arg.flags.split("/")[0 if value.lower() == "true" else 1])
         else:
-            options.extend([param.opts[0], value])
-    return [*positional, *options, *beam]
+            options.extend([arg.on, value])
+    return [*inputs, *options, *beam]
 
 
 def main() -> None:
     """Run the image's job with the launcher's arguments."""
-    cmd, run = command(os.environ.get("MINEWATCH_JOB", ""))
+    from importlib import import_module
+
+    job = os.environ.get("MINEWATCH_JOB", "")
+    args, positional = declared(job)
+    run = import_module(f"pipelines.{job}").run
     # The launcher process only builds and submits the job; workers run the
     # minewatch image, so the main session need not be pickled.
-    run(to_argv(cmd, sys.argv[1:]), save_main_session=False)
+    run(to_argv(args, positional, sys.argv[1:]), save_main_session=False)
 
 
 if __name__ == "__main__":

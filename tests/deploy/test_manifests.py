@@ -125,7 +125,7 @@ def flex_launcher():
 
 @pytest.mark.parametrize("job", JOBS)
 def test_flex_template_parameters_are_command_options(job):
-    cmd, _ = flex_launcher().command(job)
+    args, positional = flex_launcher().declared(job)
     spec = json.loads((DEPLOY / "dataflow" / f"flex_template_{job}.json").read_text())
     assert spec["sdkInfo"]["language"] == "PYTHON"
     assert spec["image"].endswith(f"/{job}-launcher:0.1.0")
@@ -134,12 +134,10 @@ def test_flex_template_parameters_are_command_options(job):
     params = spec["metadata"]["parameters"]
     names = [p["name"] for p in params]
     assert len(set(names)) == len(names)
-    options = {p.name for p in cmd.params}
+    options = {a.dest for a in args} | {positional}
     assert set(names) <= options, set(names) - options
     required = {p["name"] for p in params if not p.get("isOptional", False)}
-    assert required == {p.name for p in cmd.params if p.required} | {
-        p.name for p in cmd.params if p.param_type_name == "argument"
-    }
+    assert required == {a.dest for a in args if a.required} | {positional}
     for p in params:
         assert p["label"] and p["helpText"]
         for regex in p.get("regexes", []):
@@ -159,7 +157,12 @@ def test_flex_template_parameters_are_command_options(job):
                 "--runner=DataflowRunner",
                 "--region=europe-west1",
             ],
-            {"inputs": ("gs://raw/a.tif", "gs://raw/b/"), "out": "gs://o/t", "tile_size": 32},
+            {
+                "inputs": ("gs://raw/a.tif", "gs://raw/b/"),
+                "out": "gs://o/t",
+                "tile_size": 32,
+                "overwrite": True,
+            },
         ),
         (
             "graph",
@@ -180,20 +183,33 @@ def test_flex_template_parameters_are_command_options(job):
     ],
 )
 def test_flex_launcher_maps_parameters_onto_the_command_line(job, args, expected):
+    from minewatch.arguments import parse
+
     launcher = flex_launcher()
-    cmd, _ = launcher.command(job)
-    argv = launcher.to_argv(cmd, args)
+    declared, positional = launcher.declared(job)
+    argv = launcher.to_argv(declared, positional, args)
     beam = [a for a in args if a.startswith(("--runner", "--region"))]
-    with cmd.make_context(f"minewatch {job}", argv) as ctx:
-        params = dict(ctx.params)
-        if job == "tile":  # tile takes Beam options with its inputs and splits them later
-            assert params["inputs"][len(expected["inputs"]) :] == tuple(beam)
-            params["inputs"] = params["inputs"][: len(expected["inputs"])]
-            assert params["overwrite"] is True
-        else:
-            assert [a for a in ctx.args if a.startswith("--")] == beam
-        for name, value in expected.items():
+    # What the stage's run(argv) parses: its options, then the inputs and Beam's options.
+    params, rest = parse(declared, argv, f"minewatch {job}")
+    inputs = expected[positional]
+    inputs = (inputs,) if isinstance(inputs, str) else inputs
+    assert rest == [*inputs, *beam]
+    for name, value in expected.items():
+        if name != positional:
             assert params[name] == value, name
+    # The CLI reads the same command line the same way.
+    cmd = flex_cli(job)
+    with cmd.make_context(f"minewatch {job}", argv) as ctx:
+        cli = dict(ctx.params)
+    for name, value in expected.items():
+        if name != positional:
+            assert cli[name] == value, name
+
+
+def flex_cli(job):
+    from importlib import import_module
+
+    return getattr(import_module(f"minewatch.cli.{job}"), job)
 
 
 def test_flex_templates_match_the_launcher_dockerfile():
