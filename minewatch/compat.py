@@ -2,7 +2,9 @@
 
 NSL 1.4.0 needs Keras 2 (``tf-keras``), selected by ``TF_USE_LEGACY_KERAS=1``
 before TensorFlow is first imported, and its package ``__init__`` imports
-``tensorflow.estimator``, which TensorFlow removed in 2.16. NSL's estimator
+``tensorflow.estimator``, which TensorFlow removed in 2.16 (upstream, NSL is
+in maintenance and will not change it:
+https://github.com/tensorflow/neural-structured-learning/issues/130). NSL's estimator
 wrappers are never used here; its keras, lib, configs and tools modules work
 once a placeholder module answers that import. Nothing else in minewatch
 patches TensorFlow or NSL: import NSL through :func:`import_nsl`.
