@@ -125,7 +125,7 @@ def _scene(path: Path, seed: int, size: int = 256, spread: bool = False) -> None
 
 def run_stream(args: argparse.Namespace) -> dict:
     from pipelines.stream import ledger_entries
-    from tests.pipelines.test_batch_inference import save_oracle
+    from tests.factories import save_oracle
 
     work = Path(tempfile.mkdtemp(prefix="soak-", dir=args.tmp))
     watch, out = work / "watch", work / "tables"

@@ -27,8 +27,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from pipelines.stream import StreamConfig, ledger_entries, run_stream  # noqa: E402
-from tests.factories import write_raster  # noqa: E402
-from tests.pipelines.test_batch_inference import save_oracle  # noqa: E402
+from tests.factories import save_oracle, write_raster  # noqa: E402
 
 POLL = 1.0
 root = Path(tempfile.mkdtemp(prefix="benchstream-"))

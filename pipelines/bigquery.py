@@ -29,6 +29,17 @@ WGS84 becomes ``GEOGRAPHY`` loaded from WKT. ``geometry_source`` (``sites``,
 ``GEOGRAPHY`` cannot hold, so it is written as WKT in a ``STRING`` column.
 Timestamps are ISO 8601 in UTC, other bytes base64, NaN and infinity null.
 
+**Streaming.** ``minewatch stream --bigquery`` cannot wait for the end of a run
+to load a table: each labelled unit hands :class:`UpsertRows` its rows as
+``(table, rows, stale keys)``. One small load job puts them (and the keys of
+rows that are gone, flagged ``_delete``) into a staging table of their own, one
+``MERGE`` (:func:`upsert_sql`) updates, inserts and deletes in one atomic
+statement, and the staging table is dropped. Stale keys exist because the
+stream re-links an area's sites each time a scene of it is labelled: a site
+that two later sightings merge into another disappears, in BigQuery as in the
+area's Parquet files. Tables written this way are the Infer tables and the
+stream's ``frame_summaries`` (:data:`BIGQUERY_TABLES`).
+
 Example:
     >>> tables = {"tile_labels": tile_rows, "sites": site_rows}  # doctest: +SKIP
     >>> write = WriteTablesToBigQuery("bq://minewatch-prod.mining.nightly")
@@ -50,20 +61,31 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from minewatch.errors import ConfigError
-from minewatch.tables import INFER_TABLES, bigquery_schema
+from minewatch.tables import INFER_TABLES, bigquery_schema, frame_summaries_schema
 
 __all__ = [
+    "BIGQUERY_TABLES",
+    "DELETE_FLAG",
     "KEYS",
     "PARTITION_FIELDS",
     "BigQueryTarget",
     "MergeStaging",
+    "UpsertRows",
     "WriteTablesToBigQuery",
+    "bigquery_keys",
     "is_bigquery",
     "merge_sql",
     "parse_target",
     "table_fields",
     "to_bigquery_row",
+    "upsert_sql",
 ]
+
+#: Tables a BigQuery target holds: the Infer tables and the stream's frame summaries.
+BIGQUERY_TABLES = {**INFER_TABLES, "frame_summaries": frame_summaries_schema}
+
+#: The staging column of :func:`upsert_sql` that marks a key to delete.
+DELETE_FLAG = "_delete"
 
 #: Columns that identify a row of each table (``MERGE ... ON``).
 KEYS: dict[str, tuple[str, ...]] = {
@@ -73,6 +95,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "site_observations": ("site_id", "scene_id", "model_version"),
     "stockpile_series": ("site_id", "scene_id", "model_version"),
     "vessels": ("vessel_id", "model_version"),
+    "frame_summaries": ("camera_id", "window_start", "model_version"),
 }
 
 #: Timestamp column each target table is partitioned by (by day).
@@ -83,6 +106,7 @@ PARTITION_FIELDS: dict[str, str] = {
     "site_observations": "acquired",
     "stockpile_series": "acquired",
     "vessels": "acquired",
+    "frame_summaries": "window_start",
 }
 
 _NS = "minewatch.bigquery"
@@ -150,12 +174,12 @@ def table_fields(table: str) -> list[dict[str, str]]:
     (WKT): ``GEOGRAPHY`` holds only WGS84 longitudes and latitudes.
 
     Args:
-        table: A key of :data:`minewatch.tables.INFER_TABLES`.
+        table: A key of :data:`BIGQUERY_TABLES`.
 
     Returns:
         ``[{"name", "type", "mode"}, ...]``.
     """
-    return bigquery_schema(table, INFER_TABLES[table]())
+    return bigquery_schema(table, BIGQUERY_TABLES[table]())
 
 
 def _wkt(value: bytes) -> str:
@@ -222,6 +246,31 @@ def to_bigquery_row(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _create_sql(final: str, source: str, table: str, columns: Sequence[str]) -> str:
+    keys = KEYS[table]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {final} "
+        f"PARTITION BY DATE({PARTITION_FIELDS[table]}) CLUSTER BY {', '.join(keys[:4])} "
+        f"AS SELECT {', '.join(columns)} FROM {source} WHERE FALSE"
+    )
+
+
+def _merge_sql(final: str, staging: str, table: str, columns: Sequence[str], flag: str) -> str:
+    keys = KEYS[table]
+    on = " AND ".join(f"T.{k} IS NOT DISTINCT FROM S.{k}" for k in keys)
+    update = ", ".join(f"{c} = S.{c}" for c in columns if c not in keys)
+    names = ", ".join(columns)
+    values = ", ".join(f"S.{c}" for c in columns)
+    delete, keep = (
+        (f"AND S.{flag} THEN DELETE WHEN MATCHED ", f"AND NOT S.{flag} ") if flag else ("", "")
+    )
+    return (
+        f"MERGE {final} T USING {staging} S ON {on} "
+        f"WHEN MATCHED {delete}THEN UPDATE SET {update} "
+        f"WHEN NOT MATCHED {keep}THEN INSERT ({names}) VALUES ({values})"
+    )
+
+
 def merge_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
     """The statements that fold a staging table into its target.
 
@@ -235,18 +284,33 @@ def merge_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
     """
     final, staging = target.sql(target.table(table)), target.sql(staging_id)
     columns = [f["name"] for f in table_fields(table)]
-    keys = KEYS[table]
-    on = " AND ".join(f"T.{k} IS NOT DISTINCT FROM S.{k}" for k in keys)
-    update = ", ".join(f"{c} = S.{c}" for c in columns if c not in keys)
-    names = ", ".join(columns)
-    values = ", ".join(f"S.{c}" for c in columns)
     return [
-        f"CREATE TABLE IF NOT EXISTS {final} "
-        f"PARTITION BY DATE({PARTITION_FIELDS[table]}) CLUSTER BY {', '.join(keys[:4])} "
-        f"AS SELECT * FROM {staging} WHERE FALSE",
-        f"MERGE {final} T USING {staging} S ON {on} "
-        f"WHEN MATCHED THEN UPDATE SET {update} "
-        f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({values})",
+        _create_sql(final, staging, table, columns),
+        _merge_sql(final, staging, table, columns, ""),
+        f"DROP TABLE IF EXISTS {staging}",
+    ]
+
+
+def upsert_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
+    """The statements that apply a staging table of rows and deletions to its target.
+
+    The staging table has the table's columns plus :data:`DELETE_FLAG`: a row
+    with the flag set carries only a key, and the target's row with that key is
+    deleted; the others are updated or inserted by key, as :func:`merge_sql` does.
+
+    Args:
+        target: Where the tables go.
+        table: The table name.
+        staging_id: The staging table id (``project:dataset.table``).
+
+    Returns:
+        ``[create target if missing, MERGE, drop staging]``.
+    """
+    final, staging = target.sql(target.table(table)), target.sql(staging_id)
+    columns = [f["name"] for f in table_fields(table)]
+    return [
+        _create_sql(final, staging, table, columns),
+        _merge_sql(final, staging, table, columns, DELETE_FLAG),
         f"DROP TABLE IF EXISTS {staging}",
     ]
 
@@ -304,7 +368,7 @@ class WriteTablesToBigQuery(beam.PTransform):  # type: ignore[misc]
     """Load table rows into BigQuery and MERGE them into day-partitioned tables.
 
     Apply it to a dict of table name -> PCollection of rows (any subset of
-    :data:`minewatch.tables.INFER_TABLES`). Needs ``--temp_location`` (or
+    :data:`BIGQUERY_TABLES`). Needs ``--temp_location`` (or
     ``gcs_temp``) on GCS for the load files.
 
     Example:
@@ -336,7 +400,7 @@ class WriteTablesToBigQuery(beam.PTransform):  # type: ignore[misc]
         """Build the writes."""
         from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 
-        unknown = sorted(set(tables) - set(INFER_TABLES))
+        unknown = sorted(set(tables) - set(BIGQUERY_TABLES))
         if unknown:
             raise ValueError(f"no BigQuery mapping for table(s) {unknown}")
         out = {}
@@ -369,3 +433,84 @@ class WriteTablesToBigQuery(beam.PTransform):  # type: ignore[misc]
                 | f"{table}/Merge" >> beam.ParDo(MergeStaging(self._target, table, staging))
             )
         return out
+
+
+class UpsertRows(beam.DoFn):  # type: ignore[misc]
+    """Apply one unit's rows of one table to BigQuery as they come (``minewatch stream``).
+
+    Each element is ``(table, rows, stale)``: ``rows`` shaped as
+    :mod:`minewatch.tables` defines the table, ``stale`` the keys (dicts of the
+    :data:`KEYS` columns, in BigQuery JSON form) of rows to delete. The rows and
+    keys are loaded into a staging table of their own, applied with
+    :func:`upsert_sql`'s one ``MERGE``, and the staging table is dropped.
+    Yields ``(table, rows affected)``. A failed load or statement raises, so the
+    runner retries the element; a retry converges to the same rows.
+
+    Example:
+        >>> upsert = UpsertRows("bq://minewatch-prod.mining.live")
+        >>> applied = changes | beam.ParDo(upsert)  # doctest: +SKIP
+
+    Args:
+        out: ``bq://project.dataset[.prefix]``.
+        run_id: Part of the staging tables' names (``<table>__stream_<run>_<n>``).
+        test_client: A client to use instead of ``google.cloud.bigquery.Client``
+            (as Beam's ``WriteToBigQuery(test_client=...)``); None in production.
+    """
+
+    def __init__(self, out: str, run_id: str = "", test_client: Any = None) -> None:
+        self._target = parse_target(out)
+        self._run_id = re.sub(r"[^A-Za-z0-9_]", "_", run_id or uuid.uuid4().hex[:12])
+        self._test_client = test_client
+        self._applied = Metrics.counter(_NS, "rows_upserted")
+
+    def setup(self) -> None:
+        """Create the BigQuery client, once per worker."""
+        if self._test_client is not None:
+            self._client = self._test_client
+            return
+        from google.cloud import bigquery
+
+        self._client = bigquery.Client(project=self._target.project)
+
+    def teardown(self) -> None:
+        """Close the client."""
+        client = getattr(self, "_client", None)
+        if client is not None and client is not self._test_client:
+            client.close()
+
+    def process(
+        self, item: tuple[str, Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]
+    ) -> Iterator[tuple[str, int]]:
+        """Load, merge and drop one staging table; yield the rows affected."""
+        from google.cloud.bigquery import LoadJobConfig, SchemaField
+
+        table, rows, stale = item
+        if not rows and not stale:
+            return
+        keys = KEYS[table]
+        staged = [{**to_bigquery_row(table, r), DELETE_FLAG: False} for r in rows]
+        staged += [{**{k: key[k] for k in keys}, DELETE_FLAG: True} for key in stale]
+        fields = [*table_fields(table), {"name": DELETE_FLAG, "type": "BOOL", "mode": "NULLABLE"}]
+        staging = self._target.table(f"{table}__stream_{self._run_id}_{uuid.uuid4().hex[:10]}")
+        config = LoadJobConfig(
+            schema=[SchemaField(f["name"], f["type"], mode=f["mode"]) for f in fields],
+            write_disposition="WRITE_TRUNCATE",
+        )
+        # The client's table ids are 'project.dataset.table'; Beam's are 'project:dataset.table'.
+        self._client.load_table_from_json(
+            staged, staging.replace(":", ".", 1), job_config=config
+        ).result()
+        create, merge, drop = upsert_sql(self._target, table, staging)
+        self._client.query(create).result()
+        job = self._client.query(merge)
+        job.result()
+        affected = int(job.num_dml_affected_rows or 0)
+        self._applied.inc(affected)
+        self._client.query(drop).result()
+        yield table, affected
+
+
+def bigquery_keys(table: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's :data:`KEYS` columns in BigQuery JSON form, as :class:`UpsertRows` takes them."""
+    converted = to_bigquery_row(table, row)
+    return {k: converted[k] for k in KEYS[table]}

@@ -112,3 +112,85 @@ def assert_accounting(stats: dict[str, Any]) -> None:
     inputs, tiles = stats["inputs"], stats["tiles"]
     assert inputs["total"] == inputs["tiled"] + inputs["dead_lettered"]
     assert tiles["planned"] == tiles["written"] + sum(tiles["dropped"].values())
+
+
+#: Tile side of :func:`save_oracle` models.
+ORACLE_TILE = 16
+
+
+def save_oracle(
+    path,
+    version="v1",
+    bands=("B02", "B03", "B04"),
+    broken=False,
+    task="tile",
+    classes=("background", "stockpile"),
+    threshold=500.0,
+    pixels=False,
+):
+    """A SavedModel that calls a tile 'stockpile' when its first band is bright.
+
+    p(stockpile) = sigmoid((mean of band 0 - 500) / 50): a real SavedModel with the
+    minewatch serving contract, whose answers the tests can work out by hand.
+
+    With ``pixels=True`` it has the per-pixel contract instead: band 0 holds
+    ``1 + class index`` per pixel (a truth raster, see :func:`truth_scenes`), and
+    ``pixel_probabilities`` is 0.9 on that class (the rest spread evenly);
+    ``probabilities`` is their mean over the tile.
+    """
+    from minewatch.compat import use_legacy_keras
+
+    use_legacy_keras()
+    import tensorflow as tf
+
+    class Oracle(tf.Module):
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(
+                    [None, ORACLE_TILE, ORACLE_TILE, len(bands)], tf.float32, name="image"
+                )
+            ]
+        )
+        def serve(self, image):
+            if pixels:
+                k = len(classes)
+                index = tf.cast(tf.round(image[..., 0]), tf.int32) - 1
+                per_pixel = tf.one_hot(index, k, on_value=0.9, off_value=0.1 / (k - 1))
+                return {
+                    "probabilities": tf.reduce_mean(per_pixel, axis=[1, 2]),
+                    # broken: NaN per pixel, the tile probabilities still finite
+                    "pixel_probabilities": per_pixel * np.nan if broken else per_pixel,
+                    "embedding": tf.reduce_mean(image, axis=[1, 2]),
+                }
+            mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
+            p = tf.sigmoid((mean - threshold) / 50.0)
+            if broken:
+                p = p * np.nan
+            return {
+                "probabilities": tf.stack([1.0 - p, p], axis=1),
+                "embedding": tf.reduce_mean(image, axis=[1, 2]),
+            }
+
+    module = Oracle()
+    tf.saved_model.save(
+        module, os.path.join(path, "saved_model"), signatures={"serving_default": module.serve}
+    )
+    meta = {
+        "version": version,
+        "task": task,
+        "classes": list(classes),
+        "bands": list(bands),
+        "tile_size": ORACLE_TILE,
+        "input_dtype": "uint16",
+    }
+    with open(os.path.join(path, "metadata.json"), "w") as f:
+        json.dump(meta, f)
+    return str(path)
+
+
+def squares_scene(path, squares, date, size=96):
+    """A 3-band uint16 scene: 100 everywhere, 1000 in each (row, col, side) square."""
+    data = np.full((3, size, size), 100, np.uint16)
+    for r, c, side in squares:
+        data[:, r : r + side, c : c + side] = 1000
+    return write_raster(path / f"scene_{date}.tif", data, descriptions=("B02", "B03", "B04"))

@@ -71,6 +71,23 @@ MODULES = [
     "nsl_models.registry",
     "nsl_models.hardware",
     "nsl_models",
+    "minewatch.volumes.result",
+    "minewatch.volumes.grid",
+    "minewatch.volumes.dsm",
+    "minewatch.volumes.shadow",
+    "minewatch.volumes.measure",
+    "minewatch.synth.scenes",
+    "minewatch.synth.layout",
+    "minewatch.synth.render",
+    "minewatch.synth.geojson",
+    "nsl_models.data.spec",
+    "nsl_models.data.records",
+    "nsl_models.data.checks",
+    "nsl_models.data.labels",
+    "nsl_models.data.counts",
+    "nsl_models.data.views",
+    "nsl_models.data.dataset",
+    "nsl_models.data.arrays",
 ]
 
 

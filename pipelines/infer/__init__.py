@@ -15,11 +15,13 @@ from typing import Any
 
 __all__ = [
     "INFER_ARGS",
+    "OUTPUT_ARGS",
     "SITE_ARGS",
     "InferConfig",
     "InferScenes",
     "SiteOptions",
     "infer_config",
+    "output_options",
     "run",
     "run_infer",
     "site_options",
@@ -31,6 +33,8 @@ _WHERE = {
     "InferScenes": "job",
     "INFER_ARGS": "options",
     "SITE_ARGS": "options",
+    "OUTPUT_ARGS": "options",
+    "output_options": "options",
     "InferConfig": "options",
     "SiteOptions": "options",
     "infer_config": "options",

@@ -1,19 +1,22 @@
 """The Infer job's options: declared once, parsed by ``run(argv)`` and the CLI, checked here.
 
-:data:`INFER_ARGS` declares the options (:data:`SITE_ARGS`, how sites are cut,
-is a tuple of its own: the streaming job takes the same four);
-:func:`infer_config` checks a parsed set (the model resolves, the area files,
-DSMs, ports file and BigQuery target can be used, the sun angles come in a
-pair) and builds the :class:`InferConfig` the job runs on, raising
-:class:`ConfigError` naming the option that cannot work. Nothing heavy is
-imported here, so the CLI can show the options at once.
+:data:`INFER_ARGS` declares the options. The pieces the streaming job takes
+too are tuples of their own: :data:`CLASS_ARGS` (which classes make sites),
+:data:`SITE_ARGS` (how sites are cut), :data:`VOLUMES_ARG` and
+:data:`OUTPUT_ARGS` (DSMs, sun angles, licensed ports, BigQuery).
+:func:`output_options` checks those for both jobs (the classes are the model's,
+the DSMs, ports file and BigQuery target can be used, the sun angles come in a
+pair); :func:`infer_config` adds the inputs and the model and builds the
+:class:`InferConfig` the job runs on. Both raise :class:`ConfigError` naming
+the option that cannot work. Nothing heavy is imported here, so the CLI can
+show the options at once.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from minewatch.arguments import Float, Int, Names, Switch, Text
@@ -26,12 +29,16 @@ if TYPE_CHECKING:
     from minewatch.sites import SiteRules
 
 __all__ = [
+    "CLASS_ARGS",
     "INFER_ARGS",
+    "OUTPUT_ARGS",
     "SITE_ARGS",
+    "VOLUMES_ARG",
     "InferConfig",
     "SiteOptions",
     "check_model_and_areas",
     "infer_config",
+    "output_options",
     "site_options",
 ]
 
@@ -72,30 +79,8 @@ SITE_ARGS = (
     ),
 )
 
-#: The options of ``minewatch infer`` / ``pipelines.infer.run``, in ``--help`` order.
-INFER_ARGS = (
-    Text(
-        "--model",
-        required=True,
-        metavar="REGISTRY_OR_MODEL_DIR",
-        help="A registry (its current model) or a model folder.",
-    ),
-    Text("--out", required=True, metavar="TABLES_DIR", help="Tables folder."),
-    Text("--concessions", metavar="FILE", help="Licensed areas (polygons, property licence_id)."),
-    Text("--protected", metavar="FILE", help="Protected areas (polygons, property name)."),
-    Int(
-        "--stride",
-        low=1,
-        help="Tiling step for scene inputs [default: half the model's tile size].",
-    ),
-    Int(
-        "--batch-size",
-        low=1,
-        high=4096,
-        default=64,
-        show_default=True,
-        help="Most tiles per model call.",
-    ),
+#: ``--site-classes --mining-classes``: which classes make sites and which are judged.
+CLASS_ARGS = (
     Names(
         "--site-classes",
         metavar="NAMES",
@@ -106,19 +91,19 @@ INFER_ARGS = (
         metavar="NAMES",
         help="Site classes judged against concessions [default: mining_scar].",
     ),
-    *SITE_ARGS,
-    Switch(
-        "--volumes/--no-volumes",
-        default=True,
-        show_default=True,
-        help="Measure each stockpile sighting's volume (DSM, else shadow; docs/volumes.md).",
-    ),
-    Switch(
-        "--pictures/--no-pictures",
-        default=True,
-        show_default=True,
-        help="Draw a quicklook PNG per scene and the stockpile area and volume plots.",
-    ),
+)
+
+#: ``--volumes/--no-volumes``.
+VOLUMES_ARG = Switch(
+    "--volumes/--no-volumes",
+    default=True,
+    show_default=True,
+    help="Measure each stockpile sighting's volume (DSM, else shadow; docs/volumes.md).",
+)
+
+#: ``--dsm --sun-azimuth --sun-elevation --licensed-ports --bigquery``: what else a
+#: scene's outputs use and where they go besides Parquet (infer, stream).
+OUTPUT_ARGS = (
     Text(
         "--dsm",
         metavar="GLOB",
@@ -153,6 +138,42 @@ INFER_ARGS = (
         metavar="bq://PROJECT.DATASET[.PREFIX]",
         help="Also write every table to BigQuery (docs/deploy.md); --out still gets Parquet.",
     ),
+)
+
+#: The options of ``minewatch infer`` / ``pipelines.infer.run``, in ``--help`` order.
+INFER_ARGS = (
+    Text(
+        "--model",
+        required=True,
+        metavar="REGISTRY_OR_MODEL_DIR",
+        help="A registry (its current model) or a model folder.",
+    ),
+    Text("--out", required=True, metavar="TABLES_DIR", help="Tables folder."),
+    Text("--concessions", metavar="FILE", help="Licensed areas (polygons, property licence_id)."),
+    Text("--protected", metavar="FILE", help="Protected areas (polygons, property name)."),
+    Int(
+        "--stride",
+        low=1,
+        help="Tiling step for scene inputs [default: half the model's tile size].",
+    ),
+    Int(
+        "--batch-size",
+        low=1,
+        high=4096,
+        default=64,
+        show_default=True,
+        help="Most tiles per model call.",
+    ),
+    *CLASS_ARGS,
+    *SITE_ARGS,
+    VOLUMES_ARG,
+    Switch(
+        "--pictures/--no-pictures",
+        default=True,
+        show_default=True,
+        help="Draw a quicklook PNG per scene and the stockpile area and volume plots.",
+    ),
+    *OUTPUT_ARGS,
     PROFILE,
 )
 
@@ -220,10 +241,8 @@ class InferConfig:
         batch_size: Most tiles per model call. Default 64.
         site_classes: Classes that make sites; all but background/other when empty.
         mining_classes: Site classes judged for legality. Default ``mining_scar``.
-        threshold: See :class:`SiteOptions` (the four site options, as :attr:`sites`).
-        min_area_m2: See :class:`SiteOptions`.
-        min_score: See :class:`SiteOptions`.
-        smooth: See :class:`SiteOptions`.
+        sites: How sites are cut (:class:`SiteOptions`); default the model's
+            operating points.
         volumes: Measure each stockpile sighting's volume (DSM, else shadow).
             Default True.
         area_cell_m: Side of the square cells sites are grouped by for linking
@@ -248,10 +267,7 @@ class InferConfig:
     batch_size: int = 64
     site_classes: tuple[str, ...] = ()
     mining_classes: tuple[str, ...] = ("mining_scar",)
-    threshold: float | None = None
-    min_area_m2: float | None = None
-    min_score: float | None = None
-    smooth: int | None = None
+    sites: SiteOptions = SiteOptions()
     volumes: bool = True
     area_cell_m: float = 20_000.0
     pictures: bool = True
@@ -259,11 +275,6 @@ class InferConfig:
     sun: tuple[float, float] | None = None
     licensed_ports: str | None = None
     bigquery: str = ""
-
-    @property
-    def sites(self) -> SiteOptions:
-        """The four site options."""
-        return SiteOptions(self.threshold, self.min_area_m2, self.min_score, self.smooth)
 
     @property
     def rules(self) -> SiteRules:
@@ -301,28 +312,26 @@ def check_model_and_areas(params: dict[str, Any]) -> ModelRef:
     return model
 
 
-def infer_config(
-    params: dict[str, Any], extra: Sequence[str] = ()
-) -> tuple[InferConfig, list[str]]:
-    """Check parsed options and turn them into an :class:`InferConfig`.
+def output_options(params: dict[str, Any], model: ModelRef) -> dict[str, Any]:
+    """Check the options that say what a scene's predictions become (infer and stream).
 
-    Creates a local ``--out`` folder once every option has passed.
+    They are :data:`CLASS_ARGS`, :data:`SITE_ARGS`, :data:`VOLUMES_ARG`,
+    :data:`OUTPUT_ARGS`, ``--concessions``, ``--protected`` and ``--pictures``:
+    the classes are the model's, the DSM glob matches files, the sun angles come
+    in a pair, the ports file reads and the model has a vessel class, the
+    BigQuery target parses.
 
     Args:
-        params: The options by name (:data:`INFER_ARGS`' ``dest``), plus
-            ``inputs`` when the CLI parsed the positional inputs itself.
-        extra: Tokens the parser did not know: inputs and Beam options.
+        params: The options by name.
+        model: The model that will be served (``--model``, resolved).
 
     Returns:
-        ``(config, beam_args)``.
+        The fields :class:`InferConfig` and
+        :class:`~pipelines.stream.options.StreamConfig` share, by name.
 
     Raises:
         ConfigError: An option cannot work; :attr:`ConfigError.option` names it.
     """
-    inputs, beam_args = job_inputs(
-        [*params.get("inputs", ()), *extra], "scenes, frames or a tile-job folder"
-    )
-    model = check_model_and_areas(params)
     site_classes = tuple(params["site_classes"] or ())
     unknown = [c for c in site_classes if c not in model.classes]
     if unknown:
@@ -352,6 +361,44 @@ def infer_config(
             parse_target(bigquery)
         except ConfigError as exc:
             raise ConfigError(str(exc), option="--bigquery") from exc
+    return {
+        "concessions": abs_path(params["concessions"]) if params["concessions"] else None,
+        "protected": abs_path(params["protected"]) if params["protected"] else None,
+        "site_classes": site_classes,
+        "mining_classes": tuple(params["mining_classes"] or ()) or ("mining_scar",),
+        "sites": site_options(params),
+        "volumes": params["volumes"],
+        "pictures": params["pictures"],
+        "dsm": dsm or None,
+        "sun": sun,
+        "licensed_ports": ports or None,
+        "bigquery": bigquery,
+    }
+
+
+def infer_config(
+    params: dict[str, Any], extra: Sequence[str] = ()
+) -> tuple[InferConfig, list[str]]:
+    """Check parsed options and turn them into an :class:`InferConfig`.
+
+    Creates a local ``--out`` folder once every option has passed.
+
+    Args:
+        params: The options by name (:data:`INFER_ARGS`' ``dest``), plus
+            ``inputs`` when the CLI parsed the positional inputs itself.
+        extra: Tokens the parser did not know: inputs and Beam options.
+
+    Returns:
+        ``(config, beam_args)``.
+
+    Raises:
+        ConfigError: An option cannot work; :attr:`ConfigError.option` names it.
+    """
+    inputs, beam_args = job_inputs(
+        [*params.get("inputs", ()), *extra], "scenes, frames or a tile-job folder"
+    )
+    model = check_model_and_areas(params)
+    outputs = output_options(params, model)
     out = abs_path(params["out"])
     if not is_remote(out):
         os.makedirs(out, exist_ok=True)
@@ -359,19 +406,9 @@ def infer_config(
         inputs=tuple(abs_path(i) for i in inputs),
         out=out,
         model=model,
-        concessions=abs_path(params["concessions"]) if params["concessions"] else None,
-        protected=abs_path(params["protected"]) if params["protected"] else None,
         stride=params["stride"],
         batch_size=params["batch_size"],
-        site_classes=site_classes,
-        mining_classes=tuple(params["mining_classes"] or ()) or ("mining_scar",),
-        **asdict(site_options(params)),
-        volumes=params["volumes"],
-        pictures=params["pictures"],
-        dsm=dsm or None,
-        sun=sun,
-        licensed_ports=ports or None,
-        bigquery=bigquery,
+        **outputs,
     )
     return config, with_profile(params.get("profile"), "infer", beam_args)
 

@@ -26,12 +26,12 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from minewatch.registry import ModelRef, resolve_model
 from minewatch.scenes import safe_id
 from minewatch.tables import frame_labels_schema, frame_summaries_schema, write_geoparquet
-from pipelines.stream.labelling import DONE
+from pipelines.stream.labelling import BIGQUERY, DONE
 from pipelines.stream.metrics import NS
 from pipelines.stream.options import StreamConfig
 from pipelines.tile.job import dead_row
 
-__all__ = ["StampFrames", "SummariseFrames"]
+__all__ = ["StampFrames", "SummariseFrames", "window_summary"]
 
 # State parameter as a module-level singleton (Beam's idiom, without calls in defaults).
 _ROWS = beam.DoFn.StateParam(ReadModifyWriteStateSpec("rows", PickleCoder()))
@@ -89,9 +89,14 @@ def _window_name(camera: str, start: float, version: str) -> tuple[str, str]:
     return f"date={when:%Y-%m-%d}", f"{safe_id(camera)}__{when:%Y%m%dT%H%M%S}__{safe_id(version)}"
 
 
-def _summary(
+def window_summary(
     camera: str, start: float, end: float, rows: Sequence[dict[str, Any]], classes: Sequence[str]
 ) -> dict[str, Any]:
+    """One ``frame_summaries`` row: a camera's frame rows in the window ``[start, end)``.
+
+    ``grade`` is the class with most frames (ties: the higher mean probability);
+    ``score`` and ``probabilities`` are means over the frames.
+    """
     counts = collections.Counter(r["label"] for r in rows)
     probs = np.mean([r["probabilities"] for r in rows], axis=0)
     k = max(counts, key=lambda c: (counts[c], probs[c] if c < len(probs) else 0.0))
@@ -121,7 +126,8 @@ class SummariseFrames(beam.DoFn):  # type: ignore[misc]
     version, so rows are queryable as soon as a frame is labelled, and the
     summary is final when the window's last frame is in. The first frame of a
     window in a run merges the rows a previous run wrote, so a restart inside
-    a window keeps its earlier frames.
+    a window keeps its earlier frames. With ``bigquery``, the frame's row and
+    the window's summary go to ``bigquery`` as ``(table, [row], [])``.
 
     Args:
         config: The stream's options.
@@ -166,13 +172,17 @@ class SummariseFrames(beam.DoFn):  # type: ignore[misc]
             self._models[entry["model"]] = resolve_model(entry["model"])
         classes = self._models[entry["model"]].classes
         write_geoparquet(labels, rows, "frame_labels", frame_labels_schema())
+        summary = window_summary(camera, start, end, rows, classes)
         write_geoparquet(
             posixpath.join(self._config.out, "frame_summaries", part, f"{name}.parquet"),
-            [_summary(camera, start, end, rows, classes)],
+            [summary],
             "frame_summaries",
             frame_summaries_schema(),
         )
         self._rows.inc()
+        if self._config.bigquery:
+            yield TaggedOutput(BIGQUERY, ("frame_labels", [row], []))
+            yield TaggedOutput(BIGQUERY, ("frame_summaries", [summary], []))
         yield {
             **entry,
             "window_start": start,

@@ -28,6 +28,9 @@ Graph::
 * **Frames**: per-frame ``frame_labels`` rows and ``frame_summaries`` rows per
   camera and event-time window (the frame's timestamp), with a stated
   allowed lateness; later frames are dead-lettered, never dropped silently.
+* **BigQuery** (``--bigquery``): the rows of each unit, area or frame window
+  are upserted as they come (:class:`pipelines.bigquery.UpsertRows`, one step
+  per branch), with the keys a re-linked area no longer has deleted.
 * **Ledger**: one small file per finished unit, merged every ``compact_every``
   polls into at most 256 bucket files (:func:`~.ledger.compact_ledger`).
 
@@ -67,6 +70,7 @@ from minewatch.tables import (
 from pipelines.stream.frames import StampFrames, SummariseFrames
 from pipelines.stream.labelling import (
     AREAS,
+    BIGQUERY,
     DONE,
     FRAMES,
     LinkArea,
@@ -114,15 +118,20 @@ class StreamScenes(beam.PTransform):  # type: ignore[misc]
 
     Args:
         config: The stream's options.
-        run_id: This run's id (ledger entries).
+        run_id: This run's id (ledger entries, BigQuery staging tables).
         start: Wall-clock time of the first poll (seconds since the epoch).
+        bigquery_client: With ``config.bigquery``, a client to use instead of
+            ``google.cloud.bigquery.Client`` (tests); None in production.
     """
 
-    def __init__(self, config: StreamConfig, run_id: str, start: float) -> None:
+    def __init__(
+        self, config: StreamConfig, run_id: str, start: float, bigquery_client: Any = None
+    ) -> None:
         super().__init__()
         self._config = config
         self._run_id = run_id
         self._start = start
+        self._bigquery_client = bigquery_client
 
     def _units(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         from apache_beam.transforms.periodicsequence import PeriodicImpulse
@@ -171,7 +180,8 @@ class StreamScenes(beam.PTransform):  # type: ignore[misc]
         first = resolve_model(c.registry)
         # One scene per model call, batched by the scene's own stack: BatchElements
         # stamps its batches at the end of the global window, which a streaming
-        # DirectRunner releases only when the stream stops.
+        # DirectRunner releases only when the stream stops (the same stall upstream,
+        # on Prism: https://github.com/apache/beam/pull/34781).
         handler = KeyedModelHandler(
             StreamModelHandler(first.saved_model, c.batch_size)
         ).with_no_batching()
@@ -181,30 +191,44 @@ class StreamScenes(beam.PTransform):  # type: ignore[misc]
             | "RunInference" >> RunInference(handler).with_exception_handling()
         )
         tables = predicted | "Tables" >> beam.ParDo(WriteTables(c)).with_outputs(
-            DONE, FRAMES, AREAS
+            DONE, FRAMES, AREAS, BIGQUERY
         )
-        linked = tables[AREAS] | "LinkArea" >> beam.ParDo(LinkArea(c))
+        linked = tables[AREAS] | "LinkArea" >> beam.ParDo(LinkArea(c)).with_outputs(
+            BIGQUERY, main="entries"
+        )
         stamped = tables[FRAMES] | "EventTime" >> beam.ParDo(StampFrames(c)).with_outputs(
             DONE, main="frames"
         )
-        summarised = (
+        windows = (
             stamped.frames
             | "FrameWindows"
             >> beam.WindowInto(
                 window.FixedWindows(c.frame_window), allowed_lateness=c.allowed_lateness
             )
-            | "Summarise" >> beam.ParDo(SummariseFrames(c))
-            | "Global" >> beam.WindowInto(window.GlobalWindows())
+            | "Summarise" >> beam.ParDo(SummariseFrames(c)).with_outputs(BIGQUERY, main="entries")
         )
+        summarised = windows.entries | "Global" >> beam.WindowInto(window.GlobalWindows())
+        if c.bigquery:
+            from pipelines.bigquery import UpsertRows
+
+            upsert = UpsertRows(c.bigquery, self._run_id, test_client=self._bigquery_client)
+            # One upsert step per branch, not one after a Flatten (see Record below).
+            for name, rows in (
+                ("Tables", tables[BIGQUERY]),
+                ("Sites", linked[BIGQUERY]),
+                ("Frames", windows[BIGQUERY]),
+            ):
+                _ = rows | f"BigQuery{name}" >> beam.ParDo(upsert)
         # One Record per branch: on Beam 2.77's streaming DirectRunner a Flatten
         # holds its output until the stream stops (measured), which would delay
-        # every ledger entry to the end of the run.
+        # every ledger entry to the end of the run. Streaming on Python's local
+        # runner is incomplete upstream: https://github.com/apache/beam/issues/21987
         finished = {
             "Dead": prepared[DONE],
             "Failed": failed.failed_inferences
             | "FailedInference" >> beam.FlatMap(failed_inference),
             "Labelled": tables[DONE],
-            "Linked": linked,
+            "Linked": linked.entries,
             "Late": stamped[DONE],
             "Frames": summarised,
         }
@@ -230,6 +254,7 @@ def run_stream(
     beam_args: Sequence[str] = (),
     save_main_session: bool = True,
     test_pipeline: beam.Pipeline | None = None,
+    bigquery_client: Any = None,
 ) -> dict[str, Any] | None:
     """Run the stream until ``max_polls`` or ``duration``; return what it did.
 
@@ -238,6 +263,9 @@ def run_stream(
         beam_args: Beam options; ``--streaming`` is added when missing.
         save_main_session: Pickle ``__main__`` for the workers.
         test_pipeline: Build on this pipeline and do not run it.
+        bigquery_client: With ``config.bigquery``, a client to use instead of
+            ``google.cloud.bigquery.Client``, as Beam's ``WriteToBigQuery``
+            takes a ``test_client``; None in production.
 
     Returns:
         ``{"run_id", "polls", "labelled", "dead_lettered", "late", "skipped",
@@ -284,7 +312,7 @@ def run_stream(
     # The first poll waits a little: PeriodicImpulse fires the polls it missed
     # while the runner started all at once, and bunched polls prove nothing stable.
     start = time.time() + 2.0
-    _ = pipeline | "Stream" >> StreamScenes(config, run_id, start)
+    _ = pipeline | "Stream" >> StreamScenes(config, run_id, start, bigquery_client)
     if test_pipeline is not None:
         return None
     result = pipeline.run()

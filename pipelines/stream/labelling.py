@@ -9,12 +9,14 @@
 * :class:`LinkArea` is keyed by area: Beam runs one key at a time, so two
   workers never rewrite one area's ``sites`` file at once; the area's scenes
   live in keyed state, backed by ``_ledger/areas/`` for restarts.
+* With ``--bigquery``, both hand each unit's rows (tagged :data:`BIGQUERY`) to
+  :class:`pipelines.bigquery.UpsertRows`.
 """
 
 from __future__ import annotations
 
-import collections
 import hashlib
+import json
 import logging
 import posixpath
 import time
@@ -46,6 +48,7 @@ from pipelines.tile.options import TileConfig
 
 __all__ = [
     "AREAS",
+    "BIGQUERY",
     "DONE",
     "FRAMES",
     "LinkArea",
@@ -63,9 +66,15 @@ DONE = "done"
 FRAMES = "frames"
 #: Labelled scenes with sites, ``(area, (entry, sites))``.
 AREAS = "areas"
+#: With ``--bigquery``: ``(table, rows, stale keys)`` for :class:`pipelines.bigquery.UpsertRows`.
+BIGQUERY = "bigquery"
 
 # State parameter as a module-level singleton (Beam's idiom, without calls in defaults).
-_SCENES = beam.DoFn.StateParam(ReadModifyWriteStateSpec("scenes", PickleCoder()))
+_AREA = beam.DoFn.StateParam(ReadModifyWriteStateSpec("area", PickleCoder()))
+
+# What LinkSites yields with ``bigquery``, by table; its main output is the series.
+_LINKED_TAGS = {"site_rows": "sites", "observation_rows": "site_observations"}
+_LINKED_TABLES = ("sites", "site_observations", "stockpile_series")
 
 
 def _entry(f: StableInput, run_id: str) -> dict[str, Any]:
@@ -196,7 +205,8 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
     """Predictions of one unit -> its ``tile_labels`` file, raster and quicklook.
 
     Yields scenes with sites to ``areas`` keyed by area, frames to ``frames``,
-    and everything else (finished) as the entry.
+    and everything else (finished) as the entry; with ``bigquery``, the unit's
+    ``tile_labels`` and ``vessels`` rows to ``bigquery`` as ``(table, rows, [])``.
 
     Args:
         config: The stream's options.
@@ -224,10 +234,13 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
                 self._per_scene[model.path] = per_scene
             infos = entry.pop("infos")
             frame, area, found = None, None, None
+            rows: dict[str, list[dict[str, Any]]] = {"tile_rows": [], "vessel_rows": []}
             for out in per_scene.process((entry["scene_id"], [(infos, result.inference)])):
                 if isinstance(out, TaggedOutput):
                     if out.tag == "frames":
                         frame = out.value[1]
+                    elif out.tag in rows:  # only with --bigquery
+                        rows[out.tag].append(out.value)
                 else:
                     area, found = out
         except Exception as exc:
@@ -245,6 +258,10 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
                 f"{safe_id(entry['scene_id'])}__{safe_id(model.version)}.parquet",
             ),
         )
+        if self._config.bigquery:
+            yield TaggedOutput(BIGQUERY, ("tile_labels", rows["tile_rows"], []))
+            if rows["vessel_rows"]:
+                yield TaggedOutput(BIGQUERY, ("vessels", rows["vessel_rows"], []))
         if frame is not None:
             yield TaggedOutput(FRAMES, (entry, frame))
         elif found is not None:
@@ -283,6 +300,12 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
     first scene of an area in a run reads them back from ``_ledger/areas/``,
     which is rewritten (temporary file, then rename) after each scene.
 
+    With ``bigquery``, also yields the area's ``sites``, ``site_observations``
+    and ``stockpile_series`` rows to ``bigquery`` as ``(table, rows, stale)``:
+    ``stale`` are the keys this area wrote before that the new linking no
+    longer has (kept per model version in the same state and record), so
+    BigQuery loses them as the area's Parquet files do.
+
     Args:
         config: The stream's options.
     """
@@ -295,19 +318,20 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
         self._models: dict[str, ModelRef] = {}
 
     def process(
-        self, item: tuple[str, tuple[dict[str, Any], dict[str, Any]]], scenes_state: Any = _SCENES
-    ) -> Iterator[dict[str, Any]]:
+        self, item: tuple[str, tuple[dict[str, Any], dict[str, Any]]], area_state: Any = _AREA
+    ) -> Iterator[Any]:
         """Add the scene to its area; rewrite the area's site files; yield the entry."""
         area, (entry, sites) = item
         record = _area_record(self._config.out, area)
-        scenes: dict[str, dict[str, Any]] | None = scenes_state.read()
-        if scenes is None:
+        held: dict[str, Any] | None = area_state.read()
+        if held is None:
             saved = read_json(record)
-            scenes = saved["versions"] if saved and saved.get("area") == area else {}
+            held = saved if saved and saved.get("area") == area else {"area": area}
+        scenes = held.setdefault("versions", {})
         version = entry["model_version"]
         scenes.setdefault(version, {})[sites["scene_id"]] = sites
-        scenes_state.write(scenes)
-        write_json(record, {"area": area, "versions": scenes}, indent=1)
+        area_state.write(held)
+        write_json(record, held, indent=1)
         try:
             if entry["model"] not in self._models:
                 self._models[entry["model"]] = resolve_model(entry["model"])
@@ -322,7 +346,12 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
                 for s in scenes[version].values()
             ]
             config = self._config.infer_config(model, entry["path"])
-            collections.deque(LinkSites(config).process((area, linked)), maxlen=0)
+            rows: dict[str, list[dict[str, Any]]] = {t: [] for t in _LINKED_TABLES}
+            for out in LinkSites(config).process((area, linked)):
+                if not isinstance(out, TaggedOutput):
+                    rows["stockpile_series"].append(out)
+                elif out.tag in _LINKED_TAGS:  # only with --bigquery
+                    rows[_LINKED_TAGS[out.tag]].append(out.value)
         except Exception as exc:  # the tile labels stand; the sites wait for the area's next scene
             log.warning("could not link area %s: %s", area, exc)
             entry["_dead"] = [
@@ -335,5 +364,29 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
                     stage="link",
                 ),
             ]
+        else:
+            if self._config.bigquery:
+                yield from self._bigquery(held, version, rows, area_state, record)
         entry["area"] = area
         yield entry
+
+    def _bigquery(
+        self,
+        held: dict[str, Any],
+        version: str,
+        rows: dict[str, list[dict[str, Any]]],
+        area_state: Any,
+        record: str,
+    ) -> Iterator[TaggedOutput]:
+        """The area's rows for BigQuery, with the keys it wrote before and no longer has."""
+        from pipelines.bigquery import bigquery_keys
+
+        written = held.setdefault("bigquery_keys", {}).setdefault(version, {})
+        for table, table_rows in rows.items():
+            keys = [bigquery_keys(table, r) for r in table_rows]
+            now = {json.dumps(k, sort_keys=True) for k in keys}
+            stale = [k for k in written.get(table, []) if json.dumps(k, sort_keys=True) not in now]
+            written[table] = keys
+            yield TaggedOutput(BIGQUERY, (table, table_rows, stale))
+        area_state.write(held)
+        write_json(record, held, indent=1)

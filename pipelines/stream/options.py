@@ -1,11 +1,14 @@
 """The stream's options: declared once, parsed by ``run(argv)`` and the CLI, checked here.
 
-:data:`STREAM_ARGS` declares the options of ``minewatch stream`` (the site
-options are :data:`~pipelines.infer.options.SITE_ARGS`, as ``minewatch infer``
-takes them); :func:`stream_config` checks a parsed set and builds the
-:class:`StreamConfig` the job runs on, raising :class:`ConfigError` naming the
-option that cannot work. Nothing heavy is imported here, so the CLI can show
-the options at once.
+:data:`STREAM_ARGS` declares the options of ``minewatch stream``. What a
+scene's predictions become (:data:`~pipelines.infer.options.CLASS_ARGS`,
+:data:`~pipelines.infer.options.SITE_ARGS`,
+:data:`~pipelines.infer.options.VOLUMES_ARG`,
+:data:`~pipelines.infer.options.OUTPUT_ARGS`) is declared and checked
+(:func:`~pipelines.infer.options.output_options`) once, for both jobs.
+:func:`stream_config` checks a parsed set and builds the :class:`StreamConfig`
+the job runs on, raising :class:`ConfigError` naming the option that cannot
+work. Nothing heavy is imported here, so the CLI can show the options at once.
 """
 
 from __future__ import annotations
@@ -20,13 +23,22 @@ from typing import TYPE_CHECKING, Any
 from minewatch.arguments import Float, Int, Switch, Text
 from minewatch.errors import ConfigError
 from minewatch.paths import abs_path, is_remote
-from pipelines.infer.options import SITE_ARGS, InferConfig, check_model_and_areas, site_options
+from pipelines.infer.options import (
+    CLASS_ARGS,
+    OUTPUT_ARGS,
+    SITE_ARGS,
+    VOLUMES_ARG,
+    InferConfig,
+    SiteOptions,
+    check_model_and_areas,
+    output_options,
+)
 from pipelines.options import PROFILE, with_profile
 
 if TYPE_CHECKING:
     from minewatch.registry import ModelRef
 
-__all__ = ["STREAM_ARGS", "StreamConfig", "stream_config"]
+__all__ = ["SHARED_WITH_INFER", "STREAM_ARGS", "StreamConfig", "stream_config"]
 
 #: The options of ``minewatch stream`` / ``pipelines.stream.run``, in ``--help`` order.
 STREAM_ARGS = (
@@ -51,13 +63,16 @@ STREAM_ARGS = (
     Text("--protected", metavar="FILE", help="Protected areas (polygons, name)."),
     Int("--stride", low=1, help="Tiling step [default: half the model's tile size]."),
     Int("--batch-size", low=1, high=4096, default=64, show_default=True, help="Tiles/call."),
+    *CLASS_ARGS,
     *SITE_ARGS,
+    VOLUMES_ARG,
     Switch(
         "--pictures/--no-pictures",
         default=True,
         show_default=True,
         help="Quicklook PNG per scene.",
     ),
+    *OUTPUT_ARGS,
     Float(
         "--frame-window",
         low=0,
@@ -109,14 +124,19 @@ class StreamConfig:
         batch_size: Most tiles per model call. Default 64.
         concessions: Polygons of licensed areas, or None.
         protected: Polygons of protected areas, or None.
-        threshold: Least probability of a cell's winning class.
-        min_area_m2: Smaller sites are dropped.
-        min_score: Sites whose mean probability of their class is lower are
-            dropped.
-        smooth: Box filter side, in raster cells, before sites are cut. As
-            ``minewatch infer``'s options of the same names: None (default) takes
-            the served model's operating points (``minewatch.sites.SiteRules``).
+        site_classes: Classes that make sites; all but background/other when empty.
+        mining_classes: Site classes judged for legality. Default ``mining_scar``.
+        sites: How sites are cut (:class:`~pipelines.infer.options.SiteOptions`);
+            default the served model's operating points.
+        volumes: Measure each stockpile sighting's volume. Default True.
         pictures: Draw a quicklook PNG per scene. Default True.
+        dsm: Glob of DSM GeoTIFFs for stockpile volumes; default none.
+        sun: ``(azimuth, elevation)`` in degrees for shadow volumes; default the
+            scenes' tags.
+        licensed_ports: Licensed ports/jetties file: vessels are found and
+            judged (``vessels`` table). Default None.
+        bigquery: ``bq://PROJECT.DATASET[.PREFIX]``: also upsert every table's
+            new rows into BigQuery as each unit is labelled; default ``""``.
         frame_window: Seconds of the event-time windows frames are summarised
             over, per camera. Default 60.
         allowed_lateness: Seconds after its window's end that a frame is still
@@ -139,11 +159,15 @@ class StreamConfig:
     batch_size: int = 64
     concessions: str | None = None
     protected: str | None = None
-    threshold: float | None = None
-    min_area_m2: float | None = None
-    min_score: float | None = None
-    smooth: int | None = None
+    site_classes: tuple[str, ...] = ()
+    mining_classes: tuple[str, ...] = ("mining_scar",)
+    sites: SiteOptions = dataclasses.field(default_factory=SiteOptions)
+    volumes: bool = True
     pictures: bool = True
+    dsm: str | None = None
+    sun: tuple[float, float] | None = None
+    licensed_ports: str | None = None
+    bigquery: str = ""
     frame_window: float = 60.0
     allowed_lateness: float = 600.0
     band_wait: float = 600.0
@@ -158,21 +182,20 @@ class StreamConfig:
         return self.watch
 
     def infer_config(self, model: ModelRef, source: str) -> InferConfig:
-        """The batch job's options for one scene labelled by ``model``."""
-        return InferConfig(
-            inputs=(source,),
-            out=self.out,
-            model=model,
-            concessions=self.concessions,
-            protected=self.protected,
-            stride=self.stride,
-            batch_size=self.batch_size,
-            threshold=self.threshold,
-            min_area_m2=self.min_area_m2,
-            min_score=self.min_score,
-            smooth=self.smooth,
-            pictures=self.pictures,
-        )
+        """The batch job's options for one scene labelled by ``model``.
+
+        Every option the two jobs share (:data:`SHARED_WITH_INFER`) is passed on by name.
+        """
+        shared = {name: getattr(self, name) for name in SHARED_WITH_INFER}
+        return InferConfig(inputs=(source,), model=model, **shared)
+
+
+#: The :class:`~pipelines.infer.options.InferConfig` fields a stream sets from its own.
+SHARED_WITH_INFER = tuple(
+    f.name
+    for f in dataclasses.fields(InferConfig)
+    if f.name in {g.name for g in dataclasses.fields(StreamConfig)}
+)
 
 
 def stream_config(
@@ -190,7 +213,8 @@ def stream_config(
     Raises:
         ConfigError: An option cannot work; :attr:`ConfigError.option` names it.
     """
-    check_model_and_areas(params)
+    # The registry's current model stands for the ones it will serve (same classes).
+    served = check_model_and_areas(params)
     beam_args = with_profile(params.get("profile"), "infer", list(extra))
     model = abs_path(params["model"])  # the registry itself: followed while streaming
     local = not any(a.startswith("--runner") for a in beam_args) or any(
@@ -217,10 +241,7 @@ def stream_config(
         duration=params["duration"],
         stride=params["stride"],
         batch_size=params["batch_size"],
-        concessions=abs_path(params["concessions"]) if params["concessions"] else None,
-        protected=abs_path(params["protected"]) if params["protected"] else None,
-        **dataclasses.asdict(site_options(params)),
-        pictures=params["pictures"],
+        **output_options(params, served),
         frame_window=params["frame_window"],
         allowed_lateness=params["allowed_lateness"],
         band_wait=params["band_wait"],

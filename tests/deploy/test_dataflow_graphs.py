@@ -150,7 +150,7 @@ def test_graph_job_graph(tiles_dir, tmp_path, no_network):
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from tests.pipelines.test_batch_inference import save_oracle
+    from tests.factories import save_oracle
 
     return save_oracle(tmp_path_factory.mktemp("model") / "model")
 

@@ -1,6 +1,6 @@
 """BigQuery output of the inference tables, without network.
 
-Rows come from a real inference job (the oracle model of test_batch_inference on
+Rows come from a real inference job (the oracle model of tests/factories.py on
 tiny scenes; frame rows are built as the job builds them), converted to
 BigQuery JSON rows and checked against the BigQuery schema; the write itself
 is built on the real DataflowRunner with ``--dry_run=True`` (nothing is
@@ -21,6 +21,7 @@ import shapely
 from minewatch.errors import ConfigError
 from minewatch.tables import INFER_TABLES
 from pipelines.bigquery import (
+    BIGQUERY_TABLES,
     KEYS,
     PARTITION_FIELDS,
     BigQueryTarget,
@@ -32,7 +33,7 @@ from pipelines.bigquery import (
 )
 from tests.deploy.conftest import no_network  # noqa: F401 (a fixture, used by name)
 from tests.deploy.test_dataflow_graphs import dataflow_pipeline, names
-from tests.pipelines.test_batch_inference import save_oracle, scene
+from tests.factories import save_oracle, squares_scene
 
 
 def frame_rows():
@@ -52,6 +53,14 @@ def frame_rows():
         }
         for i, grade in enumerate(("low", "high"))
     ]
+
+
+def frame_summary_rows():
+    """frame_summaries rows as the stream makes them, over the frames of frame_rows."""
+    from pipelines.stream.frames import window_summary
+
+    start = datetime(2024, 1, 10, 8, 0, tzinfo=UTC).timestamp()
+    return [window_summary("belt1", start, start + 60.0, frame_rows(), ("low", "high"))]
 
 
 def vessel_rows():
@@ -86,19 +95,20 @@ def vessel_rows():
 
 @pytest.fixture(scope="module")
 def real_rows(tmp_path_factory):
-    """Each inference table's rows as the infer job writes them (frames: see frame_rows)."""
+    """Each table's rows as the infer job writes them (frames: see frame_rows and
+    frame_summary_rows)."""
     from pipelines.infer import run
 
     root = tmp_path_factory.mktemp("bq")
     scenes = root / "scenes"
     scenes.mkdir()
-    scene(scenes, [(16, 16, 32)], "2024-01-01")
-    scene(scenes, [(16, 16, 48)], "2024-02-01")
+    squares_scene(scenes, [(16, 16, 32)], "2024-01-01")
+    squares_scene(scenes, [(16, 16, 48)], "2024-02-01")
     out = root / "tables"
     args = ["--site-classes", "stockpile", "--mining-classes", "stockpile", "--stride", "8"]
     run([str(scenes), "--model", save_oracle(root / "model"), "--out", str(out), *args])
-    rows = {}
-    for table in KEYS:
+    rows = {"frame_summaries": frame_summary_rows()}
+    for table in INFER_TABLES:
         schema = INFER_TABLES[table]
         if table == "frame_labels":  # scenes make no frame rows: see frame_rows
             rows[table] = frame_rows()
@@ -112,8 +122,11 @@ def real_rows(tmp_path_factory):
 
 
 def test_every_inference_table_has_a_bigquery_key():
-    """A new inference table needs its MERGE key and partition column here."""
-    assert set(KEYS) == set(INFER_TABLES) == set(PARTITION_FIELDS)
+    """A new inference or stream table needs its MERGE key and partition column here."""
+    from pipelines.stream.job import STREAM_TABLES
+
+    assert set(KEYS) == set(BIGQUERY_TABLES) == set(PARTITION_FIELDS) == set(STREAM_TABLES)
+    assert set(INFER_TABLES) <= set(BIGQUERY_TABLES)
 
 
 @pytest.mark.parametrize("table", sorted(KEYS))

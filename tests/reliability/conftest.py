@@ -17,6 +17,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def oracle(tmp_path_factory):
     """A real SavedModel (bands B02,B03,B04, 16 px tiles) whose answers are known."""
-    from tests.pipelines.test_batch_inference import save_oracle
+    from tests.factories import save_oracle
 
     return save_oracle(tmp_path_factory.mktemp("oracle") / "model")

@@ -207,12 +207,12 @@ def test_a_write_that_fails_leaves_the_old_file(tmp_path):
 
 @pytest.mark.slow  # two processes that each load TensorFlow: ~60 s on 2 busy cores
 def test_two_infer_runs_writing_the_same_tables_at_once(tmp_path, oracle):
-    from tests.pipelines.test_batch_inference import scene
+    from tests.factories import squares_scene
 
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     for i in range(4):
-        scene(scenes, [(16, 16, 32)], f"2024-01-0{i + 1}", size=64)
+        squares_scene(scenes, [(16, 16, 32)], f"2024-01-0{i + 1}", size=64)
     out = tmp_path / "tables"
     args = ["infer", str(scenes), "--model", oracle, "--out", str(out), "--stride", "16"]
     procs = [

