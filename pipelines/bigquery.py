@@ -271,13 +271,18 @@ def _merge_sql(final: str, staging: str, table: str, columns: Sequence[str], fla
     )
 
 
-def merge_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
+def merge_sql(
+    target: BigQueryTarget, table: str, staging_id: str, delete_flag: str = ""
+) -> list[str]:
     """The statements that fold a staging table into its target.
 
     Args:
         target: Where the tables go.
         table: The table name.
         staging_id: The staging table id (``project:dataset.table``).
+        delete_flag: A staging column that marks keys to delete (a row with it
+            set carries only a key); ``""`` (default) for none: every staging
+            row is updated or inserted by key.
 
     Returns:
         ``[create target if missing, MERGE, drop staging]``.
@@ -286,33 +291,14 @@ def merge_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
     columns = [f["name"] for f in table_fields(table)]
     return [
         _create_sql(final, staging, table, columns),
-        _merge_sql(final, staging, table, columns, ""),
+        _merge_sql(final, staging, table, columns, delete_flag),
         f"DROP TABLE IF EXISTS {staging}",
     ]
 
 
 def upsert_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]:
-    """The statements that apply a staging table of rows and deletions to its target.
-
-    The staging table has the table's columns plus :data:`DELETE_FLAG`: a row
-    with the flag set carries only a key, and the target's row with that key is
-    deleted; the others are updated or inserted by key, as :func:`merge_sql` does.
-
-    Args:
-        target: Where the tables go.
-        table: The table name.
-        staging_id: The staging table id (``project:dataset.table``).
-
-    Returns:
-        ``[create target if missing, MERGE, drop staging]``.
-    """
-    final, staging = target.sql(target.table(table)), target.sql(staging_id)
-    columns = [f["name"] for f in table_fields(table)]
-    return [
-        _create_sql(final, staging, table, columns),
-        _merge_sql(final, staging, table, columns, DELETE_FLAG),
-        f"DROP TABLE IF EXISTS {staging}",
-    ]
+    """:func:`merge_sql` for a staging table of rows and deletions (:data:`DELETE_FLAG`)."""
+    return merge_sql(target, table, staging_id, DELETE_FLAG)
 
 
 class MergeStaging(beam.DoFn):  # type: ignore[misc]
