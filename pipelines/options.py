@@ -191,16 +191,70 @@ def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:
 
 
 def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> list[str]:
-    """Prepend a runner profile's Beam options for ``job`` to ``beam_args``.
+    """Prepend a runner profile's Beam options for ``job`` to ``beam_args``; check the runner.
 
     Raises:
-        ConfigError: Unknown profile, or one that cannot be loaded (names ``--profile``).
+        ConfigError: Unknown profile, or one that cannot be loaded (names
+            ``--profile``); a runner Beam does not know or cannot load (names
+            ``--runner``, see :func:`check_runner`).
     """
-    if not profile:
-        return list(beam_args)
-    from minewatch.profiles import load_profile
+    args = list(beam_args)
+    if profile:
+        from minewatch.profiles import load_profile
+
+        try:
+            args = [*load_profile(profile, job), *args]
+        except ConfigError as exc:
+            raise ConfigError(str(exc), option="--profile") from exc
+    check_runner(args)
+    return args
+
+
+#: Runners Beam ships without a short name, by the name users try first.
+FULL_RUNNER_NAMES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+
+
+def runner_name(beam_args: Sequence[str]) -> str | None:
+    """The runner ``beam_args`` name (the last ``--runner``), or None for Beam's default."""
+    name = None
+    for i, token in enumerate(beam_args):
+        if token == "--runner" and i + 1 < len(beam_args):
+            name = beam_args[i + 1]
+        elif token.startswith("--runner="):
+            name = token.split("=", 1)[1]
+    return name
+
+
+def check_runner(beam_args: Sequence[str]) -> None:
+    """Fail before the pipeline is built when Beam cannot make the named runner.
+
+    Beam resolves ``--runner`` only when the pipeline runs, and then a name it
+    does not know, or a runner whose package is missing, ends in a traceback.
+
+    Raises:
+        ConfigError: Naming ``--runner``, with the runners Beam knows or the
+            package to install.
+    """
+    name = runner_name(beam_args)
+    if not name:
+        return
+    from apache_beam.runners.runner import create_runner
 
     try:
-        return [*load_profile(profile, job), *beam_args]
-    except ConfigError as exc:
-        raise ConfigError(str(exc), option="--profile") from exc
+        create_runner(name)
+    except ValueError as exc:
+        full = FULL_RUNNER_NAMES.get(name)
+        hint = (
+            f"Beam registers it only by its full name: --runner {full}"
+            if full
+            else "give one of Beam's runners (DirectRunner, DataflowRunner, FlinkRunner, "
+            "SparkRunner, PortableRunner, PrismRunner) or a runner class as "
+            "package.module.ClassName"
+        )
+        raise ConfigError(f"Beam has no runner named {name!r}: {hint}", option="--runner") from exc
+    except ImportError as exc:
+        raise ConfigError(
+            f"the runner {name!r} cannot be loaded ({exc}); install the packages it needs "
+            "into this environment",
+            option="--runner",
+        ) from exc
