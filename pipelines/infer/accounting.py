@@ -31,7 +31,7 @@ from minewatch.paths import replace_file
 from minewatch.scenes import safe_id
 from minewatch.tables import INFER_TABLES, dead_letter_schema, write_geoparquet
 from pipelines.infer.scene_outputs import makedirs
-from pipelines.tile.job import dead_row
+from pipelines.tile.accounting import dead_row
 
 __all__ = ["AccountInputs", "dead_key", "finish", "split_counts"]
 

@@ -49,7 +49,8 @@ from pipelines.infer.serving import (
     failed_batch,
 )
 from pipelines.options import run_pipeline
-from pipelines.tile.job import COUNTS, DEAD, CutScenes
+from pipelines.tile.accounting import COUNTS, DEAD
+from pipelines.tile.job import CutScenes
 from pipelines.tile.options import TileConfig
 
 __all__ = ["InferScenes", "run", "run_infer"]

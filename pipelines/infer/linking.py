@@ -31,7 +31,7 @@ from minewatch.tables import (
 )
 from pipelines.infer.options import InferConfig
 from pipelines.infer.sites import SceneSites, acquired_at
-from pipelines.tile.job import COUNTS
+from pipelines.tile.accounting import COUNTS
 
 __all__ = ["LinkSites"]
 

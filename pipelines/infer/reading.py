@@ -22,7 +22,8 @@ from apache_beam.pvalue import TaggedOutput
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records
 from pipelines.infer.serving import NS, ExampleMaker
-from pipelines.tile.job import COUNTS, DEAD, TileBatch, dead_row
+from pipelines.tile.accounting import COUNTS, DEAD, dead_row
+from pipelines.tile.cut import TileBatch
 
 __all__ = ["ReadShards", "is_tile_dir", "scene_sources"]
 

@@ -44,7 +44,7 @@ from minewatch.tables import (
 from pipelines.infer.options import InferConfig
 from pipelines.infer.serving import PROBABILITY_STEPS, ScenePredictions, TileInfo
 from pipelines.infer.sites import SceneRaster, SceneSites, SiteFinder, acquired_at, scene_raster
-from pipelines.tile.job import COUNTS, DEAD, dead_row
+from pipelines.tile.accounting import COUNTS, DEAD, dead_row
 
 __all__ = [
     "RASTER_NODATA",

@@ -29,7 +29,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.registry import ModelRef
 from minewatch.spec import Tile
-from pipelines.tile.job import COUNTS, DEAD, TileBatch, dead_row
+from pipelines.tile.accounting import COUNTS, DEAD, dead_row
+from pipelines.tile.cut import TileBatch
 
 __all__ = [
     "NS",

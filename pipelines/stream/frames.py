@@ -29,7 +29,7 @@ from minewatch.tables import frame_labels_schema, frame_summaries_schema, write_
 from pipelines.stream.labelling import BIGQUERY, DONE
 from pipelines.stream.metrics import NS
 from pipelines.stream.options import StreamConfig
-from pipelines.tile.job import dead_row
+from pipelines.tile.accounting import dead_row
 
 __all__ = ["StampFrames", "SummariseFrames", "window_summary"]
 

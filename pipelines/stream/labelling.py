@@ -43,8 +43,10 @@ from pipelines.stream.metrics import NS
 from pipelines.stream.models import RegistryFollower, model_of
 from pipelines.stream.options import StreamConfig
 from pipelines.stream.sources import StableInput, content_key
-from pipelines.tile.job import DEAD, CutTiles, PlanScene, TileBatch, dead_row
+from pipelines.tile.accounting import DEAD, dead_row
+from pipelines.tile.cut import CutTiles, TileBatch
 from pipelines.tile.options import TileConfig
+from pipelines.tile.plan import PlanScene
 
 __all__ = [
     "AREAS",

@@ -27,7 +27,7 @@ from minewatch.paths import is_remote, write_bytes, write_json
 from minewatch.tables import dead_letter_schema, write_geoparquet
 from pipelines.stream.metrics import NS
 from pipelines.stream.options import StreamConfig
-from pipelines.tile.job import dead_row
+from pipelines.tile.accounting import dead_row
 
 __all__ = [
     "LEDGER",

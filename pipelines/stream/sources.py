@@ -38,7 +38,7 @@ from pipelines.stream.ledger import compact_ledger
 from pipelines.stream.metrics import NS
 from pipelines.stream.models import RegistryFollower
 from pipelines.stream.options import StreamConfig
-from pipelines.tile.job import DEAD, dead_row
+from pipelines.tile.accounting import DEAD, dead_row
 
 __all__ = [
     "DedupFiles",

@@ -42,7 +42,7 @@ def _kill_when(proc, ready, timeout=240.0):
 
 def test_a_bundle_that_fails_once_is_retried_without_duplicate_rows(tmp_path, monkeypatch):
     """The BundleBasedDirectRunner retries a failed bundle; the Python FnApiRunner does not."""
-    import pipelines.tile.job as tiling
+    import pipelines.tile.write as tiling
     from pipelines.tile import run as tile_job
 
     src = write_raster(tmp_path / "g.tif", gradient(128, 128), descriptions=("B02", "B03", "B04"))
@@ -68,7 +68,7 @@ def test_a_bundle_that_fails_once_is_retried_without_duplicate_rows(tmp_path, mo
 
 
 def test_the_default_direct_runner_fails_the_job_instead(tmp_path, monkeypatch):
-    import pipelines.tile.job as tiling
+    import pipelines.tile.write as tiling
     from pipelines.tile import run as tile_job
 
     src = write_raster(tmp_path / "g.tif", gradient(64, 64), descriptions=("B02", "B03", "B04"))

@@ -9,16 +9,10 @@ from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
 from minewatch.rasters import plan_blocks
 from minewatch.scenes import SceneRef
-from pipelines.tile.job import (
-    COUNTS,
-    DEAD,
-    AccountScenes,
-    BlockTask,
-    DiscoverScenes,
-    GroupBlocksIntoShards,
-    PlanScene,
-)
+from pipelines.tile.accounting import COUNTS, DEAD, AccountScenes
+from pipelines.tile.discover import DiscoverScenes
 from pipelines.tile.options import TileConfig
+from pipelines.tile.plan import BlockTask, GroupBlocksIntoShards, PlanScene
 from tests.factories import gradient, write_raster
 
 
