@@ -93,6 +93,13 @@ MODULES = [
     "nsl_models.data.views",
     "nsl_models.data.dataset",
     "nsl_models.data.arrays",
+    "minewatch.vessels.detect",
+    "minewatch.vessels.ports",
+    "minewatch.vessels.score",
+    "minewatch.workflows.retrain.config",
+    "minewatch.workflows.retrain.ledger",
+    "minewatch.workflows.retrain.dataset",
+    "minewatch.workflows.retrain.cycle",
 ]
 
 

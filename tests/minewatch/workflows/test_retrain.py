@@ -19,7 +19,6 @@ import yaml
 from minewatch.errors import ConfigError
 from minewatch.workflows.retrain import (
     RetrainLocked,
-    _lock,
     load_retrain_config,
     merge_band_stats,
     read_ledger,
@@ -28,6 +27,7 @@ from minewatch.workflows.retrain import (
     retrain_config_from_dict,
     robustness_refusal,
 )
+from minewatch.workflows.retrain.cycle import retrain_lock
 
 TILE_ARGS = ["--tile-size", "16", "--bands", "B02,B03,B04,B08,B11"]
 TRAINER = {
@@ -134,7 +134,10 @@ def test_nightly_cycle_twice_then_new_data(truth, tmp_path):
 def test_overlapping_run_is_refused(tmp_path):
     (tmp_path / "incoming").mkdir()
     config = load_retrain_config(write_config(tmp_path))
-    with _lock(config.work_dir), pytest.raises(RetrainLocked, match="another minewatch retrain"):
+    with (
+        retrain_lock(config.work_dir),
+        pytest.raises(RetrainLocked, match="another minewatch retrain"),
+    ):
         retrain(config)
     assert read_training_runs(config.tables_dir) == []
 
@@ -296,7 +299,7 @@ def test_cli_exits_75_while_another_run_holds_the_lock(tmp_path):
     (tmp_path / "incoming").mkdir()
     path = write_config(tmp_path)
     config = load_retrain_config(path)
-    with _lock(config.work_dir):
+    with retrain_lock(config.work_dir):
         result = CliRunner().invoke(command, ["--config", str(path)])
     assert result.exit_code == 75
     assert "another minewatch retrain is running" in result.output
