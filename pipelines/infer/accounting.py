@@ -104,7 +104,7 @@ class AccountInputs(beam.DoFn):  # type: ignore[misc]
 
     Elements are ``(key, {"counts", "source", "dead"})`` from a ``CoGroupByKey``:
     ``key`` is ``("scene", scene_id)`` for a scene or frame (its cut counts, a
-    ``labelled`` count from :class:`~pipelines.infer.scene_outputs.PerScene`,
+    ``labelled`` count from :class:`~pipelines.infer.scene_outputs.WriteSceneOutputs`,
     its path, its dead-letter rows), or ``("input", path)`` for rows that name
     no scene (inputs refused at discovery, unreadable shards and records).
 

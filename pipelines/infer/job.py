@@ -39,7 +39,7 @@ from pipelines.infer.accounting import AccountInputs, dead_key, finish, split_co
 from pipelines.infer.linking import LinkSites
 from pipelines.infer.options import INFER_ARGS, InferConfig, infer_config
 from pipelines.infer.reading import ReadShards, is_tile_dir, scene_sources
-from pipelines.infer.scene_outputs import PerScene, write_frames
+from pipelines.infer.scene_outputs import WriteSceneOutputs, write_frames
 from pipelines.infer.serving import (
     ExampleMaker,
     KeyedTileModelHandler,
@@ -66,12 +66,12 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
 
     def __init__(self, config: InferConfig, header: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self._c = config
+        self._config = config
         self._header = header or {}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         """Build the job."""
-        c = self._c
+        c = self._config
         model = c.model
         tile_dirs = [i for i in c.inputs if is_tile_dir(i)]
         raw = [i for i in c.inputs if i not in tile_dirs]
@@ -142,8 +142,9 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
             predicted
             | "ByScene" >> beam.FlatMap(by_scene)
             | "GroupScene" >> beam.GroupByKey()
+            # The step keeps its first label, so a running Dataflow job can be updated.
             | "PerScene"
-            >> beam.ParDo(PerScene(c), sources=beam.pvalue.AsDict(sources)).with_outputs(
+            >> beam.ParDo(WriteSceneOutputs(c), sources=beam.pvalue.AsDict(sources)).with_outputs(
                 COUNTS, DEAD, "frames", "tile_rows", "vessel_rows", main="sites"
             )
         )

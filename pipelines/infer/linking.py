@@ -78,7 +78,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
     """
 
     def __init__(self, config: InferConfig) -> None:
-        self._c = config
+        self._config = config
         self._version = config.model.version
         self._rules = config.rules
 
@@ -186,9 +186,12 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 parts[row[when].date().isoformat() if row[when] else "unknown"].append(row)
             for day, part in parts.items():
                 write_geoparquet(
-                    posixpath.join(self._c.out, table, f"date={day}", name), part, table, schema
+                    posixpath.join(self._config.out, table, f"date={day}", name),
+                    part,
+                    table,
+                    schema,
                 )
-            _remove_stale(posixpath.join(self._c.out, table), name, set(parts))
+            _remove_stale(posixpath.join(self._config.out, table), name, set(parts))
         yield TaggedOutput(
             COUNTS,
             (
@@ -200,7 +203,7 @@ class LinkSites(beam.DoFn):  # type: ignore[misc]
                 ),
             ),
         )
-        if self._c.bigquery:
+        if self._config.bigquery:
             for row in site_rows:
                 yield TaggedOutput("site_rows", row)
             for row in observation_rows:

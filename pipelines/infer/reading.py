@@ -57,7 +57,7 @@ def _decode_chunk(
     for tile in tiles:
         by_scene[tile.scene_id].append(tile)
     for scene_id, scene_tiles in by_scene.items():
-        # The record does not carry its scene's path: PerScene looks it up by id.
+        # The record does not carry its scene's path: WriteSceneOutputs looks it up by id.
         example, refused = make(TileBatch(scene_tiles, scene_id, scene_tiles[0].image.dtype.name))
         counts.update(tiles_in=len(scene_tiles), tiles_dead_lettered=len(refused))
         out.extend(TaggedOutput(DEAD, row) for row in refused)

@@ -1,6 +1,6 @@
 """Writing what one scene or frame gave: its tables, probability raster and quicklook.
 
-:class:`PerScene` takes all the predictions of one scene or frame (one element
+:class:`WriteSceneOutputs` takes all the predictions of one scene or frame (one element
 per scene, so no worker holds more than one scene's rasters), writes its
 ``tile_labels`` rows (per tile at either resolution), its probability COG
 (:func:`write_probability_cog`), its ``vessels`` rows and its quicklook, and
@@ -48,7 +48,7 @@ from pipelines.tile.accounting import COUNTS, DEAD, dead_row
 
 __all__ = [
     "RASTER_NODATA",
-    "PerScene",
+    "WriteSceneOutputs",
     "boxes_wkb",
     "makedirs",
     "write_frames",
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 RASTER_NODATA = 255
 
 
-class PerScene(beam.DoFn):  # type: ignore[misc]
+class WriteSceneOutputs(beam.DoFn):  # type: ignore[misc]
     """All predictions of one scene or frame: write its tables, raster and quicklook.
 
     Yields ``SceneSites`` keyed by area (scenes), frame rows keyed by camera and day
@@ -72,7 +72,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
     """
 
     def __init__(self, config: InferConfig) -> None:
-        self._c = config
+        self._config = config
         self._version = config.model.version
         self._classes = config.model.classes
         self._finder = SiteFinder(config)
@@ -106,7 +106,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "tile_labels",
             tile_labels_schema(),
         )
-        if self._c.bigquery:
+        if self._config.bigquery:
             for row in table.to_pylist():
                 yield TaggedOutput("tile_rows", row)
         yield TaggedOutput(
@@ -122,7 +122,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
 
     def _scene_file(self, table: str, scene_id: str, ext: str, day: str | None = None) -> str:
         """``OUT/table[/date=day]/<scene_id>__<model_version><ext>``."""
-        folder = posixpath.join(self._c.out, table, *([f"date={day}"] if day else []))
+        folder = posixpath.join(self._config.out, table, *([f"date={day}"] if day else []))
         return posixpath.join(folder, f"{safe_id(scene_id)}__{safe_id(self._version)}{ext}")
 
     def _tile_table(self, preds: ScenePredictions) -> Any:
@@ -196,7 +196,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
                 yield TaggedOutput(
                     DEAD, dead_row(first.source, reason, "vessels", scene_id, stage="vessels")
                 )
-        if self._c.pictures:
+        if self._config.pictures:
             self._quicklook(first, found)
         yield TaggedOutput(COUNTS, ("", counts))
         yield (self._finder.area(first, raster), found)
@@ -224,7 +224,7 @@ class PerScene(beam.DoFn):  # type: ignore[misc]
             "vessels",
             vessels_schema(),
         )
-        if self._c.bigquery:
+        if self._config.bigquery:
             for row in rows:
                 yield TaggedOutput("vessel_rows", row)
 

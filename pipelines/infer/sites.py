@@ -1,6 +1,6 @@
 """Finding the sites of one scene: its probability mosaic, the cut, the judgement, vessels.
 
-What :class:`~pipelines.infer.scene_outputs.PerScene` calls between reading a
+What :class:`~pipelines.infer.scene_outputs.WriteSceneOutputs` calls between reading a
 scene's predictions and writing its files; nothing here writes a table.
 
 Two resolutions, chosen by what the model serves (:func:`scene_raster`): a
@@ -200,25 +200,25 @@ class SiteFinder:
     """
 
     def __init__(self, config: InferConfig) -> None:
-        self._c = config
+        self._config = config
         self._version = config.model.version
         self._classes = config.model.classes
         self._rules = config.rules
 
     def setup(self) -> None:
         """Load the area polygons lazily; index the DSMs and read the ports."""
-        self._concessions = AreaPolygons(self._c.concessions, ("licence_id", "id", "name"))
-        self._protected = AreaPolygons(self._c.protected, ("name", "id"))
+        self._concessions = AreaPolygons(self._config.concessions, ("licence_id", "id", "name"))
+        self._protected = AreaPolygons(self._config.protected, ("name", "id"))
         self._dsm: Any = None
         self.ports: Any = None
-        if self._c.dsm:
+        if self._config.dsm:
             from minewatch.volumes import DsmIndex
 
-            self._dsm = DsmIndex.from_glob(self._c.dsm)
-        if self._c.licensed_ports:
+            self._dsm = DsmIndex.from_glob(self._config.dsm)
+        if self._config.licensed_ports:
             from minewatch.vessels import PortRegistry
 
-            self.ports = PortRegistry.from_file(self._c.licensed_ports)
+            self.ports = PortRegistry.from_file(self._config.licensed_ports)
 
     def find(
         self, scene_id: str, first: TileInfo, raster: SceneRaster
@@ -242,10 +242,10 @@ class SiteFinder:
             raster.grid,
             first.crs,
             self._classes,
-            self._c.positive,
+            self._config.positive,
             rules.threshold,
-            {k: rules.rule(k).min_area_m2 for k in self._c.positive},
-            {k: rules.rule(k).min_score for k in self._c.positive},
+            {k: rules.rule(k).min_area_m2 for k in self._config.positive},
+            {k: rules.rule(k).min_score for k in self._config.positive},
             rules.smooth,
             rules.class_weights,
         )
@@ -257,8 +257,8 @@ class SiteFinder:
             # The scene is opened once for all its stockpiles' volumes, and its
             # sun angles read once, not once per pile.
             scene: Any = first.source
-            sun = self._c.sun
-            if self._c.volumes and any(s.kind == "stockpile" for s in shapes):
+            sun = self._config.sun
+            if self._config.volumes and any(s.kind == "stockpile" for s in shapes):
                 scene = _open_scene(first.source, stack)
                 if sun is None:
                     sun = _scene_sun(scene)
@@ -281,13 +281,13 @@ class SiteFinder:
 
         from minewatch.sites import assess_legality
 
-        judged = bool(self._c.concessions or self._c.protected)
+        judged = bool(self._config.concessions or self._config.protected)
         for s in shapes:
             flagged, reason, licence = False, None, None
-            if judged and s.kind in self._c.mining_classes:
+            if judged and s.kind in self._config.mining_classes:
                 flagged, reason, licence = assess_legality(s.geometry, concessions, protected)
             volume = None
-            if s.kind == "stockpile" and self._c.volumes:
+            if s.kind == "stockpile" and self._config.volumes:
                 volume = self._volume(s.geometry, first, scene, sun)
                 counts[f"volumes_{volume['volume_method']}"] += 1
             found.sites.append(
@@ -411,7 +411,7 @@ class SiteFinder:
 
         grid = raster.grid
         centre = shapely.box(*grid.transform @ (0, 0), *grid.transform @ (grid.width, grid.height))
-        return area_key(first.crs, centre.centroid, self._c.area_cell_m)
+        return area_key(first.crs, centre.centroid, self._config.area_cell_m)
 
 
 def area_key(crs: str, centre: Any, cell: float) -> str:

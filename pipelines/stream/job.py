@@ -21,7 +21,7 @@ Graph::
 * **Label**: the batch job's per-scene code tiles the unit (:class:`PlanScene`,
   :class:`CutTiles`, :class:`ExampleMaker`); Beam's ``RunInference`` runs the
   SavedModel the unit was tiled for (:class:`StreamModelHandler`); the batch
-  job's :class:`PerScene` writes the same files as ``minewatch infer``.
+  job's :class:`WriteSceneOutputs` writes the same files as ``minewatch infer``.
 * **Sites**: :class:`LinkArea` is keyed by area: Beam runs one key at a time, so
   two workers never rewrite one area's ``sites`` file at once; the area's
   scenes live in keyed state, backed by ``_ledger/areas/`` for restarts.

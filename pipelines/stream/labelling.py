@@ -5,7 +5,7 @@
   :class:`ExampleMaker`) for the registry's current model; Beam's
   ``RunInference`` then runs that model (:class:`~.models.StreamModelHandler`).
 * :class:`WriteTables` writes the same files as ``minewatch infer``
-  (:class:`PerScene`).
+  (:class:`WriteSceneOutputs`).
 * :class:`LinkArea` is keyed by area: Beam runs one key at a time, so two
   workers never rewrite one area's ``sites`` file at once; the area's scenes
   live in keyed state, backed by ``_ledger/areas/`` for restarts.
@@ -35,7 +35,7 @@ from minewatch.paths import write_json
 from minewatch.registry import ModelRef, resolve_model
 from minewatch.scenes import safe_id
 from pipelines.infer.linking import LinkSites
-from pipelines.infer.scene_outputs import PerScene
+from pipelines.infer.scene_outputs import WriteSceneOutputs
 from pipelines.infer.serving import ExampleMaker
 from pipelines.infer.sites import SceneSites
 from pipelines.stream.ledger import LEDGER, LedgerIndex, read_json
@@ -218,9 +218,9 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
         self._config = config
 
     def setup(self) -> None:
-        """Caches of models and per-version PerScene steps."""
+        """Caches of models and per-version WriteSceneOutputs steps."""
         self._models: dict[str, ModelRef] = {}
-        self._per_scene: dict[str, PerScene] = {}
+        self._per_scene: dict[str, WriteSceneOutputs] = {}
 
     def process(self, item: tuple[dict[str, Any], PredictionResult]) -> Iterator[Any]:
         """Write the unit's files; yield what follows."""
@@ -231,7 +231,7 @@ class WriteTables(beam.DoFn):  # type: ignore[misc]
             entry.update(model_version=model.version, model=model.path)
             per_scene = self._per_scene.get(model.path)
             if per_scene is None:
-                per_scene = PerScene(self._config.infer_config(model, entry["path"]))
+                per_scene = WriteSceneOutputs(self._config.infer_config(model, entry["path"]))
                 per_scene.setup()
                 self._per_scene[model.path] = per_scene
             infos = entry.pop("infos")
