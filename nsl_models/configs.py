@@ -586,9 +586,19 @@ class TrainConfig(_Checked):
         early_stopping_patience: Epochs without improvement of the selection
             metric before stopping; 0 disables. Default 3.
         log_every: Steps between TensorBoard scalars. Default 10.
-        mixed_precision: ``mixed_bfloat16`` on TPU, ``mixed_float16`` on GPU,
-            ignored on CPU; the output layer stays float32. Default False.
-        jit_compile: Compile the train step with XLA. Default False.
+        mixed_precision: ``mixed_bfloat16`` on TPU and CPU, ``mixed_float16``
+            on GPU; the output layer stays float32. Default False.
+        cpu_replicas: On a machine without TPU or GPU, train on this many
+            replicas: the CPU is split into as many logical devices and the step
+            runs under ``MirroredStrategy`` (:func:`nsl_models.hardware.detect`);
+            the global batch stays ``data.batch_size`` (each replica takes its
+            share, and the losses are normalised over the global batch, so N
+            replicas compute the loss of one). The split must happen before TensorFlow initialises
+            its devices: set it at process start. Ignored on TPU and GPU.
+            Default 1.
+        jit_compile: Compile the train step with XLA. Not with
+            ``cpu_replicas > 1`` (XLA refuses variables placed on another
+            logical CPU device). Default False.
         pixel_loss_weight: Weight of the per-pixel cross-entropy (``label/mask``)
             in the loss, when ``model.pixel_head`` is on. Default 1.0.
         pixel_focal_gamma: Focal exponent of the per-pixel loss
@@ -612,6 +622,7 @@ class TrainConfig(_Checked):
     early_stopping_patience: int = 3
     log_every: int = 10
     mixed_precision: bool = False
+    cpu_replicas: int = 1
     jit_compile: bool = False
     pixel_loss_weight: float = 1.0
     pixel_focal_gamma: float = 0.0
@@ -628,6 +639,13 @@ class TrainConfig(_Checked):
         self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         self._require(self.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0")
         self._require(self.log_every >= 1, "log_every", "must be >= 1")
+        self._require(self.cpu_replicas >= 1, "cpu_replicas", "must be >= 1")
+        self._require(
+            not (self.jit_compile and self.cpu_replicas > 1),
+            "jit_compile",
+            "XLA cannot compile a step over several logical CPU devices; "
+            "set train.cpu_replicas: 1 or train.jit_compile: false",
+        )
 
 
 @dataclass(frozen=True)

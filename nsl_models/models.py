@@ -56,6 +56,19 @@ regularizers in one ``train_step`` that shares the clean forward pass:
    + fault_adversary.multiplier * fault_adversarial + model regularization
    losses``; one optimizer update.
 
+**Several replicas** (``MirroredStrategy``, ``TPUStrategy``,
+``train.cpu_replicas``): each replica runs the step on its share of the
+global batch. Every term is a ratio (a weighted sum over examples, pixels or
+edges over how many count), and :func:`global_mean` divides each replica's sum
+by the count of the *global* batch (one ``all_reduce`` of the count), so the
+replicas' losses add up to the one-replica loss of the same batch even when
+the labelled examples or graph edges fall unevenly; the weight penalty is
+split 1/N. The optimizer sums the replicas' gradients, which is then the
+one-replica gradient. Graph neighbours and fault views travel with their
+example, so the graph, consistency and adversarial terms need nothing from the
+other replicas. The loss trackers record N times each replica's share, which
+averages over replicas to the global loss.
+
 **Per-pixel head** (``model.pixel_head``, layer ``pixel_decoder``): a small
 fully-convolutional decoder that takes the normalised pixels and the clean
 embedding of step 2 and returns ``[B, H, W, K]`` logits at tile resolution. It
@@ -127,8 +140,10 @@ __all__ = [
     "build_pixel_decoder",
     "embedding_of",
     "forward",
+    "global_mean",
     "has_pixel_head",
     "pixel_xent",
+    "replicas_in_sync",
     "tile_logits",
 ]
 
@@ -481,17 +496,57 @@ def embedding_of(base_model: Any, image: Any, training: bool = False) -> Any:
     return tf.cast(base_model.get_layer("encoder")(x, training=training), tf.float32)
 
 
-def _weighted_xent(labels: Any, logits: Any, weights: Any) -> Any:
-    # Mean over the labelled examples of the batch, so a batch with few labels
-    # (label_fraction 0.05) is not drowned by the graph term.
+def replicas_in_sync() -> int:
+    """Replicas the current ``tf.distribute`` replica context runs (1 outside one)."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else int(ctx.num_replicas_in_sync)
+
+
+def global_mean(total: Any, count: Any, across_replicas: bool = True) -> Any:
+    """``total / count`` where ``count`` is summed over the replicas in sync.
+
+    Every loss term of :class:`RegularizedModel` is a ratio (weighted sum over
+    the batch / how many examples, pixels or edges count). Under a strategy
+    with N replicas each replica sees 1/N of the global batch; dividing its
+    local sum by the *global* count makes the replicas' values add up to the
+    loss of the whole batch on one replica, whatever share of the labelled
+    examples each replica got. Gradients, summed over replicas by the
+    optimizer, are then those of the one-replica loss. With one replica (or
+    outside a replica context) it is the plain ratio.
+
+    Args:
+        total: This replica's weighted sum (float32 scalar).
+        count: This replica's count (float32 scalar); no gradient flows through it.
+        across_replicas: Sum the count over replicas; False divides by this
+            replica's count (evaluation, where each replica reports its own mean).
+
+    Returns:
+        ``total / max(sum of count over replicas, 1)``.
+    """
+    count = tf.stop_gradient(tf.cast(count, tf.float32))
+    ctx = tf.distribute.get_replica_context()
+    if across_replicas and ctx is not None and ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return total / tf.maximum(count, 1.0)
+
+
+def _weighted_xent(labels: Any, logits: Any, weights: Any, across_replicas: bool = True) -> Any:
+    # Mean over the labelled examples of the (global) batch, so a batch with few
+    # labels (label_fraction 0.05) is not drowned by the graph term.
     per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
     )
     labelled = tf.reduce_sum(tf.cast(weights > 0, tf.float32))
-    return tf.reduce_sum(per_example * weights) / tf.maximum(labelled, 1.0)
+    return global_mean(tf.reduce_sum(per_example * weights), labelled, across_replicas)
 
 
-def pixel_xent(labels: Any, logits: Any, weights: Any, focal_gamma: float = 0.0) -> Any:
+def pixel_xent(
+    labels: Any,
+    logits: Any,
+    weights: Any,
+    focal_gamma: float = 0.0,
+    across_replicas: bool = True,
+) -> Any:
     """Weighted per-pixel cross-entropy, averaged over the pixels that count.
 
     With ``focal_gamma`` > 0 each pixel's term is multiplied by
@@ -505,18 +560,22 @@ def pixel_xent(labels: Any, logits: Any, weights: Any, focal_gamma: float = 0.0)
         weights: ``[B, H, W]``; 0 where ignored (unknown class 255, invalid
             pixel, unlabelled tile), else the pixel's class weight.
         focal_gamma: Focusing exponent; 0 (default) is plain cross-entropy.
+        across_replicas: Normalise by the count of the global batch under a
+            strategy (:func:`global_mean`); False: by this replica's.
 
     Returns:
         ``sum(weight * focal * xent) / #(weight > 0)``; 0 when no pixel counts.
+        Under a strategy, the count is that of the global batch
+        (:func:`global_mean`).
     """
     if focal_gamma <= 0.0:
-        return _weighted_xent(labels, logits, weights)
+        return _weighted_xent(labels, logits, weights, across_replicas)
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32)
     )
     focal = tf.pow(1.0 - tf.exp(-xent), focal_gamma)  # exp(-xent) = p of the true class
     labelled = tf.reduce_sum(tf.cast(weights > 0, tf.float32))
-    return tf.reduce_sum(focal * xent * weights) / tf.maximum(labelled, 1.0)
+    return global_mean(tf.reduce_sum(focal * xent * weights), labelled, across_replicas)
 
 
 class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
@@ -571,8 +630,13 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         self.augment = augment or AugmentConfig()
         self.consistency = consistency or ConsistencyConfig()
         self.fault_adversary = fault_adversary or FaultAdversaryConfig()
+        # Both distances sum over the pairs; the mean divides by the count of
+        # the global batch (global_mean), so replicas add up to one batch.
         self._view_distance = nsl.configs.DistanceConfig(
-            distance_type=self.consistency.distance.value, sum_over_axis=-1, transform_fn="softmax"
+            distance_type=self.consistency.distance.value,
+            reduction=tf.compat.v1.losses.Reduction.SUM,
+            sum_over_axis=-1,
+            transform_fn="softmax",
         )
         self._normalize = base_model.get_layer("normalize")
         self._encoder = base_model.get_layer("encoder")
@@ -580,6 +644,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         self._head = base_model.get_layer("logits")
         self._distance = nsl.configs.DistanceConfig(
             distance_type=self.graph.distance.value,
+            reduction=tf.compat.v1.losses.Reduction.SUM,
             sum_over_axis=-1,
             transform_fn="softmax" if self._graph_on_predictions else "none",
         )
@@ -639,9 +704,15 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         """Whether the per-pixel term is on for batches like ``data``."""
         return self._pixel is not None and "pixel_label" in data
 
-    def _pixel_loss(self, data: dict[str, Any], pixel_logits: Any) -> Any:
+    def _pixel_loss(
+        self, data: dict[str, Any], pixel_logits: Any, across_replicas: bool = True
+    ) -> Any:
         return pixel_xent(
-            data["pixel_label"], pixel_logits, data["pixel_weight"], self.pixel_focal_gamma
+            data["pixel_label"],
+            pixel_logits,
+            data["pixel_weight"],
+            self.pixel_focal_gamma,
+            across_replicas,
         )
 
     @property
@@ -668,7 +739,7 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
 
         Returns:
             The weighted mean distance over the edges of non-zero weight (0 when
-            there is none).
+            there is none); under a strategy, over those of the global batch.
         """
         k = nbr_weight.shape[1]
         if self._graph_on_predictions:
@@ -681,12 +752,14 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             targets = tf.math.l2_normalize(nbr_emb, axis=-1)
         else:
             sources, targets = emb, nbr_emb
-        return nsl.lib.pairwise_distance_wrapper(
+        weight = tf.reshape(tf.cast(nbr_weight, tf.float32), [-1, 1])
+        total = nsl.lib.pairwise_distance_wrapper(
             sources=nsl.lib.replicate_embeddings(sources, k),
             targets=targets,
-            weights=tf.reshape(tf.cast(nbr_weight, tf.float32), [-1, 1]),
+            weights=weight,
             distance_config=self._distance,
         )
+        return global_mean(total, tf.reduce_sum(tf.cast(weight != 0, tf.float32)))
 
     def uses_views(self, data: dict[str, Any]) -> bool:
         """Whether any term reads the batch's fault ``views``."""
@@ -713,20 +786,26 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             ),
             [-1, v],
         )  # [B, V]
-        labelled = tf.maximum(tf.reduce_sum(tf.cast(weights > 0, tf.float32)), 1.0)
+        labelled = tf.reduce_sum(tf.cast(weights > 0, tf.float32))
         if self.augment.supervised:
-            view_xent = tf.reduce_sum(tf.reduce_mean(per_view, axis=1) * weights) / labelled
+            view_xent = global_mean(
+                tf.reduce_sum(tf.reduce_mean(per_view, axis=1) * weights), labelled
+            )
             supervised = (supervised + v * view_xent) / (1 + v)
         consistency = zero
         if self.consistency.enabled and self.consistency.multiplier > 0:
-            consistency = nsl.lib.pairwise_distance_wrapper(
-                sources=nsl.lib.replicate_embeddings(tf.cast(logits, tf.float32), v),
-                targets=tf.cast(v_logits, tf.float32),
-                distance_config=self._view_distance,
+            pairs = tf.cast(tf.shape(v_logits)[0], tf.float32)  # B * V
+            consistency = global_mean(
+                nsl.lib.pairwise_distance_wrapper(
+                    sources=nsl.lib.replicate_embeddings(tf.cast(logits, tf.float32), v),
+                    targets=tf.cast(v_logits, tf.float32),
+                    distance_config=self._view_distance,
+                ),
+                pairs,
             )
         worst = zero
         if self.fault_adversary.enabled and self.fault_adversary.multiplier > 0:
-            worst = tf.reduce_sum(tf.reduce_max(per_view, axis=1) * weights) / labelled
+            worst = global_mean(tf.reduce_sum(tf.reduce_max(per_view, axis=1) * weights), labelled)
         return supervised, consistency, worst
 
     def compute_losses(self, data: dict[str, Any], tape: Any) -> dict[str, Any]:
@@ -815,7 +894,8 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             adversarial_loss = loss_fn(labels, model_fn(tf.stop_gradient(adv_xn)))
             total += self.adversarial.multiplier * adversarial_loss
         if self.losses:
-            total += tf.add_n(self.losses)
+            # Every replica adds the full weight penalty: its share is 1/N.
+            total += tf.add_n(self.losses) / replicas_in_sync()
         return {
             "loss": total,
             "supervised_loss": supervised,
@@ -831,10 +911,10 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
         """One optimizer update on supervised + graph + adversarial loss."""
         with tf.GradientTape() as tape:
             out = self.compute_losses(data, tape)
-            # Keras sums gradients over replicas; scale so they average.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = out["loss"] / replicas
-        self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
+        # Each replica's terms are already its share of the global batch's loss
+        # (global_mean); the optimizer sums the replicas' gradients, which gives
+        # the gradient of the one-replica loss. No further / N.
+        self.optimizer.minimize(out["loss"], self.trainable_variables, tape=tape)
         return self._update_metrics(data, out)
 
     def test_step(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -844,9 +924,11 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             self._normalize(data["image"]), training=False, pixels=use_pixels
         )
         logits = self._logits(emb, training=False)
-        supervised = _weighted_xent(data["label"], logits, data["weight"])
+        # Each replica's own mean (no all_reduce: Keras's evaluate may hand a
+        # replica a partial or empty last batch); the trackers average them.
+        supervised = _weighted_xent(data["label"], logits, data["weight"], False)
         zero = tf.constant(0.0)
-        pixel_loss = self._pixel_loss(data, pixel_logits) if use_pixels else zero
+        pixel_loss = self._pixel_loss(data, pixel_logits, False) if use_pixels else zero
         out = {
             "loss": supervised + self.pixel_loss_weight * pixel_loss,
             "supervised_loss": supervised,
@@ -857,11 +939,17 @@ class RegularizedModel(tf.keras.Model):  # type: ignore[misc]
             "pixel_loss": pixel_loss,
             "logits": logits,
         }
-        return self._update_metrics(data, out)
+        return self._update_metrics(data, out, shares=False)
 
-    def _update_metrics(self, data: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    def _update_metrics(
+        self, data: dict[str, Any], out: dict[str, Any], shares: bool = True
+    ) -> dict[str, Any]:
+        # A tracker averages the values of the replicas. In training a replica's
+        # value is its share of the global loss (shares), so N times it averages
+        # to the global loss.
+        replicas = replicas_in_sync() if shares else 1
         for name, tracker in self._trackers.items():
-            tracker.update_state(out[name])
+            tracker.update_state(out[name] * replicas if replicas > 1 else out[name])
         labelled = tf.cast(data["label"] >= 0, tf.float32)
         self._accuracy.update_state(tf.maximum(data["label"], 0), out["logits"], labelled)
         return {m.name: m.result() for m in self.metrics}

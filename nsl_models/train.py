@@ -89,7 +89,8 @@ class Trainer:
     Args:
         config: The validated config.
         model_dir: Output folder (created); an earlier run there is resumed.
-        hardware: Strategy to use; default :func:`nsl_models.hardware.detect`.
+        hardware: Strategy to use; default :func:`nsl_models.hardware.detect`
+            (with ``train.cpu_replicas``).
         hooks: Called after every step with ``(global_step, logs)``.
     """
 
@@ -108,7 +109,9 @@ class Trainer:
 
         self._tf = tf
         make_deterministic(config.train.seed)  # seeds; op determinism on CPU
-        self.hardware = hardware or detect()
+        # train.cpu_replicas > 1 on a CPU-only machine: MirroredStrategy over N
+        # logical CPUs, split here, before anything initialises the devices.
+        self.hardware = hardware or detect(cpu_replicas=config.train.cpu_replicas)
         self.precision = set_precision(self.hardware, config.train.mixed_precision)
         self.train_files, self.validation_files = datalib.resolve_files(config.data)
         self.spec = datalib.read_tile_spec(config.data.tiles, self.train_files)
@@ -252,9 +255,17 @@ class Trainer:
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.best = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best")
             self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="wait")
-        self.iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-        # Build the optimizer's slots before restoring so they restore too.
-        self.model.optimizer.build(self.model.trainable_variables)
+        # A plain tf.data iterator over global batches: checkpointable (a
+        # tf.distribute DistributedIterator is not), so a run of several replicas
+        # resumes at its data position too; _replicated_train_function splits
+        # each global batch between the replicas.
+        self.iterator = iter(train_ds)
+        # Build the optimizer's slots before restoring so they restore too; in
+        # the strategy's scope, so that with several replicas they are mirrored
+        # (outside it each replica would update one shared slot: Adam's moments
+        # moved N times per step).
+        with strategy.scope():
+            self.model.optimizer.build(self.model.trainable_variables)
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.model.optimizer,
@@ -269,6 +280,40 @@ class Trainer:
             max_to_keep=cfg.train.keep_checkpoints,
         )
         self.best_checkpoint = tf.train.Checkpoint(model=self.base_model)
+
+    def _replicated_train_function(self) -> Callable[[Any], dict[str, Any]]:
+        """One step over several replicas, reading the checkpointable plain iterator.
+
+        Takes the next global batch, gives replica ``i`` of ``N`` rows
+        ``[i * ceil(B / N), (i + 1) * ceil(B / N))`` (the order
+        ``experimental_distribute_dataset`` uses), runs ``train_step`` on every
+        replica and returns the first replica's logs (the metrics are already
+        aggregated over replicas).
+
+        Returns:
+            ``f(iterator) -> logs``, a ``tf.function``.
+        """
+        tf, strategy, model = self._tf, self.hardware.strategy, self.model
+        n = self.hardware.replicas
+
+        def shard(t: Any, i: Any) -> Any:
+            per = (tf.shape(t)[0] + n - 1) // n
+            return t[i * per : (i + 1) * per]
+
+        # No jit_compile: XLA refuses variables placed on another logical device.
+        @tf.function  # type: ignore[untyped-decorator]
+        def train_function(iterator: Any) -> dict[str, Any]:
+            batch = next(iterator)
+
+            def value_fn(ctx: Any) -> Any:
+                i = ctx.replica_id_in_sync_group
+                return tf.nest.map_structure(lambda t: shard(t, i), batch)
+
+            data = strategy.experimental_distribute_values_from_function(value_fn)
+            outputs = strategy.run(model.train_step, args=(data,))
+            return {k: strategy.experimental_local_results(v)[0] for k, v in outputs.items()}
+
+        return train_function
 
     @property
     def global_step(self) -> int:
@@ -302,7 +347,11 @@ class Trainer:
         os.makedirs(self.model_dir, exist_ok=True)
         _write_config(cfg, os.path.join(self.model_dir, "config.yaml"))
         resumed_from = self.restore()
-        train_fn = self.model.make_train_function()
+        train_fn = (
+            self.model.make_train_function()
+            if self.hardware.replicas == 1
+            else self._replicated_train_function()
+        )
         writers = {
             name: tf.summary.create_file_writer(os.path.join(self.model_dir, "logs", name))
             for name in ("train", "validation")
