@@ -72,10 +72,12 @@ __all__ = [
     "MergeStaging",
     "UpsertRows",
     "WriteTablesToBigQuery",
+    "apply_statements",
     "bigquery_keys",
     "is_bigquery",
     "merge_sql",
     "parse_target",
+    "run_suffix",
     "table_fields",
     "to_bigquery_row",
     "upsert_sql",
@@ -301,6 +303,25 @@ def upsert_sql(target: BigQueryTarget, table: str, staging_id: str) -> list[str]
     return merge_sql(target, table, staging_id, DELETE_FLAG)
 
 
+def apply_statements(client: Any, statements: Sequence[str]) -> int:
+    """Run :func:`merge_sql`'s ``[create, MERGE, drop]`` in order; the rows the MERGE affected.
+
+    Each statement waits for the one before; a failed one raises with BigQuery's error.
+    """
+    create, merge, drop = statements
+    client.query(create).result()
+    job = client.query(merge)
+    job.result()
+    affected = int(job.num_dml_affected_rows or 0)
+    client.query(drop).result()
+    return affected
+
+
+def run_suffix(run_id: str) -> str:
+    """A run id as part of a table name (letters, digits, ``_``); a random one when empty."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", run_id or uuid.uuid4().hex[:12])
+
+
 class MergeStaging(beam.DoFn):  # type: ignore[misc]
     """Wait for a table's load (and copy) jobs, then MERGE its staging table.
 
@@ -340,13 +361,10 @@ class MergeStaging(beam.DoFn):  # type: ignore[misc]
         for _, ref in jobs:
             # Raises with BigQuery's error when a load or copy failed.
             self._client.get_job(ref.jobId, project=ref.projectId, location=ref.location).result()
-        create, merge, drop = merge_sql(self._target, self._table, self._staging)
-        self._client.query(create).result()
-        job = self._client.query(merge)
-        job.result()
-        affected = int(job.num_dml_affected_rows or 0)
+        affected = apply_statements(
+            self._client, merge_sql(self._target, self._table, self._staging)
+        )
         self._merged.inc(affected)
-        self._client.query(drop).result()
         yield self._table, affected
 
 
@@ -375,7 +393,7 @@ class WriteTablesToBigQuery(beam.PTransform):  # type: ignore[misc]
     def __init__(self, out: str, run_id: str = "", gcs_temp: str | None = None) -> None:
         super().__init__()
         self._target = parse_target(out)
-        self._run_id = re.sub(r"[^A-Za-z0-9_]", "_", run_id or uuid.uuid4().hex[:12])
+        self._run_id = run_suffix(run_id)
         self._gcs_temp = gcs_temp
 
     def staging_id(self, table: str) -> str:
@@ -445,7 +463,7 @@ class UpsertRows(beam.DoFn):  # type: ignore[misc]
 
     def __init__(self, out: str, run_id: str = "", test_client: Any = None) -> None:
         self._target = parse_target(out)
-        self._run_id = re.sub(r"[^A-Za-z0-9_]", "_", run_id or uuid.uuid4().hex[:12])
+        self._run_id = run_suffix(run_id)
         self._test_client = test_client
         self._applied = Metrics.counter(_NS, "rows_upserted")
 
@@ -486,13 +504,8 @@ class UpsertRows(beam.DoFn):  # type: ignore[misc]
         self._client.load_table_from_json(
             staged, staging.replace(":", ".", 1), job_config=config
         ).result()
-        create, merge, drop = upsert_sql(self._target, table, staging)
-        self._client.query(create).result()
-        job = self._client.query(merge)
-        job.result()
-        affected = int(job.num_dml_affected_rows or 0)
+        affected = apply_statements(self._client, upsert_sql(self._target, table, staging))
         self._applied.inc(affected)
-        self._client.query(drop).result()
         yield table, affected
 
 
