@@ -300,7 +300,7 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
     an area's ``sites``/``stockpile_series`` files at once, and no in-process
     lock or memory is shared. The scenes of the area live in keyed state; the
     first scene of an area in a run reads them back from ``_ledger/areas/``,
-    which is rewritten (temporary file, then rename) after each scene.
+    which is rewritten (temporary file, then rename) once each scene is linked.
 
     With ``bigquery``, also yields the area's ``sites``, ``site_observations``
     and ``stockpile_series`` rows to ``bigquery`` as ``(table, rows, stale)``:
@@ -332,8 +332,7 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
         scenes = held.setdefault("versions", {})
         version = entry["model_version"]
         scenes.setdefault(version, {})[sites["scene_id"]] = sites
-        area_state.write(held)
-        write_json(record, held, indent=1)
+        changes: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]] = []
         try:
             if entry["model"] not in self._models:
                 self._models[entry["model"]] = resolve_model(entry["model"])
@@ -368,27 +367,32 @@ class LinkArea(beam.DoFn):  # type: ignore[misc]
             ]
         else:
             if self._config.bigquery:
-                yield from self._bigquery(held, version, rows, area_state, record)
+                changes = _bigquery_changes(held, version, rows)
+        # Written once, after linking: a unit whose entry is not yet in the ledger
+        # is labelled again after a restart, so a crash before this loses nothing.
+        area_state.write(held)
+        write_json(record, held, indent=1)
+        for change in changes:
+            yield TaggedOutput(BIGQUERY, change)
         entry["area"] = area
         yield entry
 
-    def _bigquery(
-        self,
-        held: dict[str, Any],
-        version: str,
-        rows: dict[str, list[dict[str, Any]]],
-        area_state: Any,
-        record: str,
-    ) -> Iterator[TaggedOutput]:
-        """The area's rows for BigQuery, with the keys it wrote before and no longer has."""
-        from pipelines.bigquery import bigquery_keys
 
-        written = held.setdefault("bigquery_keys", {}).setdefault(version, {})
-        for table, table_rows in rows.items():
-            keys = [bigquery_keys(table, r) for r in table_rows]
-            now = {json.dumps(k, sort_keys=True) for k in keys}
-            stale = [k for k in written.get(table, []) if json.dumps(k, sort_keys=True) not in now]
-            written[table] = keys
-            yield TaggedOutput(BIGQUERY, (table, table_rows, stale))
-        area_state.write(held)
-        write_json(record, held, indent=1)
+def _bigquery_changes(
+    held: dict[str, Any], version: str, rows: dict[str, list[dict[str, Any]]]
+) -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The area's rows per table, with the keys it wrote before and no longer has.
+
+    Records the keys written now in ``held`` (per model version), for the next scene.
+    """
+    from pipelines.bigquery import bigquery_keys
+
+    written = held.setdefault("bigquery_keys", {}).setdefault(version, {})
+    changes = []
+    for table, table_rows in rows.items():
+        keys = [bigquery_keys(table, r) for r in table_rows]
+        now = {json.dumps(k, sort_keys=True) for k in keys}
+        stale = [k for k in written.get(table, []) if json.dumps(k, sort_keys=True) not in now]
+        written[table] = keys
+        changes.append((table, table_rows, stale))
+    return changes
