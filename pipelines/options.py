@@ -39,8 +39,8 @@ OVERWRITE = Flag("--overwrite", help="Replace outputs of an earlier run in --out
 PROFILE = Text(
     "--profile",
     metavar="NAME",
-    help="Runner profile (dataflow, flink, flink-k8s, spark, or a YAML path) whose Beam "
-    "options come first; options on the command line override them.",
+    help="Runner profile (dataflow, flink, flink-k8s, spark, portable, dask, or a YAML path) "
+    "whose Beam options come first; options on the command line override them.",
 )
 
 
@@ -196,7 +196,8 @@ def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> lis
     Raises:
         ConfigError: Unknown profile, or one that cannot be loaded (names
             ``--profile``); a runner Beam does not know or cannot load (names
-            ``--runner``, see :func:`check_runner`).
+            ``--runner``, see :func:`check_runner`); a portable job whose job
+            service or worker pool does not answer (:func:`pipelines.portable.check_endpoints`).
     """
     args = list(beam_args)
     if profile:
@@ -207,6 +208,9 @@ def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> lis
         except ConfigError as exc:
             raise ConfigError(str(exc), option="--profile") from exc
     check_runner(args)
+    from pipelines.portable import check_endpoints
+
+    check_endpoints(args)
     return args
 
 

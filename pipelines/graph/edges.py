@@ -204,6 +204,12 @@ class CompareInCell(beam.DoFn):  # type: ignore[misc]
         ids = np.concatenate([p.ids for p in parts])
         keys = np.concatenate([p.keys for p in parts])
         unit = np.concatenate([p.unit for p in parts])
+        # The parts arrive in whatever order the runner's bundles made; put the cell
+        # in a fixed order (largest key first) so that ties among equal similarities
+        # resolve the same way on every runner and run, by the larger key as in
+        # merge_topk.
+        order = np.argsort(keys, kind="stable")[::-1]
+        ids, keys, unit = ids[order], keys[order], unit[order]
         cap = 4 * self._leaf_size
         if ids.size > cap:
             # The sample under-estimated this cell; bound the work with extra
