@@ -151,10 +151,8 @@ def check_endpoints(beam_args: Sequence[str], timeout: float | None = None) -> N
         ConfigError: A missing ``--job_endpoint``/``--environment_config``, or
             one where nothing answers (names the option).
     """
-    from pipelines.options import runner_name
-
     timeout = ENDPOINT_TIMEOUT if timeout is None else timeout
-    if (runner_name(beam_args) or "").rsplit(".", 1)[-1] != "PortableRunner":
+    if (_option(beam_args, "--runner") or "").rsplit(".", 1)[-1] != "PortableRunner":
         return
     checks = [("--job_endpoint", "the Beam job service", "job-service")]
     if (_option(beam_args, "--environment_type") or "").upper() == "EXTERNAL":
