@@ -30,6 +30,7 @@ __all__ = [
     "parse_time",
     "safe_id",
     "stem",
+    "unique_ids",
 ]
 
 RASTER_EXTENSIONS = frozenset({".tif", ".tiff", ".jp2", ".vrt", ".img"})
@@ -230,10 +231,11 @@ def group_files(
                 refs.append(
                     SceneRef(_safe(_stem(path)), "scene", path, (path,), acquired=_iso(_stem(path)))
                 )
-    return _unique_ids(refs), rejected
+    return unique_ids(refs), rejected
 
 
-def _unique_ids(refs: Sequence[SceneRef]) -> list[SceneRef]:
+def unique_ids(refs: Sequence[SceneRef]) -> list[SceneRef]:
+    """``refs`` with colliding scene ids made unique by a short hash of the source."""
     counts: dict[str, int] = defaultdict(int)
     for ref in refs:
         counts[ref.scene_id] += 1

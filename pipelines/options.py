@@ -28,6 +28,7 @@ __all__ = [
     "list_inputs",
     "run_pipeline",
     "split_beam_args",
+    "stac_band_map",
     "with_profile",
 ]
 
@@ -188,6 +189,27 @@ def job_inputs(tokens: Sequence[str], what: str) -> tuple[list[str], list[str]]:
         if not is_remote(pattern) and not list_inputs(pattern):
             raise ConfigError(f"{pattern!r} matches no file", option="INPUT")
     return inputs, beam_args
+
+
+def stac_band_map(text: str | None) -> tuple[tuple[str, str], ...]:
+    """``--stac-bands B02=blue,B03=green`` as ``(("B02", "blue"), ("B03", "green"))``.
+
+    Raises:
+        ConfigError: An item that is not BAND=ASSET, or a band named twice
+            (names ``--stac-bands``).
+    """
+    if not text:
+        return ()
+    pairs = []
+    for item in text.split(","):
+        band, sep, asset = (part.strip() for part in item.partition("="))
+        if not (sep and band and asset):
+            raise ConfigError(f"{item!r} is not BAND=ASSET", option="--stac-bands")
+        pairs.append((band, asset))
+    bands = [b for b, _ in pairs]
+    if len(set(bands)) != len(bands):
+        raise ConfigError(f"a band is named twice in {text!r}", option="--stac-bands")
+    return tuple(pairs)
 
 
 def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> list[str]:

@@ -86,6 +86,7 @@ class InferScenes(beam.PTransform):  # type: ignore[misc]
                 bands=model.bands or None if task != "frame" else None,
                 tile_size=size,
                 stride=c.stride or max(1, size // 2),
+                stac_bands=c.stac_bands,
             )
             cut = pbegin | "Cut" >> CutScenes(tiling)
             made = cut["batches"] | "Examples" >> beam.ParDo(ToExamples(model)).with_outputs(

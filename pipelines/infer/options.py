@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from minewatch.arguments import Float, Int, Names, Switch, Text
 from minewatch.errors import ConfigError, MinewatchError
 from minewatch.paths import abs_path, is_remote
-from pipelines.options import PROFILE, job_inputs, with_profile
+from pipelines.options import PROFILE, job_inputs, stac_band_map, with_profile
 
 if TYPE_CHECKING:
     from minewatch.registry import ModelRef
@@ -156,6 +156,12 @@ INFER_ARGS = (
         low=1,
         help="Tiling step for scene inputs [default: half the model's tile size].",
     ),
+    Text(
+        "--stac-bands",
+        metavar="BAND=ASSET,...",
+        help="For STAC inputs: the model's band names from asset keys or eo:bands common "
+        "names, e.g. B02=blue,B03=green (default: each raster asset's common name).",
+    ),
     Int(
         "--batch-size",
         low=1,
@@ -238,6 +244,8 @@ class InferConfig:
         concessions: Polygons of licensed areas (property ``licence_id``), or None.
         protected: Polygons of protected areas (property ``name``), or None.
         stride: Tiling step for scene inputs; half the model's tile size when None.
+        stac_bands: ``(band, asset key or common name)`` pairs naming the bands of
+            STAC inputs (``--stac-bands``); empty: each asset's common name.
         batch_size: Most tiles per model call. Default 64.
         site_classes: Classes that make sites; all but background/other when empty.
         mining_classes: Site classes judged for legality. Default ``mining_scar``.
@@ -264,6 +272,7 @@ class InferConfig:
     concessions: str | None = None
     protected: str | None = None
     stride: int | None = None
+    stac_bands: tuple[tuple[str, str], ...] = ()
     batch_size: int = 64
     site_classes: tuple[str, ...] = ()
     mining_classes: tuple[str, ...] = ("mining_scar",)
@@ -407,6 +416,7 @@ def infer_config(
         out=out,
         model=model,
         stride=params["stride"],
+        stac_bands=stac_band_map(params.get("stac_bands")),
         batch_size=params["batch_size"],
         **outputs,
     )

@@ -149,8 +149,17 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
 
     def _cut(self, f: StableInput, model: ModelRef, dead: list[dict[str, str]]) -> dict[str, Any]:
         from minewatch.scenes import group_files
+        from minewatch.stac import is_stac, read_stac
 
-        refs, rejected = group_files([p for p, _, _ in f.files])
+        paths = [p for p, _, _ in f.files]
+        if len(paths) == 1 and is_stac(paths[0]):
+            refs, rejected = read_stac(paths[0], dict(self._config.stac_bands) or None)
+            if len(refs) > 1:
+                reason = f"a stream unit is one STAC Item; this file holds {len(refs)}"
+                dead.append(dead_row(paths[0], reason, "input", stage="discover"))
+                return {"status": "dead", "reason": reason}
+        else:
+            refs, rejected = group_files(paths)
         for r in rejected:
             dead.append(dead_row(r.input, r.reason, r.kind, stage="discover"))
         if not refs:
@@ -165,6 +174,7 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
             bands=model.bands or None if task != "frame" else None,
             tile_size=size,
             stride=self._config.stride or max(1, size // 2),
+            stac_bands=self._config.stac_bands,
         )
         batches: list[TileBatch] = []
         cutter = CutTiles(tiling)

@@ -33,7 +33,7 @@ from pipelines.infer.options import (
     check_model_and_areas,
     output_options,
 )
-from pipelines.options import PROFILE, with_profile
+from pipelines.options import PROFILE, stac_band_map, with_profile
 
 if TYPE_CHECKING:
     from minewatch.registry import ModelRef
@@ -62,6 +62,11 @@ STREAM_ARGS = (
     Text("--concessions", metavar="FILE", help="Licensed areas (polygons, licence_id)."),
     Text("--protected", metavar="FILE", help="Protected areas (polygons, name)."),
     Int("--stride", low=1, help="Tiling step [default: half the model's tile size]."),
+    Text(
+        "--stac-bands",
+        metavar="BAND=ASSET,...",
+        help="For STAC Item files: the model's band names from asset keys or common names.",
+    ),
     Int("--batch-size", low=1, high=4096, default=64, show_default=True, help="Tiles/call."),
     *CLASS_ARGS,
     *SITE_ARGS,
@@ -121,6 +126,7 @@ class StreamConfig:
         max_polls: Stop after this many polls; None for no limit.
         duration: Stop after this many seconds; None for no limit.
         stride: Tiling step; half the model's tile size when None.
+        stac_bands: ``(band, asset key or common name)`` pairs for STAC Item files.
         batch_size: Most tiles per model call. Default 64.
         concessions: Polygons of licensed areas, or None.
         protected: Polygons of protected areas, or None.
@@ -156,6 +162,7 @@ class StreamConfig:
     max_polls: int | None = None
     duration: float | None = None
     stride: int | None = None
+    stac_bands: tuple[tuple[str, str], ...] = ()
     batch_size: int = 64
     concessions: str | None = None
     protected: str | None = None
@@ -240,6 +247,7 @@ def stream_config(
         max_polls=params["max_polls"],
         duration=params["duration"],
         stride=params["stride"],
+        stac_bands=stac_band_map(params.get("stac_bands")),
         batch_size=params["batch_size"],
         **output_options(params, served),
         frame_window=params["frame_window"],

@@ -19,7 +19,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from minewatch.errors import InputError
 from minewatch.labels import FrameLabels, VectorLabels
-from minewatch.scenes import Rejection, group_files
+from minewatch.scenes import Rejection, SceneRef, group_files, unique_ids
+from minewatch.stac import is_stac, read_stac
 from pipelines.options import list_inputs
 from pipelines.tile.accounting import COUNTS, DEAD, NS, dead_row
 from pipelines.tile.options import TileConfig
@@ -38,21 +39,30 @@ __all__ = [
 class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
     """List all inputs at once and group their files into scenes and frames."""
 
-    def __init__(self, frame_pattern: str) -> None:
+    def __init__(self, frame_pattern: str, stac_bands: Sequence[tuple[str, str]] = ()) -> None:
         self._frame_pattern = frame_pattern
+        self._stac_bands = dict(stac_bands) or None
         self._inputs = Metrics.counter(NS, "inputs")
         self._rejected = Metrics.counter(NS, "inputs_dead_lettered")
 
     def process(self, patterns: Sequence[str]) -> Iterator[Any]:
         """Yield SceneRefs; dead-letter rows to ``dead``; input counts to ``counts``."""
         files: list[str] = []
+        stac_refs: list[SceneRef] = []
+        rejected: list[Rejection] = []
         for pattern in patterns:
+            if is_stac(pattern):
+                found, refused = read_stac(pattern, self._stac_bands)
+                stac_refs.extend(found)
+                rejected.extend(refused)
+                continue
             matched = list_inputs(pattern)
             if not matched:
                 yield from self._reject(Rejection(pattern, "matched no file"))
             files.extend(matched)
-        refs, rejected = group_files(files, self._frame_pattern)
-        for rejection in rejected:
+        refs, refused = group_files(files, self._frame_pattern)
+        refs = unique_ids([*refs, *stac_refs])
+        for rejection in [*rejected, *refused]:
             yield from self._reject(rejection)
         for ref in refs:
             self._inputs.inc()

@@ -119,7 +119,9 @@ class CutScenes(beam.PTransform):  # type: ignore[misc]
             pbegin
             | "Inputs" >> beam.Create([tuple(c.inputs)])
             | "Discover"
-            >> beam.ParDo(DiscoverScenes(c.frame_pattern)).with_outputs(DEAD, COUNTS, main="refs")
+            >> beam.ParDo(DiscoverScenes(c.frame_pattern, c.stac_bands)).with_outputs(
+                DEAD, COUNTS, main="refs"
+            )
         )
         dead.append(found[DEAD])
         counts.append(found[COUNTS])

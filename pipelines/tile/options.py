@@ -27,6 +27,7 @@ from pipelines.options import (
     abs_path,
     job_inputs,
     list_inputs,
+    stac_band_map,
     with_profile,
 )
 
@@ -141,6 +142,12 @@ TILE_ARGS = (
         help="Bits of --cloud-band that mark invalid pixels (e.g. 4 for BQA cloud).",
     ),
     Text(
+        "--stac-bands",
+        metavar="BAND=ASSET,...",
+        help="For STAC inputs: band names from asset keys or eo:bands common names, e.g. "
+        "B02=blue,B03=green (default: each raster asset's common name).",
+    ),
+    Text(
         "--frame-pattern",
         metavar="REGEX",
         help="Regex with groups camera_id and timestamp, searched in frame paths.",
@@ -206,6 +213,8 @@ class TileConfig:
         nodata: Nodata value overriding the files'.
         cloud: Optional quality-band cloud mask.
         frame_pattern: Regex with ``camera_id`` and ``timestamp`` groups for frames.
+        stac_bands: ``(band, asset key or common name)`` pairs naming the bands of
+            STAC inputs (:mod:`minewatch.stac`); empty: each asset's common name.
         block_tiles: Tiles per side of the block a worker reads at once. Default 8.
         max_scene_pixels: Scenes declaring more pixels are refused.
         records_per_shard: Most tiles per TFRecord shard. Default 4096.
@@ -234,6 +243,7 @@ class TileConfig:
     nodata: float | None = None
     cloud: CloudMask | None = None
     frame_pattern: str = DEFAULT_FRAME_PATTERN
+    stac_bands: tuple[tuple[str, str], ...] = ()
     block_tiles: int = 8
     max_scene_pixels: int = DEFAULT_MAX_PIXELS
     records_per_shard: int = 4096
@@ -322,6 +332,7 @@ def tile_config(
         nodata=params["nodata"],
         cloud=_cloud_mask(params),
         frame_pattern=params["frame_pattern"] or DEFAULT_FRAME_PATTERN,
+        stac_bands=stac_band_map(params.get("stac_bands")),
         block_tiles=params["block_tiles"],
         max_scene_pixels=params["max_scene_pixels"],
         records_per_shard=params["records_per_shard"],
