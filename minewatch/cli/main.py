@@ -46,5 +46,33 @@ def _register() -> None:
 _register()
 
 
+def verbose_given(args: list[str]) -> bool:
+    """Whether the group's own options (those before the command) include ``-v``."""
+    for arg in args:
+        if not arg.startswith("-"):
+            return False
+        if arg == "--verbose" or (arg.startswith("-v") and set(arg[1:]) == {"v"}):
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``minewatch`` console script: quiet third-party noise unless ``-v``, then run.
+
+    Harmless start-up notices of TensorFlow and Beam are dropped from stderr
+    (:func:`minewatch.quiet.filter_stderr`) and the jobs' progress lines are shown
+    (:func:`minewatch.quiet.show_progress`). ``-v`` shows everything.
+    """
+    import sys
+
+    from minewatch.quiet import filter_stderr, show_progress
+
+    args = sys.argv[1:] if argv is None else argv
+    if not verbose_given(args):
+        filter_stderr()
+    show_progress()
+    cli(args=args)
+
+
 if __name__ == "__main__":  # python -m minewatch.cli.main
-    cli()
+    main()

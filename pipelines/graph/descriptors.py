@@ -37,6 +37,7 @@ from minewatch.embeddings import (
     load_saved_model,
     normalized_pixels,
 )
+from minewatch.quiet import Progress
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records
 from pipelines.graph.neighbours import (
@@ -235,6 +236,11 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
         self._decimals = bounds_decimals
         self._embedded = Metrics.counter(NS, "tiles_embedded")
         self._bad = Metrics.counter(NS, "tiles_dead_lettered")
+        self._progress = Progress("graph")
+
+    def setup(self) -> None:
+        """Start this worker's progress log."""
+        self._progress = Progress("graph")
 
     def process(self, item: tuple[str, Any]) -> Iterator[Any]:
         """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (label, record))``."""
@@ -256,6 +262,7 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
             )
             return
         self._embedded.inc()
+        self._progress.add(tiles=1)
         yield tile_id, vec
         h, w = tile.image.shape[:2]
         bounds = tuple(round(b, self._decimals) for b in tile.bounds)

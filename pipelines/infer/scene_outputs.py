@@ -34,6 +34,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from minewatch.errors import MinewatchError
 from minewatch.paths import is_remote
+from minewatch.quiet import Progress
 from minewatch.scenes import safe_id
 from minewatch.tables import (
     frame_labels_schema,
@@ -76,10 +77,12 @@ class WriteSceneOutputs(beam.DoFn):  # type: ignore[misc]
         self._version = config.model.version
         self._classes = config.model.classes
         self._finder = SiteFinder(config)
+        self._progress = Progress("infer")
 
     def setup(self) -> None:
         """Index the DSMs and read the ports, once per worker (:meth:`SiteFinder.setup`)."""
         self._finder.setup()
+        self._progress = Progress("infer")
 
     def process(
         self,
@@ -95,6 +98,7 @@ class WriteSceneOutputs(beam.DoFn):  # type: ignore[misc]
         """
         scene_id, groups = item
         preds = ScenePredictions.gather(groups)
+        self._progress.add(scenes=1, tiles=len(preds.infos))
         first = preds.first
         if sources and first.source in sources:
             # Tiles of one scene share its source: the first tile stands for all.

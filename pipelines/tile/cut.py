@@ -20,6 +20,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from minewatch.bandstats import BandStats
 from minewatch.labels import VectorLabels, tile_label, weak_label_mask
+from minewatch.quiet import Progress
 from minewatch.rasters import SceneReader
 from minewatch.scenes import SceneRef
 from minewatch.spec import UNKNOWN_CLASS, Tile
@@ -65,6 +66,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         self._config = config
         self._written = Metrics.counter(NS, "tiles_written")
         self._dropped = Metrics.counter(NS, "tiles_dropped")
+        self._progress = Progress("cut")
         self._labels: VectorLabels | None = None
         self._scene_labels: dict[str, VectorLabels | None] = {}
         self._readers: collections.OrderedDict[str, SceneReader] = collections.OrderedDict()
@@ -78,6 +80,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
         # block is read once here (a block of tiles at a time), so that cache only
         # holds dead blocks: it made RSS grow to 1.7 GB on a 20,000 px scene.
         set_gdal_config("GDAL_CACHEMAX", c.gdal_cache_mb)
+        self._progress = Progress("cut")
         if c.label_source == "vector" and c.labels:
             self._labels = self._load(c.labels)
         self._hits: set[str] = set()
@@ -163,6 +166,7 @@ class CutTiles(beam.DoFn):  # type: ignore[misc]
                 stats.add(tile.image, tile.valid)
         counts["written"] += len(kept)
         self._written.inc(len(kept))
+        self._progress.add(tiles=len(kept), blocks=1)
         yield TaggedOutput(COUNTS, (ref.scene_id, counts))
         if kept:
             yield TaggedOutput(BAND_STATS, stats)
