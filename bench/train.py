@@ -2,7 +2,16 @@
 and minewatch's combined step (graph + adversarial), without and with the per-pixel head, same
 data, batch and base model.
 
-    .venv/bin/python bench/train.py [--size tiny|demo] [--batch 64] [--steps 40] [--pixel-width 16]
+    .venv/bin/python bench/train.py [--size tiny|demo] [--batch 64] [--steps 40] [--rounds 5]
+        [--pixel-width 16] [--json FILE]
+
+Every variant is built and traced (3 warm-up steps) before any clock starts; then
+``--rounds`` rounds each time every variant for ``--steps`` steps, the order rotated
+each round so that none always goes first. Reported: per variant the median ms/step
+(and examples/s) with its range over rounds; the wrappers' overheads over the plain
+model computed within each round (the same machine state), then their median and
+range; and the target, the combined step's overhead against NSL's two wrappers'
+overheads added, on the medians and round by round.
 
 Data: the synthetic ground truth tiled at 16 px (5 bands) and packed by the graph job with 2
 neighbours. Each variant is warmed up (tracing) before timing.
@@ -12,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -19,6 +29,7 @@ import time
 from minewatch.compat import import_nsl
 
 nsl = import_nsl()
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from minewatch.synth import make_ground_truth  # noqa: E402
@@ -57,21 +68,17 @@ def make_data(root, size):
     return out
 
 
-def timed(name, fit, batch, steps):
-    fit(3)  # trace + warm up
-    t = time.perf_counter()
-    fit(steps)
-    dt = time.perf_counter() - t
-    rate = steps * batch / dt
-    print(f"{name:34s} {rate:9.1f} examples/s  ({1000 * dt / steps:6.1f} ms/step)")
-    return rate
+def median(values):
+    return float(np.median(values))
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="tiny")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=40, help="steps per variant per round")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--json", default=None, help="write every round's ms/step here")
     p.add_argument(
         "--pixel-width", type=int, default=16, help="decoder filters (model.pixel_width)"
     )
@@ -92,10 +99,6 @@ def main():
     batches = list(ds.take(8))  # in memory: time the step, not the input pipeline
     mcfg = ModelConfig()
 
-    def cycle():
-        while True:
-            yield from batches
-
     def keras_xy(b):
         return b["image"], b["label"], b["weight"]
 
@@ -110,26 +113,30 @@ def main():
         # NSL's wrapper multiplies [B, 1] adversarial weights into the sample weights.
         return {"image": b["image"], "label": b["label"][:, None], "weight": b["weight"][:, None]}
 
-    gen = cycle()
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    results = {}
 
     def run(model, convert):
+        """``fit`` for ``n`` steps on the in-memory batches, cycled (one epoch per call)."""
+        order = [0]
+
+        def batches_from(n):
+            for _ in range(n):
+                yield convert(batches[order[0] % len(batches)])
+                order[0] += 1
+
+        spec = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), convert(batches[0]))
+
         def fit(n):
-            feed = tf.data.Dataset.from_generator(
-                lambda: (convert(next(gen)) for _ in range(n)),
-                output_signature=tf.nest.map_structure(
-                    lambda t: tf.TensorSpec(t.shape, t.dtype), convert(batches[0])
-                ),
-            )
+            feed = tf.data.Dataset.from_generator(lambda: batches_from(n), output_signature=spec)
             model.fit(feed, epochs=1, steps_per_epoch=n, verbose=0)
 
         return fit
 
+    variants = {}  # name -> (label, fit)
     tf.keras.utils.set_random_seed(0)
     plain = build_base_model(spec, mcfg)
     plain.compile("adam", loss=loss)
-    results["plain"] = timed("plain Keras model", run(plain, keras_xy), args.batch, args.steps)
+    variants["plain"] = ("plain Keras model", run(plain, keras_xy))
 
     tf.keras.utils.set_random_seed(0)
     g = nsl.keras.GraphRegularization(
@@ -137,7 +144,7 @@ def main():
         nsl.configs.make_graph_reg_config(max_neighbors=K, multiplier=0.1),
     )
     g.compile("adam", loss=loss)
-    results["graph"] = timed("NSL GraphRegularization", run(g, graph_dict), args.batch, args.steps)
+    variants["graph"] = ("NSL GraphRegularization", run(g, graph_dict))
 
     tf.keras.utils.set_random_seed(0)
     a = nsl.keras.AdversarialRegularization(
@@ -149,9 +156,7 @@ def main():
         ),
     )
     a.compile("adam", loss=loss)
-    results["adv"] = timed(
-        "NSL AdversarialRegularization", run(a, adv_dict), args.batch, args.steps
-    )
+    variants["adv"] = ("NSL AdversarialRegularization", run(a, adv_dict))
 
     tf.keras.utils.set_random_seed(0)
     c = RegularizedModel(
@@ -160,9 +165,7 @@ def main():
         make_adversarial_config(multiplier=0.2, epsilon=0.05),
     )
     c.compile("adam")
-    results["combined"] = timed(
-        "minewatch combined (graph + FGSM)", run(c, lambda b: b), args.batch, args.steps
-    )
+    variants["combined"] = ("minewatch combined (graph + FGSM)", run(c, lambda b: b))
 
     tf.keras.utils.set_random_seed(0)
     head = RegularizedModel(
@@ -173,17 +176,55 @@ def main():
         make_adversarial_config(multiplier=0.2, epsilon=0.05),
     )
     head.compile("adam")
-    results["pixel_head"] = timed(
-        "combined + pixel head", run(head, lambda b: b), args.batch, args.steps
-    )
+    variants["pixel_head"] = ("combined + pixel head", run(head, lambda b: b))
 
-    ms = {k: 1000 * args.batch / v for k, v in results.items()}  # ms per batch
-    overhead = (ms["graph"] - ms["plain"]) + (ms["adv"] - ms["plain"])
+    for _, fit in variants.values():  # trace and warm up every variant before any clock
+        fit(3)
+    names = list(variants)
+    ms = {name: [] for name in names}  # ms per step, per round
+    for r in range(args.rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]  # rotate who goes first
+        for name in order:
+            t = time.perf_counter()
+            variants[name][1](args.steps)
+            ms[name].append(1000 * (time.perf_counter() - t) / args.steps)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {ms[n][-1]:.1f}" for n in names))
+
+    span = f"(min-max over {args.rounds} rounds)"
+    print(f"\n{'variant':34s} {'examples/s':>10s} {'ms/step':>8s}  {span}")
+    for name in names:
+        label, values = variants[name][0], ms[name]
+        rate = 1000 * args.batch / median(values)
+        print(
+            f"{label:34s} {rate:10.1f} {median(values):8.1f}  ({min(values):.1f}-{max(values):.1f})"
+        )
+
+    # Overheads per round (same round, same machine state), then their median and range.
+    rounds = range(args.rounds)
+    graph_over = [ms["graph"][i] - ms["plain"][i] for i in rounds]
+    adv_over = [ms["adv"][i] - ms["plain"][i] for i in rounds]
+    nsl_sum = [graph_over[i] + adv_over[i] for i in rounds]
+    combined_over = [ms["combined"][i] - ms["plain"][i] for i in rounds]
+    head_over = [ms["pixel_head"][i] - ms["combined"][i] for i in rounds]
+    met = sum(combined_over[i] <= nsl_sum[i] for i in rounds)
+
+    def line(name, values):
+        return f"{name:44s} {median(values):7.1f} ms/step  ({min(values):.1f} to {max(values):.1f})"
+
+    print()
+    print(line("NSL graph wrapper overhead", graph_over))
+    print(line("NSL adversarial wrapper overhead", adv_over))
+    print(line("NSL overheads added", nsl_sum))
+    print(line("minewatch combined overhead", combined_over))
+    print(line("pixel head on top of the combined step", head_over))
+    verdict = "met" if median(combined_over) <= median(nsl_sum) else "missed"
     print(
-        f"\nNSL overheads added: {overhead:.1f} ms/step; combined overhead: "
-        f"{ms['combined'] - ms['plain']:.1f} ms/step; pixel head: "
-        f"{ms['pixel_head'] - ms['combined']:.1f} ms/step"
+        f"target (combined overhead <= NSL overheads added): {verdict} on the medians; "
+        f"met in {met} of {args.rounds} rounds"
     )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "steps": args.steps, "ms_per_step": ms}, f, indent=1)
 
 
 if __name__ == "__main__":
