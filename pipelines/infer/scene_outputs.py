@@ -255,9 +255,9 @@ class WriteSceneOutputs(beam.DoFn):  # type: ignore[misc]
             return
         path = self._scene_file("quicklooks", first.scene_id, ".png")
         makedirs(posixpath.dirname(path))
-        sites = [(shapely.from_wkb(s["wkb"]), s["flagged"]) for s in found.sites]
+        sites = [(shapely.from_wkb(s["wkb"]), s["flagged"], s["kind"]) for s in found.sites]
         try:
-            scene_quicklook(ref, sites, path)
+            scene_quicklook(ref, sites, path, model_version=self._version)
         except Exception as exc:
             log.warning("no quicklook for %s: %s", first.scene_id, exc)
 

@@ -232,7 +232,7 @@ def test_series_rows_with_volumes_fit_the_schema_and_plot(gt, tmp_path):
     png = tmp_path / "volumes.png"
     assert plot_stockpile_volumes(rows, str(png)) == len(rows) - 2
     with Image.open(png) as img:
-        assert img.format == "PNG" and img.size == (800, 450)
+        assert img.format == "PNG" and img.size == (900, 500)
     assert plot_stockpile_volumes(rows[-2:], str(tmp_path / "empty.png")) == 0
     assert (tmp_path / "empty.png").stat().st_size > 0
 
