@@ -58,7 +58,10 @@ def runs(tmp_path_factory):
 def test_the_items_label_like_their_files(runs):
     root, _, stats = runs
     assert stats["inputs"] == {"total": 3, "labelled": 2, "dead_lettered": 1}
-    query = "select scene_id, count(*) n, sum(label) s, round(sum(score), 4) score from tile_labels group by 1 order by 1"
+    query = (
+        "select scene_id, count(*) n, sum(label) s, round(sum(score), 4) score "
+        "from tile_labels group by 1 order by 1"
+    )
     a = run_query(open_tables(str(root / "stac"))[0], query).to_pylist()
     b = run_query(open_tables(str(root / "files"))[0], query).to_pylist()
     assert a == b and len(a) == 2

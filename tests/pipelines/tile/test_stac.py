@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import numpy as np
@@ -110,3 +112,50 @@ def test_unmapped_bands_and_bad_maps_are_refused(catalog, tmp_path):
     with pytest.raises(ConfigError, match="BAND=ASSET") as refused:
         tile_job([path, "--out", str(tmp_path / "o"), "--stac-bands", "B02"])
     assert refused.value.option == "--stac-bands"
+
+
+def test_cog_assets_over_http_are_read_in_ranges(tmp_path):
+    import rasterio
+
+    from tests.factories import gradient, write_raster
+
+    served = tmp_path / "served"
+    served.mkdir()
+    src = write_raster(tmp_path / "g.tif", gradient(256, 256, bands=1), descriptions=("B04",))
+    with rasterio.open(src) as ds:  # a real COG: tiled, with overviews
+        profile = ds.profile
+        data = ds.read()
+    cog = served / "red.tif"
+    profile.update(driver="COG", compress="deflate", blocksize=64)
+    with rasterio.open(cog, "w", **profile) as out:
+        out.write(data)
+    log = tmp_path / "ranges.log"
+    log.touch()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.http_range", str(served), str(log)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(server.stdout.readline())
+        url = f"http://127.0.0.1:{port}/red.tif"
+        it = pystac.Item("remote", None, None, WHEN, {})
+        asset = pystac.Asset(url, media_type=pystac.MediaType.COG, roles=["data"])
+        asset.extra_fields["eo:bands"] = [{"name": "B04", "common_name": "red"}]
+        it.add_asset("red", asset)
+        item_path = tmp_path / "item.json"
+        item_path.write_text(json.dumps(it.to_dict(include_self_link=False)))
+        remote = tile_job([str(item_path), "--out", str(tmp_path / "remote"), "--tile-size", "64"])
+        tile_job([str(cog), "--out", str(tmp_path / "local"), "--tile-size", "64"])
+    finally:
+        server.terminate()
+        server.wait()
+    assert_accounting(remote)
+    a, b = read_tiles(tmp_path / "remote"), read_tiles(tmp_path / "local")
+    assert len(a) == len(b) == 16
+    by_offset = {(t.row_off, t.col_off): t for t in b.values()}
+    for tile in a.values():
+        np.testing.assert_array_equal(tile.image, by_offset[tile.row_off, tile.col_off].image)
+    ranges = log.read_text().splitlines()
+    assert ranges, "GDAL read the COG without byte ranges"
+    assert all(r.startswith("red.tif:") for r in ranges)
