@@ -31,6 +31,29 @@ independent of the machine's load) and both recalls.
         --only minewatch,minewatch_ref --repeats 3 --threshold 0.8      # real-shaped, 8 cells
     .venv/bin/python bench/graph.py --data synth --cell-size 128 --threshold 0.8 \
         --only minewatch,minewatch_ref                                    # quick check
+
+The whole job (``--job N [N ...]``): ``minewatch graph`` end to end (read, parse,
+embed, whiten, similarity, spatial and temporal edges, graph file, packing,
+stats) with its default options, in a subprocess whose process tree (it and all
+its children) has its resident memory sampled every 0.1 s by psutil; the peak of
+the tree's summed RSS is reported with the seconds, tiles read, edges and packed
+records (from the job's ``stats.json``). Beam options pass through to the job
+(DirectRunner by default, which runs in one process).
+
+Its tiles are real-shaped: a tile job's output (``--tiles-from``, default the
+demo's ``out/demo/tiles``: 16,384 tiles of 16 px, 5 bands, labelled; without it,
+a synthetic world of ``--synth-size`` is made and tiled as ``minewatch demo``
+does). For N above the source's count the records are replicated, record by
+record, into copies 1, 2, ... until N: each copy is a new world beside the
+first, so every field the graph job reads stays valid and distinct: ``tile/id``
+and ``scene/id`` get a ``~cC`` suffix on the scene id, ``geo/bounds`` and ``geo/transform`` move
+east by ``C x 100 km`` (so temporal edges join acquisitions of the copy only),
+and ``image/raw`` gets a copy-seeded gain (within 1%) and noise (a few DN) on
+every pixel, so that vectors are not exact duplicates of the first world's.
+Labels, masks, bands and acquisition times are kept.
+
+    .venv/bin/python bench/graph.py --job 16384 100000                # demo tiles, replicated
+    .venv/bin/python bench/graph.py --job 100000 --keep-job out/bench_graph  # keep the output
 """
 
 from __future__ import annotations
@@ -342,6 +365,161 @@ def exact_reference(x, args):
     return (np.broadcast_to(sample[:, None], top.shape)[keep], top[keep], ts[keep]), sample
 
 
+# -- the whole job (--job) --------------------------------------------------------------
+
+#: How far east each replicated copy of the tiles' world moves (CRS units, metres).
+COPY_SHIFT = 100_000.0
+
+
+def _bytes_feature(values):
+    from pipelines.graph.packing import _ld
+
+    return _ld(1, b"".join(_ld(1, v) for v in values))
+
+
+def _replicate(record, copy):
+    """A tile record of copy ``copy`` (>= 1) of the world: new ids, place and pixels."""
+    from minewatch.spec import decode_tiles
+    from pipelines.graph.packing import example_bytes, feature_entries
+
+    (tile,) = decode_tiles([record])
+    rng = np.random.default_rng([copy, int.from_bytes(tile.tile_id.encode()[-8:], "little")])
+    shift = copy * COPY_SHIFT
+    scene = f"{tile.scene_id}~c{copy}"
+    image = tile.image.astype(np.float64)
+    gain = 1.0 + rng.uniform(-0.01, 0.01, (1, 1, image.shape[-1]))
+    image = image * gain + rng.integers(-3, 4, image.shape)
+    info = np.iinfo(tile.image.dtype) if tile.image.dtype.kind in "iu" else None
+    if info is not None:
+        image = np.clip(np.rint(image), info.min, info.max)
+    raw = image.astype(tile.image.dtype.newbyteorder("<")).tobytes()
+    x0, y0, x1, y1 = tile.bounds
+    transform = list(tile.transform)
+    if len(transform) >= 3:
+        transform[2] += shift
+    replace = {
+        "tile/id": _bytes_feature([f"{scene}:{tile.row_off}:{tile.col_off}".encode()]),
+        "scene/id": _bytes_feature([scene.encode()]),
+        "image/raw": _bytes_feature([raw]),
+        "geo/bounds": _bytes_feature([np.array([x0 + shift, y0, x1 + shift, y1], "<f8").tobytes()]),
+        "geo/transform": _bytes_feature([np.array(transform, "<f8").tobytes()]),
+    }
+    return example_bytes([(n, replace.get(n, v)) for n, v in feature_entries(record)])
+
+
+def make_job_tiles(source, n, dest):
+    """A tile job's folder of ``n`` real-shaped tiles under ``dest``: ``source``'s, replicated."""
+    import glob
+    import shutil
+
+    from minewatch.tfrecord import read_records, write_record
+
+    shards = sorted(glob.glob(os.path.join(source, "tiles", "*.tfrecord")))
+    if not shards:
+        raise SystemExit(f"{source}/tiles/*.tfrecord: no tiles (give a tile job's --out)")
+    os.makedirs(os.path.join(dest, "tiles"))
+    shutil.copy(os.path.join(source, "stats.json"), os.path.join(dest, "stats.json"))
+    written, copy = 0, 0
+    while written < n:
+        for i, path in enumerate(shards):
+            if written >= n:
+                break
+            out = os.path.join(dest, "tiles", f"tiles-c{copy:03d}-{i:05d}.tfrecord")
+            with open(path, "rb") as f, open(out, "wb") as g:
+                for record in read_records(f):
+                    if written >= n:
+                        break
+                    write_record(g, record if copy == 0 else _replicate(record, copy))
+                    written += 1
+        copy += 1
+    return written
+
+
+def synth_tiles(size, dest):
+    """Tile a synthetic world of ``size`` as ``minewatch demo`` does; return the tile folder."""
+    from minewatch.synth import make_ground_truth
+    from pipelines.tile import run as tile
+
+    gt = os.path.join(dest, "gt")
+    make_ground_truth(gt, size=size, seed=0)
+    out = os.path.join(dest, "tiles")
+    tile(
+        [
+            os.path.join(gt, "scenes"), "--out", out,
+            "--labels", os.path.join(gt, "truth", "scene_*.geojson"),
+            "--tile-size", "16", "--bands", ",".join(BANDS),
+        ]
+    )  # fmt: skip
+    return out
+
+
+def job_child(tiles, out, beam_args):
+    """Run ``minewatch graph`` (this process is the one measured, with its children)."""
+    from pipelines.graph import run
+
+    run([tiles, "--out", out, "--overwrite", *beam_args])
+
+
+def run_job(tiles, out, beam_args, interval=0.1):
+    """``(seconds, peak tree RSS MB, peak one-process RSS MB, processes)`` of one graph job."""
+    import psutil
+
+    cmd = [sys.executable, __file__, "--job-child", tiles, "--result", out, *beam_args]
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    peak = peak_one = 0
+    seen = set()
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for q in procs:
+            try:
+                rss = q.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            seen.add(q.pid)
+            total += rss
+            peak_one = max(peak_one, rss)
+        peak = max(peak, total)
+        time.sleep(interval)
+    seconds = time.perf_counter() - t
+    if proc.wait():
+        raise SystemExit(f"graph job failed ({proc.returncode}): {' '.join(cmd)}")
+    return seconds, peak / 2**20, peak_one / 2**20, len(seen)
+
+
+def main_job(args):
+    """``--job``: the whole graph job on N real-shaped tiles, its seconds and peak RSS."""
+    print(f"{'N':>9} {'tiles read':>10} {'edges':>9} {'packed':>7} {'seconds':>9} "
+          f"{'peak RSS MB':>12} {'largest proc MB':>15} {'procs':>5}  options")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        source = args.tiles_from
+        if source is None:
+            source = synth_tiles(args.synth_size, os.path.join(tmp, "world"))
+        for n in args.job:
+            tiles = os.path.join(tmp, f"tiles-{n}")
+            make_job_tiles(source, n, tiles)
+            out = args.keep_job or os.path.join(tmp, f"graph-{n}")
+            seconds, peak, one, procs = run_job(tiles, out, args.beam_args)
+            with open(os.path.join(out, "stats.json")) as f:
+                stats = json.load(f)
+            print(
+                f"{n:>9} {stats['tiles']['read']:>10} {stats['edges']['total']:>9} "
+                f"{stats['packed']:>7} "
+                f"{seconds:>9.1f} {peak:>12.0f} {one:>15.0f} {procs:>5}  "
+                f"{' '.join(args.beam_args) or 'defaults, DirectRunner'}",
+                flush=True,
+            )
+            import shutil
+
+            shutil.rmtree(tiles)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -381,11 +559,28 @@ def main():
         "--exact-max-n", type=int, default=200_000, help="above: recall on 2,000 sampled nodes"
     )
     parser.add_argument("--only", default=",".join(METHODS))
+    parser.add_argument(
+        "--job", type=int, nargs="+", default=None, metavar="N",
+        help="run the whole graph job on N real-shaped tiles (see the docstring)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tiles-from", default=os.path.join(ROOT, "out", "demo", "tiles"),
+        help="tile job folder the --job tiles are replicated from ('' for a synthetic world "
+        "of --synth-size, tiled as the demo does)",
+    )  # fmt: skip
+    parser.add_argument("--keep-job", default=None, help="--job: write the job's output here")
+    parser.add_argument("--job-child", help=argparse.SUPPRESS)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--vectors", help=argparse.SUPPRESS)
     args, beam_args = parser.parse_known_args()
     args.beam_args = beam_args
+    if args.job_child:
+        return job_child(args.job_child, args.result, beam_args)
+    if args.job:
+        if not args.tiles_from or not os.path.isdir(args.tiles_from):
+            args.tiles_from = None
+        return main_job(args)
     if args.child:
         args.method, args.n = args.child, args.n[0]
         return child(args)

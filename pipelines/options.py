@@ -79,6 +79,10 @@ def list_inputs(pattern: str) -> list[str]:
 def _beam_parser() -> argparse.ArgumentParser:
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    try:  # DaskOptions (--dask_client_address ...) exist only once their module is loaded
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     seen: set[type] = set()
     todo = list(PipelineOptions.__subclasses__())
@@ -237,7 +241,16 @@ def with_profile(profile: str | None, job: str, beam_args: Sequence[str]) -> lis
 
 
 #: Runners Beam ships without a short name, by the name users try first.
-FULL_RUNNER_NAMES = {"DaskRunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+FULL_RUNNER_NAMES = {"DaskRunner": "pipelines.dask_runner.DaskRunner"}
+
+#: Runners that run minewatch's jobs wrongly, and what to use instead.
+REFUSED_RUNNERS = {
+    "apache_beam.runners.dask.dask_runner.DaskRunner": (
+        "Beam's own Dask runner mis-routes tagged outputs, drops finish_bundle outputs and "
+        "runs only the last sink; use --runner pipelines.dask_runner.DaskRunner "
+        "(or --profile dask)"
+    ),
+}
 
 
 def runner_name(beam_args: Sequence[str]) -> str | None:
@@ -264,6 +277,8 @@ def check_runner(beam_args: Sequence[str]) -> None:
     name = runner_name(beam_args)
     if not name:
         return
+    if name in REFUSED_RUNNERS:
+        raise ConfigError(REFUSED_RUNNERS[name], option="--runner")
     from apache_beam.runners.runner import create_runner
 
     try:

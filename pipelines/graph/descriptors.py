@@ -70,7 +70,7 @@ NS = "minewatch.graph"
 DEAD = "dead"
 #: Output tag of :class:`CheckEmbedding`'s nodes.
 NODES = "nodes"
-#: Output tag of :class:`CheckEmbedding`'s ``(id, (label, record))`` examples.
+#: Output tag of :class:`CheckEmbedding`'s ``(id, (label, record, (path, offset)))`` examples.
 EXAMPLES = "examples"
 
 
@@ -98,6 +98,8 @@ class ParsedTile:
     tile: Tile
     record: bytes
     source: str
+    #: Byte offset of the record in ``source`` (-1: unknown), where packing reads it again.
+    offset: int = -1
 
 
 class Node(NamedTuple):
@@ -122,12 +124,14 @@ class ReadTileRecords(beam.DoFn):  # type: ignore[misc]
         self._corrupt = Metrics.counter(NS, "files_corrupt")
 
     def process(self, readable: Any) -> Iterator[Any]:
-        """Yield ``(path, record)``; the rest of a corrupt file goes to ``dead``."""
+        """Yield ``(path, record, offset)``; the rest of a corrupt file goes to ``dead``."""
         path = readable.metadata.path
         try:
             with readable.open(compression_type="uncompressed") as f:
+                offset = 0
                 for record in read_records(f):
-                    yield path, record
+                    yield path, record, offset
+                    offset += 16 + len(record)  # length, its CRC, data, its CRC
         except (ValueError, OSError) as exc:
             self._corrupt.inc()
             yield TaggedOutput(DEAD, dead_row(path, f"unreadable TFRecord: {exc}", stage="read"))
@@ -139,9 +143,10 @@ class ParseTile(beam.DoFn):  # type: ignore[misc]
     def __init__(self) -> None:
         self._bad = Metrics.counter(NS, "tiles_unparseable")
 
-    def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
-        """Yield ``(tile_id, ParsedTile)``, or a dead-letter row."""
-        path, record = item
+    def process(self, item: tuple[Any, ...]) -> Iterator[Any]:
+        """Yield ``(tile_id, ParsedTile)`` of ``(path, record[, offset])``, or a dead-letter row."""
+        path, record = item[0], item[1]
+        offset = item[2] if len(item) > 2 else -1
         try:
             (tile,) = decode_tiles([record])
         except Exception as exc:  # tfx-bsl raises several types for bad protos
@@ -149,7 +154,7 @@ class ParseTile(beam.DoFn):  # type: ignore[misc]
             reason = f"not a tile record: {type(exc).__name__}: {exc}"
             yield TaggedOutput(DEAD, dead_row(path, reason, stage="parse"))
             return
-        yield tile.tile_id, ParsedTile(tile, record, path)
+        yield tile.tile_id, ParsedTile(tile, record, path, offset)
 
 
 class BuiltinEmbedding(ModelHandler):  # type: ignore[misc]
@@ -243,7 +248,10 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
         self._progress = Progress("graph")
 
     def process(self, item: tuple[str, Any]) -> Iterator[Any]:
-        """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (label, record))``."""
+        """Yield ``(id, vector)``; ``nodes``: Node; ``examples``: ``(id, (label, record, place))``.
+
+        The place is ``(path, byte offset)`` of the record, where packing reads it again.
+        """
         tile_id, result = item
         parsed: ParsedTile = result.example
         tile = parsed.tile
@@ -273,7 +281,8 @@ class CheckEmbedding(beam.DoFn):  # type: ignore[misc]
                 tile.row_off, tile.col_off, h, w, tile.acquired_unix,
             ),
         )  # fmt: skip
-        yield TaggedOutput(EXAMPLES, (tile_id, (int(tile.label), parsed.record)))
+        location = (parsed.source, parsed.offset)
+        yield TaggedOutput(EXAMPLES, (tile_id, (int(tile.label), parsed.record, location)))
 
 
 def failed_batch(item: tuple[Any, Any]) -> Iterator[dict[str, str]]:

@@ -10,6 +10,8 @@ Graph (every step labelled)::
                                                                     │             │
                                                                     └─ examples ──┴─ Pack ─ packed/
 
+Packing plans on ids, labels, sizes and records' places; the shard writers read
+the records again from the tile files (:mod:`.pack`).
 The steps live by concept in the package: :mod:`.descriptors` (reading tiles,
 the built-in or model embeddings, whitening), :mod:`.edges` (similarity edges
 by partition trees and cells, spatial and temporal edges), :mod:`.pack` (the
@@ -113,7 +115,7 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         self._header = header or {}
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
-        """Build the job; return the edge tables, dead-letter rows and stats."""
+        """Build the job; return the edge tables, dead-letter rows, packed files and stats."""
         c = self._config
         paths = output_paths(c.out)
         dead: list[beam.PCollection] = []
@@ -188,12 +190,12 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         adjacent[LINES] | "WriteGraphTsv" >> beam.io.WriteToText(
             paths["graph"], num_shards=1, shard_name_template=""
         )
-        packing = pack_seeds(checked[EXAMPLES], adjacent.adjacency, c.pack_k, c.nbr_features)
-        keyed = packing.packed
-        packed = keyed | "PackedRecords" >> beam.Values()
+        plans = pack_seeds(checked[EXAMPLES], adjacent.adjacency, c.pack_k, c.nbr_features)
         # Temporary files of the packed shards; only the job's finalize moves them.
         temp_dir = posixpath.join(c.out, f".tmp-{uuid.uuid4().hex[:12]}")
-        written = keyed | "WritePacked" >> WritePackedShards(temp_dir, c.records_per_shard)
+        written = plans | "WritePacked" >> WritePackedShards(
+            temp_dir, c.records_per_shard, nbr_features=c.nbr_features
+        )
 
         dead_rows = dead | "AllDeadLetters" >> beam.Flatten()
         dead_rows | "WriteDeadLetter" >> beam.io.WriteToParquet(
@@ -206,7 +208,7 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         counts.append(checked.vectors | "CountEmbedded" >> beam.Map(lambda _: {"embedded": 1}))
         counts.append(edges | "CountEdges" >> beam.Map(count_kinds))
         counts.append(adjacent[LINES] | "CountLines" >> beam.Map(lambda _: {"graph_lines": 1}))
-        counts.append(packing[COUNTS])
+        counts.append(written[COUNTS])
         counts.append(
             checked[EXAMPLES] | "CountTileBytes" >> beam.Map(lambda e: {"tile_bytes": len(e[1][1])})
         )
@@ -240,7 +242,12 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
                 temp_dir=temp_dir,
             )
         )
-        return {"edges": edges, "dead_letter": dead_rows, "packed": packed, "stats": stats}
+        return {
+            "edges": edges,
+            "dead_letter": dead_rows,
+            "packed": written["files"],
+            "stats": stats,
+        }
 
 
 # -- the job -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "example_bytes",
     "feature_entries",
     "pack_example",
+    "packed_size",
     "select_neighbours",
 ]
 
@@ -163,3 +164,29 @@ def pack_example(
         entries.append((prefix + "weight", _float_feature(weight)))
         entries.extend((prefix + name, value) for name, value in feature_entries(record))
     return seed + example_bytes(entries)
+
+
+def _ld_size(n: int) -> int:
+    """Bytes of a length-delimited field of ``n`` payload bytes (field numbers below 16)."""
+    return 1 + len(_varint(n)) + n
+
+
+def _entry_size(key: str, value_bytes: int) -> int:
+    return _ld_size(_ld_size(len(key.encode())) + _ld_size(value_bytes))
+
+
+def packed_size(seed_bytes: int, nbrs: Sequence[Sequence[tuple[str, int]]]) -> int:
+    """``len(pack_example(seed, chosen))`` from sizes alone, before any record is read.
+
+    Args:
+        seed_bytes: Length of the seed's serialized Example.
+        nbrs: Per chosen neighbour, in packing order: ``(name, serialized Feature
+            length)`` of each of its features (:func:`feature_entries`' order).
+    """
+    total = _entry_size(NUM_NBRS, len(_int64_feature(len(nbrs))))
+    weight = len(_float_feature(0.0))
+    for i, features in enumerate(nbrs):
+        prefix = f"{NBR_PREFIX}{i}_"
+        total += _entry_size(prefix + "weight", weight)
+        total += sum(_entry_size(prefix + name, size) for name, size in features)
+    return seed_bytes + _ld_size(total)

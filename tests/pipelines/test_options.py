@@ -34,7 +34,8 @@ def test_the_last_runner_named_is_the_one(args, name):
 @pytest.mark.parametrize(
     ("runner", "message"),
     [
-        ("DaskRunner", "--runner apache_beam.runners.dask.dask_runner.DaskRunner"),
+        ("DaskRunner", "--runner pipelines.dask_runner.DaskRunner"),
+        ("apache_beam.runners.dask.dask_runner.DaskRunner", "mis-routes tagged outputs"),
         ("NopeRunner", "Beam has no runner named 'NopeRunner'"),
         ("no_such_package.Runner", "cannot be loaded"),
     ],
@@ -45,6 +46,7 @@ def test_a_runner_beam_cannot_make_is_refused_before_the_job(runner, message):
     assert message in str(err.value) and err.value.option == "--runner"
     check_runner(["--runner", "DirectRunner"])  # known runners pass
     check_runner(["--runner=PortableRunner"])
+    check_runner(["--runner=pipelines.dask_runner.DaskRunner"])
 
 
 def test_the_cli_says_so_with_exit_status_2_not_a_traceback(tmp_path):

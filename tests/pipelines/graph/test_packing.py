@@ -65,3 +65,71 @@ def test_select_neighbours_order():
 def test_bad_bytes_raise():
     with pytest.raises(ValueError, match="truncated"):
         feature_entries(b"\x0a\x10abc")
+
+
+def _record(node_id, label, x):
+    import struct
+
+    from pipelines.graph.packing import _ld, example_bytes
+
+    return example_bytes(
+        [
+            ("tile/id", _ld(1, _ld(1, node_id.encode()))),
+            ("label/class", _ld(3, _ld(1, bytes([label])))),
+            ("x", _ld(2, _ld(1, struct.pack("<f", x)))),
+        ]
+    )
+
+
+def test_pack_seeds_chooses_among_existing_targets_before_moving_records(tmp_path):
+    """Plans hold ids, labels, sizes and places only; a target without an Example is
+    dropped before the choice (as pack_nbrs does), so the next best is packed; the
+    writer reads the records from the tile file at their places."""
+    import apache_beam as beam
+
+    from minewatch.tfrecord import read_records, write_record
+    from pipelines.graph.pack import WritePackedShards, pack_seeds
+
+    records = {"s": (1, _record("s", 1, 0.0)), "u": (-1, _record("u", 0, 9.0))}
+    records.update((n, (0, _record(n, 0, float(i)))) for i, n in enumerate("abcd"))
+    tiles = str(tmp_path / "tiles.tfrecord")
+    examples, offset = [], 0
+    with open(tiles, "wb") as f:
+        for node_id, (label, record) in records.items():
+            write_record(f, record)
+            examples.append((node_id, (label, record, (tiles, offset))))
+            offset += 16 + len(record)
+    adjacency = [
+        ("s", [("a", 0.25, "similarity"), ("b", 0.75, "spatial"), ("d", 0.75, "similarity"),
+               ("c", 0.5, "temporal"), ("missing", 1.0, "similarity")]),
+        ("u", [("s", 0.9, "similarity")]),  # an unlabelled tile is never a seed
+        ("a", [("missing", 0.9, "similarity")]),
+    ]  # fmt: skip
+    nbrs = [(w, n, records[n][1]) for n, w, _ in adjacency[0][1] if n in records]
+    expected = [pack_example(records["s"][1], nbrs, 2)]
+    expected += [pack_example(records[n][1], []) for n in "abcd"]
+    temp = tmp_path / "tmp"
+    with beam.Pipeline() as p:
+        plans = pack_seeds(
+            p | "Examples" >> beam.Create(examples),
+            p | "Adjacency" >> beam.Create(adjacency),
+            2,
+            None,
+        )
+        _ = plans | WritePackedShards(str(temp), records_per_shard=100)
+    (path,) = temp.glob("packed/*/packed-00000-of-00001.tfrecord")
+    with open(path, "rb") as f:
+        got = list(read_records(f))
+    assert sorted(got) == sorted(expected) and len(got) == 5
+    assert got[-1] == expected[0]  # sorted by tile id: a, b, c, d, s
+
+
+def test_packed_size_is_the_packed_length():
+    from pipelines.graph.packing import packed_size
+
+    seed = _record("s", 1, 0.0)
+    nbrs = [_record(n * (i + 1), 0, float(i)) for i, n in enumerate("abcdefghijkl")]
+    for k in range(len(nbrs) + 1):
+        chosen = [(1.0 - i / 100, str(i), r) for i, r in enumerate(nbrs[:k])]
+        sizes = [[(n, len(v)) for n, v in feature_entries(r)] for _, _, r in chosen]
+        assert packed_size(len(seed), sizes) == len(pack_example(seed, chosen))
