@@ -30,6 +30,7 @@ __all__ = [
     "Names",
     "Switch",
     "Text",
+    "last_value",
     "parse",
     "parser",
     "split_names",
@@ -120,6 +121,17 @@ def Switch(flags: str, default: bool, **kw: Any) -> Arg:
 def Names(flags: str, **kw: Any) -> Arg:
     """A comma-separated list of names, parsed to a tuple (``()`` when absent)."""
     return Arg(flags, "names", default=(), **kw)
+
+
+def last_value(tokens: Sequence[str], name: str) -> str | None:
+    """The value the last ``name VALUE`` or ``name=VALUE`` in ``tokens`` gives; None if absent."""
+    value = None
+    for i, token in enumerate(tokens):
+        if token == name and i + 1 < len(tokens):
+            value = tokens[i + 1]
+        elif token.startswith(name + "="):
+            value = token.split("=", 1)[1]
+    return value
 
 
 def split_names(value: str | None) -> tuple[str, ...]:

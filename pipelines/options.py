@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from minewatch.arguments import Flag, Text
+from minewatch.arguments import Flag, Text, last_value
 from minewatch.errors import ConfigError
 from minewatch.paths import abs_path, is_remote
 
@@ -255,13 +255,7 @@ REFUSED_RUNNERS = {
 
 def runner_name(beam_args: Sequence[str]) -> str | None:
     """The runner ``beam_args`` name (the last ``--runner``), or None for Beam's default."""
-    name = None
-    for i, token in enumerate(beam_args):
-        if token == "--runner" and i + 1 < len(beam_args):
-            name = beam_args[i + 1]
-        elif token.startswith("--runner="):
-            name = token.split("=", 1)[1]
-    return name
+    return last_value(beam_args, "--runner")
 
 
 def check_runner(beam_args: Sequence[str]) -> None:

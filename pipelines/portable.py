@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from minewatch.arguments import last_value
 from minewatch.errors import ConfigError
 
 __all__ = [
@@ -131,16 +132,6 @@ def wait_for_port(
             time.sleep(0.2)
 
 
-def _option(beam_args: Sequence[str], name: str) -> str | None:
-    value = None
-    for i, token in enumerate(beam_args):
-        if token == name and i + 1 < len(beam_args):
-            value = beam_args[i + 1]
-        elif token.startswith(name + "="):
-            value = token.split("=", 1)[1]
-    return value
-
-
 def check_endpoints(beam_args: Sequence[str], timeout: float | None = None) -> None:
     """Before a portable job is submitted: its job service and worker pool must answer.
 
@@ -152,13 +143,13 @@ def check_endpoints(beam_args: Sequence[str], timeout: float | None = None) -> N
             one where nothing answers (names the option).
     """
     timeout = ENDPOINT_TIMEOUT if timeout is None else timeout
-    if (_option(beam_args, "--runner") or "").rsplit(".", 1)[-1] != "PortableRunner":
+    if (last_value(beam_args, "--runner") or "").rsplit(".", 1)[-1] != "PortableRunner":
         return
     checks = [("--job_endpoint", "the Beam job service", "job-service")]
-    if (_option(beam_args, "--environment_type") or "").upper() == "EXTERNAL":
+    if (last_value(beam_args, "--environment_type") or "").upper() == "EXTERNAL":
         checks.append(("--environment_config", "the Beam worker pool", "worker-pool"))
     for option, what, command in checks:
-        address = _option(beam_args, option)
+        address = last_value(beam_args, option)
         if not address or address == "embed":
             if option == "--job_endpoint" and address == "embed":
                 continue
