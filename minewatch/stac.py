@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlparse
 from minewatch.paths import is_remote
 from minewatch.scenes import Rejection, SceneRef, safe_id
 
-__all__ = ["RASTER_MEDIA", "band_name", "is_stac", "read_stac"]
+__all__ = ["RASTER_MEDIA", "band_name", "is_stac", "read_stac", "stac_document"]
 
 #: Media types of assets read as bands (COGs, GeoTIFFs, JPEG 2000).
 RASTER_MEDIA = ("image/tiff", "image/jp2", "application/x-hdf")
@@ -54,14 +54,26 @@ def _read_text(path: str) -> str:
         return f.read()
 
 
-def is_stac(path: str) -> bool:
-    """True for a ``.json`` file that holds a STAC Item, ItemCollection, Catalog or Collection."""
+def stac_document(path: str) -> dict[str, Any] | None:
+    """The JSON of a STAC ``.json`` file (Item, ItemCollection, Catalog, Collection), or None.
+
+    Read once: pass it on to :func:`read_stac`.
+    """
     if not path.lower().endswith(".json"):
-        return False
+        return None
     try:
         doc = json.loads(_read_text(path))
     except (OSError, ValueError):
-        return False
+        return None
+    return doc if _is_stac_doc(doc) else None
+
+
+def is_stac(path: str) -> bool:
+    """True for a ``.json`` file that holds a STAC Item, ItemCollection, Catalog or Collection."""
+    return stac_document(path) is not None
+
+
+def _is_stac_doc(doc: Any) -> bool:
     return (
         isinstance(doc, dict)
         and doc.get("type") in _STAC_TYPES
@@ -181,7 +193,7 @@ def _items(doc: Mapping[str, Any], base: str, seen: set[str]) -> Iterator[tuple[
 
 
 def read_stac(
-    path: str, band_map: Mapping[str, str] | None = None
+    path: str, band_map: Mapping[str, str] | None = None, doc: Mapping[str, Any] | None = None
 ) -> tuple[list[SceneRef], list[Rejection]]:
     """The scenes of a STAC JSON file (see the module docstring).
 
@@ -189,14 +201,16 @@ def read_stac(
         path: An Item, ItemCollection, Catalog or Collection (``.json``).
         band_map: Band name -> asset key or common name; None names every raster
             asset by :func:`band_name`.
+        doc: The file's JSON when already read (:func:`stac_document`).
 
     Returns:
         The scenes, and the items (or the file) refused with the reason.
     """
-    try:
-        doc = json.loads(_read_text(path))
-    except (OSError, ValueError) as exc:
-        return [], [Rejection(path, f"cannot read STAC JSON: {exc}")]
+    if doc is None:
+        try:
+            doc = json.loads(_read_text(path))
+        except (OSError, ValueError) as exc:
+            return [], [Rejection(path, f"cannot read STAC JSON: {exc}")]
     refs: list[SceneRef] = []
     rejected: list[Rejection] = []
     try:

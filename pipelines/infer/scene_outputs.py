@@ -237,14 +237,15 @@ class WriteSceneOutputs(beam.DoFn):  # type: ignore[misc]
         import shapely
 
         from minewatch.scenes import group_files
-        from minewatch.stac import is_stac, read_stac
+        from minewatch.stac import read_stac, stac_document
         from pipelines.infer.quicklook import scene_quicklook
         from pipelines.options import list_inputs
 
         try:
             path = first.source.split("#", 1)[0]
-            if is_stac(path):  # a STAC item's source is ITEMS.json#ITEM_ID
-                refs, _ = read_stac(path, dict(self._config.stac_bands) or None)
+            doc = stac_document(path)
+            if doc is not None:  # a STAC item's source is ITEMS.json#ITEM_ID
+                refs, _ = read_stac(path, dict(self._config.stac_bands) or None, doc)
             else:
                 refs, _ = group_files(list_inputs(first.source))
         except Exception as exc:  # the pictures are a courtesy, never a failure

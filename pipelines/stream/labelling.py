@@ -149,11 +149,12 @@ class PrepareScene(beam.DoFn):  # type: ignore[misc]
 
     def _cut(self, f: StableInput, model: ModelRef, dead: list[dict[str, str]]) -> dict[str, Any]:
         from minewatch.scenes import group_files
-        from minewatch.stac import is_stac, read_stac
+        from minewatch.stac import read_stac, stac_document
 
         paths = [p for p, _, _ in f.files]
-        if len(paths) == 1 and is_stac(paths[0]):
-            refs, rejected = read_stac(paths[0], dict(self._config.stac_bands) or None)
+        doc = stac_document(paths[0]) if len(paths) == 1 else None
+        if doc is not None:
+            refs, rejected = read_stac(paths[0], dict(self._config.stac_bands) or None, doc)
             if len(refs) > 1:
                 reason = f"a stream unit is one STAC Item; this file holds {len(refs)}"
                 dead.append(dead_row(paths[0], reason, "input", stage="discover"))

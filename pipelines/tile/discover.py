@@ -20,7 +20,7 @@ from apache_beam.pvalue import TaggedOutput
 from minewatch.errors import InputError
 from minewatch.labels import FrameLabels, VectorLabels
 from minewatch.scenes import Rejection, SceneRef, group_files, unique_ids
-from minewatch.stac import is_stac, read_stac
+from minewatch.stac import read_stac, stac_document
 from pipelines.options import list_inputs
 from pipelines.tile.accounting import COUNTS, DEAD, NS, dead_row
 from pipelines.tile.options import TileConfig
@@ -51,8 +51,9 @@ class DiscoverScenes(beam.DoFn):  # type: ignore[misc]
         stac_refs: list[SceneRef] = []
         rejected: list[Rejection] = []
         for pattern in patterns:
-            if is_stac(pattern):
-                found, refused = read_stac(pattern, self._stac_bands)
+            doc = stac_document(pattern)
+            if doc is not None:
+                found, refused = read_stac(pattern, self._stac_bands, doc)
                 stac_refs.extend(found)
                 rejected.extend(refused)
                 continue
