@@ -195,22 +195,43 @@ class BuiltinEmbedding(ModelHandler):  # type: ignore[misc]
 class SavedModelEmbedding(BuiltinEmbedding):
     """RunInference handler of a SavedModel's ``embedding`` signature.
 
-    The model gets the z-scored pixels (invalid ones 0) as ``float32 [B, H, W, C]``;
-    tiles of different shapes go in separate calls.
+    By default the model gets the z-scored pixels (invalid ones 0) as ``float32
+    [B, H, W, C]``. A model ``minewatch train`` exported (``raw_bands`` given, from
+    its ``metadata.json``) normalises inside, so it gets the stored pixels cast to
+    float32 (invalid ones 0), in the bands it was trained on: a tile with other
+    bands fails its batch (dead-lettered with the reason). Tiles of different
+    shapes go in separate calls.
 
     Args:
         path: SavedModel directory.
         norm: Per-band mean/std of the tile job.
         batch_size: Most tiles per batch.
+        raw_bands: The bands of a model that takes raw pixels (``metadata.json``
+            ``bands``); empty for a model that takes z-scored ones.
     """
 
-    def __init__(self, path: str, norm: BandNorm, batch_size: int = 256) -> None:
+    def __init__(
+        self, path: str, norm: BandNorm, batch_size: int = 256, raw_bands: Sequence[str] = ()
+    ) -> None:
         super().__init__(norm, batch_size)
         self._path = path
+        self._raw_bands = tuple(raw_bands)
 
     def load_model(self) -> Any:
         """Load the signature (imports TensorFlow with Keras 2)."""
         return load_saved_model(self._path)
+
+    def _pixels(self, tile: Any) -> np.ndarray:
+        if not self._raw_bands:
+            return normalized_pixels(tile.image, tile.valid, self._norm, tile.bands)
+        if tuple(tile.bands) != self._raw_bands:
+            raise ValueError(
+                f"tile {tile.tile_id} has bands {list(tile.bands)}; the model "
+                f"{self._path} was trained on {list(self._raw_bands)}"
+            )
+        raw = tile.image.astype(np.float32)
+        raw[~tile.valid] = 0.0
+        return raw
 
     def run_inference(
         self, batch: Sequence[ParsedTile], model: Any, inference_args: Any = None
@@ -221,14 +242,7 @@ class SavedModelEmbedding(BuiltinEmbedding):
         for i, p in enumerate(batch):
             shapes[p.tile.image.shape].append(i)
         for index in shapes.values():
-            images = np.stack(
-                [
-                    normalized_pixels(
-                        batch[i].tile.image, batch[i].tile.valid, self._norm, batch[i].tile.bands
-                    )
-                    for i in index
-                ]
-            )
+            images = np.stack([self._pixels(batch[i].tile) for i in index])
             for i, vec in zip(index, model(images), strict=True):
                 out[i] = vec
         return [PredictionResult(p, v) for p, v in zip(batch, out, strict=True)]

@@ -134,7 +134,7 @@ class BuildTileGraph(beam.PTransform):  # type: ignore[misc]
         handler: ModelHandler = (
             BuiltinEmbedding(c.norm, c.batch_size)
             if c.embedding == "builtin"
-            else SavedModelEmbedding(c.embedding, c.norm, c.batch_size)
+            else SavedModelEmbedding(c.embedding, c.norm, c.batch_size, c.embedding_bands)
         )
         embedded, failed = (
             parsed.tiles

@@ -53,6 +53,10 @@ class GraphConfig:
         norm: Per-band mean/std of the tile job (``stats.json``).
         embedding: ``builtin`` or a SavedModel directory with an ``embedding``
             signature.
+        embedding_bands: For a model ``minewatch train`` exported (whose
+            ``embedding`` signature takes raw pixels and normalises inside), the
+            bands it was trained on (``metadata.json`` ``bands``): the job feeds it
+            raw pixels. Empty (default): the signature takes z-scored pixels.
         k: Most similarity neighbours per tile (edges written). Default 10.
         threshold: Least cosine similarity of a similarity edge. Default 0.8.
         trees: Partition trees of the similarity search (``--trees``, formerly
@@ -96,6 +100,7 @@ class GraphConfig:
     out: str
     norm: BandNorm = field(default_factory=_no_norm)
     embedding: str = "builtin"
+    embedding_bands: tuple[str, ...] = ()
     k: int = 10
     threshold: float = 0.8
     trees: int = 1
@@ -181,8 +186,9 @@ GRAPH_ARGS = (
         metavar="builtin|contrastive|SAVEDMODEL_DIR",
         help="Built-in descriptor; 'contrastive': a label-free encoder trained on these tiles "
         "into --out/encoder first (the defaults of 'minewatch encoder'; a few minutes on 2 "
-        "CPUs, reused when the tiles and options are the same); or a SavedModel with an "
-        "'embedding' signature taking z-scored pixels (docs/graph.md, 'Which embedding').",
+        "CPUs, reused when the tiles and options are the same); a model folder of "
+        "'minewatch train' (fed raw pixels); or a SavedModel with an 'embedding' signature "
+        "taking z-scored pixels (docs/graph.md, 'Which embedding').",
     ),
     # Neither on nor off by default: GraphConfig.whitens decides by the embedding.
     Arg(
@@ -265,6 +271,49 @@ GRAPH_ARGS = (
 )
 
 
+def _saved_model(path: str, tile_stats: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The SavedModel behind ``--embedding`` and, for a trained model, its bands.
+
+    ``path`` is a SavedModel directory, or a model folder of ``minewatch train``
+    (``metadata.json`` beside ``saved_model/``), given as the folder or as its
+    ``saved_model``. Such a model takes raw pixels and normalises inside, so its
+    bands are returned (the job then feeds raw pixels); any other SavedModel takes
+    z-scored pixels and gets ``()``.
+    """
+    import json
+    import posixpath
+
+    from apache_beam.io.filesystems import FileSystems
+
+    folder = path
+    if FileSystems.exists(posixpath.join(path, "saved_model", "saved_model.pb")):
+        path = posixpath.join(path, "saved_model")
+    elif posixpath.basename(path.rstrip("/")) == "saved_model":
+        folder = posixpath.dirname(path.rstrip("/"))
+    if not FileSystems.exists(posixpath.join(path, "saved_model.pb")):
+        raise ConfigError(
+            f"{path} is not a SavedModel directory (no saved_model.pb); give "
+            "'builtin', 'contrastive', a model folder of 'minewatch train' or a model "
+            "exported with an 'embedding' signature",
+            "--embedding",
+        )
+    meta_path = posixpath.join(folder, "metadata.json")
+    if folder == path or not FileSystems.exists(meta_path):
+        return path, ()
+    with FileSystems.open(meta_path) as f:
+        meta = json.loads(f.read())
+    if "normalization" not in meta or not meta.get("bands"):
+        return path, ()
+    bands = tuple(str(b) for b in meta["bands"])
+    missing = sorted(set(bands) - set(tile_stats.get("bands") or bands))
+    if missing:
+        raise ConfigError(
+            f"the model {folder} was trained on bands {list(bands)}; the tiles lack {missing}",
+            "--embedding",
+        )
+    return path, bands
+
+
 def graph_config(
     params: dict[str, Any], extra: Sequence[str] = ()
 ) -> tuple[GraphConfig, list[str], dict[str, Any]]:
@@ -322,19 +371,15 @@ def graph_config(
             "'minewatch graph --embedding contrastive', which trains it first",
             "--embedding",
         )
+    embedding_bands: tuple[str, ...] = ()
     if embedding != "builtin":
-        embedding = abs_path(embedding)
-        if not FileSystems.exists(posixpath.join(embedding, "saved_model.pb")):
-            raise ConfigError(
-                f"{embedding} is not a SavedModel directory (no saved_model.pb); give "
-                "'builtin', 'contrastive' or a model exported with an 'embedding' signature",
-                "--embedding",
-            )
+        embedding, embedding_bands = _saved_model(abs_path(embedding), tile_stats)
     config = GraphConfig(
         tiles=pattern,
         out=abs_path(params["out"]),
         norm=norm,
         embedding=embedding,
+        embedding_bands=embedding_bands,
         k=params["k"],
         threshold=params["threshold"],
         trees=params["trees"],

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from minewatch.cli.graph import graph
 from minewatch.embeddings import BandNorm, describe, fit_whitening
+from minewatch.errors import ConfigError
 from minewatch.spec import Tile, decode_tiles
 from minewatch.tfrecord import read_records, write_record
 from pipelines.graph import run as graph_run
@@ -737,7 +738,6 @@ def test_cli_refuses_unknown_neighbour_features(tiles_dir, tmp_path):
 
 
 def test_config_checks_its_values():
-    from minewatch.errors import ConfigError
     from pipelines.graph import GraphConfig
 
     with pytest.raises(ConfigError, match="pack_k = 0 must be at least 1"):
@@ -751,7 +751,6 @@ def test_config_checks_its_values():
 
 
 def test_cli_refuses_to_overwrite(graph_job, tiles_dir):
-    from minewatch.errors import ConfigError
 
     out, _, _ = graph_job
     result = CliRunner().invoke(graph, [str(tiles_dir), "--out", str(out)])
@@ -763,7 +762,6 @@ def test_cli_refuses_to_overwrite(graph_job, tiles_dir):
 
 
 def test_the_job_refuses_contrastive_and_stray_arguments(tiles_dir, tmp_path):
-    from minewatch.errors import ConfigError
 
     out = str(tmp_path / "g")
     with pytest.raises(ConfigError, match="minewatch encoder") as refused:
@@ -774,3 +772,48 @@ def test_the_job_refuses_contrastive_and_stray_arguments(tiles_dir, tmp_path):
     with pytest.raises(ConfigError, match="give one TILES_DIR"):
         graph_run(["--out", out])
     assert not os.path.exists(out)
+
+
+def _trained_model_folder(path, bands):
+    """A model folder as ``minewatch train`` exports it: raw pixels in, normalised inside."""
+    from minewatch.compat import use_legacy_keras
+
+    use_legacy_keras()
+    import tensorflow as tf
+
+    class Trained(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, len(bands)], tf.float32)])
+        def embed(self, image):
+            # Centred on raw values: z-scored input would give about -1000 in every band.
+            return {"embedding": tf.reduce_mean(image, axis=[1, 2]) - 1000.0}
+
+    module = Trained()
+    tf.saved_model.save(module, str(path / "saved_model"), signatures={"embedding": module.embed})
+    meta = {"bands": list(bands), "normalization": {"mean": [0.0] * len(bands)}}
+    (path / "metadata.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_a_trained_model_folder_gets_raw_pixels(tiles_dir, tmp_path):
+    tiles = good_tiles(tiles_dir)
+    bands = next(iter(tiles.values())).bands
+    model = _trained_model_folder(tmp_path / "model", bands)
+    out = tmp_path / "g"
+    stats = graph_run([str(tiles_dir), "--out", str(out), "--k", "3", "--threshold", "-1",
+                       "--embedding", str(model), "--spatial-weight", "0",
+                       "--temporal-weight", "0"])  # fmt: skip
+    assert stats["embedding"]["name"] == str(model / "saved_model")
+    ids = sorted(tiles)
+    raw = [np.where(tiles[i].valid[..., None], tiles[i].image, 0).astype(np.float32) for i in ids]
+    vectors = np.stack([r.mean(axis=(0, 1)) - 1000.0 for r in raw])
+    expected = exact_dict(ids, vectors, 3, -1.0)
+    got = edges_of(out, "similarity")
+    assert set(got) == set(expected)
+    assert all(abs(got[p] - w) < 1e-4 for p, w in expected.items())
+
+
+def test_a_trained_model_needs_the_tiles_bands(tiles_dir, tmp_path):
+    model = _trained_model_folder(tmp_path / "model", ("B02", "B03", "B04", "B12"))
+    with pytest.raises(ConfigError, match="lack") as refused:
+        graph_run([str(tiles_dir), "--out", str(tmp_path / "g"), "--embedding", str(model)])
+    assert refused.value.option == "--embedding"
