@@ -1,7 +1,8 @@
 """Does the graph let unlabelled tiles help?  Plain vs graph-regularized, few labels, new world.
 
     .venv/bin/python bench/graph_labels.py [--replicates N] [--fractions 0.01,0.05,0.2]
-        [--epochs N] [--embedding builtin|contrastive|DIR] [--out DIR] [--select-only]
+        [--epochs N] [--embedding builtin|contrastive|DIR] [--graph-options "..."]
+        [--tag NAME] [--decision trained|served] [--out DIR] [--select-only]
 
 Protocol (fixed before any arm is trained; docs/results.md, "Graph regularization with few
 labels"):
@@ -22,16 +23,23 @@ labels"):
 * **Label budgets.** ``data.label_fraction`` in ``--fractions``, stratified per class with the
   trainer's default floor (``data.label_floor``); counts per class in each model's metadata.
 * **Graph.** Each world's graph from ``minewatch graph`` with ``--embedding`` (default
-  ``builtin``, whitened) and defaults otherwise (pack-k 3; the trainer reads 3).
+  ``builtin``, whitened), ``--graph-options`` (default none) and defaults otherwise
+  (pack-k 3; the trainer reads 3).
 * **Selection on validation only.** The graph arm's settings (:data:`CANDIDATES`: the
   multiplier on normalised embeddings, or predicted distributions) are chosen once, at the
   middle fraction, on replicate 0's validation split (the training world's), by validation
   balanced accuracy; the held-out world is never read before every arm is trained.
-* **Scoring** on every tile of the held-out world: balanced accuracy and stockpile F1 (argmax
-  of the served probabilities). Per fraction: each arm's mean and the mean paired difference
-  (graph - plain) with a 95 % t-interval over replicates.
+* **Scoring** on every tile of the held-out world: balanced accuracy and stockpile F1 of
+  each decision (:func:`nsl_models.evaluate.decide`): ``trained`` (the head as trained: the
+  served log-probabilities less the export's logit adjustment; the decision the checkpoint
+  was selected by, and the one balanced accuracy rewards) and ``served`` (argmax of the
+  served, calibrated probabilities). ``--decision`` names the headline one (default
+  ``trained``; the first run, 2026-12-05, reported ``served``). Per fraction: each arm's
+  mean and the mean paired difference (graph - plain) with a 95 % t-interval over
+  replicates.
 
-Writes ``OUT/runs_<embedding>_e<epochs>/graph_labels.json`` and ``.md`` and prints the table.
+Writes ``OUT/runs_<tag>_e<epochs>/graph_labels.json`` and ``.md`` and prints the table;
+``<tag>`` is ``--tag``, else the embedding's name.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,6 +60,8 @@ from bench.quality import interval, make_world, tile_world  # noqa: E402
 TRAIN_WORLDS = (7, 9, 10)
 HELD_OUT_WORLD = 21
 FRACTIONS = (0.01, 0.05, 0.2)
+#: How a tile's class is read (``nsl_models.evaluate.DECISIONS``), headline first by default.
+DECISIONS = ("trained", "served")
 STEPS_PER_EPOCH = 150
 #: Both arms.
 COMMON = [
@@ -73,7 +84,9 @@ CANDIDATES: dict[str, list[str]] = {
 }
 
 
-def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
+def prepare(
+    root: str, seed: int, embedding: str | None, graph_options: Sequence[str] = (), tag: str = ""
+) -> tuple[str, str]:
     """World ``seed``: its tiles and (unless ``embedding`` is None) its graph, built once."""
     from pipelines.graph import run as graph
 
@@ -82,7 +95,7 @@ def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
     tile_world(gt, tiles)
     if embedding is None:
         return tiles, ""
-    graph_dir = os.path.join(root, f"graph_{seed}_{embedding_tag(embedding)}")
+    graph_dir = os.path.join(root, f"graph_{seed}_{tag or embedding_tag(embedding)}")
     if not os.path.exists(os.path.join(graph_dir, "stats.json")):
         options = ["--embedding", embedding]
         if embedding == "contrastive":
@@ -93,7 +106,7 @@ def prepare(root: str, seed: int, embedding: str | None) -> tuple[str, str]:
             encoder = os.path.join(graph_dir, "encoder")
             train_encoder(tiles, encoder, EncoderConfig(), overwrite=True)
             options = ["--embedding", encoder, "--whiten"]
-        graph([tiles, "--out", graph_dir, *options, "--overwrite"])
+        graph([tiles, "--out", graph_dir, *options, *graph_options, "--overwrite"])
     return tiles, graph_dir
 
 
@@ -145,23 +158,26 @@ def select(root: str, data: dict[int, tuple[str, str]], fraction: float, epochs:
     return best
 
 
-def score(model_dir: str, held_out: tuple[Any, Any]) -> dict[str, float]:
-    """Balanced accuracy and stockpile F1 on every tile of the held-out world (cached)."""
-    path = os.path.join(model_dir, "held_out.json")
-    if not os.path.exists(path):
-        from nsl_models.evaluate import evaluate_model
+def score(model_dir: str, held_out: tuple[Any, Any]) -> dict[str, dict[str, float]]:
+    """Per decision: balanced accuracy and stockpile F1 on every held-out tile (cached)."""
+    out = {}
+    for decision in DECISIONS:
+        path = os.path.join(model_dir, f"held_out_{decision}.json")
+        if not os.path.exists(path):
+            from nsl_models.evaluate import evaluate_model
 
-        images, labels = held_out
-        clean = evaluate_model(model_dir, images, labels)["clean"]
-        with open(path, "w") as f:
-            json.dump(clean, f, indent=1)
-    with open(path) as f:
-        clean = json.load(f)
-    return {
-        "balanced_accuracy": clean["balanced_accuracy"],
-        "stockpile_f1": clean["per_class"].get("stockpile", {}).get("f1", float("nan")),
-        "accuracy": clean["accuracy"],
-    }
+            images, labels = held_out
+            clean = evaluate_model(model_dir, images, labels, decision=decision)["clean"]
+            with open(path, "w") as f:
+                json.dump(clean, f, indent=1)
+        with open(path) as f:
+            clean = json.load(f)
+        out[decision] = {
+            "balanced_accuracy": clean["balanced_accuracy"],
+            "stockpile_f1": clean["per_class"].get("stockpile", {}).get("f1", float("nan")),
+            "accuracy": clean["accuracy"],
+        }
+    return out
 
 
 def load_held_out(tiles: str) -> tuple[Any, Any]:
@@ -184,6 +200,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fractions", default=",".join(str(f) for f in FRACTIONS))
     parser.add_argument("--epochs", type=int, default=10, help="Epochs of 150 steps (both arms).")
     parser.add_argument("--embedding", default="builtin", help="The graph's --embedding.")
+    parser.add_argument(
+        "--graph-options", default="", help="More options of every world's graph job."
+    )
+    parser.add_argument("--tag", default="", help="Names the graphs and runs (default: embedding).")
+    parser.add_argument("--decision", choices=DECISIONS, default="trained", help="Headline.")
     parser.add_argument("--out", default="out/graph_labels")
     parser.add_argument("--select-only", action="store_true", help="Stop after the selection.")
     args = parser.parse_args(argv)
@@ -191,8 +212,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     root = os.path.abspath(args.out)
     os.makedirs(root, exist_ok=True)
 
-    data = {seed: prepare(root, seed, args.embedding) for seed in TRAIN_WORLDS}
-    runs_root = os.path.join(root, f"runs_{embedding_tag(args.embedding)}_e{args.epochs}")
+    graph_options = args.graph_options.split()
+    tag = args.tag or embedding_tag(args.embedding)
+    data = {seed: prepare(root, seed, args.embedding, graph_options, tag) for seed in TRAIN_WORLDS}
+    runs_root = os.path.join(root, f"runs_{tag}_e{args.epochs}")
     middle = fractions[len(fractions) // 2]
     chosen = select(runs_root, data, middle, args.epochs)
     print(f"chosen on validation: {chosen} {CANDIDATES[chosen]}", flush=True)
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     held_out = load_held_out(held_tiles)
     for run in runs:
         run["held_out"] = score(run["model"], held_out)
-    report = summarize(runs, fractions, args.replicates)
+    report = {d: summarize(runs, fractions, args.replicates, d) for d in DECISIONS}
     doc = {
         "protocol": {
             "train_worlds": list(TRAIN_WORLDS),
@@ -240,30 +263,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "steps_per_epoch": STEPS_PER_EPOCH,
             "common": COMMON,
             "embedding": args.embedding,
+            "graph_options": graph_options,
             "candidates": CANDIDATES,
             "chosen": chosen,
-            "unit": "tile of the held-out world (argmax of the served probabilities)",
+            "unit": "tile of the held-out world",
+            "decision": args.decision,
         },
         "summary": report,
         "runs": runs,
     }
     with open(os.path.join(runs_root, "graph_labels.json"), "w") as f:
         json.dump(doc, f, indent=1, default=str)
-    table = markdown(report, chosen)
+    table = "".join(
+        markdown(report[d], chosen, d, d == args.decision)
+        for d in sorted(DECISIONS, key=lambda d: d != args.decision)
+    )
     with open(os.path.join(runs_root, "graph_labels.md"), "w") as f:
         f.write(table)
     print(table)
     return doc
 
 
-def summarize(runs: list[dict[str, Any]], fractions: list[float], reps: int) -> dict[str, Any]:
+def summarize(
+    runs: list[dict[str, Any]], fractions: list[float], reps: int, decision: str
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fraction in fractions:
         rows = {(r["arm"], r["replicate"]): r for r in runs if r["fraction"] == fraction}
         entry: dict[str, Any] = {}
         for metric in ("balanced_accuracy", "stockpile_f1", "accuracy"):
-            plain = [rows["plain", i]["held_out"][metric] for i in range(reps)]
-            graph = [rows["graph", i]["held_out"][metric] for i in range(reps)]
+            plain = [rows["plain", i]["held_out"][decision][metric] for i in range(reps)]
+            graph = [rows["graph", i]["held_out"][decision][metric] for i in range(reps)]
             diff = [g - p for g, p in zip(graph, plain, strict=True)]
             entry[metric] = {
                 "plain": interval(plain),
@@ -278,9 +308,10 @@ def summarize(runs: list[dict[str, Any]], fractions: list[float], reps: int) -> 
     return out
 
 
-def markdown(report: dict[str, Any], chosen: str) -> str:
+def markdown(report: dict[str, Any], chosen: str, decision: str, headline: bool) -> str:
     lines = [
-        f"Graph arm: `{chosen}` (chosen on validation). Mean ± 95 % half-width over replicates.",
+        f"Decision `{decision}`{' (headline)' if headline else ''}. Graph arm: `{chosen}` "
+        "(chosen on validation). Mean ± 95 % half-width over replicates.",
         "",
         "| labels | metric | plain | graph | graph - plain |",
         "|---:|---|---:|---:|---:|",
@@ -290,7 +321,7 @@ def markdown(report: dict[str, Any], chosen: str) -> str:
             e = entry[metric]
             cells = [f"{m:.3f} ± {h:.3f}" for m, h in (e["plain"], e["graph"], e["difference"])]
             lines.append(f"| {float(fraction):.0%} | {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n"
 
 
 if __name__ == "__main__":

@@ -161,6 +161,39 @@ def _predict(fn: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
+#: How a tile's class is read from the served probabilities (:func:`decide`).
+DECISIONS = ("served", "trained")
+
+
+def decide(probabilities: np.ndarray, meta: dict[str, Any], decision: str = "served") -> np.ndarray:
+    """Class index per row of served tile probabilities.
+
+    Args:
+        probabilities: ``float[N, K]`` from the ``probabilities`` output.
+        meta: The model's ``metadata.json``.
+        decision: ``served``: the argmax of the served probabilities, which carry
+            the export's logit adjustment (:mod:`nsl_models.calibration`): the
+            class prior of the training data, right for accuracy and for site
+            scores. ``trained``: the argmax after taking that adjustment back out,
+            the head as trained (undersampled, class-weighted): the decision the
+            checkpoint was selected by on validation, and the one balanced accuracy
+            rewards (it leans far less on the prior). Equal for a model without
+            ``calibration`` in its metadata.
+
+    Raises:
+        ValueError: ``decision`` is not one of :data:`DECISIONS`.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"decision {decision!r}: choose one of {DECISIONS}")
+    if decision == "served" or probabilities.size == 0:
+        return np.argmax(probabilities, -1)
+    adjust = (meta.get("calibration") or {}).get("logit_adjustment", {}).get("probabilities")
+    if adjust is None:
+        return np.argmax(probabilities, -1)
+    logp = np.log(np.maximum(probabilities.astype(np.float64), np.finfo(np.float64).tiny))
+    return np.argmax(logp - np.asarray(adjust, np.float64), -1)
+
+
 def adversarial_examples(
     loaded: Any,
     images: np.ndarray,
@@ -219,6 +252,7 @@ def evaluate_model(
     attacks: Sequence[str] = ("fgsm", "pgd"),
     seed: int = 0,
     pixel_labels: np.ndarray | None = None,
+    decision: str = "served",
 ) -> dict[str, Any]:
     """Evaluate one model folder on given tiles.
 
@@ -234,9 +268,10 @@ def evaluate_model(
         seed: Seed of the corruption generator (the same for every model).
         pixel_labels: ``int[N, H, W]`` per-pixel labels (-1 unknown); with a
             model that serves ``pixel_probabilities``, adds ``pixels``.
+        decision: How a tile's class is read (:func:`decide`). Default ``served``.
 
     Returns:
-        ``{"model", "version", "clean", "corruptions", "adversarial"}`` and
+        ``{"model", "version", "decision", "clean", "corruptions", "adversarial"}`` and
         ``pixels`` (:func:`pixel_report`) when both the model and the labels
         have pixels.
     """
@@ -249,11 +284,12 @@ def evaluate_model(
     fn = loaded.signatures["serving_default"]
 
     def score(x: np.ndarray) -> dict[str, Any]:
-        return classification_report(labels, np.argmax(_predict(fn, x), -1), classes)
+        return classification_report(labels, decide(_predict(fn, x), meta, decision), classes)
 
     report: dict[str, Any] = {
         "model": model_dir,
         "version": meta["version"],
+        "decision": decision,
         "clean": score(images.astype(np.float32)),
         "corruptions": {},
         "adversarial": {},
@@ -580,6 +616,7 @@ def evaluate_models(
     max_examples: int = 0,
     seed: int = 0,
     stride: int | None = None,
+    decision: str = "served",
 ) -> dict[str, Any]:
     """Evaluate one or more models on the same held-out tiles or belt frames.
 
@@ -603,17 +640,27 @@ def evaluate_models(
         seed: Seed of the sample and the corruptions.
         stride: Frames only: step between a frame's tiles (see
             :func:`evaluate_frames`); default the model's tile size.
+        decision: Tiles only: how a tile's class is read (:func:`decide`):
+            ``served`` (default) or ``trained``.
 
     Returns:
         Tiles: ``{"data", "split", "unit": "tile", "examples", "models": [...]}``;
         frames: see :func:`evaluate_frames`.
 
     Raises:
-        ConfigError: ``split`` is not ``all`` for a frames folder.
+        ConfigError: ``split`` is not ``all``, or ``decision`` not ``served``, for a
+            frames folder; ``decision`` is unknown.
         InputError: A folder is not a model folder or the data has no labelled
             tile (or frame).
     """
+    if decision not in DECISIONS:
+        raise ConfigError(f"decision {decision!r}: choose one of {', '.join(DECISIONS)}")
     if is_frames_dir(data_dir):
+        if decision != "served":
+            raise ConfigError(
+                f"decision {decision!r} applies to tile folders only; a frame's grade is "
+                "the argmax of its mean served tile probability"
+            )
         if split != datalib.Split.ALL:
             raise ConfigError(
                 f"split {split!r} applies to tile folders only; {data_dir} is a frames folder "
@@ -655,7 +702,16 @@ def evaluate_models(
         images, labels, masks = images[pick], labels[pick], masks[pick]
     models = [
         evaluate_model(
-            d, images, labels, corruptions, severities, epsilons, attacks, seed, pixel_labels=masks
+            d,
+            images,
+            labels,
+            corruptions,
+            severities,
+            epsilons,
+            attacks,
+            seed,
+            pixel_labels=masks,
+            decision=decision,
         )
         for d in model_dirs
     ]

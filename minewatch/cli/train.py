@@ -114,6 +114,15 @@ def train(config_path: str, out: str, overrides: tuple[str, ...]) -> None:
     default=0,
     help="Evaluate a seeded sample of this many tiles (frames for a frames folder).",
 )
+@click.option(
+    "--decision",
+    type=click.Choice(["served", "trained"]),
+    default="served",
+    show_default=True,
+    help="Tile folders: read a tile's class from the served (calibrated) probabilities, "
+    "or from the head as trained (the logit adjustment taken back out; what balanced "
+    "accuracy rewards). docs/training.md, 'Calibrated decisions'.",
+)
 def evaluate(
     model_dirs: tuple[str, ...],
     data: str,
@@ -123,6 +132,7 @@ def evaluate(
     severities: tuple[str, ...],
     epsilons: tuple[str, ...],
     max_examples: int,
+    decision: str,
 ) -> None:
     """Per-class precision/recall/F1 and accuracy, clean and under corruption/attack.
 
@@ -168,6 +178,7 @@ def evaluate(
             severities=sev,
             epsilons=eps,
             max_examples=max_examples,
+            decision=decision,
         )
     except (ConfigError, InputError) as err:
         raise click.ClickException(str(err)) from None

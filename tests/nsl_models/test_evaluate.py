@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from minewatch.errors import ConfigError, InputError
-from nsl_models.evaluate import cut_frames, evaluate_models, is_frames_dir
+from nsl_models.evaluate import cut_frames, decide, evaluate_models, is_frames_dir
 from tests.nsl_models.conftest import tiny_config
 
 tf = pytest.importorskip("tensorflow")
@@ -103,6 +103,27 @@ def test_frames_folder_is_the_held_out_set(frame_model, frames_dir):
         evaluate_models([frame_model], frames_dir, split="validation")
 
 
+def test_frames_are_graded_from_the_served_probabilities_only(frame_model, frames_dir):
+    with pytest.raises(ConfigError, match=r"decision 'trained' applies to tile folders only"):
+        evaluate_models([frame_model], frames_dir, decision="trained")
+    with pytest.raises(ConfigError, match=r"decision 'raw': choose one of served, trained"):
+        evaluate_models([frame_model], frames_dir, decision="raw")
+
+
+def test_the_trained_decision_takes_the_logit_adjustment_back_out():
+    # Served: log p = trained logits + adjustment (then softmax); background wins by the prior.
+    trained = np.log(np.array([[0.3, 0.7], [0.9, 0.1], [0.6, 0.4]]))
+    adjust = np.array([1.5, -1.5])
+    served = np.exp(trained + adjust)
+    served /= served.sum(1, keepdims=True)
+    meta = {"calibration": {"logit_adjustment": {"probabilities": adjust.tolist()}}}
+    assert decide(served, meta).tolist() == [0, 0, 0]
+    assert decide(served, meta, "trained").tolist() == [1, 0, 0]
+    assert decide(served, {}, "trained").tolist() == [0, 0, 0]  # nothing to take out
+    with pytest.raises(ValueError, match="choose one of"):
+        decide(served, meta, "balanced")
+
+
 def test_a_label_outside_the_models_classes_is_named(frame_model, frames_dir, tmp_path):
     row = _rows(frames_dir)[0]
     shutil.copy(os.path.join(frames_dir, row["path"]), tmp_path / "a.png")
@@ -117,6 +138,18 @@ def test_tile_folders_keep_tile_mode(frame_model, frame_data):
     report = evaluate_models([frame_model], frame_data, max_examples=8)
     assert report["unit"] == "tile" and report["examples"] == 8
     assert "tiles" not in report["models"][0]["clean"]
+    assert report["models"][0]["decision"] == "served"
+
+
+def test_evaluate_cli_scores_the_trained_decision(frame_model, frame_data, tmp_path):
+    from minewatch.cli.main import cli
+
+    out = tmp_path / "REPORT.json"
+    args = ["evaluate", frame_model, "--data", frame_data, "--out", str(out), "--decision"]
+    args += ["trained", "--corruptions", "shift", "--severities", "1", "--epsilons", "0.02"]
+    res = CliRunner().invoke(cli, [*args, "--max-examples", "8"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["models"][0]["decision"] == "trained"
 
 
 def test_evaluate_cli_on_frames_defaults_to_the_belt_suite(frame_model, frames_dir, tmp_path):
