@@ -55,7 +55,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from bench.quality import interval, make_world, tile_world  # noqa: E402
+from bench.quality import graph_is_current, interval, make_world, tile_world  # noqa: E402
 
 TRAIN_WORLDS = (7, 9, 10)
 HELD_OUT_WORLD = 21
@@ -96,7 +96,7 @@ def prepare(
     if embedding is None:
         return tiles, ""
     graph_dir = os.path.join(root, f"graph_{seed}_{tag or embedding_tag(embedding)}")
-    if not os.path.exists(os.path.join(graph_dir, "stats.json")):
+    if not graph_is_current(graph_dir, graph_options):
         options = ["--embedding", embedding]
         if embedding == "contrastive":
             # The job reads an encoder, it does not train one: train it as 'minewatch

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/quality.py [--seeds N] [--size demo|large] [--out DIR]
         [--world flat|realistic] [--epochs N] [--set KEY=VALUE ...] [--name NAME]
+        [--graph-options "..."]
 
 Protocol (fixed before any arm is trained; docs/results.md, "Held-out quality"):
 
@@ -42,6 +43,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,14 +104,33 @@ def tile_world(gt: str, tiles: str) -> None:
         )  # fmt: skip
 
 
-def tile_and_graph(root: str, gt: str) -> tuple[str, str]:
+def graph_is_current(graph_dir: str, graph_options: Sequence[str] = ()) -> bool:
+    """Whether ``graph_dir`` holds a graph built with these options (and today's defaults).
+
+    Compares the neighbour-choice options ``stats.json`` records with what
+    ``graph_options`` parse to, so a cached graph built under other defaults is rebuilt.
+    """
+    path = os.path.join(graph_dir, "stats.json")
+    if not os.path.exists(path):
+        return False
+    from minewatch.arguments import parse
+    from pipelines.graph.options import GRAPH_ARGS
+
+    with open(path) as f:
+        built = json.load(f).get("options", {})
+    params, _ = parse(GRAPH_ARGS, ["--out", graph_dir, *graph_options], "graph")
+    compared = ("k", "threshold", "pack_k", "spatial_weight", "temporal_weight")
+    return all(built.get(key) == params[key] for key in compared)
+
+
+def tile_and_graph(root: str, gt: str, graph_options: Sequence[str] = ()) -> tuple[str, str]:
     from pipelines.graph import run as graph
 
     name = os.path.basename(gt)
     tiles, graph_dir = os.path.join(root, f"tiles_{name}"), os.path.join(root, f"graph_{name}")
     tile_world(gt, tiles)
-    if not os.path.exists(os.path.join(graph_dir, "stats.json")):
-        graph([tiles, "--out", graph_dir, "--overwrite"])
+    if not graph_is_current(graph_dir, graph_options):
+        graph([tiles, "--out", graph_dir, *graph_options, "--overwrite"])
     return tiles, graph_dir
 
 
@@ -165,6 +186,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--epochs", type=int, default=4, help="Training epochs (the demo's).")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--name", default="", help="Report name (default from the options).")
+    parser.add_argument(
+        "--graph-options", default="", help="Options of world A's graph job (default none)."
+    )
     args = parser.parse_args(argv)
 
     from minewatch.scoring import summarize, truth_report
@@ -174,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     name = args.name or f"quality_{args.world}_{args.size}"
     gt_a = make_world(root, args.size, WORLD_A, args.world)
     gt_bs = {seed: make_world(root, args.size, seed, args.world) for seed in WORLDS_B}
-    tiles, graph_dir = tile_and_graph(root, gt_a)
+    tiles, graph_dir = tile_and_graph(root, gt_a, args.graph_options.split())
     runs = []
     for seed in range(args.seeds):
         start = time.perf_counter()
@@ -217,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seeds": args.seeds,
             "epochs": args.epochs,
             "sets": args.sets,
+            "graph_options": args.graph_options.split(),
             "unit": "confirmed site per (object, date), IoU >= 0.3; vessels at 50 m",
         },
         "summary": {k: {"mean": m, "ci95": h} for k, (m, h) in summary.items()},
