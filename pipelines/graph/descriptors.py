@@ -198,9 +198,9 @@ class SavedModelEmbedding(BuiltinEmbedding):
     By default the model gets the z-scored pixels (invalid ones 0) as ``float32
     [B, H, W, C]``. A model ``minewatch train`` exported (``raw_bands`` given, from
     its ``metadata.json``) normalises inside, so it gets the stored pixels cast to
-    float32 (invalid ones 0), in the bands it was trained on: a tile with other
-    bands fails its batch (dead-lettered with the reason). Tiles of different
-    shapes go in separate calls.
+    float32 (invalid ones 0), in the order of the bands it was trained on; a tile
+    lacking one of them fails its batch (dead-lettered with the reason). Tiles of
+    different shapes go in separate calls.
 
     Args:
         path: SavedModel directory.
@@ -224,12 +224,14 @@ class SavedModelEmbedding(BuiltinEmbedding):
     def _pixels(self, tile: Any) -> np.ndarray:
         if not self._raw_bands:
             return normalized_pixels(tile.image, tile.valid, self._norm, tile.bands)
-        if tuple(tile.bands) != self._raw_bands:
+        missing = [b for b in self._raw_bands if b not in tile.bands]
+        if missing:
             raise ValueError(
-                f"tile {tile.tile_id} has bands {list(tile.bands)}; the model "
-                f"{self._path} was trained on {list(self._raw_bands)}"
+                f"tile {tile.tile_id} lacks bands {missing} of the model {self._path} "
+                f"(trained on {list(self._raw_bands)})"
             )
-        raw = tile.image.astype(np.float32)
+        order = [list(tile.bands).index(b) for b in self._raw_bands]
+        raw = tile.image[..., order].astype(np.float32)
         raw[~tile.valid] = 0.0
         return raw
 

@@ -784,8 +784,10 @@ def _trained_model_folder(path, bands):
     class Trained(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, len(bands)], tf.float32)])
         def embed(self, image):
-            # Centred on raw values: z-scored input would give about -1000 in every band.
-            return {"embedding": tf.reduce_mean(image, axis=[1, 2]) - 1000.0}
+            # Centred on raw values (z-scored input would give about -1000 in every band),
+            # and weighted per band, so that the band order matters.
+            weights = tf.range(1.0, len(bands) + 1.0)
+            return {"embedding": tf.reduce_mean(image, axis=[1, 2]) * weights - 1000.0}
 
     module = Trained()
     tf.saved_model.save(module, str(path / "saved_model"), signatures={"embedding": module.embed})
@@ -796,7 +798,7 @@ def _trained_model_folder(path, bands):
 
 def test_a_trained_model_folder_gets_raw_pixels(tiles_dir, tmp_path):
     tiles = good_tiles(tiles_dir)
-    bands = next(iter(tiles.values())).bands
+    bands = tuple(reversed(next(iter(tiles.values())).bands))  # another order than the tiles'
     model = _trained_model_folder(tmp_path / "model", bands)
     out = tmp_path / "g"
     stats = graph_run([str(tiles_dir), "--out", str(out), "--k", "3", "--threshold", "-1",
@@ -805,7 +807,8 @@ def test_a_trained_model_folder_gets_raw_pixels(tiles_dir, tmp_path):
     assert stats["embedding"]["name"] == str(model / "saved_model")
     ids = sorted(tiles)
     raw = [np.where(tiles[i].valid[..., None], tiles[i].image, 0).astype(np.float32) for i in ids]
-    vectors = np.stack([r.mean(axis=(0, 1)) - 1000.0 for r in raw])
+    weights = np.arange(1.0, len(bands) + 1.0)
+    vectors = np.stack([r[..., ::-1].mean(axis=(0, 1)) * weights - 1000.0 for r in raw])
     expected = exact_dict(ids, vectors, 3, -1.0)
     got = edges_of(out, "similarity")
     assert set(got) == set(expected)
