@@ -24,6 +24,7 @@ import re
 import sys
 import threading
 import time
+from typing import TextIO
 
 __all__ = ["HARMLESS", "PROGRESS_LOGGER", "Progress", "filter_stderr", "show_progress"]
 
@@ -92,12 +93,12 @@ def filter_stderr(pattern: re.Pattern[str] = HARMLESS) -> None:
     atexit.register(restore)
 
 
-def show_progress(stream: object = None) -> None:
+def show_progress(stream: TextIO | None = None) -> None:
     """Print :class:`Progress` lines (INFO on ``minewatch.progress``) on ``stream`` (stderr)."""
     logger = logging.getLogger(PROGRESS_LOGGER)
     if any(getattr(h, "_minewatch", False) for h in logger.handlers):
         return
-    handler = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler._minewatch = True  # type: ignore[attr-defined]
     logger.addHandler(handler)

@@ -509,7 +509,9 @@ class AugmentConfig(_Checked):
             not unknown, "faults", f"unknown {unknown}; choose from belt, {', '.join(CORRUPTIONS)}"
         )
         self._require(0 <= self.views <= 8, "views", "must be in 0..8")
-        self._require(not self.views or self.faults, "faults", "views need at least one fault")
+        self._require(
+            not self.views or bool(self.faults), "faults", "views need at least one fault"
+        )
         self._require(1 <= self.min_severity <= 5, "min_severity", "must be in 1..5")
         self._require(
             self.min_severity <= self.max_severity <= 5,

@@ -98,7 +98,7 @@ class _Receiver(Receiver):
         self.out.append((self.tag, windowed_value))
 
 
-class _Receivers(dict):
+class _Receivers(dict[str | None, Any]):
     def __init__(self, out: list[tuple[str | None, WindowedValue]]) -> None:
         super().__init__()
         self.out = out
@@ -159,7 +159,7 @@ def _concat(parts: list[list[Any]]) -> list[Any]:
 
 
 def _read_split(splits: Any) -> list[WindowedValue]:
-    out = []
+    out: list[WindowedValue] = []
     for split in splits:
         tracker = split.source.get_range_tracker(split.start_position, split.stop_position)
         out.extend(_in_global_window(v) for v in split.source.read(tracker))
@@ -172,7 +172,7 @@ def _deal(items: Any, n: int) -> list[tuple[int, Any]]:
 
 def _group_by_key(groups: Any) -> list[WindowedValue]:
     """``(hash, [(key, value), ...])`` groups to one ``(key, [values])`` per key."""
-    out = []
+    out: list[WindowedValue] = []
     for _, pairs in groups:
         by_key: dict[Any, list[Any]] = {}
         for key, value in pairs:
@@ -247,7 +247,7 @@ class _BagVisitor(PipelineVisitor):
             for si in node.side_inputs:
                 self.consumed.add(si.pvalue)
                 parts = self.bags[si.pvalue].to_delayed(optimize_graph=False)
-                sides.append(dask.delayed(_concat)(parts))
+                sides.append(dask.delayed(_concat)(parts))  # type: ignore[attr-defined]
                 views.append((type(si), si._view_options()))
             (main_pcoll,) = node.main_inputs.values()
             blob = pickler.dumps(

@@ -110,7 +110,7 @@ def check_worker_python(env: dict[str, str]) -> str:
 
 
 def wait_for_port(
-    address: str, timeout: float = 60.0, process: subprocess.Popen | None = None
+    address: str, timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Wait until something accepts TCP connections at ``host:port``.
 
@@ -211,7 +211,7 @@ def _output(log_file: str | None) -> Any:
     return open(log_file, "ab") if log_file else contextlib.nullcontext(None)
 
 
-def start_job_service(port: int, log_file: str | None = None) -> subprocess.Popen:
+def start_job_service(port: int, log_file: str | None = None) -> subprocess.Popen[bytes]:
     """Start the job service (:func:`serve_jobs`) on ``port`` in its own process.
 
     Its output goes to ``log_file`` (default: this process's).
@@ -226,7 +226,7 @@ def start_job_service(port: int, log_file: str | None = None) -> subprocess.Pope
 
 def start_worker_pool(
     port: int, python: str = sys.executable, log_file: str | None = None
-) -> subprocess.Popen:
+) -> subprocess.Popen[bytes]:
     """Start Beam's worker pool on ``port``; its workers run ``python`` (checked first).
 
     Raises:
@@ -273,7 +273,7 @@ class LocalPortable:
         return portable_args(self.job_endpoint, self.worker_pool, self.parallelism)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
         try:

@@ -186,8 +186,7 @@ def make_dataset(
     if training and corruptions:
         ds = with_corrupted_view(ds, spec, tuple(corruptions), max_severity, seed)
     if training and fault_views:
-        ds = with_fault_views(
-            ds, spec, tuple(view_faults), fault_views, tuple(view_severities), seed
-        )
+        lowest, highest = view_severities
+        ds = with_fault_views(ds, spec, tuple(view_faults), fault_views, (lowest, highest), seed)
     ds = ds.batch(batch_size or config.batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
