@@ -199,6 +199,16 @@ class Tile:
         """Whether the label comes from spectral index rules."""
         return self.label_source == "weak"
 
+    def in_band_order(self, bands: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """The pixels with their channels in the order of ``bands``, and the bands it lacks.
+
+        When it lacks any of ``bands`` the pixels come back as they are.
+        """
+        missing = [b for b in bands if b not in self.bands]
+        if missing or tuple(bands) == tuple(self.bands):
+            return self.image, missing
+        return self.image[..., [self.bands.index(b) for b in bands]], []
+
     @property
     def acquired_unix(self) -> int:
         """Acquisition time as Unix seconds, -1 when unknown."""

@@ -221,17 +221,16 @@ class SavedModelEmbedding(BuiltinEmbedding):
         """Load the signature (imports TensorFlow with Keras 2)."""
         return load_saved_model(self._path)
 
-    def _pixels(self, tile: Any) -> np.ndarray:
+    def _pixels(self, tile: Tile) -> np.ndarray:
         if not self._raw_bands:
             return normalized_pixels(tile.image, tile.valid, self._norm, tile.bands)
-        missing = [b for b in self._raw_bands if b not in tile.bands]
+        image, missing = tile.in_band_order(self._raw_bands)
         if missing:
             raise ValueError(
                 f"tile {tile.tile_id} lacks bands {missing} of the model {self._path} "
                 f"(trained on {list(self._raw_bands)})"
             )
-        order = [list(tile.bands).index(b) for b in self._raw_bands]
-        raw = tile.image[..., order].astype(np.float32)
+        raw = image.astype(np.float32)
         raw[~tile.valid] = 0.0
         return raw
 

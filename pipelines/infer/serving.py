@@ -304,12 +304,10 @@ class ExampleMaker:
             image = tile.image
             if tile.kind != wanted_kind:
                 reason = f"a {self._task} model cannot label a {tile.kind}"
-            elif self._bands and tuple(tile.bands) != self._bands and tile.kind == "scene":
-                missing = [b for b in self._bands if b not in tile.bands]
+            elif self._bands and tile.kind == "scene":
+                image, missing = tile.in_band_order(self._bands)
                 if missing:
                     reason = f"tile lacks the model's band(s) {missing}"
-                else:
-                    image = image[..., [tile.bands.index(b) for b in self._bands]]
             if reason is None and image.shape[0] != self._size:
                 reason = f"tile is {image.shape[0]} px, the model takes {self._size} px"
             if reason:

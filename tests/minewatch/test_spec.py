@@ -105,3 +105,13 @@ def test_tensorflow_reads_our_records(tmp_path):
     transform = tf.io.decode_raw(tf.sparse.to_dense(parsed["geo/transform"])[0], tf.float64)
     assert tuple(transform.numpy()) == tile.transform
     assert tf.sparse.to_dense(parsed["label/class"]).numpy().tolist() == [2]
+
+
+def test_in_band_order_reorders_and_names_what_is_missing():
+    tile = _tile()
+    same, missing = tile.in_band_order(("B02", "B03", "B04"))
+    assert same is tile.image and missing == []
+    picked, missing = tile.in_band_order(("B04", "B02"))
+    assert missing == [] and np.array_equal(picked, tile.image[..., [2, 0]])
+    kept, missing = tile.in_band_order(("B04", "B08", "B11"))
+    assert missing == ["B08", "B11"] and kept is tile.image
