@@ -611,6 +611,12 @@ class TrainConfig(_Checked):
             and, with the pixel head, choose each site kind's operating point on
             the validation split (``metadata.json`` ``operating_points``).
             Default True.
+        hard_negatives: Share of the training split's pure majority (background)
+            tiles to mine as hard negatives, in ``[0, 1]``; 0 is off. When above
+            0, ``train_from_config`` trains a first round into ``MODEL_DIR/round1``,
+            keeps the tiles it scores hardest every pass and trains again from
+            scratch (:mod:`nsl_models.hard_negatives`). Default 0 (measured:
+            docs/results.md, "Held-out quality").
     """
 
     epochs: int = 10
@@ -629,9 +635,11 @@ class TrainConfig(_Checked):
     pixel_loss_weight: float = 1.0
     pixel_focal_gamma: float = 0.0
     calibrate: bool = True
+    hard_negatives: float = 0.0
 
     def __post_init__(self) -> None:
         self._require(self.pixel_loss_weight >= 0.0, "pixel_loss_weight", "must be >= 0")
+        self._require(0.0 <= self.hard_negatives <= 1.0, "hard_negatives", "must be in [0, 1]")
         self._require(self.pixel_focal_gamma >= 0.0, "pixel_focal_gamma", "must be >= 0")
         self._require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         self._require(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")

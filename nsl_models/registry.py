@@ -102,6 +102,7 @@ def export_model(
     logit_adjustment: dict[str, list[float]] | None = None,
     operating_points: dict[str, Any] | None = None,
     labels: dict[str, Any] | None = None,
+    hard_negatives: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``MODEL_DIR/saved_model/`` and ``MODEL_DIR/metadata.json`` (the contract above).
 
@@ -121,6 +122,9 @@ def export_model(
             (``operating_points``; :class:`minewatch.sites.SiteRules`). Default none.
         labels: The label budget the model trained with (``labels``:
             :meth:`nsl_models.train.Trainer.labels`). Default none.
+        hard_negatives: What round 2 of ``train.hard_negatives`` kept every pass
+            (``hard_negatives``: :meth:`nsl_models.hard_negatives.HardNegatives.summary`).
+            Default none.
 
     Returns:
         The metadata written.
@@ -193,6 +197,8 @@ def export_model(
         metadata["operating_points"] = _jsonable(operating_points)
     if labels:
         metadata["labels"] = _jsonable(labels)
+    if hard_negatives:
+        metadata["hard_negatives"] = _jsonable(hard_negatives)
     _swap_in(model_dir, fresh, metadata)
     return metadata
 

@@ -44,9 +44,10 @@ import numpy as np
 from minewatch.compat import import_nsl
 from nsl_models import data as datalib
 from nsl_models.configs import OptimizerName, TrainerConfig, config_to_dict
+from nsl_models.hard_negatives import HardNegatives
 from nsl_models.hardware import Hardware, detect, make_deterministic, set_precision
 
-__all__ = ["StepHook", "TrainResult", "Trainer", "train_from_config"]
+__all__ = ["StepHook", "TrainResult", "Trainer", "hard_negative_round", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,9 @@ class Trainer:
         hardware: Strategy to use; default :func:`nsl_models.hardware.detect`
             (with ``train.cpu_replicas``).
         hooks: Called after every step with ``(global_step, logs)``.
+        hard_negatives: Pure majority tiles to keep every pass (round 2 of
+            ``train.hard_negatives``, :mod:`nsl_models.hard_negatives`); default
+            none: undersampling draws every such tile alike.
     """
 
     def __init__(
@@ -100,10 +104,19 @@ class Trainer:
         model_dir: str,
         hardware: Hardware | None = None,
         hooks: Sequence[StepHook] = (),
+        hard_negatives: HardNegatives | None = None,
     ) -> None:
         self.config = config
         self.model_dir = os.fspath(model_dir)
         self.hooks = list(hooks)
+        if config.train.hard_negatives > 0 and hard_negatives is None:
+            from minewatch.errors import ConfigError
+
+            raise ConfigError(
+                "train.hard_negatives: the trainer needs the mined tiles of a first round; "
+                "train through train_from_config (`minewatch train`), or set it to 0"
+            )
+        self.hard_negatives = hard_negatives
         import_nsl()
         import tensorflow as tf
 
@@ -132,7 +145,10 @@ class Trainer:
             budget=self.label_budget,
         )
         self.majority_class = self.class_counts.majority
-        counts, pixels = self.class_counts.expected(config.data.majority_keep)
+        hard = hard_negatives or HardNegatives((), 0, 0.0, 0, 0.0, 0.0)
+        counts, pixels = self.class_counts.expected(
+            config.data.majority_keep, hard.tiles, hard.pixels
+        )
         self.label_counts = counts
         self.class_weight = datalib.class_weights(
             counts[:-1], config.data.class_weighting, config.data.max_class_weight
@@ -214,6 +230,7 @@ class Trainer:
             view_faults=cfg.augment.faults,
             view_severities=(cfg.augment.min_severity, cfg.augment.max_severity),
             budget=self.label_budget,
+            always_keep=self.hard_negatives.tile_ids if self.hard_negatives else (),
         )
         val_files, val_split = self._val_split()
         n_val = int(datalib.count_labels(val_files, self.spec, cfg.data, val_split)[:-1].sum())
@@ -558,8 +575,46 @@ class Trainer:
             logit_adjustment=self.logit_adjustment,
             operating_points=operating_points,
             labels=self.labels(),
+            hard_negatives=self.hard_negatives.summary() if self.hard_negatives else None,
         )
         return metadata
+
+    def mine_hard_negatives(self, fraction: float) -> HardNegatives:
+        """The hardest ``fraction`` of the training split's pure majority tiles for this model.
+
+        Scores with the base model's served probabilities (the pixel head's when
+        there is one; the logit adjustment added), as the exported model would
+        (:func:`nsl_models.hard_negatives.mine`).
+
+        Args:
+            fraction: Share of the pool to keep.
+
+        Returns:
+            The mined tiles.
+        """
+        from nsl_models.hard_negatives import mine
+
+        pixel = self.config.model.pixel_head
+        key = "pixel_probabilities" if pixel else "probabilities"
+        adjust = np.asarray(self.logit_adjustment.get(key, 0.0), np.float32)
+
+        def predict(images: np.ndarray) -> np.ndarray:
+            outputs = self.base_model(images, training=False)
+            out = outputs[1] if pixel else outputs[0] if isinstance(outputs, list) else outputs
+            logits = np.asarray(self._tf.cast(out, "float64")) + adjust
+            logits -= logits.max(axis=-1, keepdims=True)
+            probs = np.exp(logits)
+            return probs / probs.sum(axis=-1, keepdims=True)
+
+        return mine(
+            self.train_files,
+            self.spec,
+            self.config.data,
+            self.label_budget,
+            self.majority_class,
+            predict,
+            fraction,
+        )
 
 
 def _write_config(config: TrainerConfig, path: str) -> None:
@@ -582,6 +637,45 @@ def train_from_config(
     Returns:
         The :class:`TrainResult`; ``metadata.json`` is also written.
     """
-    result = Trainer(config, model_dir, hooks=hooks).fit()
+    fraction = config.train.hard_negatives
+    if fraction > 0:
+        hard = hard_negative_round(config, model_dir, hooks)
+        import tensorflow as tf
+
+        tf.keras.backend.clear_session()
+        result = Trainer(config, model_dir, hooks=hooks, hard_negatives=hard).fit()
+    else:
+        result = Trainer(config, model_dir, hooks=hooks).fit()
     log.info("trained %s: %s", model_dir, json.dumps(result.metrics.get("accuracy")))
     return result
+
+
+def hard_negative_round(
+    config: TrainerConfig, model_dir: str, hooks: Sequence[StepHook] = ()
+) -> HardNegatives:
+    """Round 1 of ``train.hard_negatives`` into ``MODEL_DIR/round1``, then mine it.
+
+    Writes ``MODEL_DIR/hard_negatives.json``. A finished round 1 is not trained
+    again (its folder resumes like any run); mining is deterministic, so a
+    resumed command mines the same tiles.
+    """
+    import dataclasses
+
+    from nsl_models.hard_negatives import write
+
+    first_config = dataclasses.replace(
+        config, train=dataclasses.replace(config.train, hard_negatives=0.0)
+    )
+    first = Trainer(first_config, os.path.join(model_dir, "round1"), hooks=hooks)
+    first.fit()
+    hard = first.mine_hard_negatives(config.train.hard_negatives)
+    path = write(hard, model_dir)
+    log.info(
+        "hard negatives: %d of %d pure majority tiles (hardness >= %.3f, pool median %.3f) -> %s",
+        hard.tiles,
+        hard.pool,
+        hard.least_hardness,
+        hard.median_hardness,
+        path,
+    )
+    return hard

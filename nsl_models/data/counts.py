@@ -150,20 +150,27 @@ class ClassCounts:
         """The most frequent tile class (ties: the lowest index)."""
         return int(np.argmax(self.labels_pure + self.labels_mixed[:-1]))
 
-    def expected(self, keep: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def expected(
+        self, keep: float = 1.0, always_tiles: int = 0, always_pixels: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Counts when pure majority tiles are kept with probability ``keep``.
 
         Args:
             keep: ``data.majority_keep``.
+            always_tiles: Pure majority tiles kept every pass whatever ``keep``
+                (hard negatives, :mod:`nsl_models.hard_negatives`).
+            always_pixels: Labelled pixels of those tiles.
 
         Returns:
             ``(labels[K + 1], pixels[K])`` float64, expected per pass.
         """
-        scale = np.ones(len(self.labels_pure))
-        scale[self.majority] = keep
+        m = self.majority
         labels = self.labels_mixed.astype(np.float64)
-        labels[:-1] += self.labels_pure * scale
-        return labels, self.pixels_mixed + self.pixels_pure * scale
+        labels[:-1] += self.labels_pure
+        pixels = (self.pixels_mixed + self.pixels_pure).astype(np.float64)
+        labels[m] -= (1.0 - keep) * (self.labels_pure[m] - always_tiles)
+        pixels[m] -= (1.0 - keep) * (self.pixels_pure[m] - always_pixels)
+        return labels, pixels
 
 
 def count_classes(

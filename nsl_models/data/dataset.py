@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from minewatch.compat import use_legacy_keras
-from minewatch.spec import IMAGE_RAW, LABEL_WEAK
+from minewatch.spec import IMAGE_RAW, LABEL_WEAK, TILE_ID
 from nsl_models.configs import DataConfig
 from nsl_models.data.counts import pure_class
 from nsl_models.data.labels import LabelBudget, hiding_cuts, in_split, pixel_label, tile_label
@@ -22,6 +22,10 @@ from nsl_models.data.spec import TileSpec
 from nsl_models.data.views import with_corrupted_view, with_fault_views
 
 __all__ = ["make_dataset"]
+
+
+#: Buckets of the ``always_keep`` fingerprints (the largest int64).
+_FINGERPRINTS = (1 << 63) - 1
 
 
 def _kept(x: dict[str, Any]) -> Any:
@@ -41,22 +45,32 @@ def _undersample(
     majority: int,
     seed: int,
     cuts: Any,
+    always_keep: Sequence[str] = (),
 ) -> Any:
     """Drop pure ``majority`` tiles with probability ``1 - majority_keep`` (records in, out).
 
     The decision parses only the small label features (the pixels and the
-    neighbours stay serialized), so a dropped record costs little.
+    neighbours stay serialized), so a dropped record costs little. Tiles whose
+    ``tile/id`` is in ``always_keep`` (hard negatives) are never dropped; the
+    ids are compared as 64-bit fingerprints held in a constant, so the iterator
+    stays checkpointable.
     """
     import tensorflow as tf
 
     small = {k: v for k, v in tile_features(spec, 0).items() if k != IMAGE_RAW}
     keep = tf.constant(config.majority_keep, tf.float32)
+    hard = tf.strings.to_hash_bucket_fast(tf.constant(list(always_keep), tf.string), _FINGERPRINTS)
 
     def kept(record: Any, draw: Any) -> Any:
         ex = tf.io.parse_single_example(record, small)
         label = tile_label(ex, config, split, cuts)
         pixels = pixel_label(ex, label, spec) if pixel_labels else None
         prob = tf.where(pure_class(label, pixels) == majority, keep, 1.0)
+        if always_keep:
+            mined = tf.reduce_any(
+                tf.equal(hard, tf.strings.to_hash_bucket_fast(ex[TILE_ID], _FINGERPRINTS))
+            )
+            prob = tf.where(mined, 1.0, prob)
         # Dataset.random gives int64; its low 24 bits make a uniform float in [0, 1).
         u = tf.cast(draw % (1 << 24), tf.float32) / float(1 << 24)
         return u < prob
@@ -85,6 +99,7 @@ def make_dataset(
     view_faults: Sequence[str] = (),
     view_severities: tuple[int, int] = (1, 5),
     budget: LabelBudget | None = None,
+    always_keep: Sequence[str] = (),
 ) -> Any:
     """Batches of parsed tiles (see :mod:`nsl_models.data` for the keys).
 
@@ -126,6 +141,8 @@ def make_dataset(
             are hidden (:func:`~nsl_models.data.label_budget`, which the trainer
             counts once);
             default: counted from ``files`` here (one more pass).
+        always_keep: ``tile/id`` of pure majority tiles that undersampling keeps
+            every pass (:mod:`nsl_models.hard_negatives`). Default none.
 
     Returns:
         A ``tf.data.Dataset`` of dicts, batches of exactly ``batch_size``.
@@ -180,7 +197,9 @@ def make_dataset(
         # Shuffle serialized records (smaller than decoded pixels) before parsing.
         ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
         if majority_class >= 0 and config.majority_keep < 1.0:
-            ds = _undersample(ds, spec, config, split, pixel_labels, majority_class, seed, cuts)
+            ds = _undersample(
+                ds, spec, config, split, pixel_labels, majority_class, seed, cuts, always_keep
+            )
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.filter(_kept).map(_drop_keep)
     if training and corruptions:

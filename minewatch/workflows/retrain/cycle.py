@@ -380,9 +380,13 @@ def _count_rows(folder: str) -> int:
 
 
 def _train(config: RetrainConfig, trainer_config: Any, model_dir: str) -> tuple[Any, str]:
-    from nsl_models.train import Trainer
+    from nsl_models.train import Trainer, hard_negative_round
 
-    trainer = Trainer(trainer_config, model_dir)
+    hard = None
+    if trainer_config.train.hard_negatives > 0:
+        # Round 1 from scratch (nsl_models.hard_negatives); the warm start is round 2's.
+        hard = hard_negative_round(trainer_config, model_dir)
+    trainer = Trainer(trainer_config, model_dir, hard_negatives=hard)
     if trainer.manager.latest_checkpoint:
         init = "checkpoint (resumed)"
     elif config.training.init is Init.CURRENT:
