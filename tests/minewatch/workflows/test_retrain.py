@@ -48,8 +48,8 @@ def truth(tmp_path_factory):
     return root / "gt"
 
 
-def write_config(root, **extra):
-    (root / "trainer.yaml").write_text(yaml.safe_dump(TRAINER))
+def write_config(root, trainer=None, **extra):
+    (root / "trainer.yaml").write_text(yaml.safe_dump(trainer or TRAINER))
     data = {
         "scenes": "incoming",
         "labels": str(root / "truth" / "scene_*.geojson"),
@@ -303,3 +303,22 @@ def test_cli_exits_75_while_another_run_holds_the_lock(tmp_path):
         result = CliRunner().invoke(command, ["--config", str(path)])
     assert result.exit_code == 75
     assert "another minewatch retrain is running" in result.output
+
+
+def test_retrain_runs_both_hard_negative_rounds(truth, tmp_path):
+    """With ``train.hard_negatives`` the cycle trains round 1, mines it (tile head) and round 2."""
+    shutil.copytree(truth / "truth", tmp_path / "truth")
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    shutil.copy2(sorted((truth / "scenes").glob("*.tif"))[0], incoming)
+    trainer = {**TRAINER, "data": {**TRAINER["data"], "majority_keep": 0.5}}
+    trainer["train"] = {**TRAINER["train"], "hard_negatives": 0.25}
+    config = load_retrain_config(write_config(tmp_path, trainer))
+    record = retrain(config, now=datetime(2024, 1, 16, 2, tzinfo=UTC))
+    assert record["status"] == "promoted", record["reason"]
+    model_dir = record["model_dir"]
+    assert os.path.exists(os.path.join(model_dir, "round1", "metadata.json"))
+    mined = json.loads(open(os.path.join(model_dir, "hard_negatives.json")).read())
+    meta = json.loads(open(os.path.join(model_dir, "metadata.json")).read())
+    assert meta["hard_negatives"]["tiles"] == len(mined["tile_ids"]) > 0
+    assert meta["hard_negatives"]["tiles"] == round(0.25 * meta["hard_negatives"]["pool"])
