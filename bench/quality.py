@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/quality.py [--seeds N] [--size demo|large] [--out DIR]
         [--world flat|realistic] [--epochs N] [--set KEY=VALUE ...] [--name NAME]
-        [--graph-options "..."]
+        [--graph-options "..."] [--rescore]
 
 Protocol (fixed before any arm is trained; docs/results.md, "Held-out quality"):
 
@@ -32,6 +32,11 @@ Protocol (fixed before any arm is trained; docs/results.md, "Held-out quality"):
 
 Writes ``OUT/NAME.json`` (every seed's full report and the summary) and prints a
 Markdown table. Extra ``--set`` overrides go to the trainer config (an arm).
+Besides the headline unit, each report scores the *visible* unit (objects more
+than half under thick cloud on a date ignored, :mod:`minewatch.scoring`); its rows
+end in ``_visible`` and have no target. ``--rescore`` scores an earlier run's
+tables again (``OUT/NAME.json`` and its tables folders) without training: for a
+change in the scoring, not in the model.
 """
 
 from __future__ import annotations
@@ -189,7 +194,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--graph-options", default="", help="Options of world A's graph job (default none)."
     )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="Score the tables of an earlier run (OUT/NAME.json) again; no training.",
+    )
     args = parser.parse_args(argv)
+    if args.rescore:
+        return rescore(os.path.abspath(args.out), args.name or f"quality_{args.world}_{args.size}")
 
     from minewatch.scoring import summarize, truth_report
 
@@ -230,8 +242,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
         print(f"seed {seed}: {json.dumps(runs[-1]['summary'])}", flush=True)
-    keys = list(runs[0]["summary"])
-    summary = {k: interval([r["summary"][k] for r in runs]) for k in keys}
     doc = {
         "protocol": {
             "world": args.world,
@@ -244,13 +254,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "graph_options": args.graph_options.split(),
             "unit": "confirmed site per (object, date), IoU >= 0.3; vessels at 50 m",
         },
-        "summary": {k: {"mean": m, "ci95": h} for k, (m, h) in summary.items()},
         "runs": runs,
     }
+    return write_report(root, name, doc)
+
+
+def write_report(root: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """Summarize ``doc["runs"]`` over seeds, write ``ROOT/NAME.json`` and print the table."""
+    runs = doc["runs"]
+    keys = list(runs[0]["summary"])
+    summary = {k: interval([r["summary"][k] for r in runs]) for k in keys}
+    doc["summary"] = {k: {"mean": m, "ci95": h} for k, (m, h) in summary.items()}
     path = os.path.join(root, f"{name}.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1, default=str)
-    print(f"\n{name}: {args.seeds} seed(s), test worlds {WORLDS_B}; report {path}\n")
+    seeds = len(runs)
+    print(f"\n{name}: {seeds} seed(s), test worlds {WORLDS_B}; report {path}\n")
     print("| metric | mean | 95% CI | target | met |\n|---|---:|---:|---:|---|")
     for k in keys:
         mean, half = summary[k]
@@ -261,6 +280,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             met = "yes" if ok else "no"
         print(f"| {k} | {mean:.3f} | ±{half:.3f} | {'' if target is None else target} | {met} |")
     return doc
+
+
+def rescore(root: str, name: str) -> dict[str, Any]:
+    """Score the tables of the run ``ROOT/NAME.json`` again with today's scoring; no training.
+
+    Each seed's tables are ``ROOT/NAME_tables_SEED_worldW`` and its test worlds
+    ``ROOT/gt_WORLD_SIZE_W``, as :func:`main` wrote them.
+    """
+    from minewatch.scoring import summarize, truth_report
+
+    with open(os.path.join(root, f"{name}.json")) as f:
+        doc = json.load(f)
+    protocol = doc["protocol"]
+    for run in doc["runs"]:
+        reports = {}
+        for world in protocol["test_world_seeds"]:
+            gt_b = os.path.join(root, f"gt_{protocol['world']}_{protocol['size']}_{world}")
+            tables = os.path.join(root, f"{name}_tables_{run['seed']}_world{world}")
+            reports[str(world)] = truth_report(tables, gt_b)
+        per_world = {w: summarize(r) for w, r in reports.items()}
+        run["reports"], run["per_world"] = reports, per_world
+        run["summary"] = {
+            k: interval([v[k] for v in per_world.values()])[0]
+            for k in next(iter(per_world.values()))
+        }
+    return write_report(root, name, doc)
 
 
 if __name__ == "__main__":

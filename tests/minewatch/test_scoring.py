@@ -107,6 +107,53 @@ def test_flagged_set_precision_and_recall():
     assert f["precision"] == pytest.approx(1 / 3) and f["recall"] == 0.5
 
 
+def test_the_visible_unit_ignores_objects_mostly_under_cloud():
+    """An object more than half under cloud counts neither as truth nor, matched, as found."""
+    d = "2024-01-01"
+    truth = {
+        d: [
+            truth_obj("p1", "stockpile", box(0, 0), occluded=0.0),
+            truth_obj("p2", "stockpile", box(50, 0), occluded=0.9),  # seen through cloud
+            truth_obj("p3", "stockpile", box(100, 0), occluded=0.6),  # missed under cloud
+            truth_obj("p4", "stockpile", box(150, 0), occluded=0.5),  # half: still counts
+            truth_obj("pit", "mining_scar", box(0, 50), occluded=1.0, illegal=True),
+            truth_obj("pit2", "mining_scar", box(50, 50), occluded=0.0, illegal=True),
+        ]
+    }
+    found = [
+        obs("a", "stockpile", d, box(0, 0)),
+        obs("b", "stockpile", d, box(50, 0)),
+        obs("c", "stockpile", d, box(300, 0)),  # nothing there: false either way
+        obs("e", "mining_scar", d, box(0, 50), flagged=True),
+        obs("f", "mining_scar", d, box(50, 50), flagged=True),
+    ]
+    every = score_sites(found, truth)
+    k = every["kinds"]["stockpile"]
+    assert (k["truth"], k["found"], k["matched"]) == (4, 3, 2)
+    visible = score_sites(found, truth, max_occluded=0.5)
+    k = visible["kinds"]["stockpile"]
+    assert (k["truth"], k["found"], k["matched"]) == (2, 2, 1)
+    assert k["precision"] == 0.5 and k["recall"] == 0.5
+    pits = visible["kinds"]["mining_scar"]
+    assert (pits["truth"], pits["found"], pits["matched"]) == (1, 1, 1)
+    f = visible["flagged"]
+    assert (f["truth_pairs"], f["flagged_pairs"], f["unmatched"]) == (1, 1, 0)
+    assert f["precision"] == 1.0 and f["recall"] == 1.0
+    assert every["flagged"]["truth_pairs"] == 2 and every["flagged"]["flagged_pairs"] == 2
+    assert ("b", d) not in visible["matched"] and visible["matched"][("a", d)] == "p1"
+    flat = summarize(
+        {
+            **every,
+            "kinds_visible": visible["kinds"],
+            "flagged_visible": visible["flagged"],
+            "stockpile_areas": [],
+            "stockpile_volumes": [],
+        }
+    )
+    assert flat["stockpile_recall"] == 0.5 and flat["stockpile_recall_visible"] == 0.5
+    assert flat["stockpile_precision_visible"] == 0.5 and flat["flagged_recall_visible"] == 1.0
+
+
 def test_score_kind_pairs_index_found_and_truth():
     score, pairs = score_kind({"d": [box(100, 0), box(0, 0)]}, {"d": [box(0, 0)]})
     assert pairs == {("d", 1): 0} and score.matched == 1
