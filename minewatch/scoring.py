@@ -461,6 +461,14 @@ def format_truth_report(report: Mapping[str, Any]) -> str:
     ]
     if report.get("candidates"):
         lines.append(f"  ({report['candidates']} candidate observation(s) not scored above)")
+    visible = report.get("kinds_visible")
+    if visible:
+        lines.append(
+            f"  visible unit (objects more than {MAX_OCCLUDED:.0%} under cloud ignored): "
+            + ", ".join(
+                f"{kind} P {k['precision']:.2f} R {k['recall']:.2f}" for kind, k in visible.items()
+            )
+        )
     errors = sorted(abs(a["error"]) for a in report["stockpile_areas"])
     if errors:
         within = sum(e <= 0.15 for e in errors)

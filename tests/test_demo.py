@@ -37,6 +37,7 @@ def test_demo_runs_every_stage(tmp_path):
     meta = json.loads((version / "metadata.json").read_text())
     assert "pixel_probabilities" in meta["outputs"] and "pixels" in meta["metrics"]
     assert "stockpile" in result.output and "recall" in result.output
+    assert "visible unit (objects more than 50% under cloud ignored)" in result.output
     # volumes from the DSMs synth wrote; the tiny crop has no ship, so no vessel class
     assert "stockpile volumes:" in result.output
     assert "no vessel class in the model" in result.output
