@@ -80,3 +80,58 @@ def tiny_config(tiles: str, **sections):
         else:
             base[key] = value
     return make_trainer_config(**base)
+
+
+def pure_and_mixed_records(tmp_path, n_pure=40, n_mixed=8, numbered=False, dim=()):
+    """``n_pure`` all-background 2 x 2 tiles (class 0), then ``n_mixed`` with a class-1 pixel.
+
+    Tile ``i`` has ``tile/id`` ``s:0:{2 i}`` and every pixel 7, or ``i`` with
+    ``numbered``; a tile in ``dim`` has pixel (0, 0) invalid and 1000 there (a pixel
+    the losses and the hard-negative miner must ignore). Returns ``(path, spec)``.
+    """
+    import numpy as np
+
+    from minewatch.spec import Tile, encode_tiles
+    from minewatch.tfrecord import write_record
+    from nsl_models import data as datalib
+
+    tiles = []
+    for i in range(n_pure + n_mixed):
+        image = np.full((2, 2, 1), i if numbered else 7, np.uint16)
+        valid = np.ones((2, 2), bool)
+        if i in dim:
+            image[0, 0, 0], valid[0, 0] = 1000, False
+        tiles.append(
+            Tile(
+                "s",
+                "scene",
+                0,
+                2 * i,
+                image,
+                valid,
+                ("b",),
+                label=0,
+                label_source="vector",
+                label_mask=np.array([[0, 0], [0, 1 if i >= n_pure else 0]], np.uint8),
+            )
+        )
+    path = tmp_path / "pm.tfrecord"
+    with open(path, "wb") as f:
+        for record in encode_tiles(tiles):
+            write_record(f, record)
+    spec = datalib.TileSpec(2, 2, 1, "uint16", ("b",), ("bg", "a"), (0.0,), (1.0,))
+    return str(path), spec
+
+
+def assert_iterator_resumes(ds, folder, key: str) -> None:
+    """A checkpoint of ``ds``'s iterator, restored, gives the same next 3 batches of ``key``."""
+    import numpy as np
+    import tensorflow as tf
+
+    it = iter(ds)
+    next(it)
+    ckpt = tf.train.Checkpoint(iterator=it)
+    saved = ckpt.write(str(folder / "it"))
+    after = [next(it)[key].numpy() for _ in range(3)]
+    ckpt.read(saved).assert_consumed()
+    np.testing.assert_array_equal([next(it)[key].numpy() for _ in range(3)], after)

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from nsl_models import data as datalib
-from tests.nsl_models.conftest import tiny_config
+from tests.nsl_models.conftest import (
+    assert_iterator_resumes,
+    pure_and_mixed_records,
+    tiny_config,
+)
 
 tf = pytest.importorskip("tensorflow")
 
@@ -210,39 +214,10 @@ def test_pixel_labels_ignore_unknown_invalid_and_unlabelled_pixels(tmp_path):
     )
 
 
-def _pure_and_mixed_records(tmp_path, n_pure=40, n_mixed=8):
-    """``n_pure`` all-background 2 x 2 tiles (class 0) and ``n_mixed`` with a class-1 pixel."""
-    from minewatch.spec import Tile, encode_tiles
-    from minewatch.tfrecord import write_record
-
-    ok = np.ones((2, 2), bool)
-    tiles = [
-        Tile(
-            "s",
-            "scene",
-            0,
-            2 * i,
-            np.full((2, 2, 1), 7, np.uint16),
-            ok,
-            ("b",),
-            label=0,
-            label_source="vector",
-            label_mask=np.array([[0, 0], [0, 1 if i >= n_pure else 0]], np.uint8),
-        )
-        for i in range(n_pure + n_mixed)
-    ]
-    path = tmp_path / "pm.tfrecord"
-    with open(path, "wb") as f:
-        for record in encode_tiles(tiles):
-            write_record(f, record)
-    spec = datalib.TileSpec(2, 2, 1, "uint16", ("b",), ("bg", "a"), (0.0,), (1.0,))
-    return str(path), spec
-
-
 def test_count_classes_splits_pure_and_mixed_tiles_and_expected_counts(tmp_path):
     from nsl_models.configs import DataConfig
 
-    path, spec = _pure_and_mixed_records(tmp_path)
+    path, spec = pure_and_mixed_records(tmp_path)
     config = DataConfig(tiles=str(tmp_path), validation_fraction=0.0)
     counts = datalib.count_classes([path], spec, config, "all", pixel_labels=True)
     np.testing.assert_array_equal(counts.labels_pure, [40, 0])
@@ -262,7 +237,7 @@ def test_count_classes_splits_pure_and_mixed_tiles_and_expected_counts(tmp_path)
 def test_majority_undersampling_drops_only_pure_majority_tiles_reproducibly(tmp_path):
     from nsl_models.configs import DataConfig
 
-    path, spec = _pure_and_mixed_records(tmp_path)
+    path, spec = pure_and_mixed_records(tmp_path)
     config = DataConfig(
         tiles=str(tmp_path), validation_fraction=0.0, majority_keep=0.25, shuffle_buffer=64
     )
@@ -286,13 +261,7 @@ def test_majority_undersampling_drops_only_pure_majority_tiles_reproducibly(tmp_
         [path], spec, config, split="all", training=True, batch_size=8, pixel_labels=True,
         seed=3, majority_class=0,
     )  # fmt: skip
-    it = iter(ds)
-    next(it)
-    ckpt = tf.train.Checkpoint(iterator=it)
-    saved = ckpt.write(str(tmp_path / "it"))
-    after = [next(it)["pixel_label"].numpy() for _ in range(3)]
-    ckpt.read(saved).assert_consumed()
-    np.testing.assert_array_equal([next(it)["pixel_label"].numpy() for _ in range(3)], after)
+    assert_iterator_resumes(ds, tmp_path, "pixel_label")
 
 
 def test_pixel_head_trains_exports_and_reloads(tile_data, tmp_path):
