@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rescore:
         return rescore(os.path.abspath(args.out), args.name or f"quality_{args.world}_{args.size}")
 
-    from minewatch.scoring import summarize, truth_report
+    from minewatch.scoring import truth_report
 
     root = os.path.abspath(args.out)
     os.makedirs(root, exist_ok=True)
@@ -222,17 +222,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             tables = os.path.join(root, f"{name}_tables_{seed}_world{world}")
             infer(model, gt_b, tables)
             reports[world] = truth_report(tables, gt_b)
-        per_world = {w: summarize(r) for w, r in reports.items()}
+        per_world, summary = score_worlds(reports)
         pixels = {
             k: result.metrics.get(k) for k in ("pixels", "pixels_calibrated") if k in result.metrics
         }
         runs.append(
             {
                 "seed": seed,
-                "summary": {
-                    k: interval([v[k] for v in per_world.values()])[0]
-                    for k in next(iter(per_world.values()))
-                },
+                "summary": summary,
                 "per_world": per_world,
                 "reports": reports,
                 "operating_points": result.metadata.get("operating_points"),
@@ -257,6 +254,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
     }
     return write_report(root, name, doc)
+
+
+def score_worlds(
+    reports: dict[Any, dict[str, Any]],
+) -> tuple[dict[Any, dict[str, float]], dict[str, float]]:
+    """Per test world the headline numbers, and their mean over the worlds (one seed)."""
+    from minewatch.scoring import summarize
+
+    per_world = {w: summarize(r) for w, r in reports.items()}
+    summary = {
+        k: interval([v[k] for v in per_world.values()])[0] for k in next(iter(per_world.values()))
+    }
+    return per_world, summary
 
 
 def write_report(root: str, name: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +298,7 @@ def rescore(root: str, name: str) -> dict[str, Any]:
     Each seed's tables are ``ROOT/NAME_tables_SEED_worldW`` and its test worlds
     ``ROOT/gt_WORLD_SIZE_W``, as :func:`main` wrote them.
     """
-    from minewatch.scoring import summarize, truth_report
+    from minewatch.scoring import truth_report
 
     with open(os.path.join(root, f"{name}.json")) as f:
         doc = json.load(f)
@@ -299,12 +309,8 @@ def rescore(root: str, name: str) -> dict[str, Any]:
             gt_b = os.path.join(root, f"gt_{protocol['world']}_{protocol['size']}_{world}")
             tables = os.path.join(root, f"{name}_tables_{run['seed']}_world{world}")
             reports[str(world)] = truth_report(tables, gt_b)
-        per_world = {w: summarize(r) for w, r in reports.items()}
-        run["reports"], run["per_world"] = reports, per_world
-        run["summary"] = {
-            k: interval([v[k] for v in per_world.values()])[0]
-            for k in next(iter(per_world.values()))
-        }
+        run["reports"] = reports
+        run["per_world"], run["summary"] = score_worlds(reports)
     return write_report(root, name, doc)
 
 

@@ -145,9 +145,10 @@ class Trainer:
             budget=self.label_budget,
         )
         self.majority_class = self.class_counts.majority
-        hard = hard_negatives or HardNegatives((), 0, 0.0, 0, 0.0, 0.0)
         counts, pixels = self.class_counts.expected(
-            config.data.majority_keep, hard.tiles, hard.pixels
+            config.data.majority_keep,
+            hard_negatives.tiles if hard_negatives else 0,
+            hard_negatives.pixels if hard_negatives else 0,
         )
         self.label_counts = counts
         self.class_weight = datalib.class_weights(
@@ -507,10 +508,7 @@ class Trainer:
         if not len(images):
             return None
         outputs = self.base_model.predict(images.astype(np.float32), batch_size=256, verbose=0)
-        logits = outputs[1] + np.asarray(self.logit_adjustment["pixel_probabilities"])
-        logits -= logits.max(axis=-1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=-1, keepdims=True)
+        probs = _served(outputs[1], np.asarray(self.logit_adjustment["pixel_probabilities"]))
         scenes = ValidationScenes.mosaic(
             probs.astype(np.float32),
             masks,
@@ -601,10 +599,7 @@ class Trainer:
         def predict(images: np.ndarray) -> np.ndarray:
             outputs = self.base_model(images, training=False)
             out = outputs[1] if pixel else outputs[0] if isinstance(outputs, list) else outputs
-            logits = np.asarray(self._tf.cast(out, "float64")) + adjust
-            logits -= logits.max(axis=-1, keepdims=True)
-            probs = np.exp(logits)
-            return probs / probs.sum(axis=-1, keepdims=True)
+            return _served(np.asarray(self._tf.cast(out, "float64")), adjust)
 
         return mine(
             self.train_files,
@@ -615,6 +610,14 @@ class Trainer:
             predict,
             fraction,
         )
+
+
+def _served(logits: np.ndarray, adjust: np.ndarray) -> np.ndarray:
+    """Softmax of ``logits + adjust``: the probabilities the exported model serves."""
+    z = logits + adjust
+    z -= z.max(axis=-1, keepdims=True)
+    probs = np.exp(z)
+    return np.asarray(probs / probs.sum(axis=-1, keepdims=True))
 
 
 def _write_config(config: TrainerConfig, path: str) -> None:
